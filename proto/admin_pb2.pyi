@@ -1,0 +1,86 @@
+from proto import sensor_pb2 as _sensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SensorStatus(_message.Message):
+    __slots__ = ("sensor_id", "site", "version", "state", "last_seen_ns", "counters", "duplicates_dropped")
+    SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_NS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    sensor_id: str
+    site: str
+    version: str
+    state: str
+    last_seen_ns: int
+    counters: _sensor_pb2.Counters
+    duplicates_dropped: int
+    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., last_seen_ns: _Optional[int] = ..., counters: _Optional[_Union[_sensor_pb2.Counters, _Mapping]] = ..., duplicates_dropped: _Optional[int] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped")
+    CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SENSORS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_CALLS_FIELD_NUMBER: _ClassVar[int]
+    RECORDINGS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    controller_id: str
+    version: str
+    sensors: _containers.RepeatedCompositeFieldContainer[SensorStatus]
+    active_calls: int
+    recordings_written: int
+    storage_errors: int
+    decode_errors: int
+    duplicates_dropped: int
+    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ...) -> None: ...
+
+class ListCallsRequest(_message.Message):
+    __slots__ = ("active_only", "limit")
+    ACTIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    active_only: bool
+    limit: int
+    def __init__(self, active_only: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CallSummary(_message.Message):
+    __slots__ = ("id", "call_ids", "from_uri", "to_uri", "status", "started_at", "ended_at", "active", "location")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_IDS_FIELD_NUMBER: _ClassVar[int]
+    FROM_URI_FIELD_NUMBER: _ClassVar[int]
+    TO_URI_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    call_ids: _containers.RepeatedScalarFieldContainer[str]
+    from_uri: str
+    to_uri: str
+    status: str
+    started_at: str
+    ended_at: str
+    active: bool
+    location: str
+    def __init__(self, id: _Optional[str] = ..., call_ids: _Optional[_Iterable[str]] = ..., from_uri: _Optional[str] = ..., to_uri: _Optional[str] = ..., status: _Optional[str] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., active: _Optional[bool] = ..., location: _Optional[str] = ...) -> None: ...
+
+class CallList(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[CallSummary]
+    def __init__(self, calls: _Optional[_Iterable[_Union[CallSummary, _Mapping]]] = ...) -> None: ...
