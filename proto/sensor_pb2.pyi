@@ -81,14 +81,18 @@ class Counters(_message.Message):
     def __init__(self, captured: _Optional[int] = ..., forwarded: _Optional[int] = ..., filtered: _Optional[int] = ..., decode_errors: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., queue_drops: _Optional[int] = ..., send_queue: _Optional[int] = ..., batches_sent: _Optional[int] = ..., batches_acked: _Optional[int] = ..., reconnects: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sensor_id", "clock_ns", "counters")
+    __slots__ = ("sensor_id", "clock_ns", "counters", "replay_bytes", "replay_total")
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     CLOCK_NS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_TOTAL_FIELD_NUMBER: _ClassVar[int]
     sensor_id: str
     clock_ns: int
     counters: Counters
-    def __init__(self, sensor_id: _Optional[str] = ..., clock_ns: _Optional[int] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ...) -> None: ...
+    replay_bytes: int
+    replay_total: int
+    def __init__(self, sensor_id: _Optional[str] = ..., clock_ns: _Optional[int] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., replay_bytes: _Optional[int] = ..., replay_total: _Optional[int] = ...) -> None: ...
 
 class EndOfCapture(_message.Message):
     __slots__ = ("sensor_id", "last_seq", "counters", "error")

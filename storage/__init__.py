@@ -1,0 +1,117 @@
+"""Recording storage: the folder layout and its backends (local folder, S3).
+
+``open_store(url)`` is the one entry point the controller and the CLI use::
+
+    /var/lib/spanrec            -> LocalStore
+    file:///var/lib/spanrec     -> LocalStore
+    s3://bucket/some/prefix     -> S3Store (endpoint and keys from arguments or env)
+
+S3 settings not passed explicitly come from the environment:
+``SPANREC_S3_ENDPOINT`` (``host:port`` or ``http(s)://host:port``),
+``SPANREC_S3_ACCESS_KEY``/``SPANREC_S3_SECRET_KEY`` (or ``AWS_ACCESS_KEY_ID``/
+``AWS_SECRET_ACCESS_KEY``), ``SPANREC_S3_SECURE`` and ``SPANREC_S3_REGION``
+(or ``AWS_REGION``).  Keys are never put into URLs, messages or logs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from storage.base import RecordingStore, StorageError
+from storage.layout import recording_id, recording_prefix
+from storage.local import LocalStore
+from storage.s3 import RetryPolicy, S3Store
+
+__all__ = [
+    "LocalStore", "RecordingStore", "RetryPolicy", "S3Store", "StorageError",
+    "open_store", "recording_id", "recording_prefix",
+]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def _parse_bool(value: str, what: str) -> bool:
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise StorageError(f"{what} must be true or false, got {value!r}")
+
+
+def _split_endpoint(endpoint: str, secure: bool | None) -> tuple[str, bool]:
+    """``http://h:p`` / ``https://h:p`` / ``h:p`` -> (``h:p``, secure)."""
+    endpoint = endpoint.strip()
+    if "://" in endpoint:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+            raise StorageError(f"S3 endpoint must be host[:port] or http(s)://host[:port], got {parts.scheme}://{parts.hostname or ''}{parts.path}")
+        if parts.username or parts.password:
+            raise StorageError("S3 endpoint must not contain credentials; use SPANREC_S3_ACCESS_KEY/SPANREC_S3_SECRET_KEY")
+        scheme_secure = parts.scheme == "https"
+        if secure is not None and secure != scheme_secure:
+            raise StorageError(f"S3 endpoint scheme {parts.scheme} contradicts secure={secure}")
+        return parts.netloc, scheme_secure
+    if not endpoint or "/" in endpoint or "@" in endpoint:
+        raise StorageError("S3 endpoint must be host[:port] or http(s)://host[:port]")
+    if secure is None:
+        env = _env("SPANREC_S3_SECURE")
+        secure = _parse_bool(env, "SPANREC_S3_SECURE") if env is not None else True
+    return endpoint, secure
+
+
+def open_store(
+    url: str,
+    *,
+    endpoint: str | None = None,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    secure: bool | None = None,
+    region: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> RecordingStore:
+    """The store a URL names; :class:`StorageError` when it is unusable as a URL.
+
+    Nothing is contacted here: call ``check()`` to prove the store works.
+    """
+    if not url or not url.strip():
+        raise StorageError("storage URL is empty")
+    url = url.strip()
+    if "://" not in url:
+        return LocalStore(Path(url))
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise StorageError(f"file URL must be file:///absolute/path, got {url!r}")
+        return LocalStore(Path(unquote(parts.path)))
+    if scheme != "s3":
+        raise StorageError(f"unsupported storage URL scheme {scheme!r}: use a path, file:///path or s3://bucket/prefix")
+    if "@" in parts.netloc:
+        raise StorageError("s3:// URL must not contain credentials; use SPANREC_S3_ACCESS_KEY/SPANREC_S3_SECRET_KEY")
+    bucket = parts.netloc
+    if not bucket:
+        raise StorageError("s3:// URL has no bucket: use s3://bucket/prefix")
+    endpoint = endpoint or _env("SPANREC_S3_ENDPOINT")
+    access_key = access_key or _env("SPANREC_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+    secret_key = secret_key or _env("SPANREC_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")
+    missing = [name for name, value in (
+        ("endpoint (SPANREC_S3_ENDPOINT)", endpoint),
+        ("access key (SPANREC_S3_ACCESS_KEY or AWS_ACCESS_KEY_ID)", access_key),
+        ("secret key (SPANREC_S3_SECRET_KEY or AWS_SECRET_ACCESS_KEY)", secret_key),
+    ) if not value]
+    if missing:
+        raise StorageError(f"s3://{bucket}{parts.path}: missing S3 " + ", ".join(missing))
+    assert endpoint and access_key and secret_key
+    host, is_secure = _split_endpoint(endpoint, secure)
+    return S3Store(bucket, unquote(parts.path), host, access_key, secret_key, is_secure,
+                   region or _env("SPANREC_S3_REGION", "AWS_REGION"), retry=retry)

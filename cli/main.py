@@ -1,0 +1,192 @@
+"""`spanrec` command line: record (the embedded default), controller, sensor.
+
+Errors are mapped to one line here, once: bad flags or config exit 2, runtime
+failures exit 1. Set SPANREC_DEBUG=1 for tracebacks.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli import output
+from cli.settings import ConfigError, ControllerSettings, SensorSettings, load
+
+
+class Failure(Exception):
+    """A runtime failure the user should read as one line (exit 1)."""
+
+
+_config_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False),
+    help="TOML config file; its [controller] or [sensor] table (or top-level keys) "
+         "sets defaults. Flags beat SPANREC_* environment variables, which beat the file.")
+_log_options = [
+    click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+                 help="Log level (default info; env SPANREC_LOG_LEVEL)."),
+    click.option("--log-format", type=click.Choice(["json", "text"]),
+                 help="Logs on stderr as JSON lines (default) or key=value text."),
+]
+
+
+def _with_logs(f):
+    for opt in reversed(_log_options):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option("0.1.0", prog_name="spanrec")
+def cli() -> None:
+    """spanrec records VoIP calls from mirrored SIP/RTP traffic.
+
+    Sensors capture on mirror ports (or replay capture files) and stream SIP,
+    RTP and RTCP over gRPC to a controller, which writes one recording per
+    call: call.json, audio.wav and call.pcap.
+    """
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option("--out", "out", type=click.Path(file_okay=False), default="recordings",
+              show_default=True, help="Folder the recordings are written to.")
+@click.option("--storage", help="Storage URL instead of --out: a folder, file:///path or "
+                                "s3://BUCKET/PREFIX (endpoint and keys from SPANREC_S3_* env).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="How the list of recorded calls is printed on stdout.")
+@click.option("--no-progress", is_flag=True, help="Do not show the progress bars on stderr.")
+@_config_option
+@_with_logs
+def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_progress: bool,
+           config_file: str | None, log_level: str | None, log_format: str | None) -> None:
+    """Record capture FILES (pcap or pcapng) into --out.
+
+    Runs the whole path on this machine: a controller in this process and one
+    sensor process per file, talking real gRPC on loopback. Waits until every
+    call is written, then prints the calls. Exit status 1 when a file was
+    truncated or corrupt (everything before the bad spot is still recorded).
+    """
+    from cli.record import run_record
+
+    settings = load(ControllerSettings, "controller", config_file, {
+        "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
+        "listen": "127.0.0.1:0"})
+    _setup_logs(settings)
+    ok = run_record(settings, [Path(f) for f in files], fmt=fmt, progress=not no_progress)
+    if not ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--listen", help="HOST:PORT for sensors and the admin API (default 0.0.0.0:7600).")
+@click.option("--storage", help="Folder, file:///path or s3://BUCKET/PREFIX (default ./recordings). "
+                                "S3 endpoint/keys: --s3-endpoint or SPANREC_S3_ENDPOINT, "
+                                "SPANREC_S3_ACCESS_KEY, SPANREC_S3_SECRET_KEY.")
+@click.option("--s3-endpoint", help="S3 endpoint URL, e.g. http://127.0.0.1:9000.")
+@click.option("--answered-timeout", "answered_timeout_s", type=float,
+              help="End an answered call after this many seconds without SIP or RTP (default 300).")
+@click.option("--setup-timeout", "setup_timeout_s", type=float,
+              help="End an unanswered call after this many seconds without SIP or RTP (default 180).")
+@click.option("--controller-id", help="Name of this controller in status output.")
+@_config_option
+@_with_logs
+def controller(config_file: str | None, **flags: Any) -> None:
+    """Run a controller: receive sensors' packets and write recordings until stopped."""
+    from cli.serve import run_controller
+
+    settings = load(ControllerSettings, "controller", config_file, flags)
+    _setup_logs(settings)
+    run_controller(settings)
+
+
+@cli.command()
+@click.option("--interface", "-i", help="Capture live on this interface (mirror port).")
+@click.option("--pcap", type=click.Path(exists=True, dir_okay=False),
+              help="Replay this capture file instead of capturing live.")
+@click.option("--controller", help="Controller HOST:PORT.")
+@click.option("--sensor-id", help="Unique id of this sensor (letters, digits, _ . : -).")
+@click.option("--site", help="Site name shown in status.")
+@click.option("--bpf", help="BPF filter for live capture (default: UDP, TCP and IP fragments, "
+                            "with or without VLAN tags).")
+@click.option("--snaplen", type=int, help="Bytes kept per packet in live capture (default 65535).")
+@click.option("--timeout-ms", type=int, help="libpcap read timeout: the most a packet waits in "
+                                             "the kernel ring (default 10).")
+@click.option("--connect-timeout", "connect_timeout_s", type=float,
+              help="Give up when the controller is unreachable this long "
+                   "(default: never for live capture, 30 s for a replay).")
+@_config_option
+@_with_logs
+def sensor(config_file: str | None, **flags: Any) -> None:
+    """Run a sensor: capture (or replay) SIP/RTP and stream it to the controller."""
+    from sensor.pipeline import SensorFailed, SensorOptions, run_sensor
+
+    settings = load(SensorSettings, "sensor", config_file, flags)
+    if bool(settings.interface) == bool(settings.pcap):
+        raise ConfigError("give exactly one of --interface or --pcap")
+    _setup_logs(settings)
+    connect_timeout = settings.connect_timeout_s
+    if connect_timeout is None and settings.pcap:
+        connect_timeout = 30.0
+    opts = SensorOptions(
+        sensor_id=settings.sensor_id, controller=settings.controller, site=settings.site,
+        interface=settings.interface, pcap=str(settings.pcap) if settings.pcap else None,
+        bpf=settings.bpf, snaplen=settings.snaplen, timeout_ms=settings.timeout_ms,
+        connect_timeout_s=connect_timeout, max_batches=settings.max_batches)
+    import signal
+    import threading
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        error = run_sensor(opts, stop)
+    except SensorFailed as exc:
+        raise Failure(str(exc)) from None
+    if error:
+        raise Failure(error)
+
+
+def _setup_logs(settings: Any) -> None:
+    from cli import logs
+    logs.setup(settings.log_level, settings.log_format)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line per error, exit 2 for usage/config, 1 for failures."""
+    try:
+        cli.main(args=argv, prog_name="spanrec", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(2)
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "spanrec"
+        output.error(f"{exc.format_message()} (see '{cmd} --help')")
+        sys.exit(2)
+    except click.exceptions.Abort:
+        output.error("aborted")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        output.error(exc.format_message())
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        output.error(str(exc))
+        sys.exit(2)
+    except Failure as exc:
+        output.error(str(exc))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if os.environ.get("SPANREC_DEBUG"):
+            raise
+        output.error(f"unexpected {type(exc).__name__}: {exc} (SPANREC_DEBUG=1 shows the traceback)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

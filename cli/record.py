@@ -1,0 +1,83 @@
+"""`spanrec record`: the whole path on one machine.
+
+A controller runs in this process on a loopback port; each capture file is
+replayed by its own sensor process (`spanrec sensor --pcap`), so the packets
+cross real gRPC exactly as in production and the sensors use a second core.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cli import output
+from cli.serve import build_recorder, open_storage
+from cli.settings import ControllerSettings
+from controller.link import serve
+
+
+def run_record(settings: ControllerSettings, files: list[Path], *, fmt: str = "table",
+               progress: bool = True) -> bool:
+    store = open_storage(settings)
+    recorder = build_recorder(settings, store, expected_sensors=len(files))
+    return asyncio.run(_record(settings, recorder, files, fmt, progress))
+
+
+async def _record(settings, recorder, files: list[Path], fmt: str, show: bool) -> bool:
+    server, port = await serve(recorder, "127.0.0.1:0")
+    logdir = tempfile.TemporaryDirectory(prefix="spanrec-record-")
+    procs: list[tuple[str, Path, subprocess.Popen, Path]] = []
+    for i, path in enumerate(files, 1):
+        sid = f"replay-{i}"
+        errfile = Path(logdir.name) / f"{sid}.log"
+        with open(errfile, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "sensor", "--pcap", str(path),
+                 "--controller", f"127.0.0.1:{port}", "--sensor-id", sid,
+                 "--log-level", "warning", "--log-format", "text", "--connect-timeout", "30"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        procs.append((sid, path, proc, errfile))
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TextColumn("{task.fields[pkts]} packets"), TimeElapsedColumn(),
+                   console=output.err, disable=not show, transient=False)
+    tasks = {sid: bar.add_task(path.name, total=path.stat().st_size, pkts=0)
+             for sid, path, _, _ in procs}
+    with bar:
+        while True:
+            for s in recorder.status()["sensors"]:
+                if s["sensor_id"] in tasks:
+                    bar.update(tasks[s["sensor_id"]], completed=s["replay_bytes"],
+                               pkts=s["packets_received"])
+            if all(p.poll() is not None for _, _, p, _ in procs):
+                break
+            await asyncio.sleep(0.2)
+        for s in recorder.status()["sensors"]:
+            if s["sensor_id"] in tasks:
+                bar.update(tasks[s["sensor_id"]], completed=s["replay_total"] or None,
+                           pkts=s["packets_received"])
+
+    ok = True
+    for sid, path, proc, errfile in procs:
+        if proc.returncode != 0:
+            ok = False
+            lines = [ln for ln in errfile.read_text(errors="replace").splitlines() if ln.strip()]
+            last = lines[-1] if lines else f"sensor exited with status {proc.returncode}"
+            output.error(f"{path}: {last.removeprefix('spanrec: error: ')}")
+    if not recorder.all_replays_done.is_set():
+        ok = False  # a sensor died before it finished: record what arrived
+    await asyncio.to_thread(recorder.shutdown)
+    await server.stop(grace=1.0)
+    logdir.cleanup()
+    if recorder.writer.errors:
+        ok = False
+        output.error(f"{recorder.writer.errors} recording(s) could not be written")
+    output.print_calls(list(recorder.writer.recent), fmt,
+                       title=f"{recorder.writer.written} call(s) recorded to {recorder.writer.store.url}")
+    return ok

@@ -1,0 +1,93 @@
+"""Settings of each command: flags > environment (SPANREC_*) > config file > defaults.
+
+pydantic-settings validates everything; the CLI turns a validation error into
+one line and exit status 2.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Bad flags, environment or config file; the message is one line."""
+
+
+def _hostport(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPANREC_", extra="forbid",
+                                      validate_default=True)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+
+class ControllerSettings(_Base):
+    listen: str = "0.0.0.0:7600"
+    storage: str = "./recordings"
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    answered_timeout_s: float = Field(300.0, gt=0)
+    setup_timeout_s: float = Field(180.0, gt=0)
+    linger_s: float = Field(2.0, ge=0)
+    sip_dedup_window_ms: float = Field(300.0, ge=0)
+    media_dedup_window_ms: float = Field(1000.0, ge=0)
+    controller_id: str = "controller"
+
+    _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
+
+
+class SensorSettings(_Base):
+    sensor_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    controller: str
+    site: str = ""
+    interface: str | None = None
+    pcap: Path | None = None
+    bpf: str | None = None
+    snaplen: int = Field(65535, ge=256, le=262144)
+    timeout_ms: int = Field(10, ge=1, le=1000)
+    connect_timeout_s: float | None = Field(None, gt=0)
+    max_batches: int = Field(4096, ge=4)
+
+    _check_controller = field_validator("controller")(lambda cls, v: _hostport(v))
+
+
+def _read_file(path: str | None, section: str) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    values = data.get(section, data)
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: [{section}] must be a table")
+    return {k.replace("-", "_"): v for k, v in values.items() if not isinstance(v, dict)}
+
+
+def load(cls: type[_Base], section: str, config_file: str | None, flags: dict[str, Any]) -> Any:
+    """Builds settings with flags > environment > file > defaults."""
+    values = _read_file(config_file, section)
+    # init values beat the environment in pydantic-settings: drop file values
+    # that the environment sets, so the environment wins over the file.
+    values = {k: v for k, v in values.items() if f"SPANREC_{k.upper()}" not in os.environ}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(f"invalid setting {where!r}: {err['msg']}") from None

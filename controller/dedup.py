@@ -1,0 +1,62 @@
+"""Drops a packet that another mirror (or the same one twice) already delivered.
+
+Two copies of one packet differ in their L2 headers, TTL/hop limit and IPv4
+header checksum; the IP ID, addresses, ports and transport payload are equal.
+The key is therefore (IP version, src, dst, protocol, IP ID, ports, TCP seq,
+64-bit hash of the transport payload). A copy is dropped only when the first
+one was seen less than a window ago (capture time): a SIP retransmission comes
+500 ms or more later and is kept; RTP copies from other sites come within a few
+hundred ms. Packets arrive here in capture-time order (controller/order.py),
+so old keys are evicted from the front of a FIFO; the table is also bounded in
+size.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from protocols.layers import Decoded
+
+
+@dataclass
+class DedupConfig:
+    sip_window_ms: float = 300.0     # below the 500 ms first SIP retransmission (T1)
+    media_window_ms: float = 1000.0  # path delay and clock skew between sites
+    max_entries: int = 2_000_000
+
+
+@dataclass
+class Deduplicator:
+    config: DedupConfig = field(default_factory=DedupConfig)
+    dropped: int = 0
+    dropped_by_sensor: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._seen: dict[tuple, int] = {}
+        self._fifo: deque[tuple[int, tuple]] = deque()
+        self._sip_window = int(self.config.sip_window_ms * 1e6)
+        self._media_window = int(self.config.media_window_ms * 1e6)
+        self._horizon = max(self._sip_window, self._media_window)
+
+    def is_duplicate(self, ts_ns: int, sensor_id: str, data: bytes, d: Decoded,
+                     is_sip: bool) -> bool:
+        start = d.payload_offset
+        key = (d.src, d.dst, d.proto, d.ip_id, d.sport, d.dport, d.tcp_seq,
+               d.frag_offset, hash(data[start:start + d.payload_len]))
+        first = self._seen.get(key)
+        if first is not None:
+            window = self._sip_window if is_sip else self._media_window
+            if 0 <= ts_ns - first <= window or 0 <= first - ts_ns <= window:
+                self.dropped += 1
+                self.dropped_by_sensor[sensor_id] = self.dropped_by_sensor.get(sensor_id, 0) + 1
+                return True
+        self._seen[key] = ts_ns
+        fifo = self._fifo
+        fifo.append((ts_ns, key))
+        # evict what no later packet can match any more
+        limit = ts_ns - self._horizon
+        while fifo and (fifo[0][0] < limit or len(fifo) > self.config.max_entries):
+            old_ts, old_key = fifo.popleft()
+            if self._seen.get(old_key) == old_ts:
+                del self._seen[old_key]
+        return False

@@ -1,0 +1,121 @@
+"""SDP session descriptions (RFC 4566) as far as a call recorder needs them."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from protocols.errors import SdpError
+
+__all__ = ["SessionDescription", "MediaDescription", "parse_sdp", "STATIC_PAYLOAD_TYPES",
+           "DIRECTIONS"]
+
+# RFC 3551 static payload types filled in when no a=rtpmap names them
+STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("PCMU", 8000, 1),
+    3: ("GSM", 8000, 1),
+    4: ("G723", 8000, 1),
+    8: ("PCMA", 8000, 1),
+    9: ("G722", 8000, 1),
+    13: ("CN", 8000, 1),
+    18: ("G729", 8000, 1),
+}
+DIRECTIONS = frozenset(("sendrecv", "sendonly", "recvonly", "inactive"))
+
+_LINE_SPLIT = re.compile(r"\r?\n")
+_RTPMAP_RE = re.compile(r"(\d{1,3})\s+([^/\s]+)/(\d+)(?:/(\d+))?")
+
+
+@dataclass(slots=True)
+class MediaDescription:
+    media: str
+    port: int
+    proto: str
+    formats: list[int] = field(default_factory=list)
+    connection: str | None = None
+    rtpmap: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    direction: str = "sendrecv"
+    rtcp_port: int | None = None
+
+
+@dataclass(slots=True)
+class SessionDescription:
+    origin: str | None = None  # the o= value text
+    connection: str | None = None  # address of the session-level c=
+    direction: str = "sendrecv"
+    media: list[MediaDescription] = field(default_factory=list)
+
+
+def _connection_address(value: str) -> str:
+    parts = value.split()
+    if len(parts) != 3 or parts[0] != "IN":
+        raise SdpError(f"malformed c= line {value!r}")
+    addr = parts[2].split("/", 1)[0]  # multicast TTL / count
+    if not addr:
+        raise SdpError(f"malformed c= line {value!r}")
+    return addr
+
+
+def _media(value: str) -> MediaDescription:
+    parts = value.split()
+    if len(parts) < 3:
+        raise SdpError(f"malformed m= line {value!r}")
+    port_text = parts[1].split("/", 1)[0]  # "49170/2" = port count
+    if not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
+        raise SdpError(f"malformed m= port in {value!r}")
+    formats = [int(f) for f in parts[3:] if f.isdigit() and f.isascii() and len(f) <= 3]
+    return MediaDescription(parts[0], int(port_text), parts[2], formats)
+
+
+def parse_sdp(body: bytes | bytearray | memoryview) -> SessionDescription:
+    """Parse an SDP body; SdpError if it is not SDP or an m=/c= line is malformed."""
+    text = bytes(body).decode("utf-8", "replace")
+    lines = [ln.strip() for ln in _LINE_SPLIT.split(text)]
+    lines = [ln for ln in lines if ln]
+    if not lines or not lines[0].startswith("v="):
+        raise SdpError("not SDP: does not start with a v= line")
+    sd = SessionDescription()
+    directions: list[str | None] = []  # media-level direction per media, None = inherit
+    cur: MediaDescription | None = None
+    for line in lines[1:]:
+        if len(line) < 2 or line[1] != "=":
+            continue  # tolerate junk lines
+        kind, value = line[0], line[2:].strip()
+        if kind == "m":
+            cur = _media(value)
+            sd.media.append(cur)
+            directions.append(None)
+        elif kind == "c":
+            addr = _connection_address(value)
+            if cur is None:
+                sd.connection = addr
+            else:
+                cur.connection = addr
+        elif kind == "o":
+            if cur is None:
+                sd.origin = value
+        elif kind == "a":
+            name, _, arg = value.partition(":")
+            if name in DIRECTIONS:
+                if cur is None:
+                    sd.direction = name
+                else:
+                    directions[-1] = name
+            elif cur is None:
+                continue
+            elif name == "rtpmap":
+                m = _RTPMAP_RE.match(arg.strip())
+                if m is not None:
+                    channels = int(m.group(4)) if m.group(4) else 1
+                    cur.rtpmap[int(m.group(1))] = (m.group(2).upper(), int(m.group(3)), channels)
+            elif name == "rtcp":
+                port_text = arg.split(None, 1)[0] if arg.strip() else ""
+                if port_text.isdigit() and port_text.isascii() and int(port_text) <= 65535:
+                    cur.rtcp_port = int(port_text)
+    for md, direction in zip(sd.media, directions):
+        md.direction = direction or sd.direction
+        if md.connection is None:
+            md.connection = sd.connection
+        for pt in md.formats:
+            if pt not in md.rtpmap and pt in STATIC_PAYLOAD_TYPES:
+                md.rtpmap[pt] = STATIC_PAYLOAD_TYPES[pt]
+    return sd

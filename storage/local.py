@@ -1,0 +1,128 @@
+"""Recordings in a local (or mounted) folder.
+
+Each file is written to a temporary file in its final directory and renamed
+over the old one, so a reader never sees half a file and a crash never leaves
+a truncated recording under its real name.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from storage.base import StorageError
+from storage.layout import valid_name, valid_prefix
+
+_TMP_PREFIX = ".tmp-"
+
+
+class LocalStore:
+    """A :class:`storage.base.RecordingStore` on a folder.
+
+    ``fsync`` makes each file durable before it replaces the old one; it can be
+    turned off for benchmarks on throw-away folders.
+    """
+
+    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.fsync = fsync
+        self.url = self.root.as_uri()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.url})"
+
+    def _dir(self, prefix: str) -> Path:
+        try:
+            return self.root.joinpath(*valid_prefix(prefix).split("/"))
+        except ValueError as exc:
+            raise StorageError(f"{self.url}: {exc}") from None
+
+    def put(self, prefix: str, files: dict[str, bytes]) -> str:
+        folder = self._dir(prefix)
+        try:
+            names = {valid_name(n) for n in files}
+        except ValueError as exc:
+            raise StorageError(f"{self.url}: {exc}") from None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                self._write_atomic(folder, name, data)
+            # Remove what an earlier run left and this one no longer has (e.g.
+            # audio.wav when the call turned out to have no media), plus temp
+            # files of an interrupted write, so the folder equals the recording.
+            for entry in os.scandir(folder):
+                if entry.name not in names and entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+            if self.fsync:
+                _fsync_dir(folder)
+        except OSError as exc:
+            raise StorageError(f"{self.url}: cannot write recording {prefix}: {exc.strerror or exc}") from exc
+        return folder.as_uri()
+
+    def _write_atomic(self, folder: Path, name: str, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + name + ".", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; recordings are meant to be read.
+            os.replace(tmp, folder / name)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def get(self, prefix: str, name: str) -> bytes:
+        folder = self._dir(prefix)
+        try:
+            return (folder / valid_name(name)).read_bytes()
+        except ValueError as exc:
+            raise StorageError(f"{self.url}: {exc}") from None
+        except FileNotFoundError:
+            raise StorageError(f"{self.url}: no file {name} in recording {prefix}") from None
+        except OSError as exc:
+            raise StorageError(f"{self.url}: cannot read {prefix}/{name}: {exc.strerror or exc}") from exc
+
+    def list_recordings(self) -> list[str]:
+        """Every folder under the root that directly holds a (non-temporary) file."""
+        found: list[str] = []
+        if not self.root.is_dir():
+            return found
+        try:
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                if dirpath == str(self.root):
+                    continue
+                if any(not f.startswith(".") for f in filenames):
+                    found.append(Path(dirpath).relative_to(self.root).as_posix())
+        except OSError as exc:
+            raise StorageError(f"{self.url}: cannot list recordings: {exc.strerror or exc}") from exc
+        return sorted(found)
+
+    def check(self) -> None:
+        """Create the root if needed and prove it is writable with a probe file."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=_TMP_PREFIX + "check.", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise StorageError(f"{self.url}: folder is not writable: {exc.strerror or exc}") from exc
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

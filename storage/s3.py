@@ -1,0 +1,219 @@
+"""Recordings in an S3-compatible bucket (AWS, MinIO, SeaweedFS, Ceph ...).
+
+Uses the ``minio`` SDK.  The SDK's own urllib3 retries are replaced by one
+bounded tenacity policy with short timeouts so that an unreachable endpoint
+turns into a :class:`StorageError` in a predictable time instead of minutes.
+Only transient failures (network errors, 5xx, throttling) are retried; a bad
+key or a missing permission fails at once.  Messages are built from the
+endpoint, bucket and key only: credentials never appear in them.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.helpers import check_bucket_name
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from storage.base import StorageError
+from storage.layout import content_type, valid_name, valid_prefix
+
+T = TypeVar("T")
+
+#: S3 error codes worth another try; everything else is a permanent answer.
+_TRANSIENT_CODES = frozenset({
+    "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+    "RequestTimeTooSkewed", "OperationAborted", "Throttling", "ThrottlingException",
+})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries for transient S3 failures.
+
+    ``attempts`` tries in total, waiting ``initial``·2^n seconds (at most
+    ``max_wait``) between them; ``connect_timeout``/``read_timeout`` bound each
+    HTTP request.  The defaults give up after roughly 10 s of outage; tests use
+    tiny values to stay fast.
+    """
+
+    attempts: int = 5
+    initial: float = 0.5
+    max_wait: float = 5.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, S3Error):
+        return exc.code in _TRANSIENT_CODES
+    if isinstance(exc, (ServerError, InvalidResponseError)):
+        return True  # 5xx or a non-S3 answer (proxy error page): may pass.
+    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError))
+
+
+def _reason(exc: BaseException) -> str:
+    """One-line cause of a failure, without request headers or secrets."""
+    if isinstance(exc, S3Error):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "connection failed (" + str(exc).rsplit(":", 1)[-1].strip() + ")"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class S3Store:
+    """A :class:`storage.base.RecordingStore` on ``s3://bucket/prefix``.
+
+    ``endpoint`` is ``host[:port]`` (no scheme); ``secure`` selects HTTPS.  The
+    bucket is created on first use when missing.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        secure: bool,
+        region: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.key_prefix = "/".join(p for p in prefix.split("/") if p)
+        self.endpoint = endpoint
+        self.retry = retry or RetryPolicy()
+        scheme = "https" if secure else "http"
+        base = f"s3://{bucket}/{self.key_prefix}".rstrip("/")
+        self.url = base
+        self._where = f"{base} at {scheme}://{endpoint}"
+        try:
+            check_bucket_name(bucket, strict=True)
+        except ValueError as exc:
+            raise StorageError(f"{self._where}: {exc}") from None
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=self.retry.connect_timeout, read=self.retry.read_timeout),
+            maxsize=10,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=urllib3.Retry(total=0, connect=0, read=0, redirect=0, status=0),
+        )
+        try:
+            self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key,
+                                 secure=secure, region=region, http_client=http)
+        except ValueError as exc:
+            raise StorageError(f"{self._where}: invalid S3 endpoint: {exc}") from None
+        self._bucket_ready = False
+
+    def __repr__(self) -> str:
+        return f"S3Store({self._where})"
+
+    # -- helpers -----------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one S3 operation under the retry policy; failures become StorageError."""
+        retrying = Retrying(
+            stop=stop_after_attempt(max(1, self.retry.attempts)),
+            wait=wait_exponential(multiplier=self.retry.initial, max=self.retry.max_wait),
+            retry=retry_if_exception(_transient),
+            reraise=True,
+        )
+        try:
+            return retrying(fn)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            tries = retrying.statistics.get("attempt_number", 1)
+            after = f" after {tries} attempts" if tries > 1 else ""
+            raise StorageError(f"{self._where}: {what} failed{after}: {_reason(exc)}") from None
+
+    def _key(self, prefix: str, name: str = "") -> str:
+        try:
+            parts = [self.key_prefix, valid_prefix(prefix), valid_name(name) if name else ""]
+        except ValueError as exc:
+            raise StorageError(f"{self._where}: {exc}") from None
+        return "/".join(p for p in parts if p) + ("" if name else "/")
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+
+        def ensure() -> None:
+            if not self._client.bucket_exists(self.bucket):
+                try:
+                    self._client.make_bucket(self.bucket)
+                except S3Error as exc:  # created meanwhile by another writer
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+        self._call(f"creating bucket {self.bucket}", ensure)
+        self._bucket_ready = True
+
+    # -- RecordingStore ----------------------------------------------------
+    def put(self, prefix: str, files: dict[str, bytes]) -> str:
+        folder = self._key(prefix)
+        keys = {self._key(prefix, name): (name, data) for name, data in files.items()}
+        self._ensure_bucket()
+        for key, (name, data) in keys.items():
+            self._call(
+                f"writing {key}",
+                lambda key=key, name=name, data=data: self._client.put_object(
+                    self.bucket, key, io.BytesIO(data), len(data), content_type=content_type(name)),
+            )
+
+        # Objects directly under the folder that this recording no longer has.
+        def stale() -> list[str]:
+            return [o.object_name for o in self._client.list_objects(self.bucket, prefix=folder)
+                    if not o.is_dir and o.object_name not in keys]
+
+        for key in self._call(f"listing {folder}", stale):
+            self._call(f"removing stale {key}", lambda key=key: self._client.remove_object(self.bucket, key))
+        return f"s3://{self.bucket}/{folder.rstrip('/')}"
+
+    def get(self, prefix: str, name: str) -> bytes:
+        key = self._key(prefix, name)
+
+        def read() -> bytes:
+            resp = self._client.get_object(self.bucket, key)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call(f"reading {key}", read)
+
+    def list_recordings(self) -> list[str]:
+        """Every key folder under the store prefix that directly holds an object."""
+        base = self.key_prefix + "/" if self.key_prefix else ""
+
+        def listing() -> list[str]:
+            found: set[str] = set()
+            try:
+                objects = self._client.list_objects(self.bucket, prefix=base or None, recursive=True)
+                for obj in objects:
+                    rel = obj.object_name[len(base):]
+                    folder, _, name = rel.rpartition("/")
+                    if folder and name and not name.startswith("."):
+                        found.add(folder)
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket":
+                    return []
+                raise
+            return sorted(found)
+
+        return self._call("listing recordings", listing)
+
+    def check(self) -> None:
+        """Prove endpoint, credentials and bucket work (creating the bucket if missing)."""
+        self._bucket_ready = False
+        self._ensure_bucket()
+        self._call("listing bucket", lambda: next(iter(self._client.list_objects(
+            self.bucket, prefix=self.key_prefix or None)), None))

@@ -1,0 +1,205 @@
+"""Storage backends: a local folder and a real S3 server give identical results."""
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from storage import (LocalStore, RecordingStore, RetryPolicy, S3Store, StorageError, open_store,
+                     recording_id, recording_prefix)
+from storage.layout import content_type
+
+FAST_RETRY = RetryPolicy(attempts=3, initial=0.01, max_wait=0.05, connect_timeout=0.5, read_timeout=2.0)
+_bucket_no = itertools.count()
+
+FILES = {
+    "call.json": b'{"call_id": "abc@host"}\n',
+    "audio.wav": b"RIFF" + bytes(range(256)) * 40,
+    "call.pcap": b"\x4d\x3c\xb2\xa1" + b"\x00" * 1000,
+}
+
+
+def s3_store(server, prefix: str = "rec") -> S3Store:
+    """A fresh bucket per test so tests never see each other's objects."""
+    bucket = f"spanrec-test-{next(_bucket_no)}-{time.monotonic_ns() % 10**9}"
+    store = open_store(f"s3://{bucket}/{prefix}", endpoint=f"http://{server.endpoint}",
+                       access_key=server.access_key, secret_key=server.secret_key, retry=FAST_RETRY)
+    assert isinstance(store, S3Store)
+    return store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> RecordingStore:
+    if request.param == "local":
+        return LocalStore(tmp_path / "recordings")
+    return s3_store(request.getfixturevalue("s3_server"))
+
+
+# -- layout -----------------------------------------------------------------
+
+def test_layout_prefix_uses_utc_date():
+    started = datetime(2024, 3, 1, 0, 30, tzinfo=timezone.utc)
+    rid = recording_id("a84b4c76e66710@pc33.atlanta.com", 1_709_253_000_123_456_789)
+    assert rid.startswith("20240301T003000Z-") and len(rid) == len("20240301T003000Z-") + 12
+    assert recording_prefix(started, rid) == f"2024/03/01/{rid}"
+    assert rid == recording_id("a84b4c76e66710@pc33.atlanta.com", 1_709_253_000_123_456_789)
+    assert rid != recording_id("a84b4c76e66710@pc33.atlanta.com", 1_709_253_000_123_456_790)
+    with pytest.raises(ValueError):
+        recording_prefix(started, "../x")
+
+
+def test_content_types():
+    assert content_type("call.json") == "application/json"
+    assert content_type("audio.wav") == "audio/wav"
+    assert content_type("call.pcap") == "application/vnd.tcpdump.pcap"
+
+
+# -- both backends ----------------------------------------------------------
+
+def test_put_get_list(store: RecordingStore):
+    store.check()
+    prefix = "2024/03/01/20240301T003000Z-0123456789ab"
+    location = store.put(prefix, FILES)
+    assert location.endswith(prefix)
+    assert store.list_recordings() == [prefix]
+    for name, data in FILES.items():
+        assert store.get(prefix, name) == data
+    with pytest.raises(StorageError):
+        store.get(prefix, "missing.wav")
+
+
+def test_put_twice_overwrites(store: RecordingStore):
+    prefix = "2024/03/01/rec-a"
+    store.put(prefix, FILES)
+    newer = dict(FILES, **{"call.json": b'{"v": 2}'})
+    store.put(prefix, newer)
+    assert store.list_recordings() == [prefix]
+    assert store.get(prefix, "call.json") == b'{"v": 2}'
+
+
+def test_stale_files_removed(store: RecordingStore):
+    prefix = "2024/03/01/rec-b"
+    sibling = "2024/03/01/rec-bb"  # a key prefix of rec-b... must not be touched
+    store.put(prefix, FILES)
+    store.put(sibling, FILES)
+    without_audio = {k: v for k, v in FILES.items() if k != "audio.wav"}
+    store.put(prefix, without_audio)
+    with pytest.raises(StorageError):
+        store.get(prefix, "audio.wav")
+    assert store.get(sibling, "audio.wav") == FILES["audio.wav"]
+    assert store.list_recordings() == [prefix, sibling]
+
+
+def test_invalid_names_rejected(store: RecordingStore):
+    for prefix, name in (("../escape", "call.json"), ("2024/01/01/x", "../call.json"), ("", "call.json")):
+        with pytest.raises(StorageError):
+            store.put(prefix, {name: b"x"})
+
+
+def test_local_and_s3_identical(tmp_path, s3_server):
+    local = LocalStore(tmp_path / "rec")
+    s3 = s3_store(s3_server, prefix="deep/er")
+    recordings = {
+        "2024/03/01/r1": FILES,
+        "2024/03/02/r2": {"call.json": b"{}", "call.pcap": b"p" * 10},
+        "2023/12/31/r3": {"call.json": b"[]"},
+    }
+    for target in (local, s3):
+        for prefix, files in recordings.items():
+            target.put(prefix, files)
+        target.put("2024/03/01/r1", {"call.json": b"{}"})  # stale audio and pcap go
+    assert local.list_recordings() == s3.list_recordings() == sorted(recordings)
+    expected = dict(recordings, **{"2024/03/01/r1": {"call.json": b"{}"}})
+    for prefix, files in expected.items():
+        for name in ("call.json", "audio.wav", "call.pcap"):
+            if name in files:
+                assert local.get(prefix, name) == s3.get(prefix, name) == files[name]
+            else:
+                for target in (local, s3):
+                    with pytest.raises(StorageError):
+                        target.get(prefix, name)
+    # The local folder holds exactly the recording files (no temp leftovers).
+    on_disk = sorted(p.relative_to(local.root).as_posix() for p in local.root.rglob("*") if p.is_file())
+    assert on_disk == sorted(f"{p}/{n}" for p, fs in expected.items() for n in fs)
+
+
+def test_s3_objects_carry_content_type(s3_server):
+    store = s3_store(s3_server)
+    store.put("2024/03/01/r1", FILES)
+    for name in FILES:
+        stat = store._client.stat_object(store.bucket, f"rec/2024/03/01/r1/{name}")
+        assert stat.content_type == content_type(name)
+
+
+# -- failures ---------------------------------------------------------------
+
+def test_s3_server_down_fails_fast_with_clear_message(s3_server):
+    from tests.s3server import free_ports
+
+    port = free_ports(1)[0]  # nothing listens here
+    store = open_store("s3://recordings/x", endpoint=f"http://127.0.0.1:{port}",
+                       access_key="AKIDEXAMPLE", secret_key="very-secret-value", retry=FAST_RETRY)
+    t0 = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        store.put("2024/03/01/r1", FILES)
+    elapsed = time.monotonic() - t0
+    text = str(info.value)
+    assert elapsed < 3.0
+    assert f"127.0.0.1:{port}" in text and "after 3 attempts" in text
+    assert "very-secret-value" not in text and "AKIDEXAMPLE" not in text
+    with pytest.raises(StorageError):
+        store.check()
+
+
+def test_s3_wrong_secret_is_not_retried(s3_server):
+    store = open_store("s3://recordings/x", endpoint=f"http://{s3_server.endpoint}",
+                       access_key=s3_server.access_key, secret_key="wrong-secret-value",
+                       retry=RetryPolicy(attempts=5, initial=1.0))
+    t0 = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        store.check()
+    assert time.monotonic() - t0 < 1.0  # a permanent error: no back-off
+    assert "wrong-secret-value" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["", "ftp://host/x", "s3://", "s3://key:secret@bucket/x",
+                                 "file://otherhost/x", "s3://Bad_Bucket!/x"])
+def test_bad_url(url, monkeypatch):
+    monkeypatch.setenv("SPANREC_S3_ENDPOINT", "127.0.0.1:1")
+    monkeypatch.setenv("SPANREC_S3_ACCESS_KEY", "a")
+    monkeypatch.setenv("SPANREC_S3_SECRET_KEY", "b")
+    with pytest.raises(StorageError) as info:
+        open_store(url)
+    assert "secret" not in str(info.value).replace("SECRET_KEY", "")
+
+
+def test_s3_missing_settings(monkeypatch):
+    for name in ("SPANREC_S3_ENDPOINT", "SPANREC_S3_ACCESS_KEY", "SPANREC_S3_SECRET_KEY",
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(StorageError, match="missing S3 endpoint"):
+        open_store("s3://bucket/x")
+    monkeypatch.setenv("SPANREC_S3_ENDPOINT", "https://s3.example.com")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    with pytest.raises(StorageError, match="secret key"):
+        open_store("s3://bucket/x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    store = open_store("s3://bucket/x")
+    assert isinstance(store, S3Store) and store.url == "s3://bucket/x"
+    assert store._where.endswith("https://s3.example.com")
+
+
+def test_open_store_local(tmp_path):
+    assert isinstance(open_store(str(tmp_path)), LocalStore)
+    store = open_store(tmp_path.as_uri())
+    assert isinstance(store, LocalStore) and store.root == tmp_path
+
+
+def test_local_unwritable_root(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(StorageError, match="not writable"):
+        LocalStore(blocker / "sub").check()
