@@ -70,12 +70,11 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
     call is written, then prints the calls. Exit status 1 when a file was
     truncated or corrupt (everything before the bad spot is still recorded).
     """
-    from cli.record import run_record
-
     settings = load(ControllerSettings, "controller", config_file, {
         "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
         "listen": "127.0.0.1:0"})
     _setup_logs(settings)
+    from cli.record import run_record
     ok = run_record(settings, [Path(f) for f in files], fmt=fmt, progress=not no_progress)
     if not ok:
         sys.exit(1)
@@ -96,10 +95,9 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
 @_with_logs
 def controller(config_file: str | None, **flags: Any) -> None:
     """Run a controller: receive sensors' packets and write recordings until stopped."""
-    from cli.serve import run_controller
-
     settings = load(ControllerSettings, "controller", config_file, flags)
     _setup_logs(settings)
+    from cli.serve import run_controller
     run_controller(settings)
 
 
@@ -122,12 +120,11 @@ def controller(config_file: str | None, **flags: Any) -> None:
 @_with_logs
 def sensor(config_file: str | None, **flags: Any) -> None:
     """Run a sensor: capture (or replay) SIP/RTP and stream it to the controller."""
-    from sensor.pipeline import SensorFailed, SensorOptions, run_sensor
-
     settings = load(SensorSettings, "sensor", config_file, flags)
     if bool(settings.interface) == bool(settings.pcap):
         raise ConfigError("give exactly one of --interface or --pcap")
     _setup_logs(settings)
+    from sensor.pipeline import SensorFailed, SensorOptions, run_sensor
     connect_timeout = settings.connect_timeout_s
     if connect_timeout is None and settings.pcap:
         connect_timeout = 30.0

@@ -57,8 +57,11 @@ def print_calls(calls: Iterable[dict[str, Any]], fmt: str = "table", title: str 
 
 
 def error(message: str) -> None:
-    err.print(f"spanrec: error: {message}", markup=False, highlight=False)
+    """One line on stderr, never wrapped (scripts grep it)."""
+    sys.stderr.write("spanrec: error: " + " ".join(message.split()) + "\n")
+    sys.stderr.flush()
 
 
 def warning(message: str) -> None:
-    err.print(f"spanrec: warning: {message}", markup=False, highlight=False)
+    sys.stderr.write("spanrec: warning: " + " ".join(message.split()) + "\n")
+    sys.stderr.flush()

@@ -7,10 +7,13 @@ cross real gRPC exactly as in production and the sensors use a second core.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,7 +28,38 @@ def run_record(settings: ControllerSettings, files: list[Path], *, fmt: str = "t
                progress: bool = True) -> bool:
     store = open_storage(settings)
     recorder = build_recorder(settings, store, expected_sensors=len(files))
-    return asyncio.run(_record(settings, recorder, files, fmt, progress))
+    stats_path = os.environ.get("SPANREC_BENCH_STATS")
+    rss_start = _rss_kib()
+    t0 = time.monotonic()
+    ok = asyncio.run(_record(settings, recorder, files, fmt, progress))
+    if stats_path:
+        _write_stats(stats_path, recorder, time.monotonic() - t0, rss_start)
+    return ok
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _write_stats(path: str, recorder, elapsed: float, rss_start: int) -> None:
+    """Figures for scripts/bench: this process is the controller, children are sensors."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    Path(path).write_text(json.dumps({
+        "elapsed_s": elapsed,
+        "controller_cpu_s": me.ru_utime + me.ru_stime,
+        "controller_peak_rss_kib": me.ru_maxrss,
+        "controller_start_rss_kib": rss_start,
+        "sensors_cpu_s": kids.ru_utime + kids.ru_stime,
+        "sensors_peak_rss_kib": kids.ru_maxrss,
+        "packets_in": recorder.packets_in,
+        "recordings": recorder.writer.written,
+        "peak_active_calls": recorder.peak_active_calls,
+    }))
 
 
 async def _record(settings, recorder, files: list[Path], fmt: str, show: bool) -> bool:

@@ -109,6 +109,7 @@ class Recorder:
         self.sensors: dict[str, SensorState] = {}
         self.decode_errors = 0
         self.packets_in = 0
+        self.peak_active_calls = 0
         self._next_advance = 0
         self._lock = threading.Lock()
         self.all_replays_done = threading.Event()
@@ -219,6 +220,9 @@ class Recorder:
             if ts >= next_advance:
                 next_advance = ts + _SECOND
                 self.writer.submit(self.engine.advance(ts))
+                active = len(self.engine.active())
+                if active > self.peak_active_calls:
+                    self.peak_active_calls = active
         self._next_advance = next_advance
         self.decode_errors += errors
         self.packets_in += len(packets)

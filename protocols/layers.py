@@ -46,8 +46,8 @@ _PPP_IPV6 = 0x0057
 _AF_INET = 2
 _AF_INET6 = frozenset((10, 24, 28, 30))
 
-_ETH_IPV4_UDP = struct.Struct("!12xHBxHHHxBx4s4sHHH")  # fast path, IHL 5
-_IPV4 = struct.Struct("!BxHHHxBx4s4s")  # vihl, tot_len, id, frag, proto, src, dst
+_ETH_IPV4_UDP = struct.Struct("!12xHBxHHHxB2x4s4sHHH")  # fast path, IHL 5
+_IPV4 = struct.Struct("!BxHHHxB2x4s4s")  # vihl, tot_len, id, frag, proto, src, dst
 _IPV6 = struct.Struct("!IHBx16s16s")  # vtf, payload_len, next header, src, dst
 _PORTS = struct.Struct("!HH")
 _UDP = struct.Struct("!HHH")  # sport, dport, length

@@ -20,10 +20,10 @@ TABLE_OPTS = (
 )
 
 FRAME_FIELDS = (
-    "frame.number", "frame.time_epoch", "frame.cap_len", "frame.len",
+    "frame.number", "frame.time_epoch", "frame.cap_len", "frame.len", "frame.protocols",
     "ip.src", "ip.dst", "ip.proto", "ip.id", "ip.flags.mf", "ip.frag_offset",
     "ipv6.src", "ipv6.dst", "ipv6.nxt", "ipv6.fraghdr.ident", "ipv6.fraghdr.offset",
-    "ipv6.fraghdr.more", "udp.srcport", "udp.dstport", "tcp.srcport", "tcp.dstport",
+    "ipv6.fraghdr.more", "ipv6.fraghdr.nxt", "udp.srcport", "udp.dstport", "udp.length", "tcp.srcport", "tcp.dstport",
     "tcp.seq_raw", "tcp.flags", "tcp.len", "gre",
 )
 

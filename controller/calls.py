@@ -1,0 +1,494 @@
+"""The call engine: routes every packet to its call and tells when a call is over.
+
+Call state lives behind one narrow interface, `CallTable`: Call-ID -> call and
+media endpoint (ip bytes, port) -> call.  Nothing else holds calls, so several
+controllers can later each own a set of calls keyed the same way.
+
+`CallEngine.process` is the per-packet path.  RTP costs one dict lookup on
+(dst ip, dst port) (a second on the source for symmetric RTP), a cached
+stream check and a few appends; SIP is parsed only when the payload looks
+like SIP.  Time is capture time only: `advance(now)` ends calls whose linger
+or inactivity deadline passed, using a lazy heap so packets never touch it.
+Malformed input is counted, never raised.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import re
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import count
+
+from protocols.errors import DecodeError
+from protocols.layers import Decoded
+from protocols.sip import looks_like_sip, parse_sip, split_stream
+from storage.layout import prefix_date, recording_id
+
+from controller.dialogs import Dialog, parse_truncated
+from controller.settings import CallConfig
+from controller.streams import (MAX_REF_OFFSET, MediaEndpoint, RtpStream, SdpMedia, pack_ref,
+                                sdp_media)
+
+__all__ = ["CallConfig", "Call", "CallTable", "CallEngine", "FinishedCall"]
+
+log = logging.getLogger("spanrec.calls")
+
+_NS = 1_000_000_000
+_RTP_TAIL = struct.Struct("!HII")  # seq, timestamp, ssrc (after the first two bytes)
+_CALL_ID_RE = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+?)[ \t]*\r?$",
+                         re.IGNORECASE | re.MULTILINE)
+_FRAG_KEEP_NS = 5 * _NS     # how long a fragmented datagram's later fragments are routed
+
+
+class Call:
+    """Everything recorded about one call while it is active."""
+
+    __slots__ = ("call_ids", "started_ns", "last_ns", "linktype", "frame_ts", "frame_data",
+                 "other_linktype", "sensors", "last_sensor", "dialog", "streams", "endpoints",
+                 "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done")
+
+    def __init__(self, call_id: str, ts_ns: int, linktype: int) -> None:
+        self.call_ids = [call_id]
+        self.started_ns = ts_ns
+        self.last_ns = ts_ns
+        self.linktype = linktype
+        self.frame_ts: list[int] = []
+        self.frame_data: list[bytes] = []
+        self.other_linktype: list[int] = []   # frame indexes not written to call.pcap
+        self.sensors: set[str] = set()
+        self.last_sensor: str | None = None
+        self.dialog = Dialog()
+        self.streams: dict[tuple[bytes, int, bytes, int, int], RtpStream] = {}
+        self.endpoints: list[tuple[bytes, int]] = []
+        self.rtcp_packets = 0
+        self.media_other = 0                  # non-RTP datagrams on media ports
+        self.sip_packets = 0
+        self.sip_errors = 0
+        self.done = False
+
+    def add_frame(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes) -> int:
+        """Keep a packet for call.pcap; returns its frame index."""
+        self.frame_ts.append(ts_ns)
+        self.frame_data.append(data)
+        self.last_ns = ts_ns
+        if sensor_id != self.last_sensor:
+            self.sensors.add(sensor_id)
+            self.last_sensor = sensor_id
+        if linktype != self.linktype:
+            self.other_linktype.append(len(self.frame_data) - 1)
+        return len(self.frame_data) - 1
+
+    @property
+    def first_call_id(self) -> str:
+        return self.call_ids[0]
+
+
+@dataclass
+class FinishedCall:
+    """A call that is over: self-contained input of finalize.build_recording."""
+
+    call_ids: list[str]
+    from_uri: str | None
+    to_uri: str | None
+    status: str
+    final_response: int | None
+    end_reason: str
+    started_ns: int
+    answered_ns: int | None
+    ended_ns: int | None
+    sensors: list[str]
+    linktype: int
+    frame_ts: list[int]
+    frame_data: list[bytes]
+    other_linktype: list[int]
+    streams: list[RtpStream]
+    rtpmap: dict[int, tuple[str, int, int]]  # every payload type the call's SDPs named
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class CallTable:
+    """The one place call state is reachable from: by Call-ID and by media endpoint."""
+
+    def __init__(self) -> None:
+        self.by_call_id: dict[str, Call] = {}
+        self.media: dict[tuple[bytes, int], MediaEndpoint] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_call_id)
+
+    def get(self, call_id: str) -> Call | None:
+        return self.by_call_id.get(call_id)
+
+    def add(self, call: Call) -> None:
+        for cid in call.call_ids:
+            self.by_call_id[cid] = call
+
+    def link_call_id(self, call_id: str, call: Call) -> None:
+        """Another Call-ID (B2BUA leg, X-Call-ID) belongs to this call."""
+        if call_id not in call.call_ids:
+            call.call_ids.append(call_id)
+        self.by_call_id[call_id] = call
+
+    def add_media(self, call: Call, side: int, media: SdpMedia) -> None:
+        """Map a receive endpoint to a call; the latest SDP wins when two calls
+        announce the same address (a port reused by the next call)."""
+        key = (media.addr, media.port)
+        ep = self.media.get(key)
+        if ep is not None and ep.call is call and ep.side == side and ep.rtcp == media.rtcp:
+            if media.rtpmap:
+                ep.rtpmap.update(media.rtpmap)
+            return
+        self.media[key] = MediaEndpoint(call, side, media.rtcp, dict(media.rtpmap))
+        call.endpoints.append(key)
+
+    def remove(self, call: Call) -> None:
+        for cid in call.call_ids:
+            if self.by_call_id.get(cid) is call:
+                del self.by_call_id[cid]
+        for key in call.endpoints:
+            ep = self.media.get(key)
+            if ep is not None and ep.call is call:
+                del self.media[key]
+
+    def calls(self) -> list[Call]:
+        seen: dict[int, Call] = {}
+        for call in self.by_call_id.values():
+            seen.setdefault(id(call), call)
+        return list(seen.values())
+
+
+class CallEngine:
+    """Transport-free call tracking: packets in (capture-time order), finished calls out."""
+
+    def __init__(self, config: CallConfig | None = None) -> None:
+        self.config = config or CallConfig()
+        self.table = CallTable()
+        self._linger_ns = int(self.config.linger_s * _NS)
+        self._answered_ns = int(self.config.answered_timeout_s * _NS)
+        self._setup_ns = int(self.config.setup_timeout_s * _NS)
+        self._recent_ns = int(self.config.recent_call_id_s * _NS)
+        self._heap: list[tuple[int, int, Call]] = []
+        self._seq = count()
+        self._recent: dict[str, int] = {}          # finished Call-ID -> until (ns)
+        self._recent_order: deque[tuple[int, str]] = deque()
+        self._frags: dict[tuple[bytes, int], tuple[Call, int]] = {}  # (src, ip id) -> call
+        self._frag_order: deque[tuple[int, tuple[bytes, int]]] = deque()
+        self._c: dict[str, int] = dict.fromkeys((
+            "sip_messages", "sip_retransmissions", "sip_errors", "sip_ignored", "sip_after_end",
+            "sdp_errors", "rtp_packets", "rtp_unmatched", "rtp_errors", "rtcp_packets",
+            "media_other", "fragments", "calls_started", "calls_finished", "internal_errors"), 0)
+        self._rtp_packets = 0
+
+    @property
+    def counters(self) -> dict[str, int]:
+        c = dict(self._c)
+        c["rtp_packets"] = self._rtp_packets
+        c["active_calls"] = len(self.table)
+        return c
+
+    # -- the packet path ------------------------------------------------------
+    def process(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded) -> bool:
+        """Route one packet; True if it belongs to a call (or created one)."""
+        try:
+            if d.proto == 17:
+                if d.is_fragment and d.sport == 0 and d.dport == 0:
+                    return self._fragment(ts_ns, sensor_id, linktype, data, d)
+                media = self.table.media
+                ep = media.get((d.dst, d.dport))
+                if ep is not None:
+                    return self._media(ts_ns, sensor_id, linktype, data, d, ep, 1 - ep.side)
+                ep = media.get((d.src, d.sport))
+                if ep is not None:  # symmetric RTP: sent from where that side receives
+                    return self._media(ts_ns, sensor_id, linktype, data, d, ep, ep.side)
+            elif d.proto != 6:
+                return False
+            return self._signalling(ts_ns, sensor_id, linktype, data, d)
+        except Exception:  # noqa: BLE001 - one bad packet must never stop the controller
+            self._c["internal_errors"] += 1
+            log.exception("packet dropped by an internal error")
+            return False
+
+    def _media(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded,
+               ep: MediaEndpoint, sender: int) -> bool:
+        call = ep.call
+        idx = call.add_frame(ts_ns, sensor_id, linktype, data)
+        off = d.payload_offset
+        n = d.payload_len
+        if n < 12 or data[off] >> 6 != 2:
+            call.media_other += 1
+            self._c["media_other"] += 1
+            return True
+        b0 = data[off]
+        b1 = data[off + 1]
+        if 200 <= b1 <= 207:  # RTCP (also multiplexed on the RTP port, RFC 5761)
+            call.rtcp_packets += 1
+            self._c["rtcp_packets"] += 1
+            return True
+        seq, rtp_ts, ssrc = _RTP_TAIL.unpack_from(data, off + 2)
+        start = off + 12 + ((b0 & 0x0F) << 2)
+        end = off + n
+        if b0 & 0x30:  # header extension or padding: the rare slow path
+            if b0 & 0x10:
+                if start + 4 > end:
+                    self._c["rtp_errors"] += 1
+                    return True
+                start += 4 + (((data[start + 2] << 8) | data[start + 3]) << 2)
+            if b0 & 0x20 and end > start:
+                end -= data[end - 1]
+        if start > end:
+            self._c["rtp_errors"] += 1
+            return True
+        src = d.src
+        sport = d.sport
+        if (ssrc == ep.c_ssrc and sport == ep.c_sport and src == ep.c_src
+                and d.dport == ep.c_dport and d.dst == ep.c_dst):
+            stream = ep.c_stream
+        else:
+            dst = d.dst
+            dport = d.dport
+            key = (src, sport, dst, dport, ssrc)
+            stream = call.streams.get(key)
+            if stream is None:
+                stream = call.streams[key] = RtpStream(src, sport, dst, dport, ssrc, sender,
+                                                       ep.rtpmap, ts_ns, seq)
+            ep.c_src, ep.c_sport, ep.c_dst, ep.c_dport, ep.c_ssrc = src, sport, dst, dport, ssrc
+            ep.c_stream = stream
+        if end > MAX_REF_OFFSET:  # a frame too big to reference: count, keep no audio
+            ref = -1
+        else:
+            ref = pack_ref(idx, start, end)
+        stream.add(ts_ns, b1 & 0x7F, seq, rtp_ts, ref)
+        self._rtp_packets += 1
+        return True
+
+    def _signalling(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded) -> bool:
+        n = d.payload_len
+        if n == 0:
+            return False
+        off = d.payload_offset
+        payload = data[off:off + n]
+        if not looks_like_sip(payload):
+            if d.proto == 17 and n >= 12 and payload[0] >> 6 == 2:
+                self._c["rtp_unmatched"] += 1
+            return False
+        if d.proto == 6:
+            try:
+                messages, _rest = split_stream(payload)
+            except DecodeError:
+                messages = [payload]
+            if len(messages) > 1:
+                hit = False
+                for m in messages:
+                    hit = self._sip(ts_ns, sensor_id, linktype, data, d, m, hit) or hit
+                return hit
+        return self._sip(ts_ns, sensor_id, linktype, data, d, payload, False)
+
+    def _sip(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded,
+             payload: bytes, frame_kept: bool) -> bool:
+        c = self._c
+        truncated = False
+        try:
+            msg = parse_sip(payload)
+        except DecodeError:
+            c["sip_errors"] += 1
+            msg = parse_truncated(payload) if d.is_fragment else None
+            if msg is None:
+                return self._keep_broken_sip(ts_ns, sensor_id, linktype, data, payload, frame_kept)
+            truncated = True
+        call_id = msg.call_id
+        try:
+            cseq, cseq_method = msg.cseq
+        except DecodeError:
+            cseq_method = ""
+            cseq = -1
+        if not call_id or cseq < 0:
+            if not truncated:
+                c["sip_errors"] += 1
+            return self._keep_broken_sip(ts_ns, sensor_id, linktype, data, payload, frame_kept)
+        call = self.table.get(call_id)
+        if call is None:
+            if cseq_method != "INVITE":
+                c["sip_ignored"] += 1
+                return False
+            if call_id in self._recent:
+                c["sip_after_end"] += 1
+                return False
+            call = Call(call_id, ts_ns, linktype)
+            self.table.add(call)
+            c["calls_started"] += 1
+            self._schedule(call, ts_ns + self._setup_ns)
+        if not frame_kept:
+            idx = call.add_frame(ts_ns, sensor_id, linktype, data)
+            if d.is_fragment and d.ip_id is not None:
+                self._remember_fragment(d, call, idx, ts_ns)
+        call.sip_packets += 1
+        dialog = call.dialog
+        repeat = dialog.is_repeat(msg, cseq, cseq_method)
+        if repeat:
+            c["sip_retransmissions"] += 1
+        else:
+            c["sip_messages"] += 1
+        was_ended = dialog.ended_ns
+        offer = dialog.apply(msg, ts_ns, cseq, cseq_method, repeat)
+        if offer is not None:
+            self._register_sdp(call, offer[0], offer[1])
+        if dialog.ended_ns is not None and dialog.ended_ns != was_ended:
+            self._schedule(call, dialog.ended_ns + self._linger_ns)
+        return True
+
+    def _keep_broken_sip(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes,
+                         payload: bytes, frame_kept: bool) -> bool:
+        """Malformed SIP of a known call (found by its Call-ID header) stays in its pcap."""
+        m = _CALL_ID_RE.search(payload)
+        if m is None:
+            return False
+        call = self.table.get(m.group(1).decode("utf-8", "replace"))
+        if call is None:
+            return False
+        call.sip_errors += 1
+        if not frame_kept:
+            call.add_frame(ts_ns, sensor_id, linktype, data)
+        return True
+
+    def _register_sdp(self, call: Call, side: int, body: bytes) -> None:
+        try:
+            media = sdp_media(body)
+        except DecodeError:
+            self._c["sdp_errors"] += 1
+            return
+        for m in media:
+            self.table.add_media(call, side, m)
+
+    # -- IP fragments (no reassembly yet: the later fragments follow the first) --
+    def _remember_fragment(self, d: Decoded, call: Call, idx: int, ts_ns: int) -> None:
+        key = (d.src, d.ip_id)
+        self._frags[key] = (call, ts_ns)
+        self._frag_order.append((ts_ns + _FRAG_KEEP_NS, key))
+
+    def _fragment(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded) -> bool:
+        self._c["fragments"] += 1
+        hit = self._frags.get((d.src, d.ip_id))
+        if hit is None or hit[0].done:
+            return False
+        hit[0].add_frame(ts_ns, sensor_id, linktype, data)
+        return True
+
+    # -- time -----------------------------------------------------------------
+    def _schedule(self, call: Call, deadline_ns: int) -> None:
+        heapq.heappush(self._heap, (deadline_ns, next(self._seq), call))
+
+    def _deadline(self, call: Call) -> int:
+        dialog = call.dialog
+        if dialog.ended_ns is not None:
+            return dialog.ended_ns + self._linger_ns
+        idle = self._answered_ns if dialog.answered_ns is not None else self._setup_ns
+        return call.last_ns + idle
+
+    def advance(self, now_ns: int) -> list[FinishedCall]:
+        """Calls whose linger or inactivity deadline is at or before `now_ns`."""
+        out: list[FinishedCall] = []
+        heap = self._heap
+        while heap and heap[0][0] <= now_ns:
+            _, _, call = heapq.heappop(heap)
+            if call.done:
+                continue
+            deadline = self._deadline(call)
+            if deadline > now_ns:
+                self._schedule(call, deadline)
+                continue
+            if call.dialog.ended_ns is None:
+                call.dialog.close(call.last_ns, "timeout")
+            out.append(self._finish(call, now_ns))
+        self._expire(now_ns)
+        return out
+
+    def finish_all(self, reason: str = "capture-end") -> list[FinishedCall]:
+        """End every active call (capture over, shutdown)."""
+        calls = sorted(self.table.calls(), key=lambda c: c.started_ns)
+        out = []
+        for call in calls:
+            call.dialog.close(call.last_ns, reason)  # keeps an earlier end (BYE ...)
+            out.append(self._finish(call, call.last_ns))
+        self._heap.clear()
+        self._frags.clear()
+        self._frag_order.clear()
+        return out
+
+    def _expire(self, now_ns: int) -> None:
+        order = self._recent_order
+        while order and order[0][0] <= now_ns:
+            until, cid = order.popleft()
+            if self._recent.get(cid) == until:
+                del self._recent[cid]
+        forder = self._frag_order
+        while forder and forder[0][0] <= now_ns:
+            _, key = forder.popleft()
+            hit = self._frags.get(key)
+            if hit is not None and hit[1] + _FRAG_KEEP_NS <= now_ns:
+                del self._frags[key]
+
+    def _finish(self, call: Call, now_ns: int) -> FinishedCall:
+        call.done = True
+        rtpmap: dict[int, tuple[str, int, int]] = {}
+        for key in call.endpoints:
+            ep = self.table.media.get(key)
+            if ep is not None and ep.call is call:
+                rtpmap.update(ep.rtpmap)
+        self.table.remove(call)
+        until = now_ns + self._recent_ns
+        for cid in call.call_ids:
+            self._recent[cid] = until
+            self._recent_order.append((until, cid))
+        self._c["calls_finished"] += 1
+        dialog = call.dialog
+        dialog.close(call.last_ns, "capture-end")  # no-op unless still open
+        streams = sorted(call.streams.values(), key=lambda s: s.first_ns)
+        for s in streams:
+            for pt, enc in s.rtpmap.items():
+                rtpmap.setdefault(pt, enc)
+        return FinishedCall(
+            call_ids=list(call.call_ids),
+            from_uri=dialog.from_uri,
+            to_uri=dialog.to_uri,
+            status=dialog.status,
+            final_response=dialog.final_response,
+            end_reason=dialog.end_reason or "capture-end",
+            started_ns=call.started_ns,
+            answered_ns=dialog.answered_ns,
+            ended_ns=dialog.ended_ns,
+            sensors=sorted(call.sensors),
+            linktype=call.linktype,
+            frame_ts=call.frame_ts,
+            frame_data=call.frame_data,
+            other_linktype=call.other_linktype,
+            streams=streams,
+            rtpmap=rtpmap,
+            counts={
+                "sip_messages": dialog.messages,
+                "sip_retransmissions": dialog.retransmissions,
+                "sip_packets": call.sip_packets,
+                "sip_errors": call.sip_errors,
+                "rtp_packets": sum(s.packets for s in streams),
+                "rtcp_packets": call.rtcp_packets,
+                "media_other": call.media_other,
+            },
+        )
+
+    # -- status ---------------------------------------------------------------
+    def active(self) -> list[dict]:
+        """One summary per active call, oldest first."""
+        out = []
+        for call in sorted(self.table.calls(), key=lambda c: c.started_ns):
+            dialog = call.dialog
+            out.append({
+                "id": recording_id(call.first_call_id, call.started_ns),
+                "call_ids": list(call.call_ids),
+                "from": dialog.from_uri,
+                "to": dialog.to_uri,
+                "status": dialog.live_status(),
+                "started_at": prefix_date(call.started_ns).isoformat().replace("+00:00", "Z"),
+                "packets": len(call.frame_data),
+            })
+        return out

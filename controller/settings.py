@@ -1,0 +1,40 @@
+"""Tunables of the call engine (controller/calls.py).
+
+Kept apart from the engine so the CLI settings layer can build one without
+importing the packet path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CallConfig:
+    """When a call is considered over.
+
+    ``answered_timeout_s``: an answered call with no SIP and no RTP/RTCP for this
+    long ends with ``end_reason = "timeout"`` (a lost BYE, or a sensor that went
+    away).  Five minutes is long enough for calls on hold without RTP keep-alive
+    (phones send RTCP or re-INVITEs well within that) and short enough to not
+    hold memory for dead calls.
+
+    ``setup_timeout_s``: the same for calls that were never answered.  RFC 3261
+    Timer C (a proxy's INVITE transaction) must be longer than 3 minutes, and a
+    phone ringing with no answer is cut by the network after 2-3 minutes, so a
+    setup silent for 180 s is dead: ringing produces no packets, so this must
+    not be shorter than the longest ring.  It also ends a call left challenged
+    (401/407) with no new INVITE.
+
+    ``linger_s``: after the end of a call (BYE, CANCEL + final response, final
+    error response) packets still belong to it: the ACK, the 200 for the BYE,
+    retransmissions and the last RTP in flight.  Measured in capture time.
+
+    ``recent_call_id_s``: a Call-ID finished less than this ago does not start a
+    new call (a late 200 OK retransmission of a finished call would otherwise
+    create a phantom one); 32 s = 64*T1, the lifetime of a SIP transaction.
+    """
+
+    answered_timeout_s: float = 300.0
+    setup_timeout_s: float = 180.0
+    linger_s: float = 2.0
+    recent_call_id_s: float = 32.0
