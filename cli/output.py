@@ -9,7 +9,8 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
-out = Console(file=sys.stdout, soft_wrap=False)
+# Piped output is read by scripts and people with wide terminals: do not wrap at 80.
+out = Console(file=sys.stdout, soft_wrap=False, width=None if sys.stdout.isatty() else 250)
 err = Console(file=sys.stderr, stderr=True)
 
 CALL_COLUMNS = [

@@ -92,10 +92,13 @@ async def _record(settings, recorder, files: list[Path], fmt: str, show: bool) -
             if all(p.poll() is not None for _, _, p, _ in procs):
                 break
             await asyncio.sleep(0.2)
+        done = {sid for sid, _, p, _ in procs if p.returncode == 0}
         for s in recorder.status()["sensors"]:
             if s["sensor_id"] in tasks:
-                bar.update(tasks[s["sensor_id"]], completed=s["replay_total"] or None,
-                           pkts=s["packets_received"])
+                task = tasks[s["sensor_id"]]
+                bar.update(task, pkts=s["packets_received"],
+                           completed=bar.tasks[task].total if s["sensor_id"] in done
+                           else s["replay_bytes"])
 
     ok = True
     for sid, path, proc, errfile in procs:

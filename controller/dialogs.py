@@ -154,13 +154,13 @@ class Dialog:
             return  # response to a re-INVITE
         if self.invite_cseq is None:
             self.invite_cseq = cseq
-        elif cseq < self.invite_cseq:
-            return  # late response to an earlier attempt
         elif cseq > self.invite_cseq:
             if self.answered_ns is not None:
                 return  # most likely a re-INVITE whose request we missed
             self.invite_cseq = cseq  # the new attempt's request was not seen
             self.challenge = None
+        elif cseq < self.invite_cseq and not 200 <= code < 300:
+            return  # late response to an earlier attempt (a 2xx to it still answers)
         if code < 200:
             if self.answered_ns is None and self.ended_ns is None:
                 self.phase = "early" if msg.body else ("ringing" if code >= 180 else self.phase)

@@ -1,69 +1,110 @@
-"""tshark as the independent reference: per-frame field tables, cached per file."""
+"""tshark as the independent reference: one per-frame field table per file, cached.
+
+tshark costs ~0.4 s to start, so every test asks for the same wide table
+(`FIELDS` with `TABLE_OPTS`), computed once per file; `prefetch` starts the
+tables of the sample captures in the background at session start.
+"""
 from __future__ import annotations
 
-import functools
+import shutil
 import subprocess
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
-from tests.conftest import require_tool
+import pytest
 
 SEP = "\x1e"  # aggregator between occurrences of one field
 
-# Options for the per-frame tables: no IP reassembly (one row = one frame as
-# captured), RTP/RTCP found by heuristics, SIP on 6060/TCP.
+# No IP reassembly (one row = one frame as captured), RTP/RTCP found by
+# heuristics, SIP on 6060/TCP too.
 TABLE_OPTS = (
     "-o", "ip.defragment:FALSE",
     "-o", "ipv6.defragment:FALSE",
     "-o", "rtp.heuristic_rtp:TRUE",
     "-o", "rtcp.heuristic_rtcp:TRUE",
+    "-d", "tcp.port==6060,sip",
 )
 
-FRAME_FIELDS = (
+FIELDS = (
     "frame.number", "frame.time_epoch", "frame.cap_len", "frame.len", "frame.protocols",
     "ip.src", "ip.dst", "ip.proto", "ip.id", "ip.flags.mf", "ip.frag_offset",
     "ipv6.src", "ipv6.dst", "ipv6.nxt", "ipv6.fraghdr.ident", "ipv6.fraghdr.offset",
-    "ipv6.fraghdr.more", "ipv6.fraghdr.nxt", "udp.srcport", "udp.dstport", "udp.length", "tcp.srcport", "tcp.dstport",
-    "tcp.seq_raw", "tcp.flags", "tcp.len", "gre",
-)
-
-SIP_FIELDS = (
-    "frame.number", "sip.Call-ID", "sip.CSeq.seq", "sip.CSeq.method", "sip.Method",
-    "sip.Status-Code", "sip.from.tag", "sip.to.tag", "sip.r-uri",
+    "ipv6.fraghdr.more", "ipv6.fraghdr.nxt", "udp.srcport", "udp.dstport", "udp.length",
+    "tcp.srcport", "tcp.dstport", "tcp.seq_raw", "tcp.flags", "tcp.len", "gre",
+    "sip.Call-ID", "sip.CSeq.seq", "sip.CSeq.method", "sip.Method", "sip.Status-Code",
+    "sip.from.tag", "sip.to.tag", "sip.r-uri", "sip.Via.branch", "sip.from.user",
+    "sip.from.host", "sip.to.user",
     "sdp.media", "sdp.media.port", "sdp.connection_info.address",
-)
-
-RTP_FIELDS = (
-    "frame.number", "rtp.seq", "rtp.timestamp", "rtp.ssrc", "rtp.p_type", "rtp.marker",
+    "rtp.seq", "rtp.timestamp", "rtp.ssrc", "rtp.p_type", "rtp.marker",
     "rtpevent.event_id", "rtpevent.end_of_event", "rtpevent.volume", "rtpevent.duration",
 )
 
+Row = dict[str, list[str]]
 
-@functools.lru_cache(maxsize=None)
-def _run(path: str, fields: tuple[str, ...], opts: tuple[str, ...]) -> tuple[dict[str, list[str]], ...]:
-    tshark = require_tool("tshark")
-    cmd = [tshark, "-n", "-r", path, *opts, "-T", "fields", "-E", "separator=\t",
+_lock = threading.Lock()
+_tables: dict[str, Future[tuple[Row, ...]]] = {}
+_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tshark")
+
+
+def _run(path: str) -> tuple[Row, ...]:
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        raise FileNotFoundError("tshark")
+    cmd = [tshark, "-n", "-r", path, *TABLE_OPTS, "-T", "fields", "-E", "separator=\t",
            "-E", "occurrence=a", "-E", f"aggregator={SEP}"]
-    for f in fields:
+    for f in FIELDS:
         cmd += ["-e", f]
     proc = subprocess.run(cmd, capture_output=True, check=True, timeout=120)
-    out = proc.stdout.decode("utf-8", "replace")
     rows = []
-    for line in out.split("\n"):
-        if not line:
-            continue
-        cols = line.split("\t")
-        assert len(cols) == len(fields), line
-        rows.append({f: (c.split(SEP) if c else []) for f, c in zip(fields, cols)})
+    for line in proc.stdout.decode("utf-8", "replace").split("\n"):
+        if line:
+            cols = line.split("\t")
+            assert len(cols) == len(FIELDS), line
+            rows.append({f: (c.split(SEP) if c else []) for f, c in zip(FIELDS, cols)})
     return tuple(rows)
 
 
-def table(path: Path, fields: tuple[str, ...], opts: tuple[str, ...] = TABLE_OPTS) -> tuple[dict[str, list[str]], ...]:
-    """One dict per frame: field name -> list of occurrences (empty if absent). Cached."""
-    return _run(str(path), fields, opts)
+def _future(path: Path, background: bool) -> Future[tuple[Row, ...]]:
+    key = str(path)
+    with _lock:
+        fut = _tables.get(key)
+        if fut is None:
+            if background:
+                fut = _pool.submit(_run, key)
+            else:
+                fut = Future()
+                fut.set_running_or_notify_cancel()
+            _tables[key] = fut
+            run_here = not background
+        else:
+            run_here = False
+    if run_here:
+        try:
+            fut.set_result(_run(key))
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            fut.set_exception(exc)
+    return fut
 
 
-def first(row: dict[str, list[str]], field: str) -> str | None:
+def prefetch(paths: list[Path]) -> None:
+    """Start tshark on these files in the background (2 at a time)."""
+    if shutil.which("tshark") is None:
+        return
+    for p in paths:
+        if p.is_file():
+            _future(p, background=True)
+
+
+def table(path: Path) -> tuple[Row, ...]:
+    """One dict per frame: field name -> list of occurrences (empty if absent)."""
+    if shutil.which("tshark") is None:
+        pytest.skip("tshark not installed")
+    return _future(path, background=False).result()
+
+
+def first(row: Row, field: str) -> str | None:
     values = row[field]
     return values[0] if values else None
 

@@ -10,10 +10,11 @@ from protocols.errors import DecodeError
 from protocols.layers import Decoded, decode, ip_to_str, str_to_ip
 from protocols.pcapfile import (
     LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
-    LINKTYPE_LOOP, LINKTYPE_NULL, LINKTYPE_RAW, read_frames, write_pcap,
+    LINKTYPE_LOOP, LINKTYPE_NULL, LINKTYPE_RAW, read_frames,
 )
 from tests.conftest import capture
-from tests.protocols._tshark import FRAME_FIELDS, first, table
+from tests.protocols._build import section
+from tests.protocols._tshark import first, table
 
 CAPTURES = [
     "SIP-RTP-Normal_Call_two_parties.pcap",  # ARP, ICMP, TCP, UDP
@@ -97,7 +98,7 @@ def _decode_or_none(linktype: int, data: bytes) -> Decoded | None:
 @pytest.mark.parametrize("name", CAPTURES)
 def test_decode_matches_tshark(name: str) -> None:
     path = capture(name)
-    rows = table(path, FRAME_FIELDS)
+    rows = table(path)
     frames = list(read_frames(path))
     assert len(frames) == len(rows)
     decoded = 0
@@ -210,16 +211,19 @@ def _synthetic() -> dict[int, list[bytes]]:
     }
 
 
-@pytest.mark.parametrize("linktype", sorted(_synthetic()))
-def test_synthetic_link_types_match_tshark(tmp_path: Path, linktype: int) -> None:
-    frames = _synthetic()[linktype]
-    path = tmp_path / f"lt{linktype}.pcap"
-    with path.open("wb") as f:
-        write_pcap(f, [(i * 1000, fr) for i, fr in enumerate(frames)], linktype)
-    rows = table(path, FRAME_FIELDS)
-    assert len(rows) == len(frames)
-    for i, (fr, row) in enumerate(zip(frames, rows)):
-        _check_row(_decode_or_none(linktype, fr), row, f"linktype {linktype} frame {i}")
+def test_synthetic_link_types_match_tshark(tmp_path: Path) -> None:
+    # one pcapng with an interface per link type, so tshark runs once
+    synthetic = _synthetic()
+    linktypes = sorted(synthetic)
+    packets = [(i, n, fr) for i, lt in enumerate(linktypes) for n, fr in enumerate(synthetic[lt])]
+    path = tmp_path / "linktypes.pcapng"
+    path.write_bytes(section("<", [(lt, None, None) for lt in linktypes], packets))
+    frames = list(read_frames(path))
+    rows = table(path)
+    assert len(rows) == len(frames) == len(packets)
+    assert [(lt, data) for _, lt, data in frames] == [(linktypes[i], fr) for i, _, fr in packets]
+    for n, ((_, lt, data), row) in enumerate(zip(frames, rows)):
+        _check_row(_decode_or_none(lt, data), row, f"frame {n} linktype {lt}")
 
 
 def test_truncated_and_unknown_raise_decode_error() -> None:

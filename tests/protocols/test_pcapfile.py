@@ -14,7 +14,8 @@ from protocols.pcapfile import (
     read_frames, write_pcap,
 )
 from tests.conftest import capture, require_tool
-from tests.protocols._tshark import FRAME_FIELDS, epoch_ns, first, table
+from tests.protocols._build import section
+from tests.protocols._tshark import epoch_ns, first, table
 
 SAMPLES = [
     ("SIP_DTMF2.cap", LINKTYPE_ETHERNET),
@@ -29,7 +30,7 @@ RAW_UDP = bytes.fromhex("4500001c00010000401100000a0000010a00000213c413c40008000
 
 
 def _check_against_tshark(path: Path, frames: list[tuple[int, int, bytes]]) -> None:
-    rows = table(path, FRAME_FIELDS)
+    rows = table(path)
     assert len(frames) == len(rows)
     for (ts, _lt, data), row in zip(frames, rows):
         assert ts == epoch_ns(first(row, "frame.time_epoch")), row["frame.number"]
@@ -45,7 +46,7 @@ def test_frames_match_tshark(name: str, linktype: int) -> None:
     assert all(isinstance(ts, int) for ts, _, _ in frames)
 
 
-@pytest.mark.parametrize("name", ["ipv6frag.pcap", "erspan_sip_ipv4_udp.pcapng", "sip_ipv4_tcp.pcap"])
+@pytest.mark.parametrize("name", ["ipv6frag.pcap", "erspan_sip_ipv4_udp.pcapng"])
 def test_frame_bytes_match_tshark(name: str) -> None:
     path = capture(name)
     proc = subprocess.run([require_tool("tshark"), "-n", "-r", str(path), "-T", "json", "-x",
@@ -58,7 +59,7 @@ def test_frame_bytes_match_tshark(name: str) -> None:
 def _record_offsets(path: Path) -> list[int]:
     """Byte offset of each classic-pcap record, from tshark's captured lengths."""
     offsets, off = [], 24
-    for row in table(path, FRAME_FIELDS):
+    for row in table(path):
         offsets.append(off)
         off += 16 + int(first(row, "frame.cap_len"))
     return offsets
@@ -69,7 +70,7 @@ def test_truncated_pcap_yields_good_frames_then_error(tmp_path: Path, cut: str) 
     src = capture("SIP_DTMF2.cap")
     offsets = _record_offsets(src)
     k = len(offsets) // 2
-    rows = table(src, FRAME_FIELDS)
+    rows = table(src)
     cut_at = offsets[k] + (16 + int(first(rows[k], "frame.cap_len")) // 2 if cut == "mid_data" else 7)
     bad = tmp_path / "cut.pcap"
     bad.write_bytes(src.read_bytes()[:cut_at])
@@ -104,7 +105,7 @@ def test_truncated_pcapng_block(tmp_path: Path) -> None:
     raw = src.read_bytes()
     last_len = struct.unpack("<I", raw[-4:])[0]  # a block ends with its own length
     last_off = len(raw) - last_len
-    n_frames = len(table(src, FRAME_FIELDS))
+    n_frames = len(table(src))
     # the last block is not a packet (interface statistics): cut inside it
     bad = tmp_path / "cut.pcapng"
     bad.write_bytes(raw[:last_off + last_len // 2])
@@ -157,7 +158,7 @@ def test_write_pcap_nanosecond_roundtrip_with_tshark(tmp_path: Path) -> None:
     with out.open("wb") as f:
         assert write_pcap(f, frames, LINKTYPE_RAW) == len(frames)
     assert out.read_bytes()[:4] == bytes.fromhex("4d3cb2a1")
-    rows = table(out, FRAME_FIELDS)
+    rows = table(out)
     assert [epoch_ns(first(r, "frame.time_epoch")) for r in rows] == TS_SAMPLES
     assert [first(r, "ip.src") for r in rows] == ["10.0.0.1"] * len(frames)
     assert list(read_frames(out)) == [(ts, LINKTYPE_RAW, RAW_UDP) for ts in TS_SAMPLES]
@@ -187,67 +188,51 @@ def test_big_endian_microsecond_pcap(tmp_path: Path) -> None:
     assert all(d == RAW_UDP for _, _, d in frames)
 
 
-def _pcapng(bo: str, tsresol: int | None, tsoffset: int | None, units: list[int],
-            linktype: int = LINKTYPE_RAW) -> bytes:
-    def block(btype: int, body: bytes) -> bytes:
-        body += b"\0" * (-len(body) % 4)
-        return struct.pack(bo + "II", btype, len(body) + 12) + body + struct.pack(bo + "I", len(body) + 12)
-
-    def opt(code: int, val: bytes) -> bytes:
-        return struct.pack(bo + "HH", code, len(val)) + val + b"\0" * (-len(val) % 4)
-
-    opts = b""
-    if tsresol is not None:
-        opts += opt(9, bytes([tsresol]))
-    if tsoffset is not None:
-        opts += opt(14, struct.pack(bo + "q", tsoffset))
-    if opts:
-        opts += opt(0, b"")
-    out = block(0x0A0D0D0A, struct.pack(bo + "IHHq", 0x1A2B3C4D, 1, 0, -1))
-    out += block(4, struct.pack(bo + "HH", 0, 0))  # name resolution block: skipped
-    out += block(1, struct.pack(bo + "HHI", linktype, 0, 65535) + opts)
-    for u in units:
-        out += block(6, struct.pack(bo + "IIIII", 0, u >> 32, u & 0xFFFFFFFF,
-                                    len(RAW_UDP), len(RAW_UDP)) + RAW_UDP)
-    out += block(3, struct.pack(bo + "I", len(RAW_UDP)) + RAW_UDP)  # simple packet block
-    return out
+RESOLUTIONS = [(None, None), (9, None), (0x94, 100), (0x8A, None), (3, -5)]
+UNITS = [1_700_000_000 * 1_000_000 + 123_457, 1_700_000_000 * 1_048_576 + 777_777,
+         (1 << 63) // 1_000_000_000, 1_000_000_000]  # (tshark misprints negative times)
 
 
-@pytest.mark.parametrize("bo", ["<", ">"])
-@pytest.mark.parametrize("tsresol,tsoffset", [
-    (None, None), (9, None), (0x94, 100), (0x8A, None), (3, -5)])
-def test_pcapng_resolutions_against_tshark(tmp_path: Path, bo: str, tsresol: int | None,
-                                           tsoffset: int | None) -> None:
-    units = [1_700_000_000 * 1_000_000 + 123_457, 1_700_000_000 * 1_048_576 + 777_777,
-             (1 << 63) // 1_000_000_000, 1_000_000_000]  # (tshark misprints negative times)
+def test_pcapng_resolutions_and_byte_orders_against_tshark(tmp_path: Path) -> None:
+    # one multi-section file: each section one byte order and if_tsresol/if_tsoffset
+    blob, no_time = b"", set()
+    for bo in ("<", ">"):
+        for tsresol, tsoffset in RESOLUTIONS:
+            blob += section(bo, [(LINKTYPE_RAW, tsresol, tsoffset)],
+                            [(0, u, RAW_UDP) for u in UNITS], spb=RAW_UDP)
+            no_time.add(len(no_time) * (len(UNITS) + 1) + len(UNITS))
     path = tmp_path / "t.pcapng"
-    path.write_bytes(_pcapng(bo, tsresol, tsoffset, units))
+    path.write_bytes(blob)
     frames = list(read_frames(path))
-    rows = table(path, FRAME_FIELDS)
-    assert len(frames) == len(rows) == len(units) + 1
-    # tshark gives the simple packet block no time; we reuse the previous frame's
-    for (ts, lt, data), row in list(zip(frames, rows))[:-1]:
-        assert ts == epoch_ns(first(row, "frame.time_epoch"))
+    rows = table(path)
+    assert len(frames) == len(rows) == 10 * (len(UNITS) + 1)
+    for i, ((ts, lt, data), row) in enumerate(zip(frames, rows)):
         assert (lt, data) == (LINKTYPE_RAW, RAW_UDP)
-    assert frames[-1] == (frames[-2][0], LINKTYPE_RAW, RAW_UDP)
+        if i in no_time:  # a simple packet block has no time: we reuse the previous one
+            assert ts == frames[i - 1][0]
+        else:
+            assert ts == epoch_ns(first(row, "frame.time_epoch")), i
 
 
 def test_pcapng_picoseconds(tmp_path: Path) -> None:
     # tshark 4.0 overflows on picosecond units, so the expectation is plain arithmetic
     units = [1_782_579_200_777_777, 999]
     path = tmp_path / "ps.pcapng"
-    path.write_bytes(_pcapng("<", 12, 2, units))
-    assert [ts for ts, _, _ in read_frames(path)] == [
-        1_782_579_200_777 + 2_000_000_000, 2_000_000_000, 2_000_000_000]
+    path.write_bytes(section("<", [(LINKTYPE_RAW, 12, 2)], [(0, u, RAW_UDP) for u in units]))
+    assert [ts for ts, _, _ in read_frames(path)] == [1_782_579_200_777 + 2_000_000_000,
+                                                       2_000_000_000]
 
 
 def test_pcapng_multiple_sections(tmp_path: Path) -> None:
     src = capture("erspan_sip_ipv4_udp.pcapng")
     path = tmp_path / "multi.pcapng"
-    path.write_bytes(_pcapng(">", 0x94, 7, [3 << 20, 9 << 20]) + src.read_bytes()
-                     + _pcapng("<", 9, None, [10 ** 18]))
+    path.write_bytes(
+        section(">", [(LINKTYPE_RAW, 0x94, 7)], [(0, 3 << 20, RAW_UDP), (0, 9 << 20, RAW_UDP)],
+                spb=RAW_UDP)
+        + src.read_bytes()
+        + section("<", [(LINKTYPE_RAW, 9, None)], [(0, 10 ** 18, RAW_UDP)], spb=RAW_UDP))
     frames = list(read_frames(path))
-    rows = table(path, FRAME_FIELDS)
+    rows = table(path)
     assert len(frames) == len(rows) == 3 + 140 + 2
     spb = {2, 144}  # simple packet blocks carry no time
     for i, ((ts, _, data), row) in enumerate(zip(frames, rows)):

@@ -1,0 +1,133 @@
+"""The call engine on every public capture with calls, checked against tshark.
+
+Expectations come from tests/controller/tshark_calls.py (tshark fields + the
+documented rules), never from spanrec's own output.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import capture, require_tool
+from tests.controller import tshark_calls as tc
+
+CAPTURES = [
+    "DTMFsipinfo.pcap",
+    "aaa.pcap",
+    "MagicJack-_short_call.pcap",
+    "nb6-telephone.pcap",
+    "rtp_conversacion.pcap",
+    "sip-rtp-g711.pcap",
+    "sip-rtp-g722.pcap",
+    "sip-rtp-opus.pcap",
+    "SIP_DTMF2.cap",
+    "SIP_CALL_RTP_G711",
+    "FAX-Call-t38-CA-TDM-SIP-FB-1.pcap",
+    "SIP-RTP-Normal_Call_two_parties.pcap",
+    "sip_ipv4_tcp.pcap",
+    "ipv6frag.pcap",
+    pytest.param("erspan_sip_ipv4_udp.pcapng", marks=pytest.mark.skip(
+        reason="SIP inside GRE (transparent Ethernet bridging): decapsulation is a later issue")),
+    pytest.param("sip_ipv4_tcp_fragmented.pcap", marks=pytest.mark.skip(
+        reason="SIP messages span several TCP segments: TCP reassembly is a later issue")),
+]
+
+
+def _strip_params(uri: str) -> str:
+    """tshark's sip.from.addr keeps URI parameters (;user=phone); call.json does not."""
+    at = uri.find("@")
+    semi = uri.find(";", at + 1 if at >= 0 else 0)
+    return uri if semi < 0 else uri[:semi]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tshark() -> None:
+    require_tool("tshark")
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_calls_match_tshark(name: str) -> None:
+    path = capture(name)
+    expected = tc.expected_calls(path)
+    run = tc.engine_run(path)
+    got_ids = [c.call_ids[0] for c in run.calls]
+    assert sorted(got_ids) == sorted(expected), "one call per Call-ID with an INVITE transaction"
+    assert run.counters["internal_errors"] == 0
+    for call, rec in zip(run.calls, run.recordings):
+        exp = expected[call.call_ids[0]]
+        meta = rec.metadata
+        assert (meta["status"], meta["final_response"]) == (exp.status, exp.final_response), call.call_ids
+        assert call.answered_ns == exp.answered_ns
+        if name == "ipv6frag.pcap":
+            # the INVITE is IPv6-fragmented: the call starts at its first fragment,
+            # tshark dates the reassembled INVITE at its last fragment
+            assert 0 <= exp.first_ns - call.started_ns < 50_000_000
+        else:
+            assert call.started_ns == exp.first_ns
+        if exp.bye_ns is not None and exp.status == "answered":
+            assert (meta["end_reason"], call.ended_ns) == ("bye", exp.bye_ns)
+
+
+@pytest.mark.parametrize("name", CAPTURES)
+def test_from_to_are_the_invite_uris(name: str) -> None:
+    path = capture(name)
+    rows = tc.fields(path, 'sip.Method == "INVITE" && !sip.to.tag', ("sip.Call-ID", "sip.from.addr",
+                                                                     "sip.to.addr"))
+    first: dict[str, tuple[str, str]] = {}
+    for cid, frm, to in rows:
+        first.setdefault(cid, (_strip_params(frm), _strip_params(to)))
+    for cid, (call, rec) in tc.engine_run(path).by_call_id().items():
+        if cid in first:
+            assert (rec.metadata["from"], rec.metadata["to"]) == first[cid]
+
+
+@pytest.mark.parametrize("name", ["MagicJack-_short_call.pcap", "aaa.pcap", "SIP_DTMF2.cap"])
+def test_call_json_shape(name: str) -> None:
+    run = tc.engine_run(capture(name))
+    for call, rec in zip(run.calls, run.recordings):
+        doc = json.loads(rec.files["call.json"])
+        assert list(doc)[:14] == ["id", "call_ids", "from", "to", "status", "final_response",
+                                  "end_reason", "started_at", "answered_at", "ended_at", "sensors",
+                                  "streams", "dtmf", "audio"]
+        assert doc["id"] == rec.recording_id and rec.prefix.endswith("/" + rec.recording_id)
+        assert rec.prefix.startswith(doc["started_at"][:10].replace("-", "/"))
+        assert doc["started_at"].endswith("Z") and len(doc["started_at"]) == len("2012-04-12T15:40:15.711324Z")
+        assert doc["sensors"] == ["sensor-a"] and doc["pcap"] == "call.pcap" and doc["dtmf"] == []
+        assert ("audio.wav" in rec.files) == (doc["audio"] is not None)
+        assert doc["status"] in {"answered", "busy", "cancelled", "rejected", "incomplete"}
+
+
+def test_rejected_calls_have_no_audio_unless_early_media() -> None:
+    run = tc.engine_run(capture("aaa.pcap"))
+    by_id = run.by_call_id()
+    # 407 then 183 with early media then 480: the 9 early-media packets are recorded
+    call, rec = by_id["11894297-4432a9f8@192.168.1.2"]
+    assert rec.metadata["end_reason"] == "final-response"
+    assert [s["packets"] for s in rec.metadata["streams"]] == [9]
+    call, rec = by_id["105090259-446faf7a@192.168.1.2"]
+    assert (rec.metadata["end_reason"], rec.metadata["audio"]) == ("cancel", None)
+    assert "audio.wav" not in rec.files
+
+
+def test_pcap_holds_every_packet_of_the_call_in_order(tmp_path) -> None:
+    from protocols.pcapfile import read_frames
+    path = capture("rtp_conversacion.pcap")
+    exp = tc.expected_calls(path)
+    run = tc.engine_run(path)
+    for call, rec in zip(run.calls, run.recordings):
+        sip_times = sorted(r.ts_ns for r in exp[call.call_ids[0]].rows)
+        meta = rec.metadata
+        assert len(sip_times) == meta["sip_packets"]
+        out = tmp_path / "call.pcap"
+        out.write_bytes(rec.files["call.pcap"])
+        frames = list(read_frames(out))
+        times = [ts for ts, _, _ in frames]
+        assert times == sorted(times) and set(sip_times) <= set(times)
+        assert {lt for _, lt, _ in frames} == {1}
+        assert len(frames) == meta["pcap_packets"] == meta["sip_packets"] + meta["rtp_packets"] \
+            + meta["rtcp_packets"] + meta["media_other"]
+        # RTP packets: exactly tshark's for the call's streams (both directions)
+        streams = {(s.src, s.sport, s.ssrc) for s in tc.rtp_streams(path)}
+        assert meta["rtp_packets"] == sum(p for p in (s.packets for s in tc.rtp_streams(path)))
+        assert len(streams) == len(meta["streams"])
