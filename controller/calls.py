@@ -37,6 +37,7 @@ log = logging.getLogger("spanrec.calls")
 
 _NS = 1_000_000_000
 _RTP_TAIL = struct.Struct("!HII")  # seq, timestamp, ssrc (after the first two bytes)
+_U32 = struct.Struct("!I")
 _CALL_ID_RE = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+?)[ \t]*\r?$",
                          re.IGNORECASE | re.MULTILINE)
 _FRAG_KEEP_NS = 5 * _NS     # how long a fragmented datagram's later fragments are routed
@@ -46,7 +47,7 @@ class Call:
     """Everything recorded about one call while it is active."""
 
     __slots__ = ("call_ids", "started_ns", "last_ns", "linktype", "frame_ts", "frame_data",
-                 "other_linktype", "sensors", "last_sensor", "dialog", "streams", "endpoints",
+                 "other_linktype", "sensors", "last_sensor", "dialog", "streams", "endpoints", "media_addrs",
                  "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done")
 
     def __init__(self, call_id: str, ts_ns: int, linktype: int) -> None:
@@ -62,6 +63,7 @@ class Call:
         self.dialog = Dialog()
         self.streams: dict[tuple[bytes, int, bytes, int, int], RtpStream] = {}
         self.endpoints: list[tuple[bytes, int]] = []
+        self.media_addrs: set[bytes] = set()  # every IP its SDPs announced
         self.rtcp_packets = 0
         self.media_other = 0                  # non-RTP datagrams on media ports
         self.sip_packets = 0
@@ -142,6 +144,7 @@ class CallTable:
             return
         self.media[key] = MediaEndpoint(call, side, media.rtcp, dict(media.rtpmap))
         call.endpoints.append(key)
+        call.media_addrs.add(media.addr)
 
     def remove(self, call: Call) -> None:
         for cid in call.call_ids:
@@ -178,8 +181,10 @@ class CallEngine:
         self._c: dict[str, int] = dict.fromkeys((
             "sip_messages", "sip_retransmissions", "sip_errors", "sip_ignored", "sip_after_end",
             "sdp_errors", "rtp_packets", "rtp_unmatched", "rtp_errors", "rtcp_packets",
-            "media_other", "fragments", "calls_started", "calls_finished", "internal_errors"), 0)
+            "media_other", "relay_legs", "fragments", "calls_started", "calls_finished", "internal_errors"), 0)
         self._rtp_packets = 0
+        # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
+        self._ssrc_owners: dict[int, dict[int, tuple[Call, int, dict]]] = {}
 
     @property
     def counters(self) -> dict[str, int]:
@@ -202,6 +207,8 @@ class CallEngine:
                 ep = media.get((d.src, d.sport))
                 if ep is not None:  # symmetric RTP: sent from where that side receives
                     return self._media(ts_ns, sensor_id, linktype, data, d, ep, ep.side)
+                if d.payload_len >= 12 and 0x80 <= data[d.payload_offset] < 0xC0:
+                    return self._unmatched_rtp(ts_ns, sensor_id, linktype, data, d)
             elif d.proto != 6:
                 return False
             return self._signalling(ts_ns, sensor_id, linktype, data, d)
@@ -253,6 +260,7 @@ class CallEngine:
             if stream is None:
                 stream = call.streams[key] = RtpStream(src, sport, dst, dport, ssrc, sender,
                                                        ep.rtpmap, ts_ns, seq)
+                self._ssrc_owners.setdefault(ssrc, {})[id(call)] = (call, sender, ep.rtpmap)
             ep.c_src, ep.c_sport, ep.c_dst, ep.c_dport, ep.c_ssrc = src, sport, dst, dport, ssrc
             ep.c_stream = stream
         if end > MAX_REF_OFFSET:  # a frame too big to reference: count, keep no audio
@@ -263,6 +271,38 @@ class CallEngine:
         self._rtp_packets += 1
         return True
 
+    def _unmatched_rtp(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes,
+                       d: Decoded) -> bool:
+        """RTP on an endpoint no SDP announced: a media relay's other leg, or not ours.
+
+        A relay forwards a stream unchanged (same SSRC) from a port of its own.
+        The packet joins a call only if exactly one active call already has a
+        stream with this SSRC (sipp and friends reuse SSRCs: then it is
+        ambiguous and dropped) and the relay's address is one the call's SDPs
+        announced; never by SSRC alone.
+        """
+        off = d.payload_offset
+        if 200 <= data[off + 1] <= 207:
+            self._c["rtp_unmatched"] += 1
+            return False
+        owners = self._ssrc_owners.get(_U32.unpack_from(data, off + 8)[0])
+        if owners is None or len(owners) != 1:
+            self._c["rtp_unmatched"] += 1
+            return False
+        call, sender, rtpmap = next(iter(owners.values()))
+        if d.dst in call.media_addrs:
+            addr, port, side = d.dst, d.dport, 1 - sender
+        elif d.src in call.media_addrs:
+            addr, port, side = d.src, d.sport, sender
+        else:
+            self._c["rtp_unmatched"] += 1
+            return False
+        self.table.add_media(call, side, SdpMedia(addr, port, False, rtpmap))
+        if port % 2 == 0 and (addr, port + 1) not in self.table.media:
+            self.table.add_media(call, side, SdpMedia(addr, port + 1, True, rtpmap))
+        self._c["relay_legs"] += 1
+        return self._media(ts_ns, sensor_id, linktype, data, d, self.table.media[(addr, port)], sender)
+
     def _signalling(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded) -> bool:
         n = d.payload_len
         if n == 0:
@@ -270,8 +310,6 @@ class CallEngine:
         off = d.payload_offset
         payload = data[off:off + n]
         if not looks_like_sip(payload):
-            if d.proto == 17 and n >= 12 and payload[0] >> 6 == 2:
-                self._c["rtp_unmatched"] += 1
             return False
         if d.proto == 6:
             try:
@@ -412,6 +450,7 @@ class CallEngine:
             call.dialog.close(call.last_ns, reason)  # keeps an earlier end (BYE ...)
             out.append(self._finish(call, call.last_ns))
         self._heap.clear()
+        self._ssrc_owners.clear()
         self._frags.clear()
         self._frag_order.clear()
         return out
@@ -437,6 +476,12 @@ class CallEngine:
             if ep is not None and ep.call is call:
                 rtpmap.update(ep.rtpmap)
         self.table.remove(call)
+        for stream in call.streams.values():
+            owners = self._ssrc_owners.get(stream.ssrc)
+            if owners is not None:
+                owners.pop(id(call), None)
+                if not owners:
+                    del self._ssrc_owners[stream.ssrc]
         until = now_ns + self._recent_ns
         for cid in call.call_ids:
             self._recent[cid] = until

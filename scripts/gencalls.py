@@ -9,9 +9,9 @@ silence), RTCP SR every 5 s, then BYE -> 200; or INVITE -> 100 -> 486 -> ACK
 for a busy call.  Output is deterministic for a given seed: every random
 choice comes from generators seeded with (seed, call index).
 
-Speed: RTP headers are prebuilt per stream with ``struct``; the per-packet work
-is one ``Struct.pack`` plus incremental IPv4 and UDP checksums (payload sums
-are precomputed for the 50 frames of the looping tone).
+Speed: RTP frames are built in numpy chunks from a template row per stream
+with incremental IPv4/UDP checksums, and calls are merged a time window at a
+time (see ``merge_sources``), so Python does little per packet.
 
     python scripts/gencalls.py OUT.pcap --calls 2000 --duration 10 --concurrent 2000
 """
@@ -46,7 +46,6 @@ PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}
 SIP_PORT = 5060
 RTCP_INTERVAL_NS = 5 * SEC
 
-_HDR = struct.Struct(">18sH4sH14sHBBHII")     # Ethernet + IPv4 + UDP + RTP = 54 bytes
 
 
 @dataclass(frozen=True)
@@ -145,38 +144,117 @@ def _tone_frames(codec: str, freq: int) -> tuple[tuple[bytes, ...], tuple[int, .
     return frames, tuple(_wordsum(f) for f in frames)
 
 
-def _rtp_stream(p: CallPlan, caller_side: bool, first_ns: int, seed: int, rtcp: bool) -> Iterator[tuple[int, bytes]]:
-    """RTP (and RTCP) of one direction, in time order."""
-    rng = np.random.default_rng([seed, p.index, int(caller_side)])
-    src, dst = (p.caller_ip, p.callee_ip) if caller_side else (p.callee_ip, p.caller_ip)
-    sport, dport = (p.caller_rtp_port, p.callee_rtp_port) if caller_side else (p.callee_rtp_port, p.caller_rtp_port)
-    ssrc = p.caller_ssrc if caller_side else p.callee_ssrc
-    pt = PAYLOAD_TYPES[p.codec]
-    freq = (400 if caller_side else 700) + 20 * (p.index % 20)
-    payloads, paysums = _tone_frames(p.codec, freq)
-    seq0, ts0, id0 = (int(x) for x in rng.integers(0, [1 << 16, 1 << 32, 1 << 16]))
-    s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
-    ulen, tot = 8 + 12 + FRAME, 20 + 8 + 12 + FRAME
-    pre = _mac(d) + _mac(s) + b"\x08\x00" + struct.pack(">BBH", 0x45, 0xB8, tot)
-    mid = struct.pack(">HBB", 0x4000, 64, 17)
-    addr = s + d + struct.pack(">HHH", sport, dport, ulen)
-    ip_base = _wordsum(pre[14:] + mid + s + d)
-    udp_base = _wordsum(s + d) + 17 + ulen + sport + dport + ulen + (0x8000 | pt) + (ssrc >> 16) + (ssrc & 0xFFFF)
-    # Sender jitter: ±2 ms at most so packets stay in order.
-    times = (first_ns + np.arange(p.rtp_packets, dtype=np.int64) * PTIME_NS
-             + np.clip(rng.normal(0, 300_000, p.rtp_packets), -2 * MS, 2 * MS).astype(np.int64)).tolist()
-    pack, next_rtcp, octets = _HDR.pack, first_ns + RTCP_INTERVAL_NS, 0
-    for i, t in enumerate(times):
-        if rtcp and t >= next_rtcp:
-            yield next_rtcp, _rtcp(src, dst, sport + 1, dport + 1, ssrc, next_rtcp, (ts0 + i * FRAME) & 0xFFFFFFFF,
-                                   i, octets, id0 + i + 30000)
-            next_rtcp += RTCP_INTERVAL_NS
-        seq, ts, ip_id, k = (seq0 + i) & 0xFFFF, (ts0 + i * FRAME) & 0xFFFFFFFF, (id0 + i) & 0xFFFF, i % 50
-        marker = 0x80 if i == 0 else 0
-        ucs = ~_fold(udp_base + marker + seq + (ts >> 16) + (ts & 0xFFFF) + paysums[k]) & 0xFFFF
-        yield t, pack(pre, ip_id, mid, ~_fold(ip_base + ip_id) & 0xFFFF, addr, ucs or 0xFFFF,
-                      0x80, pt | marker, seq, ts, ssrc) + payloads[k]
-        octets += FRAME
+_ROW = 54 + FRAME                              # bytes of one RTP frame
+_CHUNK = 100                                   # RTP frames built per numpy pass (2 s)
+
+
+def _be(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Big-endian bytes of each value, one row per value."""
+    return values.astype(dtype).view(np.uint8).reshape(len(values), -1)
+
+
+def _vfold(s: np.ndarray) -> np.ndarray:
+    s = (s & 0xFFFF) + (s >> 16)
+    return (s & 0xFFFF) + (s >> 16)
+
+
+class _RtpSource:
+    """RTP (and RTCP) of one direction.
+
+    Frames are built ``_CHUNK`` at a time with numpy on one template row:
+    only IP ID, both checksums, sequence number, timestamp, marker and payload
+    change per packet, and the checksums are updated incrementally from
+    precomputed sums (the payload sums come with the looping tone).  Python
+    then only slices the chunk per packet.
+    """
+
+    def __init__(self, p: CallPlan, caller_side: bool, first_ns: int, seed: int, rtcp: bool) -> None:
+        rng = np.random.default_rng([seed, p.index, int(caller_side)])
+        self.src, self.dst = (p.caller_ip, p.callee_ip) if caller_side else (p.callee_ip, p.caller_ip)
+        self.sport, self.dport = ((p.caller_rtp_port, p.callee_rtp_port) if caller_side
+                                  else (p.callee_rtp_port, p.caller_rtp_port))
+        self.ssrc = ssrc = p.caller_ssrc if caller_side else p.callee_ssrc
+        self.pt = pt = PAYLOAD_TYPES[p.codec]
+        payloads, paysums = _tone_frames(p.codec, (400 if caller_side else 700) + 20 * (p.index % 20))
+        self.paymat = np.frombuffer(b"".join(payloads), np.uint8).reshape(len(payloads), FRAME)
+        self.paysums = np.array(paysums, dtype=np.int64)
+        self.seq0, self.ts0, self.id0 = (int(x) for x in rng.integers(0, [1 << 16, 1 << 32, 1 << 16]))
+        s, d = ipaddress.IPv4Address(self.src).packed, ipaddress.IPv4Address(self.dst).packed
+        ulen = 8 + 12 + FRAME
+        row = (_mac(d) + _mac(s) + b"\x08\x00" + struct.pack(">BBHHHBBH", 0x45, 0xB8, 20 + ulen, 0, 0x4000, 64, 17, 0)
+               + s + d + struct.pack(">HHHHBBHII", self.sport, self.dport, ulen, 0, 0x80, pt, 0, 0, ssrc))
+        self.template = np.frombuffer(row + bytes(FRAME), np.uint8)
+        self.ip_base = _wordsum(row[14:34])
+        self.udp_base = (_wordsum(s + d) + 17 + ulen + self.sport + self.dport + ulen
+                         + (0x8000 | pt) + (ssrc >> 16) + (ssrc & 0xFFFF))
+        # Sender jitter: +-2 ms at most, so packets of a stream stay in order.
+        n = p.rtp_packets
+        self.times = (first_ns + np.arange(n, dtype=np.int64) * PTIME_NS
+                      + np.clip(rng.normal(0, 300_000, n), -2 * MS, 2 * MS).astype(np.int64))
+        self.start_ns = first_ns - 2 * MS
+        self.pos, self.chunk_at, self.chunk = 0, -1, b""
+        self.next_rtcp = first_ns + RTCP_INTERVAL_NS if rtcp else None
+        self.done = n == 0
+
+    def _build(self, a: int, b: int) -> bytes:
+        i = np.arange(a, b, dtype=np.int64)
+        seq, ts, ip_id, k = (self.seq0 + i) & 0xFFFF, (self.ts0 + i * FRAME) & 0xFFFFFFFF, (self.id0 + i) & 0xFFFF, i % 50
+        marker = np.where(i == 0, 0x80, 0)
+        ucs = ~_vfold(self.udp_base + marker + seq + (ts >> 16) + (ts & 0xFFFF) + self.paysums[k]) & 0xFFFF
+        arr = np.empty((b - a, _ROW), np.uint8)
+        arr[:] = self.template
+        arr[:, 18:20] = _be(ip_id, ">u2")
+        arr[:, 24:26] = _be(~_vfold(self.ip_base + ip_id) & 0xFFFF, ">u2")
+        arr[:, 40:42] = _be(np.where(ucs == 0, 0xFFFF, ucs), ">u2")
+        arr[:, 43] = self.pt | marker
+        arr[:, 44:46] = _be(seq, ">u2")
+        arr[:, 46:50] = _be(ts, ">u4")
+        arr[:, 54:] = self.paymat[k]
+        return arr.tobytes()
+
+    def until(self, t_end: int) -> list[tuple[int, bytes]]:
+        """Frames earlier than ``t_end`` not returned yet (unordered: the merge sorts)."""
+        times, n = self.times, len(self.times)
+        j = int(np.searchsorted(times, t_end))
+        out: list[tuple[int, bytes]] = []
+        while self.next_rtcp is not None and self.next_rtcp < t_end:
+            t = self.next_rtcp
+            if n == 0 or t > times[-1]:
+                self.next_rtcp = None
+                break
+            i = int(np.searchsorted(times, t))  # packets sent before this report
+            out.append((t, _rtcp(self.src, self.dst, self.sport + 1, self.dport + 1, self.ssrc, t,
+                                 (self.ts0 + i * FRAME) & 0xFFFFFFFF, i, i * FRAME, self.id0 + i + 30000)))
+            self.next_rtcp = t + RTCP_INTERVAL_NS
+        while self.pos < j:
+            if not self.chunk_at <= self.pos < self.chunk_at + _CHUNK:
+                self.chunk_at = self.pos
+                self.chunk = self._build(self.pos, min(n, self.pos + _CHUNK))
+            e = min(j, self.chunk_at + _CHUNK)
+            buf, base = self.chunk, (self.pos - self.chunk_at) * _ROW
+            out.extend(zip(times[self.pos:e].tolist(),
+                           [buf[o:o + _ROW] for o in range(base, base + (e - self.pos) * _ROW, _ROW)]))
+            self.pos = e
+        if self.pos >= n and self.next_rtcp is None:
+            self.done, self.chunk = True, b""
+        return out
+
+
+class _ListSource:
+    """Frames known up front (a call's SIP messages), in time order."""
+
+    def __init__(self, frames: list[tuple[int, bytes]]) -> None:
+        self.frames, self.pos = frames, 0
+        self.start_ns = frames[0][0] if frames else 0
+        self.done = not frames
+
+    def until(self, t_end: int) -> list[tuple[int, bytes]]:
+        j = self.pos
+        while j < len(self.frames) and self.frames[j][0] < t_end:
+            j += 1
+        out, self.pos = self.frames[self.pos:j], j
+        self.done = j >= len(self.frames)
+        return out
 
 
 def _rtcp(src: str, dst: str, sport: int, dport: int, ssrc: int, t_ns: int, rtp_ts: int,
@@ -265,55 +343,41 @@ def _signalling(p: CallPlan, seed: int) -> list[tuple[int, bytes]]:
     return [(t, udp_frame(s, d, SIP_PORT, SIP_PORT, m, ip_id + n)) for n, (t, s, d, m) in enumerate(msgs)]
 
 
-Source = tuple[int, Iterator[tuple[int, bytes]]]   # (no frame earlier than this ns, frames in time order)
+Source = _RtpSource | _ListSource
 
 
 def call_frames(p: CallPlan, seed: int = 1, rtcp: bool = True) -> list[Source]:
-    """Time-ordered frame sources of one call (SIP, and RTP per direction), each
-    with a lower bound of its first timestamp so it can be started lazily."""
-    sources: list[Source] = [(p.invite_ns, iter(_signalling(p, seed)))]
+    """Frame sources of one call: its SIP messages, and RTP per direction."""
+    sources: list[Source] = [_ListSource(_signalling(p, seed))]
     if p.answered and p.answer_ns is not None:
-        for caller_side, first in ((False, p.answer_ns + 10 * MS), (True, p.answer_ns + 35 * MS)):
-            # callee sends after its 200 OK, caller after its ACK; jitter is at most 2 ms early
-            sources.append((first - 2 * MS, _rtp_stream(p, caller_side, first, seed, rtcp)))
+        # The callee sends after its 200 OK, the caller after its ACK.
+        sources.append(_RtpSource(p, False, p.answer_ns + 10 * MS, seed, rtcp))
+        sources.append(_RtpSource(p, True, p.answer_ns + 35 * MS, seed, rtcp))
     return sources
 
 
-def merge_sources(sources: Sequence[Source], window_ns: int = 100 * MS) -> Iterator[tuple[int, bytes]]:
-    """Merge time-ordered sources by timestamp, a time window at a time.
+def merge_sources(sources: Sequence[Source], window_ns: int = 250 * MS) -> Iterator[tuple[int, bytes]]:
+    """Merge sources by timestamp, one time window at a time.
 
-    A heap merge costs ~4 µs per packet with thousands of sources; here every
-    active source is drained up to the window's end, the window is sorted once
-    (C speed) and emitted.  Sources are started only when their window comes,
-    so memory stays bounded by the active calls.  The sort is stable and the
-    sources are visited in a fixed order, so equal timestamps come out the same
-    way every run.
+    A heap merge costs ~4 µs per packet with thousands of sources; here each
+    active source hands over its frames before the window's end, the window is
+    sorted once (C speed) and emitted.  Sources are visited in a fixed order
+    and the sort is stable, so equal timestamps come out the same way every run;
+    memory is bounded by the active calls' current chunks.
     """
-    waiting = sorted(range(len(sources)), key=lambda k: sources[k][0], reverse=True)  # pop() = earliest
-    active: list[list] = []   # [head frame, iterator]
-    key = _ts_key
-    t_end = sources[waiting[-1]][0] + window_ns if waiting else 0
+    waiting = sorted(sources, key=lambda src: src.start_ns, reverse=True)  # pop() = earliest
+    active: list[Source] = []
+    t_end = waiting[-1].start_ns + window_ns if waiting else 0
     while waiting or active:
-        if not active and waiting and sources[waiting[-1]][0] >= t_end:
-            t_end = sources[waiting[-1]][0] + window_ns  # skip an idle gap
-        while waiting and sources[waiting[-1]][0] < t_end:
-            it = sources[waiting.pop()][1]
-            head = next(it, None)
-            if head is not None:
-                active.append([head, it])
+        if not active and waiting[-1].start_ns >= t_end:
+            t_end = waiting[-1].start_ns + window_ns  # skip an idle gap
+        while waiting and waiting[-1].start_ns < t_end:
+            active.append(waiting.pop())
         batch: list[tuple[int, bytes]] = []
-        append = batch.append
-        still: list[list] = []
-        for entry in active:
-            head, it = entry
-            while head is not None and head[0] < t_end:
-                append(head)
-                head = next(it, None)
-            if head is not None:
-                entry[0] = head
-                still.append(entry)
-        active = still
-        batch.sort(key=key)
+        for src in active:
+            batch += src.until(t_end)
+        active = [src for src in active if not src.done]
+        batch.sort(key=_ts_key)
         yield from batch
         t_end += window_ns
 
