@@ -28,7 +28,7 @@ from storage.layout import prefix_date, recording_id
 
 from controller.dialogs import Dialog, parse_truncated
 from controller.settings import CallConfig
-from controller.streams import (MAX_REF_OFFSET, MediaEndpoint, RtpStream, SdpMedia, pack_ref,
+from controller.streams import (NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, RtpStream, SdpMedia,
                                 sdp_media)
 
 __all__ = ["CallConfig", "Call", "CallTable", "CallEngine", "FinishedCall"]
@@ -168,6 +168,7 @@ class CallEngine:
     def __init__(self, config: CallConfig | None = None) -> None:
         self.config = config or CallConfig()
         self.table = CallTable()
+        self._media_map = self.table.media  # the hot path's one lookup (same dict)
         self._linger_ns = int(self.config.linger_s * _NS)
         self._answered_ns = int(self.config.answered_timeout_s * _NS)
         self._setup_ns = int(self.config.setup_timeout_s * _NS)
@@ -182,14 +183,15 @@ class CallEngine:
             "sip_messages", "sip_retransmissions", "sip_errors", "sip_ignored", "sip_after_end",
             "sdp_errors", "rtp_packets", "rtp_unmatched", "rtp_errors", "rtcp_packets",
             "media_other", "relay_legs", "fragments", "calls_started", "calls_finished", "internal_errors"), 0)
-        self._rtp_packets = 0
+        self._rtp_finished = 0  # RTP packets of finished calls (active ones: their streams)
         # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
         self._ssrc_owners: dict[int, dict[int, tuple[Call, int, dict]]] = {}
 
     @property
     def counters(self) -> dict[str, int]:
         c = dict(self._c)
-        c["rtp_packets"] = self._rtp_packets
+        c["rtp_packets"] = self._rtp_finished + sum(
+            s.packets for call in self.table.calls() for s in call.streams.values())
         c["active_calls"] = len(self.table)
         return c
 
@@ -198,15 +200,20 @@ class CallEngine:
         """Route one packet; True if it belongs to a call (or created one)."""
         try:
             if d.proto == 17:
+                ep = self._media_map.get((d.dst, d.dport))
+                if ep is not None:
+                    code = ep.packet(ts_ns, sensor_id, linktype, data, d, True)
+                    if code:
+                        self._media_event(code, ep)
+                    return True
+                ep = self._media_map.get((d.src, d.sport))
+                if ep is not None:  # symmetric RTP: sent from where that side receives
+                    code = ep.packet(ts_ns, sensor_id, linktype, data, d, False)
+                    if code:
+                        self._media_event(code, ep)
+                    return True
                 if d.is_fragment and d.sport == 0 and d.dport == 0:
                     return self._fragment(ts_ns, sensor_id, linktype, data, d)
-                media = self.table.media
-                ep = media.get((d.dst, d.dport))
-                if ep is not None:
-                    return self._media(ts_ns, sensor_id, linktype, data, d, ep, 1 - ep.side)
-                ep = media.get((d.src, d.sport))
-                if ep is not None:  # symmetric RTP: sent from where that side receives
-                    return self._media(ts_ns, sensor_id, linktype, data, d, ep, ep.side)
                 if d.payload_len >= 12 and 0x80 <= data[d.payload_offset] < 0xC0:
                     return self._unmatched_rtp(ts_ns, sensor_id, linktype, data, d)
             elif d.proto != 6:
@@ -217,59 +224,21 @@ class CallEngine:
             log.exception("packet dropped by an internal error")
             return False
 
-    def _media(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded,
-               ep: MediaEndpoint, sender: int) -> bool:
-        call = ep.call
-        idx = call.add_frame(ts_ns, sensor_id, linktype, data)
-        off = d.payload_offset
-        n = d.payload_len
-        if n < 12 or data[off] >> 6 != 2:
-            call.media_other += 1
-            self._c["media_other"] += 1
-            return True
-        b0 = data[off]
-        b1 = data[off + 1]
-        if 200 <= b1 <= 207:  # RTCP (also multiplexed on the RTP port, RFC 5761)
-            call.rtcp_packets += 1
-            self._c["rtcp_packets"] += 1
-            return True
-        seq, rtp_ts, ssrc = _RTP_TAIL.unpack_from(data, off + 2)
-        start = off + 12 + ((b0 & 0x0F) << 2)
-        end = off + n
-        if b0 & 0x30:  # header extension or padding: the rare slow path
-            if b0 & 0x10:
-                if start + 4 > end:
-                    self._c["rtp_errors"] += 1
-                    return True
-                start += 4 + (((data[start + 2] << 8) | data[start + 3]) << 2)
-            if b0 & 0x20 and end > start:
-                end -= data[end - 1]
-        if start > end:
-            self._c["rtp_errors"] += 1
-            return True
-        src = d.src
-        sport = d.sport
-        if (ssrc == ep.c_ssrc and sport == ep.c_sport and src == ep.c_src
-                and d.dport == ep.c_dport and d.dst == ep.c_dst):
+    def _media_event(self, code: int, ep: MediaEndpoint) -> None:
+        """Bookkeeping for the packets `MediaEndpoint.packet` did not just count."""
+        c = self._c
+        if code == RTP_NEW_STREAM:
+            call = ep.call
             stream = ep.c_stream
+            self._ssrc_owners.setdefault(stream.ssrc, {})[id(call)] = (call, stream.sender, ep.rtpmap)
+        elif code == RTCP:
+            ep.call.rtcp_packets += 1
+            c["rtcp_packets"] += 1
+        elif code == NOT_RTP:
+            ep.call.media_other += 1
+            c["media_other"] += 1
         else:
-            dst = d.dst
-            dport = d.dport
-            key = (src, sport, dst, dport, ssrc)
-            stream = call.streams.get(key)
-            if stream is None:
-                stream = call.streams[key] = RtpStream(src, sport, dst, dport, ssrc, sender,
-                                                       ep.rtpmap, ts_ns, seq)
-                self._ssrc_owners.setdefault(ssrc, {})[id(call)] = (call, sender, ep.rtpmap)
-            ep.c_src, ep.c_sport, ep.c_dst, ep.c_dport, ep.c_ssrc = src, sport, dst, dport, ssrc
-            ep.c_stream = stream
-        if end > MAX_REF_OFFSET:  # a frame too big to reference: count, keep no audio
-            ref = -1
-        else:
-            ref = pack_ref(idx, start, end)
-        stream.add(ts_ns, b1 & 0x7F, seq, rtp_ts, ref)
-        self._rtp_packets += 1
-        return True
+            c["rtp_errors"] += 1
 
     def _unmatched_rtp(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes,
                        d: Decoded) -> bool:
@@ -301,7 +270,11 @@ class CallEngine:
         if port % 2 == 0 and (addr, port + 1) not in self.table.media:
             self.table.add_media(call, side, SdpMedia(addr, port + 1, True, rtpmap))
         self._c["relay_legs"] += 1
-        return self._media(ts_ns, sensor_id, linktype, data, d, self.table.media[(addr, port)], sender)
+        ep = self.table.media[(addr, port)]
+        code = ep.packet(ts_ns, sensor_id, linktype, data, d, addr == d.dst and port == d.dport)
+        if code:
+            self._media_event(code, ep)
+        return True
 
     def _signalling(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded) -> bool:
         n = d.payload_len
@@ -487,6 +460,7 @@ class CallEngine:
             self._recent[cid] = until
             self._recent_order.append((until, cid))
         self._c["calls_finished"] += 1
+        self._rtp_finished += sum(s.packets for s in call.streams.values())
         dialog = call.dialog
         dialog.close(call.last_ns, "capture-end")  # no-op unless still open
         streams = sorted(call.streams.values(), key=lambda s: s.first_ns)

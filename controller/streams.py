@@ -17,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import struct
+
 from protocols.errors import SdpError
-from protocols.layers import str_to_ip
+from protocols.layers import Decoded, str_to_ip
 from protocols.sdp import STATIC_PAYLOAD_TYPES, parse_sdp
 
 if TYPE_CHECKING:
@@ -36,6 +38,8 @@ SEQ_MOD = 1 << 16
 NON_AUDIO_ENCODINGS = frozenset(("CN", "TELEPHONE-EVENT", "COMFORT-NOISE"))
 NON_AUDIO_STATIC = frozenset((13, 19))  # CN (RFC 3389) and the old reserved CN
 
+_RTP_TAIL = struct.Struct("!HII")  # seq, timestamp, ssrc (after the first two bytes)
+
 # A payload reference packs (frame index, payload start, payload end) in one int:
 # start/end are offsets inside the frame (< 2**17, pcap frames are <= 262144 bytes).
 _REF_SHIFT = 17
@@ -51,6 +55,14 @@ def unpack_ref(ref: int) -> tuple[int, int, int]:
     return ref >> (2 * _REF_SHIFT), (ref >> _REF_SHIFT) & _REF_MASK, ref & _REF_MASK
 
 
+#: What `MediaEndpoint.packet` saw (0 = an RTP packet of a known stream: nothing to do).
+RTP = 0
+RTP_NEW_STREAM = 1
+RTCP = 2
+NOT_RTP = 3
+BAD_RTP = 4
+
+
 class MediaEndpoint:
     """Where one side of a call receives RTP (or RTCP), as announced in its SDP.
 
@@ -60,20 +72,90 @@ class MediaEndpoint:
     lookup to find its stream.
     """
 
-    __slots__ = ("call", "side", "rtcp", "rtpmap",
-                 "c_src", "c_sport", "c_dst", "c_dport", "c_ssrc", "c_stream")
+    __slots__ = ("call", "side", "rtcp", "rtpmap", "c_addr", "c_port", "c_ssrc", "c_by_dst",
+                 "c_stream")
 
     def __init__(self, call: Call, side: int, rtcp: bool, rtpmap: dict[int, tuple[str, int, int]]) -> None:
         self.call = call
         self.side = side
         self.rtcp = rtcp
         self.rtpmap = rtpmap
-        self.c_src = b""
-        self.c_sport = -1
-        self.c_dst = b""
-        self.c_dport = -1
+        self.c_addr = b""
+        self.c_port = -1
         self.c_ssrc = -1
+        self.c_by_dst = False
         self.c_stream: RtpStream | None = None
+
+    def packet(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded,
+               by_dst: bool) -> int:
+        """Keep one UDP packet sent to (``by_dst``) or from this endpoint in its call
+        and account it to its RTP stream.  The hot path of the controller: one
+        call, no tuple, no dict lookup for a packet of the stream seen last here."""
+        call = self.call
+        frames = call.frame_data
+        idx = len(frames)
+        frames.append(data)
+        call.frame_ts.append(ts_ns)
+        call.last_ns = ts_ns
+        if sensor_id != call.last_sensor:
+            call.sensors.add(sensor_id)
+            call.last_sensor = sensor_id
+        if linktype != call.linktype:
+            call.other_linktype.append(idx)
+        off = d.payload_offset
+        end = off + d.payload_len
+        if end - off < 12:
+            if end - off >= 8 and data[off] >> 6 == 2 and 200 <= data[off + 1] <= 207:
+                return RTCP
+            return NOT_RTP if end == off or data[off] >> 6 != 2 else BAD_RTP
+        b0 = data[off]
+        b1 = data[off + 1]
+        if b0 >> 6 != 2:               # T.38 UDPTL, STUN, junk on a media port
+            return NOT_RTP
+        if 200 <= b1 <= 207:           # RTCP (also multiplexed on the RTP port, RFC 5761)
+            return RTCP
+        seq, rtp_ts, ssrc = _RTP_TAIL.unpack_from(data, off + 2)
+        start = off + 12 + ((b0 & 0x0F) << 2)
+        if b0 & 0x30:                  # header extension or padding: the rare slow path
+            if b0 & 0x10:
+                if start + 4 > end:
+                    return BAD_RTP
+                start += 4 + (((data[start + 2] << 8) | data[start + 3]) << 2)
+            if b0 & 0x20 and end > start:
+                end -= data[end - 1]
+        if start > end:
+            return BAD_RTP
+        code = RTP
+        if by_dst:
+            addr = d.src
+            port = d.sport
+        else:
+            addr = d.dst
+            port = d.dport
+        if ssrc == self.c_ssrc and port == self.c_port and by_dst == self.c_by_dst and addr == self.c_addr:
+            stream = self.c_stream
+        else:
+            src, sport, dst, dport = d.src, d.sport, d.dst, d.dport
+            key = (src, sport, dst, dport, ssrc)
+            stream = call.streams.get(key)
+            if stream is None:
+                sender = 1 - self.side if by_dst else self.side
+                stream = call.streams[key] = RtpStream(src, sport, dst, dport, ssrc, sender,
+                                                       self.rtpmap, ts_ns, seq)
+                code = RTP_NEW_STREAM
+            self.c_addr, self.c_port, self.c_ssrc, self.c_by_dst = addr, port, ssrc, by_dst
+            self.c_stream = stream
+        ref = (idx << 34) | (start << 17) | end if end <= MAX_REF_OFFSET else -1
+        pt = b1 & 0x7F
+        max_ext = stream.max_ext
+        if (seq - max_ext) & 0xFFFF == 1 and pt == stream.cur_pt:  # next in order
+            stream.max_ext = max_ext + 1
+            run = stream.cur_run
+            run.timestamps.append(rtp_ts)
+            run.refs.append(ref)
+        else:
+            stream.add(ts_ns, pt, seq, rtp_ts, ref)
+        return code
 
 
 class PayloadRun:
@@ -88,12 +170,17 @@ class PayloadRun:
 
 
 class RtpStream:
-    """One RTP stream = (src ip, src port, dst ip, dst port, SSRC) inside a call."""
+    """One RTP stream = (src ip, src port, dst ip, dst port, SSRC) inside a call.
 
-    __slots__ = ("src", "sport", "dst", "dport", "ssrc", "sender", "rtpmap",
-                 "first_ns", "last_ns", "packets", "duplicates",
-                 "max_ext", "base_ext", "bits", "bad_seq", "expected_prior", "received_prior",
-                 "by_pt", "cur_pt", "cur_run")
+    ``bits`` has one byte per extended sequence number from ``base_ext`` (1 =
+    received); it is filled lazily: every number after its end up to
+    ``max_ext`` was received in order, so the in-order fast path in
+    `MediaEndpoint.packet` only moves ``max_ext``.
+    """
+
+    __slots__ = ("src", "sport", "dst", "dport", "ssrc", "sender", "rtpmap", "first_ns",
+                 "duplicates", "max_ext", "base_ext", "bits", "bad_seq", "expected_prior",
+                 "received_prior", "by_pt", "cur_pt", "cur_run")
 
     def __init__(self, src: bytes, sport: int, dst: bytes, dport: int, ssrc: int,
                  sender: int, rtpmap: dict[int, tuple[str, int, int]], ts_ns: int, seq: int) -> None:
@@ -105,13 +192,11 @@ class RtpStream:
         self.sender = sender
         self.rtpmap = rtpmap
         self.first_ns = ts_ns
-        self.last_ns = ts_ns
-        self.packets = 0
         self.duplicates = 0
-        # extended sequence numbers: the first packet is seq itself (+ 2**16 so
-        # that a late packet from before it never goes negative)
-        self.max_ext = SEQ_MOD + seq - 1
+        # extended sequence numbers start at 2**16 + the first seq, so a late
+        # packet from before the first one never goes negative
         self.base_ext = SEQ_MOD + seq
+        self.max_ext = self.base_ext - 1
         self.bits = bytearray()
         self.bad_seq = -1
         self.expected_prior = 0
@@ -121,29 +206,28 @@ class RtpStream:
         self.cur_run: PayloadRun | None = None
 
     def add(self, ts_ns: int, pt: int, seq: int, rtp_ts: int, ref: int) -> None:
-        """Count one packet and remember where its payload is."""
-        self.packets += 1
-        self.last_ns = ts_ns
+        """Count one packet and remember where its payload is (all cases)."""
         max_ext = self.max_ext
         udelta = (seq - max_ext) & 0xFFFF
-        if udelta == 1:                       # the common case: next in order
-            self.bits.append(1)
+        if udelta == 1:                       # next in order
             self.max_ext = max_ext + 1
         elif udelta == 0:
             self.duplicates += 1
             return
         elif udelta < MAX_DROPOUT:            # a gap (loss): mark the missing ones
+            self._sync()
             self.bits += bytes(udelta - 1)
             self.bits.append(1)
             self.max_ext = max_ext + udelta
         elif udelta <= SEQ_MOD - MAX_MISORDER:  # a very large jump
             if seq != self.bad_seq:
+                # RFC 3550: not part of the run until a second packet confirms it
                 self.bad_seq = (seq + 1) & 0xFFFF
-                # RFC 3550: not part of the run until a second packet confirms
                 self._store(ts_ns, pt, rtp_ts, ref)
                 return
             self._restart(seq)
         else:                                 # late (reordered) or duplicate
+            self._sync()
             ext = max_ext - (SEQ_MOD - udelta)
             i = ext - self.base_ext
             if i < 0:
@@ -155,6 +239,12 @@ class RtpStream:
                 return
             self.bits[i] = 1
         self._store(ts_ns, pt, rtp_ts, ref)
+
+    def _sync(self) -> None:
+        """Materialize the in-order packets the fast path only counted."""
+        k = self.max_ext - self.base_ext + 1 - len(self.bits)
+        if k > 0:
+            self.bits += b"\x01" * k
 
     def _store(self, ts_ns: int, pt: int, rtp_ts: int, ref: int) -> None:
         if pt == self.cur_pt:
@@ -170,18 +260,24 @@ class RtpStream:
 
     def _restart(self, seq: int) -> None:
         """The sender restarted its sequence: close the run, start a new one
-        that includes the packet which announced the jump (seq - 1)."""
-        bits = self.bits
-        self.expected_prior += len(bits) + 1
-        self.received_prior += bits.count(1) + 1
-        self.max_ext = SEQ_MOD + seq
+        (the packet that announced the jump counts as expected and received)."""
+        self._sync()
+        self.expected_prior += len(self.bits) + 1
+        self.received_prior += self.bits.count(1) + 1
         self.base_ext = SEQ_MOD + seq
-        self.bits = bytearray(b"\x01")
+        self.max_ext = self.base_ext - 1
+        self.bits = bytearray()
         self.bad_seq = -1
+
+    @property
+    def packets(self) -> int:
+        """Every packet of the stream, duplicates included (as tshark counts them)."""
+        return sum(len(run.refs) for run in self.by_pt.values()) + self.duplicates
 
     @property
     def lost(self) -> int:
         """Expected minus received (unique) packets, never negative."""
+        self._sync()
         bits = self.bits
         return max(0, len(bits) - bits.count(1) + self.expected_prior - self.received_prior)
 

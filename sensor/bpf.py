@@ -14,7 +14,24 @@ import ctypes.util
 import functools
 from dataclasses import dataclass
 
-__all__ = ["PcapProbeError", "ProbeResult", "probe", "compile_check", "dlt_to_linktype"]
+__all__ = ["PcapProbeError", "ProbeResult", "probe", "compile_check", "dlt_to_linktype",
+           "DEFAULT_BPF", "default_bpf"]
+
+# Kernel prefilter for live capture: all UDP and TCP (SIP and RTP ports are
+# not known in advance), IPv6 fragments (libpcap's "udp" only looks at the
+# fixed IPv6 header's next header; IPv4 fragments carry proto 17 in every
+# fragment so "udp" already matches them), and the same behind one 802.1Q tag.
+# Dropped in the kernel: ARP, ICMP, STP/LLDP, GRE/ERSPAN and other non-UDP/TCP.
+_L4 = "udp or tcp or ip6 proto 44"
+DEFAULT_BPF = f"{_L4} or (vlan and ({_L4}))"
+# libpcap accepts "vlan" only on Ethernet-like link types (not on Linux
+# cooked captures of "any", nor on raw IP from tun devices).
+_VLAN_LINKTYPES = frozenset((1,))
+
+
+def default_bpf(linktype: int) -> str:
+    """DEFAULT_BPF where libpcap understands "vlan", the same without it elsewhere."""
+    return DEFAULT_BPF if linktype in _VLAN_LINKTYPES else _L4
 
 _ERRBUF_SIZE = 256
 # DLT values that differ from the LINKTYPE values written to capture files

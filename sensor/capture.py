@@ -33,7 +33,7 @@ from os import PathLike
 from typing import Protocol
 
 from protocols.pcapfile import CaptureFileError, read_frames
-from sensor.bpf import PcapProbeError, probe
+from sensor.bpf import PcapProbeError, default_bpf, probe
 
 __all__ = ["CaptureError", "CaptureStats", "PacketSource", "LiveCapture", "FileReplay"]
 
@@ -72,14 +72,16 @@ class LiveCapture:
     The interface and the filter are checked first through libpcap directly
     (:mod:`sensor.bpf`) so errors carry libpcap's own text and the link type
     is libpcap's ``pcap_datalink`` (Ethernet for ethernet, veth and Linux
-    loopback; raw IP for tun; Linux cooked for ``any``).
+    loopback; raw IP for tun; Linux cooked for ``any``). ``bpf=None`` means
+    the VoIP prefilter for that link type (``sensor.bpf.default_bpf``); ``""``
+    captures everything.
 
     ``close()`` stops delivery at once and never blocks: the reader thread is
     a daemon left inside ``pcap_next`` until the next packet or process exit,
     because closing a pcap handle under a running read is unsafe.
     """
 
-    def __init__(self, interface: str, bpf: str, snaplen: int = 65535, timeout_ms: int = 10,
+    def __init__(self, interface: str, bpf: str | None, snaplen: int = 65535, timeout_ms: int = 10,
                  immediate: bool = False, promisc: bool = True, *, max_batch: int = 4096,
                  max_pending: int = 262144, idle_s: float = 0.2, poll_s: float = 0.002) -> None:
         if timeout_ms <= 0:
@@ -93,6 +95,8 @@ class LiveCapture:
             probed = probe(interface, "", snaplen)
         except PcapProbeError as exc:
             raise CaptureError(f"cannot capture on interface {interface!r}: {exc}") from exc
+        if bpf is None:
+            bpf = default_bpf(probed.linktype)
         if bpf:
             try:
                 probe(interface, bpf, snaplen)
@@ -155,6 +159,12 @@ class LiveCapture:
                     add((round(pkt[1] * 1e6) * 1000, pkt[2]))  # libpcap gives µs
                 yield out
                 last = time.monotonic()
+                if n < self._max_batch:
+                    # Let the reader drain the ring alone for a moment: while this
+                    # thread is runnable, every GIL release the reader makes inside
+                    # pcap_next hands the GIL over here for up to the switch
+                    # interval (5 ms), so it would read about one packet per switch.
+                    time.sleep(self._poll_s)
                 continue
             if self._reader_error is not None:
                 raise CaptureError(f"capture on {self.interface!r} failed: "

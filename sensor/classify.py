@@ -37,16 +37,10 @@ from protocols.errors import DecodeError
 from protocols.layers import Decoded, decode, str_to_ip
 from protocols.sdp import parse_sdp
 from protocols.sip import looks_like_sip, parse_sip, split_stream
+from sensor.bpf import DEFAULT_BPF, default_bpf  # the live prefilter (see sensor.bpf)
 
-__all__ = ["DEFAULT_BPF", "Classifier", "ClassifierCounters"]
+__all__ = ["DEFAULT_BPF", "default_bpf", "Classifier", "ClassifierCounters"]
 
-# Kernel prefilter for live capture: all UDP and TCP (SIP and RTP ports are
-# not known in advance), IPv6 fragments (libpcap's "udp" only looks at the
-# fixed IPv6 header's next header; IPv4 fragments carry proto 17 in every
-# fragment so "udp" already matches them), and the same behind one 802.1Q tag.
-# Dropped in the kernel: ARP, ICMP, STP/LLDP, GRE/ERSPAN and other non-UDP/TCP.
-_L4 = "udp or tcp or ip6 proto 44"
-DEFAULT_BPF = f"{_L4} or (vlan and ({_L4}))"
 
 _NS = 1_000_000_000
 _UDP, _TCP = 17, 6

@@ -49,9 +49,11 @@ def _tshark(path: Path, args: tuple[str, ...]) -> str:
 
 @lru_cache(maxsize=None)
 def fields(path: Path, display_filter: str, names: tuple[str, ...],
-           extra: tuple[str, ...] = ()) -> list[list[str]]:
-    """Rows of `tshark -T fields` (first occurrence of each field)."""
-    args = [*extra, "-Y", display_filter, "-T", "fields", "-E", "occurrence=f"]
+           extra: tuple[str, ...] = (), occurrence: str = "f") -> list[list[str]]:
+    """Rows of `tshark -T fields` (first occurrence of each field unless occurrence="a",
+    then all occurrences joined by '|')."""
+    args = [*extra, "-Y", display_filter, "-T", "fields", "-E", f"occurrence={occurrence}",
+            "-E", "aggregator=|"]
     for n in names:
         args += ["-e", n]
     out = _tshark(path, tuple(args))
@@ -205,6 +207,44 @@ def rtp_packets(path: Path) -> list[RtpPacket]:
 
 def stream_packets(path: Path, src: str, sport: int, ssrc: int) -> list[RtpPacket]:
     return [p for p in rtp_packets(path) if p.src == src and p.sport == sport and p.ssrc == ssrc]
+
+
+@dataclass(frozen=True)
+class SdpAnnouncement:
+    ts_ns: int
+    call_id: str
+    addr: str
+    port: int
+    side: str        # who receives there: "caller" or "callee"
+
+
+@lru_cache(maxsize=None)
+def sdp_announcements(path: Path) -> list[SdpAnnouncement]:
+    """Audio receive addresses from every SIP message with SDP, with the side that sent it
+    (requests from the caller's From-tag come from the caller, responses to them from the
+    callee).  Every c= address of a message is paired with every audio m= port."""
+    calls = expected_calls(path)
+    rows = fields(path, "sip && sdp", ("frame.time_epoch", "sip.Call-ID", "sip.Method",
+                                        "sip.from.tag", "sdp.connection_info", "sdp.media"),
+                  occurrence="a")
+    out = []
+    for r in rows:
+        r = r + [""] * (6 - len(r))
+        cid = r[1].split("|")[0]
+        if cid not in calls:
+            continue
+        exp = calls[cid]
+        caller_tag = [x for x in exp.rows if x.cseq_method == "INVITE"][0].from_tag
+        from_caller = r[3].split("|")[0] == caller_tag
+        is_request = bool(r[2])
+        side = "caller" if from_caller == is_request else "callee"
+        addrs = {c.split()[-1] for c in r[4].split("|") if c.strip()}
+        ports = {int(m.split()[1]) for m in r[5].split("|") if m.startswith("audio ")}
+        for a in addrs:
+            for p in ports:
+                if p:
+                    out.append(SdpAnnouncement(epoch_ns(r[0]), cid, a, p, side))
+    return out
 
 
 # -- the engine side of the comparison (kept here so every test module shares one run) --

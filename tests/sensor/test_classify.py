@@ -9,7 +9,7 @@ import pytest
 
 from protocols.pcapfile import read_frames, write_pcap
 from sensor.capture import FileReplay
-from sensor.classify import DEFAULT_BPF, Classifier
+from sensor.classify import DEFAULT_BPF, Classifier, default_bpf
 from tests.conftest import capture, require_tool
 
 # Every capture whose VoIP rides directly on Ethernet/SLL + IP (the ERSPAN one is
@@ -232,8 +232,10 @@ def test_media_table_is_bounded() -> None:
 # -- the kernel prefilter ----------------------------------------------------
 def test_default_bpf_compiles_with_tcpdump() -> None:
     tcpdump = require_tool("tcpdump")
-    for linktype in ("EN10MB", "LINUX_SLL"):
-        subprocess.run([tcpdump, "-d", "-y", linktype, DEFAULT_BPF], check=True, capture_output=True)
+    for name, linktype in (("EN10MB", 1), ("LINUX_SLL", 113), ("RAW", 101)):
+        subprocess.run([tcpdump, "-d", "-y", name, default_bpf(linktype)], check=True,
+                       capture_output=True)
+    assert default_bpf(1) == DEFAULT_BPF
 
 
 def _vlan_tagged(path: Path, out: Path) -> None:
@@ -254,7 +256,8 @@ def test_default_bpf_keeps_everything_we_forward(name: str, vlan: bool, tmp_path
         _vlan_tagged(src, tmp_path / "vlan.pcap")
         src = tmp_path / "vlan.pcap"
     filtered = tmp_path / "filtered.pcap"
-    subprocess.run([tcpdump, "-r", str(src), "-w", str(filtered), DEFAULT_BPF],
+    linktype = FileReplay(src).linktype
+    subprocess.run([tcpdump, "-r", str(src), "-w", str(filtered), default_bpf(linktype)],
                    check=True, capture_output=True)
 
     def forwarded(path: Path) -> list[bytes]:

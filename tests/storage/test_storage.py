@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
@@ -31,7 +30,7 @@ def s3_store(server, prefix: str = "rec") -> S3Store:
     return store
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def store(request, tmp_path) -> RecordingStore:
     if request.param == "local":
         return LocalStore(tmp_path / "recordings")
@@ -99,6 +98,7 @@ def test_invalid_names_rejected(store: RecordingStore):
             store.put(prefix, {name: b"x"})
 
 
+@pytest.mark.s3
 def test_local_and_s3_identical(tmp_path, s3_server):
     local = LocalStore(tmp_path / "rec")
     s3 = s3_store(s3_server, prefix="deep/er")
@@ -126,6 +126,7 @@ def test_local_and_s3_identical(tmp_path, s3_server):
     assert on_disk == sorted(f"{p}/{n}" for p, fs in expected.items() for n in fs)
 
 
+@pytest.mark.s3
 def test_s3_objects_carry_content_type(s3_server):
     store = s3_store(s3_server)
     store.put("2024/03/01/r1", FILES)
@@ -136,7 +137,7 @@ def test_s3_objects_carry_content_type(s3_server):
 
 # -- failures ---------------------------------------------------------------
 
-def test_s3_server_down_fails_fast_with_clear_message(s3_server):
+def test_s3_server_down_fails_fast_with_clear_message():
     from tests.s3server import free_ports
 
     port = free_ports(1)[0]  # nothing listens here
@@ -154,6 +155,7 @@ def test_s3_server_down_fails_fast_with_clear_message(s3_server):
         store.check()
 
 
+@pytest.mark.s3
 def test_s3_wrong_secret_is_not_retried(s3_server):
     store = open_store("s3://recordings/x", endpoint=f"http://{s3_server.endpoint}",
                        access_key=s3_server.access_key, secret_key="wrong-secret-value",
