@@ -18,7 +18,6 @@ import logging
 import re
 import struct
 from collections import deque
-from dataclasses import dataclass, field
 from itertools import count
 
 from protocols.errors import DecodeError
@@ -27,6 +26,7 @@ from protocols.sip import looks_like_sip, parse_sip, split_stream
 from storage.layout import prefix_date, recording_id
 
 from controller.dialogs import Dialog, parse_truncated
+from controller.finalize import FinishedCall
 from controller.settings import CallConfig
 from controller.streams import (NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, RtpStream, SdpMedia,
                                 sdp_media)
@@ -36,7 +36,6 @@ __all__ = ["CallConfig", "Call", "CallTable", "CallEngine", "FinishedCall"]
 log = logging.getLogger("spanrec.calls")
 
 _NS = 1_000_000_000
-_RTP_TAIL = struct.Struct("!HII")  # seq, timestamp, ssrc (after the first two bytes)
 _U32 = struct.Struct("!I")
 _CALL_ID_RE = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+?)[ \t]*\r?$",
                          re.IGNORECASE | re.MULTILINE)
@@ -85,29 +84,6 @@ class Call:
     @property
     def first_call_id(self) -> str:
         return self.call_ids[0]
-
-
-@dataclass
-class FinishedCall:
-    """A call that is over: self-contained input of finalize.build_recording."""
-
-    call_ids: list[str]
-    from_uri: str | None
-    to_uri: str | None
-    status: str
-    final_response: int | None
-    end_reason: str
-    started_ns: int
-    answered_ns: int | None
-    ended_ns: int | None
-    sensors: list[str]
-    linktype: int
-    frame_ts: list[int]
-    frame_data: list[bytes]
-    other_linktype: list[int]
-    streams: list[RtpStream]
-    rtpmap: dict[int, tuple[str, int, int]]  # every payload type the call's SDPs named
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 class CallTable:
@@ -331,9 +307,9 @@ class CallEngine:
             c["calls_started"] += 1
             self._schedule(call, ts_ns + self._setup_ns)
         if not frame_kept:
-            idx = call.add_frame(ts_ns, sensor_id, linktype, data)
+            call.add_frame(ts_ns, sensor_id, linktype, data)
             if d.is_fragment and d.ip_id is not None:
-                self._remember_fragment(d, call, idx, ts_ns)
+                self._remember_fragment(d, call, ts_ns)
         call.sip_packets += 1
         dialog = call.dialog
         repeat = dialog.is_repeat(msg, cseq, cseq_method)
@@ -373,7 +349,7 @@ class CallEngine:
             self.table.add_media(call, side, m)
 
     # -- IP fragments (no reassembly yet: the later fragments follow the first) --
-    def _remember_fragment(self, d: Decoded, call: Call, idx: int, ts_ns: int) -> None:
+    def _remember_fragment(self, d: Decoded, call: Call, ts_ns: int) -> None:
         key = (d.src, d.ip_id)
         self._frags[key] = (call, ts_ns)
         self._frag_order.append((ts_ns + _FRAG_KEEP_NS, key))

@@ -13,7 +13,7 @@ be decoded is silent; with no decodable direction there is no audio.wav.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,13 +23,36 @@ from storage.layout import (AUDIO_WAV, CALL_JSON, CALL_PCAP, prefix_date, record
                             recording_prefix)
 
 from controller.audio import CODECS, DecodedStream, build_stereo, decode_stream, wav_bytes
-from controller.calls import FinishedCall
 from controller.streams import CALLEE, CALLER, SIDE_NAMES, RtpStream, unpack_ref
 
-__all__ = ["Recording", "build_recording", "iso_time"]
+__all__ = ["FinishedCall", "Recording", "build_recording", "iso_time"]
 
 SAMPLE_RATE = 8000
 _NS = 1_000_000_000
+
+
+@dataclass
+class FinishedCall:
+    """A call that is over (made by calls.CallEngine): everything a recording needs,
+    and nothing shared with the engine any more."""
+
+    call_ids: list[str]
+    from_uri: str | None
+    to_uri: str | None
+    status: str
+    final_response: int | None
+    end_reason: str
+    started_ns: int
+    answered_ns: int | None
+    ended_ns: int | None
+    sensors: list[str]
+    linktype: int
+    frame_ts: list[int]
+    frame_data: list[bytes]
+    other_linktype: list[int]
+    streams: list[RtpStream]
+    rtpmap: dict[int, tuple[str, int, int]]  # every payload type the call's SDPs named
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -265,7 +265,7 @@ class RtpStream:
         self.expected_prior += len(self.bits) + 1
         self.received_prior += self.bits.count(1) + 1
         self.base_ext = SEQ_MOD + seq
-        self.max_ext = self.base_ext - 1
+        self.max_ext = self.base_ext  # this packet: received (lazily, see _sync)
         self.bits = bytearray()
         self.bad_seq = -1
 

@@ -118,7 +118,7 @@ class LiveCapture:
         self._poll_s = poll_s
         self._closed = False
         self._reader_error: BaseException | None = None
-        self._read = 0
+        self._popped = 0  # counted by the consumer: the reader does nothing but append
         self._backlog_drops = 0
         self._thread = threading.Thread(target=self._reader, name=f"pcap-{interface}", daemon=True)
         self._thread.start()
@@ -128,14 +128,11 @@ class LiveCapture:
         pending = self._pending
         append = pending.append
         limit = self._max_pending
-        read = 0
         try:
             for pkt in self._sniff.capture():
                 if self._closed:
                     break
                 if pkt[0]:  # (0, 0, b"") is a timeout
-                    read += 1
-                    self._read = read
                     if len(pending) < limit:
                         append(pkt)
                     else:
@@ -157,6 +154,7 @@ class LiveCapture:
                 for _ in range(n):
                     pkt = popleft()
                     add((round(pkt[1] * 1e6) * 1000, pkt[2]))  # libpcap gives µs
+                self._popped += n
                 yield out
                 last = time.monotonic()
                 if n < self._max_batch:
@@ -182,7 +180,8 @@ class LiveCapture:
             kdrop, ifdrop = int(st.ps_drop), int(st.ps_ifdrop)
         except Exception:  # handle gone or stats unsupported: report what we know
             kdrop = ifdrop = 0
-        return CaptureStats(captured=self._read, kernel_drops=kdrop, interface_drops=ifdrop,
+        captured = self._popped + len(self._pending) + self._backlog_drops
+        return CaptureStats(captured=captured, kernel_drops=kdrop, interface_drops=ifdrop,
                             backlog_drops=self._backlog_drops)
 
     def close(self) -> None:

@@ -123,6 +123,7 @@ def tshark_count(path: Path, display_filter: str) -> int:
     return len(out.split())
 
 
+@pytest.mark.slow
 def test_span_port_sipp_call_matches_tcpdump(netlab: NetLab, tmp_path: Path) -> None:  # noqa: F811
     require_tool("sipp")
     ref, ours = tmp_path / "tcpdump.pcap", tmp_path / "livecapture.pcap"
