@@ -32,31 +32,45 @@ class Deduplicator:
     dropped_by_sensor: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._seen: dict[tuple, int] = {}
-        self._fifo: deque[tuple[int, tuple]] = deque()
+        self._seen: dict[int, int] = {}      # key -> capture time of the kept copy
+        self._fifo: deque[int] = deque()     # keys in arrival (= capture time) order
         self._sip_window = int(self.config.sip_window_ms * 1e6)
         self._media_window = int(self.config.media_window_ms * 1e6)
         self._horizon = max(self._sip_window, self._media_window)
 
     def is_duplicate(self, ts_ns: int, sensor_id: str, data: bytes, d: Decoded,
                      is_sip: bool) -> bool:
-        start = d.payload_offset
-        key = (d.src, d.dst, d.proto, d.ip_id, d.sport, d.dport, d.tcp_seq,
-               d.frag_offset, hash(data[start:start + d.payload_len]))
-        first = self._seen.get(key)
+        # IPv4: skip version..checksum except the IP ID (added below); from the
+        # addresses on, copies are byte-identical. IPv6: skip up to the hop limit.
+        l3 = d.l3_offset
+        end = d.payload_offset + d.payload_len
+        if d.ip_version == 4:
+            key = (hash(data[l3 + 12:end]) << 16) | (d.ip_id or 0)
+        else:
+            key = hash(data[l3 + 8:end])
+        seen = self._seen
+        first = seen.get(key)
         if first is not None:
             window = self._sip_window if is_sip else self._media_window
-            if 0 <= ts_ns - first <= window or 0 <= first - ts_ns <= window:
+            if -window <= ts_ns - first <= window:
                 self.dropped += 1
-                self.dropped_by_sensor[sensor_id] = self.dropped_by_sensor.get(sensor_id, 0) + 1
+                by = self.dropped_by_sensor
+                by[sensor_id] = by.get(sensor_id, 0) + 1
                 return True
-        self._seen[key] = ts_ns
+        seen[key] = ts_ns
         fifo = self._fifo
-        fifo.append((ts_ns, key))
-        # evict what no later packet can match any more
+        fifo.append(key)
+        # evict what no later packet can match any more (packets come in time order)
         limit = ts_ns - self._horizon
-        while fifo and (fifo[0][0] < limit or len(fifo) > self.config.max_entries):
-            old_ts, old_key = fifo.popleft()
-            if self._seen.get(old_key) == old_ts:
-                del self._seen[old_key]
+        while fifo:
+            head = fifo[0]
+            t = seen.get(head)
+            if t is None:
+                fifo.popleft()                 # already evicted via a newer entry
+            elif t < limit or len(fifo) > self.config.max_entries:
+                fifo.popleft()
+                if t < limit or len(seen) > self.config.max_entries:
+                    del seen[head]
+            else:
+                break
         return False
