@@ -23,10 +23,10 @@ from itertools import count
 from protocols.errors import DecodeError
 from protocols.layers import Decoded
 from protocols.sip import looks_like_sip, parse_sip, split_stream
-from storage.layout import prefix_date, recording_id
+from storage.layout import recording_id
 
 from controller.dialogs import Dialog, parse_truncated
-from controller.finalize import FinishedCall
+from controller.finalize import FinishedCall, iso_time
 from controller.settings import CallConfig
 from controller.streams import (NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, RtpStream, SdpMedia,
                                 sdp_media)
@@ -158,7 +158,8 @@ class CallEngine:
         self._c: dict[str, int] = dict.fromkeys((
             "sip_messages", "sip_retransmissions", "sip_errors", "sip_ignored", "sip_after_end",
             "sdp_errors", "rtp_packets", "rtp_unmatched", "rtp_errors", "rtcp_packets",
-            "media_other", "relay_legs", "fragments", "calls_started", "calls_finished", "internal_errors"), 0)
+            "media_other", "relay_legs", "fragments", "calls_started", "calls_finished",
+            "internal_errors"), 0)
         self._rtp_finished = 0  # RTP packets of finished calls (active ones: their streams)
         # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
         self._ssrc_owners: dict[int, dict[int, tuple[Call, int, dict]]] = {}
@@ -483,7 +484,7 @@ class CallEngine:
                 "from": dialog.from_uri,
                 "to": dialog.to_uri,
                 "status": dialog.live_status(),
-                "started_at": prefix_date(call.started_ns).isoformat().replace("+00:00", "Z"),
+                "started_at": iso_time(call.started_ns),
                 "packets": len(call.frame_data),
             })
         return out

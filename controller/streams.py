@@ -1,25 +1,25 @@
 """RTP/RTCP stream accounting for one call, and the media endpoints SDP announces.
 
 Why the shapes here look the way they do: RTP is >99 % of the packets, so the
-per-packet work (`RtpStream.add`) is a handful of integer operations and
-appends to lists that already exist.  A stream never copies payload bytes: it
-keeps a packed reference (frame index, payload start, payload end) into the
-frames its call keeps anyway for call.pcap, and audio is decoded once per
-stream when the call is finalized.
+per-packet work (`MediaEndpoint.packet`) is one method call, a cached-stream
+check, a handful of integer operations and two appends to lists that already
+exist (`RtpStream.add` is the slow path: loss, reordering, payload changes).
+A stream never copies payload bytes: it keeps a packed reference (frame
+index, payload start, payload end) into the frames its call keeps anyway for
+call.pcap, and audio is decoded once per stream when the call is finalized.
 
 Loss and duplicates are counted on extended sequence numbers (RFC 3550 A.1,
 MAX_DROPOUT/MAX_MISORDER): a bytearray holds one byte per expected sequence
-number of the current run, so a late (reordered) packet or a duplicate is
-recognised exactly with O(1) work and one byte of memory per packet.
+number of the current run (filled lazily: in-order packets only move a
+counter), so a late (reordered) packet or a duplicate is recognised exactly
+with O(1) work and at most one byte of memory per packet.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import struct
-
-from protocols.errors import SdpError
 from protocols.layers import Decoded, str_to_ip
 from protocols.sdp import STATIC_PAYLOAD_TYPES, parse_sdp
 
@@ -145,7 +145,7 @@ class MediaEndpoint:
                 code = RTP_NEW_STREAM
             self.c_addr, self.c_port, self.c_ssrc, self.c_by_dst = addr, port, ssrc, by_dst
             self.c_stream = stream
-        ref = (idx << 34) | (start << 17) | end if end <= MAX_REF_OFFSET else -1
+        ref = (idx << 34) | (start << 17) | end if end <= MAX_REF_OFFSET else -1  # = pack_ref()
         pt = b1 & 0x7F
         max_ext = stream.max_ext
         if (seq - max_ext) & 0xFFFF == 1 and pt == stream.cur_pt:  # next in order
@@ -372,4 +372,4 @@ def sdp_body(content_type: str | None, body: bytes) -> bytes | None:
 
 __all__ = ["CALLER", "CALLEE", "SIDE_NAMES", "MediaEndpoint", "PayloadRun", "RtpStream",
            "SdpMedia", "sdp_media", "sdp_body", "pack_ref", "unpack_ref", "MAX_REF_OFFSET",
-           "SdpError"]
+           "RTP", "RTP_NEW_STREAM", "RTCP", "NOT_RTP", "BAD_RTP"]

@@ -92,7 +92,8 @@ def test_call_json_shape(name: str) -> None:
                                   "streams", "dtmf", "audio"]
         assert doc["id"] == rec.recording_id and rec.prefix.endswith("/" + rec.recording_id)
         assert rec.prefix.startswith(doc["started_at"][:10].replace("-", "/"))
-        assert doc["started_at"].endswith("Z") and len(doc["started_at"]) == len("2012-04-12T15:40:15.711324Z")
+        assert doc["started_at"].endswith("Z")
+        assert len(doc["started_at"]) == len("2012-04-12T15:40:15.711324Z")
         assert doc["sensors"] == ["sensor-a"] and doc["pcap"] == "call.pcap" and doc["dtmf"] == []
         assert ("audio.wav" in rec.files) == (doc["audio"] is not None)
         assert doc["status"] in {"answered", "busy", "cancelled", "rejected", "incomplete"}
