@@ -55,7 +55,7 @@ class Batch(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., sensor_id: _Optional[str] = ..., linktype: _Optional[int] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., wire_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Counters(_message.Message):
-    __slots__ = ("captured", "forwarded", "filtered", "decode_errors", "kernel_drops", "interface_drops", "queue_drops", "send_queue", "batches_sent", "batches_acked", "reconnects")
+    __slots__ = ("captured", "forwarded", "filtered", "decode_errors", "kernel_drops", "interface_drops", "queue_drops", "send_queue", "batches_sent", "batches_acked", "reconnects", "backlog_drops")
     CAPTURED_FIELD_NUMBER: _ClassVar[int]
     FORWARDED_FIELD_NUMBER: _ClassVar[int]
     FILTERED_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class Counters(_message.Message):
     BATCHES_SENT_FIELD_NUMBER: _ClassVar[int]
     BATCHES_ACKED_FIELD_NUMBER: _ClassVar[int]
     RECONNECTS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_DROPS_FIELD_NUMBER: _ClassVar[int]
     captured: int
     forwarded: int
     filtered: int
@@ -78,7 +79,8 @@ class Counters(_message.Message):
     batches_sent: int
     batches_acked: int
     reconnects: int
-    def __init__(self, captured: _Optional[int] = ..., forwarded: _Optional[int] = ..., filtered: _Optional[int] = ..., decode_errors: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., queue_drops: _Optional[int] = ..., send_queue: _Optional[int] = ..., batches_sent: _Optional[int] = ..., batches_acked: _Optional[int] = ..., reconnects: _Optional[int] = ...) -> None: ...
+    backlog_drops: int
+    def __init__(self, captured: _Optional[int] = ..., forwarded: _Optional[int] = ..., filtered: _Optional[int] = ..., decode_errors: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., queue_drops: _Optional[int] = ..., send_queue: _Optional[int] = ..., batches_sent: _Optional[int] = ..., batches_acked: _Optional[int] = ..., reconnects: _Optional[int] = ..., backlog_drops: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sensor_id", "clock_ns", "counters", "replay_bytes", "replay_total")

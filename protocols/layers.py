@@ -49,11 +49,9 @@ _AF_INET6 = frozenset((10, 24, 28, 30))
 _ETH_IPV4_UDP = struct.Struct("!12xHBxHHHxB2x4s4sHHH")  # fast path, IHL 5
 _IPV4 = struct.Struct("!BxHHHxB2x4s4s")  # vihl, tot_len, id, frag, proto, src, dst
 _IPV6 = struct.Struct("!IHBx16s16s")  # vtf, payload_len, next header, src, dst
-_PORTS = struct.Struct("!HH")
 _UDP = struct.Struct("!HHH")  # sport, dport, length
 _TCP = struct.Struct("!HHI4xBB")  # sport, dport, seq, data offset byte, flags
 _IPV6_FRAG = struct.Struct("!BxHI")  # next header, offset+flags, id
-_U16 = struct.Struct("!H")
 _U32_LE = struct.Struct("<I")
 _U32_BE = struct.Struct(">I")
 

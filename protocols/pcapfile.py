@@ -34,22 +34,20 @@ _CHUNK = 1 << 20  # buffered read size
 _NS = 1_000_000_000
 
 # classic pcap
-_MAGIC_US = 0xA1B2C3D4
 _MAGIC_NS = 0xA1B23C4D
 _PCAP_HDR = {"<": struct.Struct("<IHHiIII"), ">": struct.Struct(">IHHiIII")}
 _REC_HDR = {"<": struct.Struct("<IIII"), ">": struct.Struct(">IIII")}
 
 # pcapng
-_SHB = 0x0A0D0D0A
 _IDB = 0x00000001
 _OPB = 0x00000002  # obsolete Packet Block
 _SPB = 0x00000003
 _EPB = 0x00000006
-_BOM = 0x1A2B3C4D
 _BLK_HDR = {"<": struct.Struct("<II"), ">": struct.Struct(">II")}
 _U32 = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}
 _IDB_BODY = {"<": struct.Struct("<HHI"), ">": struct.Struct(">HHI")}
 _EPB_BODY = {"<": struct.Struct("<IIIII"), ">": struct.Struct(">IIIII")}
+_EPB_FULL = {"<": struct.Struct("<IIIIIII"), ">": struct.Struct(">IIIIIII")}  # header + body
 _OPB_BODY = {"<": struct.Struct("<HHIIII"), ">": struct.Struct(">HHIIII")}
 _OPT_HDR = {"<": struct.Struct("<HH"), ">": struct.Struct(">HH")}
 _I64 = {"<": struct.Struct("<q"), ">": struct.Struct(">q")}
@@ -199,7 +197,27 @@ def _read_pcapng(r: _Reader, path: str | os.PathLike[str]) -> Iterator[tuple[int
     ifaces: list[tuple[int, int, int, int]] = []
     last_ts = 0
     in_section = False
+    blk_unpack = _BLK_HDR[bo].unpack_from
+    epb_unpack = _EPB_BODY[bo].unpack_from
+    full_unpack = _EPB_FULL[bo].unpack_from
+    u32_unpack = _U32[bo].unpack_from
+    maxcap = MAX_CAPLEN
+    buf, pos, n = r.buf, r.pos, len(r.buf)
     while True:
+        # fast path: an Enhanced Packet Block wholly in the buffer, all fields sane
+        if n - pos >= 32 and in_section:
+            btype, blen, iface, hi, lo, incl, _orig = full_unpack(buf, pos)
+            end = pos + blen
+            if (btype == 6 and end <= n and incl + 32 <= blen and not blen & 3
+                    and incl <= maxcap and iface < len(ifaces)
+                    and u32_unpack(buf, end - 4)[0] == blen):
+                linktype, mul, div, off_ns = ifaces[iface]
+                last_ts = ((hi << 32) | lo) * mul // div + off_ns
+                yield (last_ts, linktype, buf[pos + 28:pos + 28 + incl])
+                pos = end
+                continue
+        # slow path: any block, with refills and precise errors
+        r.pos = pos
         if not r.fill(12):
             if len(r.buf) == r.pos:
                 return
@@ -214,42 +232,44 @@ def _read_pcapng(r: _Reader, path: str | os.PathLike[str]) -> Iterator[tuple[int
                 bo = ">"
             else:
                 raise CaptureFileError(path, offset, f"bad section byte-order magic {bom.hex()}")
+            blk_unpack = _BLK_HDR[bo].unpack_from
+            epb_unpack = _EPB_BODY[bo].unpack_from
+            full_unpack = _EPB_FULL[bo].unpack_from
+            u32_unpack = _U32[bo].unpack_from
             ifaces = []
             in_section = True
         elif not in_section:
             raise CaptureFileError(path, offset, "block before section header")
-        btype, blen = _BLK_HDR[bo].unpack_from(buf, pos)
+        btype, blen = blk_unpack(buf, pos)
         if blen < 12 or blen & 3 or blen > _MAX_BLOCK:
             raise CaptureFileError(path, offset, f"bad block length {blen}")
         if not r.fill(blen):
             raise CaptureFileError(
                 path, offset, f"truncated block: length {blen}, {len(r.buf) - r.pos} bytes left")
         buf, pos = r.buf, r.pos
-        if _U32[bo].unpack_from(buf, pos + blen - 4)[0] != blen:
+        n = len(buf)
+        if u32_unpack(buf, pos + blen - 4)[0] != blen:
             raise CaptureFileError(path, offset, "block trailing length does not match")
         body_start = pos + 8
         body_end = pos + blen - 4
-        r.pos = pos + blen
+        pos += blen
+        r.pos = pos
         if btype == _EPB or btype == _OPB:
+            if body_end - body_start < 20:
+                raise CaptureFileError(path, offset, "packet block too short")
             if btype == _EPB:
-                if body_end - body_start < 20:
-                    raise CaptureFileError(path, offset, "enhanced packet block too short")
-                iface, hi, lo, incl, _orig = _EPB_BODY[bo].unpack_from(buf, body_start)
-                data_start = body_start + 20
+                iface, hi, lo, incl, _orig = epb_unpack(buf, body_start)
             else:
-                if body_end - body_start < 20:
-                    raise CaptureFileError(path, offset, "packet block too short")
                 iface, _drops, hi, lo, incl, _orig = _OPB_BODY[bo].unpack_from(buf, body_start)
-                data_start = body_start + 20
-            if incl > MAX_CAPLEN:
-                raise CaptureFileError(path, offset, f"captured length {incl} exceeds {MAX_CAPLEN}")
+            data_start = body_start + 20
+            if incl > maxcap:
+                raise CaptureFileError(path, offset, f"captured length {incl} exceeds {maxcap}")
             if data_start + incl > body_end:
                 raise CaptureFileError(path, offset, f"captured length {incl} exceeds block")
             if iface >= len(ifaces):
                 raise CaptureFileError(path, offset, f"unknown interface id {iface}")
             linktype, mul, div, off_ns = ifaces[iface]
-            units = (hi << 32) | lo
-            ts = units * mul // div + off_ns
+            ts = ((hi << 32) | lo) * mul // div + off_ns
             last_ts = ts
             yield (ts, linktype, buf[data_start:data_start + incl])
         elif btype == _SPB:
@@ -257,18 +277,18 @@ def _read_pcapng(r: _Reader, path: str | os.PathLike[str]) -> Iterator[tuple[int
                 raise CaptureFileError(path, offset, "simple packet block too short")
             if not ifaces:
                 raise CaptureFileError(path, offset, "simple packet block without interface")
-            orig = _U32[bo].unpack_from(buf, body_start)[0]
+            orig = u32_unpack(buf, body_start)[0]
             incl = min(orig, body_end - body_start - 4)
-            if incl > MAX_CAPLEN:
-                raise CaptureFileError(path, offset, f"captured length {incl} exceeds {MAX_CAPLEN}")
-            # SPB carries no timestamp: reuse the previous frame's time
+            if incl > maxcap:
+                raise CaptureFileError(path, offset, f"captured length {incl} exceeds {maxcap}")
+            # an SPB carries no timestamp: reuse the previous frame's time
             yield (last_ts, ifaces[0][0], buf[body_start + 4:body_start + 4 + incl])
         elif btype == _IDB:
             idb = _parse_idb(buf[body_start:body_end], bo)
             if idb is None:
                 raise CaptureFileError(path, offset, "malformed interface description block")
             ifaces.append(idb)
-        # SHB body needs nothing more; other block types are skipped
+        # the SHB body needs nothing more; other block types are skipped
 
 
 _W_FILE_HDR = struct.Struct("<IHHiIII")

@@ -88,7 +88,7 @@ def dlt_to_linktype(dlt: int) -> int:
 
 def _compile_on(lib: ctypes.CDLL, handle: int, bpf: str) -> None:
     prog = _BpfProgram()
-    # netmask 0 (PCAP_NETMASK_UNKNOWN would be 0xffffffff): only "broadcast" needs it
+    # netmask PCAP_NETMASK_UNKNOWN: only "ip broadcast" would need the real one
     if lib.pcap_compile(handle, ctypes.byref(prog), bpf.encode(), 1, 0xFFFFFFFF) != 0:
         raise PcapProbeError((lib.pcap_geterr(handle) or b"").decode(errors="replace"))
     lib.pcap_freecode(ctypes.byref(prog))

@@ -16,11 +16,19 @@ ring holds only a few dozen 64 KiB frames; without it TPACKET_V3 packs frames
 by their real size and the timeout bounds the latency. A dedicated daemon
 thread does nothing but iterate ``Sniff.capture()`` (which releases the GIL
 inside ``pcap_next``) and ``deque.append`` each packet tuple as is; the
-consumer pops up to ``max_batch`` at a time and converts timestamps. A
-``deque`` is used because its append/popleft are atomic: no lock and no
-``queue.Queue`` per packet. The reader cannot batch locally: on an idle link
-``pcap_next`` blocks in libpcap (an empty TPACKET_V3 block never times out),
-so anything it held back would be stranded.
+consumer pops up to ``max_batch`` at a time, converts timestamps, and sleeps
+``poll_s`` (5 ms) between batches so the reader drains the ring without GIL
+hand-offs. A ``deque`` is used because its append/popleft are atomic: no
+lock and no ``queue.Queue`` per packet. The reader cannot batch locally: on
+an idle link ``pcap_next`` blocks in libpcap (an empty TPACKET_V3 block never
+times out), so anything it held back would be stranded.
+
+Limits (measured, see the report of scripts/bench-capture): libpcap's ring
+is 2 MiB (this binding cannot change it), about 7,000 RTP-sized frames, so
+any stall of the reader longer than ring/rate (~45 ms at 150 k packets/s)
+drops packets in the kernel; they are counted in ``stats().kernel_drops``.
+Every other busy Python thread in the process delays the reader (it needs
+the GIL back after each ``pcap_next``).
 """
 from __future__ import annotations
 
@@ -83,7 +91,7 @@ class LiveCapture:
 
     def __init__(self, interface: str, bpf: str | None, snaplen: int = 65535, timeout_ms: int = 10,
                  immediate: bool = False, promisc: bool = True, *, max_batch: int = 4096,
-                 max_pending: int = 262144, idle_s: float = 0.2, poll_s: float = 0.002) -> None:
+                 max_pending: int = 262144, idle_s: float = 0.2, poll_s: float = 0.005) -> None:
         if timeout_ms <= 0:
             raise ValueError("timeout_ms must be > 0: with 0 a quiet link delivers nothing")
         try:

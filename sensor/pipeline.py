@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from proto import sensor_pb2
 from protocols.pcapfile import CaptureFileError
 from sensor.capture import CaptureError, FileReplay, LiveCapture, PacketSource
-from sensor.classify import DEFAULT_BPF, Classifier
+from sensor.classify import Classifier
 from sensor.sender import ControllerUnreachable, Sender
 
 log = logging.getLogger("spanrec.sensor")
@@ -43,7 +43,8 @@ def open_source(opts: SensorOptions) -> PacketSource:
         return FileReplay(opts.pcap)
     assert opts.interface
     try:
-        return LiveCapture(opts.interface, opts.bpf or DEFAULT_BPF,
+        # bpf=None lets the capture pick the default filter for the link type
+        return LiveCapture(opts.interface, opts.bpf,
                            snaplen=opts.snaplen, timeout_ms=opts.timeout_ms)
     except CaptureError as exc:
         raise SensorFailed(str(exc)) from exc
@@ -67,7 +68,8 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         c = classifier.counters
         return sensor_pb2.Counters(
             captured=c.seen, filtered=c.filtered, decode_errors=c.decode_errors,
-            kernel_drops=cap.kernel_drops, interface_drops=cap.interface_drops)
+            kernel_drops=cap.kernel_drops, interface_drops=cap.interface_drops,
+            backlog_drops=cap.backlog_drops)
 
     mode = "replay" if opts.pcap else "live"
     sender = Sender(

@@ -18,8 +18,8 @@ def section(bo: str, interfaces: list[tuple[int, int | None, int | None]],
             packets: list[tuple[int, int, bytes]], spb: bytes | None = None) -> bytes:
     """SHB, a name-resolution block (to be skipped), IDBs (linktype, tsresol, tsoffset),
     EPBs (interface, timestamp units, data) and optionally a simple packet block."""
-    out = block(bo, 0x0A0D0D0A, struct.pack(bo + "IHHq", 0x1A2B3C4D, 1, 0, -1))
-    out += block(bo, 4, struct.pack(bo + "HH", 0, 0))
+    out = [block(bo, 0x0A0D0D0A, struct.pack(bo + "IHHq", 0x1A2B3C4D, 1, 0, -1)),
+           block(bo, 4, struct.pack(bo + "HH", 0, 0))]
     for linktype, tsresol, tsoffset in interfaces:
         opts = b""
         if tsresol is not None:
@@ -28,10 +28,10 @@ def section(bo: str, interfaces: list[tuple[int, int | None, int | None]],
             opts += option(bo, 14, struct.pack(bo + "q", tsoffset))
         if opts:
             opts += option(bo, 0, b"")
-        out += block(bo, 1, struct.pack(bo + "HHI", linktype, 0, 262144) + opts)
+        out.append(block(bo, 1, struct.pack(bo + "HHI", linktype, 0, 262144) + opts))
     for iface, units, data in packets:
-        out += block(bo, 6, struct.pack(bo + "IIIII", iface, units >> 32, units & 0xFFFFFFFF,
-                                        len(data), len(data)) + data)
+        out.append(block(bo, 6, struct.pack(bo + "IIIII", iface, units >> 32, units & 0xFFFFFFFF,
+                                            len(data), len(data)) + data))
     if spb is not None:
-        out += block(bo, 3, struct.pack(bo + "I", len(spb)) + spb)
-    return out
+        out.append(block(bo, 3, struct.pack(bo + "I", len(spb)) + spb))
+    return b"".join(out)
