@@ -49,6 +49,14 @@ def test_all_captures_at_once_give_every_call(tmp_path: Path) -> None:
     assert sorted(got) == sorted(expected)          # every call once, no extra
     table = json.loads(run.stdout)
     assert sorted(cid for c in table for cid in c["call_ids"]) == sorted(expected)
+    # status and final response as tshark's messages say (rules in tests/controller/tshark_calls.py)
+    from tests.controller.tshark_calls import expected_calls
+    by_id = run.by_call_id()
+    for f in files:
+        for cid, exp in expected_calls(f).items():
+            got_call = by_id[cid]
+            assert (got_call["status"], got_call["final_response"]) == (exp.status, exp.final_response), \
+                f"{f.name} {cid}"
 
 
 def test_two_sensors_replaying_the_same_traffic_give_the_same_calls(tmp_path: Path) -> None:
