@@ -37,6 +37,7 @@ class Deduplicator:
         self._sip_window = int(self.config.sip_window_ms * 1e6)
         self._media_window = int(self.config.media_window_ms * 1e6)
         self._horizon = max(self._sip_window, self._media_window)
+        self._next_evict = 0
 
     def is_duplicate(self, ts_ns: int, sensor_id: str, data: bytes, d: Decoded,
                      is_sip: bool) -> bool:
@@ -58,19 +59,28 @@ class Deduplicator:
                 by[sensor_id] = by.get(sensor_id, 0) + 1
                 return True
         seen[key] = ts_ns
-        fifo = self._fifo
-        fifo.append(key)
-        # evict what no later packet can match any more (packets come in time order)
-        limit = ts_ns - self._horizon
+        self._fifo.append(key)
+        if ts_ns >= self._next_evict or len(self._fifo) > self.config.max_entries:
+            self._evict(ts_ns)
+        return False
+
+    def _evict(self, now_ns: int) -> None:
+        """Forget keys no later packet can match (packets come in time order).
+
+        Runs every 50 ms of capture time, not per packet: the table holds at
+        most the horizon plus 50 ms of keys, and `max_entries` bounds it hard.
+        """
+        self._next_evict = now_ns + 50_000_000
+        seen, fifo = self._seen, self._fifo
+        limit = now_ns - self._horizon
+        cap = self.config.max_entries
         while fifo:
             head = fifo[0]
             t = seen.get(head)
             if t is None:
-                fifo.popleft()                 # already evicted via a newer entry
-            elif t < limit or len(fifo) > self.config.max_entries:
+                fifo.popleft()                 # already evicted through a newer entry
+            elif t < limit or len(fifo) > cap:
                 fifo.popleft()
-                if t < limit or len(seen) > self.config.max_entries:
-                    del seen[head]
+                del seen[head]
             else:
                 break
-        return False

@@ -2,6 +2,13 @@
 
 `decode(linktype, data)` returns a `Decoded` tuple of offsets and header
 fields; the payload is `data[d.payload_offset:d.payload_offset + d.payload_len]`.
+
+Tunnels used to carry mirrored traffic are removed (see `protocols.tunnels`):
+GRE (Ethernet bridging, IPv4, IPv6), ERSPAN I/II/III, VXLAN on UDP port 4789,
+IPv4/IPv6 in IPv4/IPv6. The result then describes the innermost IP packet
+(its offsets still index the original frame) and `encap` says which tunnel
+kinds were removed. An unfragmented outer packet is decapsulated; GRE that
+carries something else and UDP to 4789 that is not VXLAN stay the outer packet.
 """
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import socket
 import struct
 from typing import NamedTuple
 
+from protocols import tunnels as _tun
 from protocols.errors import DecodeError
 
 __all__ = ["Decoded", "decode", "ip_to_str", "str_to_ip"]
@@ -32,6 +40,9 @@ class Decoded(NamedTuple):
     more_fragments: bool
     tcp_seq: int
     tcp_flags: int
+    # bitmask of the tunnel kinds removed to reach this packet, protocols.tunnels.ENCAP_*
+    # (GRE 1, ERSPAN 2, VXLAN 4, IP-in-IP 8); 0 = not tunnelled
+    encap: int = 0
 
 
 _new = tuple.__new__  # builds a Decoded without the NamedTuple __new__ call
@@ -60,6 +71,11 @@ _TCP_P = 6
 _IPV6_EXT = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options
 _IPV6_FRAG_H = 44
 _IPV6_AH = 51
+_GRE_P = 47
+_IPIP_P = 4  # IPv4 inside
+_IPV6_IN_IP_P = 41  # IPv6 inside
+_TUNNEL_PROTOS = frozenset((_GRE_P, _IPIP_P, _IPV6_IN_IP_P))
+_VXLAN_PORT = _tun.VXLAN_PORT
 
 
 def decode(linktype: int, data: bytes) -> Decoded:
@@ -71,9 +87,10 @@ def decode(linktype: int, data: bytes) -> Decoded:
             et, vihl, tot_len, ip_id, frag, proto, src, dst, sport, dport, ulen = \
                 _ETH_IPV4_UDP.unpack_from(data, 0)
             if (et == 0x0800 and vihl == 0x45 and proto == 17 and not frag & 0x3FFF
-                    and 28 <= tot_len <= n - 14 and 8 <= ulen <= tot_len - 20):
+                    and 28 <= tot_len <= n - 14 and 8 <= ulen <= tot_len - 20
+                    and dport != 4789):  # VXLAN: the general path decapsulates
                 return _new(Decoded, (4, src, dst, 17, sport, dport, 42, ulen - 8, 14, ip_id,
-                                      False, 0, False, 0, 0))
+                                      False, 0, False, 0, 0, 0))
         elif n < 14:
             raise DecodeError("short Ethernet frame")
         et = (data[12] << 8) | data[13]
@@ -155,7 +172,7 @@ def _by_ethertype(et: int, data: bytes, off: int) -> Decoded:
     raise DecodeError(f"ethertype 0x{et:04x} is not IP")
 
 
-def _ipv4(data: bytes, off: int) -> Decoded:
+def _ipv4(data: bytes, off: int, depth: int = 0) -> Decoded:
     if len(data) < off + 20:
         raise DecodeError("short IPv4 header")
     vihl, tot_len, ip_id, frag, proto, src, dst = _IPV4.unpack_from(data, off)
@@ -175,12 +192,13 @@ def _ipv4(data: bytes, off: int) -> Decoded:
     mf = (frag & 0x2000) != 0
     if frag_offset:
         return _new(Decoded, (4, src, dst, proto, 0, 0, l4, l4len, off, ip_id,
-                              True, frag_offset, mf, 0, 0))
-    return _l4(4, src, dst, proto, data, l4, l4len, off, ip_id, mf, 0, mf)
+                              True, frag_offset, mf, 0, 0, 0))
+    return _l4(4, src, dst, proto, data, l4, l4len, off, ip_id, mf, 0, mf, depth)
 
 
 def _l4(ver: int, src: bytes, dst: bytes, proto: int, data: bytes, l4: int, l4len: int,
-        l3: int, ip_id: int | None, is_frag: bool, frag_offset: int, mf: bool) -> Decoded:
+        l3: int, ip_id: int | None, is_frag: bool, frag_offset: int, mf: bool,
+        depth: int = 0) -> Decoded:
     if proto == _UDP_P:
         if l4len < 8:
             raise DecodeError("short UDP header")
@@ -193,8 +211,11 @@ def _l4(ver: int, src: bytes, dst: bytes, proto: int, data: bytes, l4: int, l4le
             plen = l4len - 8
         else:
             raise DecodeError(f"bad UDP length {ulen} for {l4len} bytes")
-        return _new(Decoded, (ver, src, dst, 17, sport, dport, l4 + 8, plen, l3, ip_id,
-                              is_frag, frag_offset, mf, 0, 0))
+        d = _new(Decoded, (ver, src, dst, 17, sport, dport, l4 + 8, plen, l3, ip_id,
+                           is_frag, frag_offset, mf, 0, 0, 0))
+        if dport == _VXLAN_PORT and not is_frag:
+            return _vxlan(d, data, depth)
+        return d
     if proto == _TCP_P:
         if l4len < 20:
             raise DecodeError("short TCP header")
@@ -203,12 +224,15 @@ def _l4(ver: int, src: bytes, dst: bytes, proto: int, data: bytes, l4: int, l4le
         if thlen < 20 or thlen > l4len:
             raise DecodeError(f"bad TCP data offset {thlen}")
         return _new(Decoded, (ver, src, dst, 6, sport, dport, l4 + thlen, l4len - thlen, l3,
-                              ip_id, is_frag, frag_offset, mf, seq, flags))
-    return _new(Decoded, (ver, src, dst, proto, 0, 0, l4, l4len, l3, ip_id,
-                          is_frag, frag_offset, mf, 0, 0))
+                              ip_id, is_frag, frag_offset, mf, seq, flags, 0))
+    d = _new(Decoded, (ver, src, dst, proto, 0, 0, l4, l4len, l3, ip_id,
+                       is_frag, frag_offset, mf, 0, 0, 0))
+    if proto in _TUNNEL_PROTOS and not is_frag:
+        return _tunnel(d, data, depth)
+    return d
 
 
-def _ipv6(data: bytes, off: int) -> Decoded:
+def _ipv6(data: bytes, off: int, depth: int = 0) -> Decoded:
     if len(data) < off + 40:
         raise DecodeError("short IPv6 header")
     vtf, plen, nh, src, dst = _IPV6.unpack_from(data, off)
@@ -245,10 +269,81 @@ def _ipv6(data: bytes, off: int) -> Decoded:
                 is_frag = True
                 if frag_offset:
                     return _new(Decoded, (6, src, dst, nh, 0, 0, p, end - p, off, ip_id,
-                                          True, frag_offset, mf, 0, 0))
+                                          True, frag_offset, mf, 0, 0, 0))
         else:
             break
-    return _l4(6, src, dst, nh, data, p, end - p, off, ip_id, is_frag, frag_offset, mf)
+    return _l4(6, src, dst, nh, data, p, end - p, off, ip_id, is_frag, frag_offset, mf, depth)
+
+
+def _tunnel(outer: Decoded, data: bytes, depth: int) -> Decoded:
+    """The innermost packet of an unfragmented GRE / IP-in-IP packet, or `outer`."""
+    off = outer.payload_offset
+    end = off + outer.payload_len
+    proto = outer.proto
+    if proto == _GRE_P:
+        found = _tun.gre(data, off, end)
+        if found is None:
+            return outer
+        kind, off, bits = found
+    else:
+        kind = _tun.INNER_IPV4 if proto == _IPIP_P else _tun.INNER_IPV6
+        bits = _tun.ENCAP_IPIP
+    if depth >= _tun.MAX_TUNNELS:
+        raise DecodeError(f"more than {_tun.MAX_TUNNELS} nested tunnels")
+    if end < len(data):  # the inner packet ends where the outer payload does
+        data = data[:end]
+    inner = _inner(kind, data, off, depth + 1)
+    if inner is None:
+        return outer
+    return _new(Decoded, (*inner[:15], inner[15] | bits))
+
+
+def _vxlan(outer: Decoded, data: bytes, depth: int) -> Decoded:
+    """The innermost packet of a VXLAN packet, or `outer` (plain UDP) if it is none."""
+    off = outer.payload_offset
+    end = off + outer.payload_len
+    if depth >= _tun.MAX_TUNNELS:
+        return outer
+    eth = _tun.vxlan(data, off, end)
+    if eth is None:
+        return outer
+    if end < len(data):
+        data = data[:end]
+    try:
+        inner = _inner(_tun.INNER_ETHERNET, data, eth, depth + 1)
+    except DecodeError:  # port 4789 is only a hint
+        return outer
+    if inner is None:
+        return outer
+    return _new(Decoded, (*inner[:15], inner[15] | _tun.ENCAP_VXLAN))
+
+
+def _inner(kind: int, data: bytes, off: int, depth: int) -> Decoded | None:
+    """Decode what a tunnel carries; None when it is not IP (ARP, LLDP... inside)."""
+    if kind == _tun.INNER_IPV4:
+        return _ipv4(data, off, depth)
+    if kind == _tun.INNER_IPV6:
+        return _ipv6(data, off, depth)
+    if len(data) < off + 14:
+        raise DecodeError("short Ethernet header inside a tunnel")
+    et = (data[off + 12] << 8) | data[off + 13]
+    off += 14
+    while et in _VLAN_TYPES:
+        if len(data) < off + 4:
+            raise DecodeError("short VLAN tag inside a tunnel")
+        et = (data[off + 2] << 8) | data[off + 3]
+        off += 4
+    if et == _ETH_IPV4:
+        return _ipv4(data, off, depth)
+    if et == _ETH_IPV6:
+        return _ipv6(data, off, depth)
+    if et == _ETH_PPPOE and len(data) >= off + 8:
+        ppp = (data[off + 6] << 8) | data[off + 7]
+        if ppp == _PPP_IPV4:
+            return _ipv4(data, off + 8, depth)
+        if ppp == _PPP_IPV6:
+            return _ipv6(data, off + 8, depth)
+    return None
 
 
 def ip_to_str(b: bytes) -> str:

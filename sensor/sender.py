@@ -60,6 +60,7 @@ class _Pending:
     seq: int
     message: sensor_pb2.SensorMessage
     packets: int
+    size: int
 
 
 @dataclass
@@ -72,26 +73,34 @@ class Outbox:
     """
 
     max_batches: int = 4096
+    max_bytes: int = 64 << 20
     items: deque[_Pending] = field(default_factory=deque)
+    bytes: int = 0
     cond: threading.Condition = field(default_factory=threading.Condition)
     acked_seq: int = 0
     next_seq: int = 1
     dropped_packets: int = 0
 
-    def add(self, make: Callable[[int], sensor_pb2.SensorMessage], packets: int,
+    def full(self) -> bool:
+        return bool(self.items) and (len(self.items) >= self.max_batches
+                                     or self.bytes >= self.max_bytes)
+
+    def add(self, make: Callable[[int], sensor_pb2.SensorMessage], packets: int, size: int,
             block: bool, stop: threading.Event) -> None:
         with self.cond:
-            while len(self.items) >= self.max_batches:
+            while self.full():
                 if not block:
                     lost = self.items.popleft()
+                    self.bytes -= lost.size
                     self.dropped_packets += lost.packets
-                    break
+                    continue
                 if stop.is_set():
                     return
                 self.cond.wait(0.2)
             seq = self.next_seq
             self.next_seq += 1
-            self.items.append(_Pending(seq, make(seq), packets))
+            self.items.append(_Pending(seq, make(seq), packets, size))
+            self.bytes += size
             self.cond.notify_all()
 
     def ack(self, seq: int) -> int:
@@ -101,7 +110,7 @@ class Outbox:
             if seq > self.acked_seq:
                 self.acked_seq = seq
             while self.items and self.items[0].seq <= seq:
-                self.items.popleft()
+                self.bytes -= self.items.popleft().size
                 released += 1
             self.cond.notify_all()
         return released
@@ -178,7 +187,8 @@ class Sender:
                 data=b"".join([f[1] for f in frames]),
             ))
 
-        self.outbox.add(make, len(frames), block=self.mode != "live", stop=self._stop)
+        size = sum(len(f[1]) for f in frames)
+        self.outbox.add(make, len(frames), size, block=self.mode != "live", stop=self._stop)
         self.counters.forwarded += len(frames)
 
     def finish(self, error: str = "") -> None:
