@@ -127,6 +127,6 @@ def vxlan(data: bytes, off: int, end: int) -> int | None:
     """
     if end - off < 8 + 14:
         return None
-    if data[off] & 0x77 != 0x08:  # I set; R bits clear (0x80 = G of VXLAN-GBP allowed)
+    if data[off] & 0x7F != 0x08:  # I set, R bits clear (0x80 = G of VXLAN-GBP allowed)
         return None
     return off + 8

@@ -1,0 +1,504 @@
+"""SIP over TCP: byte-stream reassembly per direction of a connection.
+
+A SIP message on TCP may span several segments, and one segment may carry the
+end of one message and the start of the next (RFC 3261 18.3: framing by
+Content-Length).  `TcpStream` rebuilds one direction of one connection from
+the segments a mirror port saw, in capture order, and hands back whole SIP
+messages, each with the frames that carried its bytes, so a call's call.pcap
+holds every segment of its messages.
+
+What a mirror sees is not what the receiver got, so everything here is
+tolerant and bounded:
+
+* retransmitted data (a sequence range already seen) adds no bytes; its frame
+  still belongs to the message(s) whose bytes it carries (pending ones, or the
+  last few delivered ones: `Chunk.of`, routed by `Chunk.owner`);
+* a segment ahead of the next expected byte is held (bounded in bytes) until
+  the gap fills; a gap still open after `TcpLimits.gap_timeout_s` of capture
+  time, or when the held bytes exceed the limit, is skipped: the message it
+  cut is handed back as BROKEN and the stream resynchronises at the next SIP
+  start line (counted);
+* a stream first seen mid-message (capture started late, or after a gap)
+  starts at its first SIP start line; CRLF keep-alives between messages are
+  skipped; bytes that cannot be framed are handed back as BROKEN, never raised;
+* FIN or RST: whatever is complete is delivered, then the stream is forgotten
+  (RST forgets both directions).  A SYN on a known key starts afresh.
+* memory: per stream at most `max_buffer` bytes of an unfinished message plus
+  `max_ahead` bytes held out of order; at most `max_streams` streams and
+  `max_total_bytes` buffered over all of them (least recently used evicted
+  first); streams idle for `idle_s` of capture time are dropped.
+
+Frames are opaque to this module: the caller passes whatever reference it
+wants back (the call engine passes (serial, ts, sensor, linktype, data)).
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from protocols.errors import DecodeError
+from protocols.sip import looks_like_sip, split_stream
+
+__all__ = ["TcpLimits", "Chunk", "TcpStream", "TcpReassembler", "find_start",
+           "MESSAGE", "BROKEN", "RETRANSMISSION", "FIN", "SYN", "RST"]
+
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+
+#: What a `Chunk` is.
+MESSAGE = 0          # one complete SIP message (framed by Content-Length)
+BROKEN = 1           # bytes that could not be framed (cut by a gap, garbage, overflow)
+RETRANSMISSION = 2   # a frame repeating bytes of messages already delivered (`of`)
+
+_MASK = 0xFFFFFFFF
+_HALF = 0x80000000
+_MAX_LINE = 4096      # a partial line kept while looking for a start line
+_CRLF_RE = re.compile(rb"[\r\n]*")
+_NS = 1_000_000_000
+
+COUNTER_NAMES = ("tcp_segments", "tcp_retransmissions", "tcp_out_of_order", "tcp_gaps",
+                 "tcp_resyncs", "tcp_skipped_bytes", "tcp_broken", "tcp_overflows",
+                 "tcp_streams_evicted", "tcp_streams_expired", "tcp_streams_closed")
+
+
+@dataclass
+class TcpLimits:
+    """Bounds of the reassembly (all times in capture time)."""
+
+    max_buffer: int = 256 * 1024        # bytes of one unfinished message
+    max_ahead: int = 256 * 1024         # bytes held out of order per stream
+    max_frames: int = 4096              # frames referenced by one stream's pending bytes
+    recent_messages: int = 16           # delivered messages a late retransmission can join
+    gap_timeout_s: float = 1.0          # a gap still open after this is skipped
+    max_streams: int = 10_000
+    max_total_bytes: int = 64 * 1024 * 1024
+    idle_s: float = 300.0
+
+
+class Chunk:
+    """What a stream hands back: a message, unframable bytes, or a late retransmission."""
+
+    __slots__ = ("kind", "data", "frames", "ts_ns", "owner", "of")
+
+    def __init__(self, kind: int, data: bytes, frames: list, ts_ns: int,
+                 of: list[Chunk] | None = None) -> None:
+        self.kind = kind
+        self.data = data
+        self.frames = frames      # frame references, in the order their bytes come
+        self.ts_ns = ts_ns        # capture time of the last frame that added bytes to it
+        self.owner: Any = None    # set by the consumer (the call it went to)
+        self.of = of              # RETRANSMISSION: the delivered messages it repeats
+
+    def __repr__(self) -> str:
+        kind = ("MESSAGE", "BROKEN", "RETRANSMISSION")[self.kind]
+        return f"Chunk({kind}, {self.data[:40]!r}, frames={len(self.frames)}, ts={self.ts_ns})"
+
+
+def find_start(buf: bytes | bytearray, frm: int = 0) -> int:
+    """Offset of the first SIP start line beginning at a line start at or after `frm`
+    (offset 0 counts as a line start), or -1."""
+    i = frm
+    while True:
+        j = buf.find(b"SIP/2.0", i)
+        if j < 0:
+            return -1
+        ls = buf.rfind(b"\n", 0, j) + 1
+        if ls >= frm and looks_like_sip(bytes(buf[ls:ls + _MAX_LINE + 64])):
+            return ls
+        i = j + 7
+
+
+def _blank(data: bytes | bytearray) -> bool:
+    return _CRLF_RE.match(data).end() == len(data)
+
+
+class TcpStream:
+    """One direction of one TCP connection: segments in, SIP messages out.
+
+    Positions are absolute byte offsets (Python ints: the 32-bit sequence
+    number is unwrapped around the next expected byte).  ``buf`` holds the
+    bytes from ``start`` up to ``next`` not yet handed back; ``frames`` the
+    frames overlapping them as (first, end, frame, ts, carried new bytes).
+    """
+
+    __slots__ = ("limits", "counters", "next", "start", "buf", "frames", "synced", "dropped",
+                 "ooo", "ooo_bytes", "ooo_since", "recent", "last_ns")
+
+    def __init__(self, limits: TcpLimits | None = None,
+                 counters: dict[str, int] | None = None) -> None:
+        self.limits = limits or TcpLimits()
+        self.counters = counters if counters is not None else dict.fromkeys(COUNTER_NAMES, 0)
+        self.next: int | None = None      # absolute position of the next expected byte
+        self.start = 0                    # absolute position of buf[0]
+        self.buf = bytearray()
+        self.frames: list[tuple[int, int, Any, int, bool]] = []
+        self.synced = False               # buf[0] is a message boundary
+        self.dropped = False              # bytes were skipped since the last sync
+        self.ooo: dict[int, tuple[bytes, list[tuple[Any, int]]]] = {}  # position -> data, frames
+        self.ooo_bytes = 0
+        self.ooo_since: int | None = None  # capture time the oldest held segment arrived
+        self.recent: deque[tuple[int, int, Chunk]] = deque(maxlen=self.limits.recent_messages)
+        self.last_ns = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes buffered (unfinished message + held out of order)."""
+        return len(self.buf) + self.ooo_bytes
+
+    def _abs(self, seq: int) -> int:
+        nxt = self.next
+        return nxt + (((seq - nxt) + _HALF) & _MASK) - _HALF
+
+    # -- input ------------------------------------------------------------
+    def segment(self, ts_ns: int, seq: int, flags: int, payload: bytes, frame: Any) -> list[Chunk]:
+        """One TCP segment in capture order; returns what it completed."""
+        out: list[Chunk] = []
+        self.last_ns = ts_ns
+        self.counters["tcp_segments"] += 1
+        if flags & SYN:
+            if self.buf or self.ooo:
+                self.close(out)
+            self._reset()
+            seq = (seq + 1) & _MASK          # SYN takes one sequence number
+            self.next = self.start = seq
+            self.synced = True
+        n = len(payload)
+        if n:
+            if self.next is None:            # first data seen: find a start line
+                self.next = self.start = seq
+            p = self._abs(seq)
+            end = p + n
+            nxt = self.next
+            if end <= nxt:
+                self.counters["tcp_retransmissions"] += 1
+                self._old(p, end, frame, ts_ns, out)
+            elif p > nxt:
+                self._hold(p, payload, frame, ts_ns, out)
+            else:
+                if p < nxt:
+                    self.counters["tcp_retransmissions"] += 1
+                    self._old(p, nxt, frame, ts_ns, out, pending=False)
+                self.buf += payload[nxt - p:] if p < nxt else payload
+                self.next = end
+                self.frames.append((p, end, frame, ts_ns, True))
+                if self.ooo:
+                    self._drain()
+                self._frame(out)
+            if self.ooo and ts_ns - self.ooo_since > self.limits.gap_timeout_s * _NS:
+                self._skip_gaps(out, ts_ns)
+        if flags & (FIN | RST):
+            self.close(out)
+        return out
+
+    def _reset(self) -> None:
+        self.next = None
+        self.start = 0
+        self.buf = bytearray()
+        self.frames = []
+        self.synced = False
+        self.dropped = False
+        self.ooo = {}
+        self.ooo_bytes = 0
+        self.ooo_since = None
+
+    def _old(self, p: int, end: int, frame: Any, ts_ns: int, out: list[Chunk],
+             pending: bool = True) -> None:
+        """A frame repeating bytes [p, end) already seen: it joins their message(s)."""
+        if pending and end > self.start and len(self.frames) < self.limits.max_frames:
+            self.frames.append((p, end, frame, ts_ns, False))
+        if p < self.start and end - p > 1:   # (a 1-byte repeat is a TCP keep-alive probe)
+            of = [m for a, b, m in self.recent if a < end and p < b]
+            if of:
+                out.append(Chunk(RETRANSMISSION, b"", [frame], ts_ns, of))
+
+    def _hold(self, p: int, payload: bytes, frame: Any, ts_ns: int, out: list[Chunk]) -> None:
+        """A segment beyond a gap: keep it until the gap fills (bounded)."""
+        self.counters["tcp_out_of_order"] += 1
+        held = self.ooo.get(p)
+        if held is None:
+            self.ooo[p] = (payload, [(frame, ts_ns)])
+            self.ooo_bytes += len(payload)
+        else:
+            self.counters["tcp_retransmissions"] += 1
+            data, frames = held
+            frames.append((frame, ts_ns))
+            if len(payload) > len(data):
+                self.ooo[p] = (payload, frames)
+                self.ooo_bytes += len(payload) - len(data)
+        if self.ooo_since is None:
+            self.ooo_since = ts_ns
+        lim = self.limits
+        while self.ooo and (self.ooo_bytes > lim.max_ahead
+                            or max(self.ooo) - self.next > lim.max_ahead):
+            self._skip_gap(out)
+
+    def _drain(self) -> None:
+        """Move held segments that now follow the stream into the buffer."""
+        ooo = self.ooo
+        for p in sorted(ooo):
+            if p > self.next:
+                break
+            data, frames = ooo.pop(p)
+            self.ooo_bytes -= len(data)
+            end = p + len(data)
+            first = True
+            for frame, ts in frames:
+                new = first and end > self.next
+                if len(self.frames) < self.limits.max_frames or new:
+                    self.frames.append((p, end, frame, ts, new))
+                first = False
+            if end > self.next:
+                self.buf += data[self.next - p:]
+                self.next = end
+        self.ooo_since = min((t for _, fr in ooo.values() for _, t in fr), default=None)
+
+    def _skip_gap(self, out: list[Chunk]) -> None:
+        """Give up on the bytes missing before the first held segment."""
+        first = min(self.ooo)
+        self.counters["tcp_gaps"] += 1
+        self.counters["tcp_skipped_bytes"] += first - self.next
+        self._drop(len(self.buf), out)      # the message the gap cut (BROKEN)
+        self.synced = False
+        self.dropped = True
+        self.next = self.start = first
+        self.buf = bytearray()
+        self.frames = []
+        self._drain()
+        self._frame(out)
+
+    def _skip_gaps(self, out: list[Chunk], now_ns: int | None = None) -> None:
+        """Skip every gap whose held segments waited too long (all of them if now_ns is None)."""
+        limit = self.limits.gap_timeout_s * _NS
+        while self.ooo and (now_ns is None or now_ns - self.ooo_since > limit):
+            self._skip_gap(out)
+
+    def expire_gaps(self, now_ns: int) -> list[Chunk]:
+        out: list[Chunk] = []
+        if self.ooo:
+            self._skip_gaps(out, now_ns)
+        return out
+
+    def close(self, out: list[Chunk]) -> None:
+        """End of the stream: deliver what is complete; the rest is BROKEN."""
+        if self.ooo:
+            self._skip_gaps(out)
+        if self.buf:
+            self._drop(len(self.buf), out)
+        self.frames = []
+
+    # -- framing ------------------------------------------------------------
+    def _frame(self, out: list[Chunk]) -> None:
+        """Hand back every complete message at the head of the buffer."""
+        while self.buf:
+            if not self.synced:
+                k = find_start(self.buf, 0)
+                if k < 0:
+                    cut = self.buf.rfind(b"\n") + 1   # keep a partial (start?) line
+                    if len(self.buf) - cut > _MAX_LINE:
+                        cut = len(self.buf)
+                    if cut:
+                        self._drop(cut, out, skipped=True)
+                    return
+                if k:
+                    self._drop(k, out, skipped=True)
+                if self.dropped:
+                    self.counters["tcp_resyncs"] += 1
+                    self.dropped = False
+                self.synced = True
+            try:
+                messages, rest = split_stream(self.buf)
+            except DecodeError:
+                self._unframable(out)
+                continue
+            pos = 0
+            buf = self.buf
+            for m in messages:
+                pos = _CRLF_RE.match(buf, pos).end()
+                self._deliver(pos, pos + len(m), m, out)
+                pos += len(m)
+            consumed = len(buf) - len(rest)
+            if consumed:
+                self._consume(consumed)
+            if len(self.buf) > self.limits.max_buffer or len(self.frames) > self.limits.max_frames:
+                self.counters["tcp_overflows"] += 1
+                self._drop(len(self.buf), out)
+                self.synced = False
+                self.dropped = True
+            return
+
+    def _unframable(self, out: list[Chunk]) -> None:
+        """The head of the buffer is not SIP framing: keep the messages before the next
+        start line, hand the rest back as BROKEN, go on from that start line."""
+        k = find_start(self.buf, 1)
+        if k < 0:
+            cut = self.buf.rfind(b"\n") + 1
+            if cut == 0 or len(self.buf) - cut > _MAX_LINE:
+                cut = len(self.buf)
+            region, resync = cut, False
+        else:
+            region, resync = k, True
+        try:
+            messages, rest = split_stream(bytes(self.buf[:region]))
+        except DecodeError:
+            messages = []
+        pos = 0
+        for m in messages:
+            pos = _CRLF_RE.match(self.buf, pos).end()
+            self._deliver(pos, pos + len(m), m, out)
+            pos += len(m)
+        if pos:
+            self._consume(pos)
+        region -= pos
+        if region > 0:
+            self.counters["tcp_skipped_bytes"] += region - _CRLF_RE.match(self.buf, 0, region).end()
+        self._drop(region, out)
+        if resync:
+            if region > 0:
+                self.counters["tcp_resyncs"] += 1
+            self.dropped = False
+        else:
+            self.synced = False
+            self.dropped = True
+
+    def _overlapping(self, a: int, b: int) -> tuple[list, int]:
+        frames = []
+        ts = None
+        for first, end, frame, t, new in self.frames:
+            if first < b and a < end:
+                frames.append(frame)
+                if new and (ts is None or t > ts):
+                    ts = t
+        return frames, ts if ts is not None else self.last_ns
+
+    def _deliver(self, i: int, j: int, data: bytes, out: list[Chunk]) -> None:
+        a, b = self.start + i, self.start + j
+        frames, ts = self._overlapping(a, b)
+        chunk = Chunk(MESSAGE, data, frames, ts)
+        out.append(chunk)
+        self.recent.append((a, b, chunk))
+
+    def _consume(self, k: int) -> None:
+        del self.buf[:k]
+        self.start += k
+        start = self.start
+        self.frames = [f for f in self.frames if f[1] > start]
+
+    def _drop(self, k: int, out: list[Chunk], skipped: bool = False) -> None:
+        """Throw away the first k buffered bytes; if they are not blank they come back as
+        BROKEN with their frames (a known Call-ID in them still finds its call)."""
+        if k <= 0:
+            return
+        data = bytes(self.buf[:k])
+        if not _blank(data):
+            frames, ts = self._overlapping(self.start, self.start + k)
+            out.append(Chunk(BROKEN, data, frames, ts))
+            self.counters["tcp_broken"] += 1
+            if skipped:
+                self.counters["tcp_skipped_bytes"] += k
+                self.dropped = True
+        self._consume(k)
+
+
+class TcpReassembler:
+    """Every TCP stream, keyed by (src ip, sport, dst ip, dport); bounded (LRU, idle expiry,
+    total bytes).  The counters are shared by all streams."""
+
+    def __init__(self, limits: TcpLimits | None = None) -> None:
+        self.limits = limits or TcpLimits()
+        self.streams: OrderedDict[tuple[bytes, int, bytes, int], TcpStream] = OrderedDict()
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self._waiting: set[tuple[bytes, int, bytes, int]] = set()  # streams holding a gap
+        self._bytes = 0
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.streams
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def segment(self, key: tuple[bytes, int, bytes, int], ts_ns: int, seq: int, flags: int,
+                payload: bytes, frame: Any) -> list[Chunk]:
+        """Feed one segment (creating the stream if it carries data)."""
+        out: list[Chunk] = []
+        streams = self.streams
+        st = streams.get(key)
+        if st is None:
+            if flags & RST:
+                self._close((key[2], key[3], key[0], key[1]), out)
+            if not payload:
+                return out
+            if len(streams) >= self.limits.max_streams:
+                self._evict(out)
+            st = streams[key] = TcpStream(self.limits, self.counters)
+        else:
+            streams.move_to_end(key)
+        before = st.size
+        out += st.segment(ts_ns, seq, flags, payload, frame)
+        if flags & (FIN | RST):
+            self._bytes -= before
+            del streams[key]
+            self._waiting.discard(key)
+            self.counters["tcp_streams_closed"] += 1
+            if flags & RST:
+                self._close((key[2], key[3], key[0], key[1]), out)
+            return out
+        self._bytes += st.size - before
+        if st.ooo:
+            self._waiting.add(key)
+        else:
+            self._waiting.discard(key)
+        while self._bytes > self.limits.max_total_bytes and len(streams) > 1:
+            self._evict(out)
+        return out
+
+    def _close(self, key: tuple[bytes, int, bytes, int], out: list[Chunk]) -> None:
+        st = self.streams.pop(key, None)
+        if st is None:
+            return
+        self._bytes -= st.size
+        self._waiting.discard(key)
+        st.close(out)
+        self.counters["tcp_streams_closed"] += 1
+
+    def _evict(self, out: list[Chunk]) -> None:
+        key = next(iter(self.streams))
+        self.counters["tcp_streams_evicted"] += 1
+        self.counters["tcp_streams_closed"] -= 1
+        self._close(key, out)
+
+    def advance(self, now_ns: int) -> list[Chunk]:
+        """Skip gaps that waited too long, forget idle streams."""
+        out: list[Chunk] = []
+        for key in list(self._waiting):
+            st = self.streams[key]
+            before = st.size
+            out += st.expire_gaps(now_ns)
+            self._bytes += st.size - before
+            if not st.ooo:
+                self._waiting.discard(key)
+        horizon = now_ns - int(self.limits.idle_s * _NS)
+        streams = self.streams
+        while streams:
+            key, st = next(iter(streams.items()))
+            if st.last_ns > horizon:
+                break
+            self.counters["tcp_streams_expired"] += 1
+            self.counters["tcp_streams_closed"] -= 1
+            self._close(key, out)
+        return out
+
+    def flush(self) -> list[Chunk]:
+        """Close every stream (capture over): everything complete is delivered."""
+        out: list[Chunk] = []
+        for key in list(self.streams):
+            self._close(key, out)
+        return out
+
+    def stats(self) -> dict[str, int]:
+        c = dict(self.counters)
+        c["tcp_streams"] = len(self.streams)
+        c["tcp_buffered_bytes"] = self._bytes
+        return c
