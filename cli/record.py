@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli import output
-from cli.serve import build_recorder, open_storage
+from cli.serve import build_recorder, open_storage, tune_gc
 from cli.settings import ControllerSettings
 from controller.link import serve
 
@@ -28,6 +28,7 @@ def run_record(settings: ControllerSettings, files: list[Path], *, fmt: str = "t
                progress: bool = True) -> bool:
     store = open_storage(settings)
     recorder = build_recorder(settings, store, expected_sensors=len(files))
+    tune_gc()
     stats_path = os.environ.get("SPANREC_BENCH_STATS")
     rss_start = _rss_kib()
     t0 = time.monotonic()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -29,6 +30,16 @@ def open_storage(settings: ControllerSettings) -> RecordingStore:
     return store
 
 
+def tune_gc() -> None:
+    """The controller keeps millions of small objects (packets of active calls)
+    that are never cyclic garbage; the default gen-0 threshold of 700 makes the
+    cyclic collector rescan them over and over. Measured on 200 calls x 10 s:
+    ingest 155-190 k -> 190-204 k packets/s. Objects from start-up are frozen."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def build_recorder(settings: ControllerSettings, store: RecordingStore,
                    expected_sensors: int = 0) -> Recorder:
     return Recorder(
@@ -46,6 +57,7 @@ def run_controller(settings: ControllerSettings) -> None:
     from cli.main import Failure
     store = open_storage(settings)
     recorder = build_recorder(settings, store)
+    tune_gc()
 
     async def main() -> None:
         try:

@@ -7,7 +7,9 @@ controllers can later each own a set of calls keyed the same way.
 `CallEngine.process` is the per-packet path.  RTP costs one dict lookup on
 (dst ip, dst port) (a second on the source for symmetric RTP), a cached
 stream check and a few appends; SIP is parsed only when the payload looks
-like SIP.  Time is capture time only: `advance(now)` ends calls whose linger
+like SIP.  SIP over TCP goes through `controller.tcpstream` (one reassembler
+per direction of a connection), which hands back whole messages with the
+frames that carried them.  Time is capture time only: `advance(now)` ends calls whose linger
 or inactivity deadline passed, using a lazy heap so packets never touch it.
 Malformed input is counted, never raised.
 """
@@ -22,7 +24,7 @@ from itertools import count
 
 from protocols.errors import DecodeError
 from protocols.layers import Decoded
-from protocols.sip import looks_like_sip, parse_sip, split_stream
+from protocols.sip import looks_like_sip, parse_sip
 from storage.layout import recording_id
 
 from controller.dialogs import Dialog, parse_truncated
@@ -30,6 +32,7 @@ from controller.finalize import FinishedCall, iso_time
 from controller.settings import CallConfig
 from controller.streams import (NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, RtpStream, SdpMedia,
                                 sdp_media)
+from controller.tcpstream import BROKEN, FIN, MESSAGE, RST, SYN, Chunk, TcpLimits, TcpReassembler
 
 __all__ = ["CallConfig", "Call", "CallTable", "CallEngine", "FinishedCall"]
 
@@ -40,6 +43,10 @@ _U32 = struct.Struct("!I")
 _CALL_ID_RE = re.compile(rb"^(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+?)[ \t]*\r?$",
                          re.IGNORECASE | re.MULTILINE)
 _FRAG_KEEP_NS = 5 * _NS     # how long a fragmented datagram's later fragments are routed
+#: CSeq methods that start a call for an unknown Call-ID: the INVITE transaction, and a
+#: CANCEL of it (same CSeq number) seen before any other message of the INVITE.
+_CALL_START = frozenset(("INVITE", "CANCEL"))
+_SYN_FIN_RST = SYN | FIN | RST
 
 
 class Call:
@@ -47,7 +54,7 @@ class Call:
 
     __slots__ = ("call_ids", "started_ns", "last_ns", "linktype", "frame_ts", "frame_data",
                  "other_linktype", "sensors", "last_sensor", "dialog", "streams", "endpoints", "media_addrs",
-                 "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done")
+                 "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done", "tcp_frames")
 
     def __init__(self, call_id: str, ts_ns: int, linktype: int) -> None:
         self.call_ids = [call_id]
@@ -68,6 +75,7 @@ class Call:
         self.sip_packets = 0
         self.sip_errors = 0
         self.done = False
+        self.tcp_frames: set[int] | None = None  # serials of the TCP frames kept (no doubles)
 
     def add_frame(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes) -> int:
         """Keep a packet for call.pcap; returns its frame index."""
@@ -141,8 +149,10 @@ class CallTable:
 class CallEngine:
     """Transport-free call tracking: packets in (capture-time order), finished calls out."""
 
-    def __init__(self, config: CallConfig | None = None) -> None:
+    def __init__(self, config: CallConfig | None = None, tcp_limits: TcpLimits | None = None) -> None:
         self.config = config or CallConfig()
+        self._tcp = TcpReassembler(tcp_limits)
+        self._tcp_serial = count()
         self.table = CallTable()
         self._media_map = self.table.media  # the hot path's one lookup (same dict)
         self._linger_ns = int(self.config.linger_s * _NS)
@@ -170,6 +180,7 @@ class CallEngine:
         c["rtp_packets"] = self._rtp_finished + sum(
             s.packets for call in self.table.calls() for s in call.streams.values())
         c["active_calls"] = len(self.table)
+        c.update(self._tcp.stats())
         return c
 
     # -- the packet path ------------------------------------------------------
@@ -193,7 +204,9 @@ class CallEngine:
                     return self._fragment(ts_ns, sensor_id, linktype, data, d)
                 if d.payload_len >= 12 and 0x80 <= data[d.payload_offset] < 0xC0:
                     return self._unmatched_rtp(ts_ns, sensor_id, linktype, data, d)
-            elif d.proto != 6:
+            elif d.proto == 6:
+                return self._tcp_segment(ts_ns, sensor_id, linktype, data, d)
+            else:
                 return False
             return self._signalling(ts_ns, sensor_id, linktype, data, d)
         except Exception:  # noqa: BLE001 - one bad packet must never stop the controller
@@ -261,29 +274,34 @@ class CallEngine:
         payload = data[off:off + n]
         if not looks_like_sip(payload):
             return False
-        if d.proto == 6:
-            try:
-                messages, _rest = split_stream(payload)
-            except DecodeError:
-                messages = [payload]
-            if len(messages) > 1:
-                hit = False
-                for m in messages:
-                    hit = self._sip(ts_ns, sensor_id, linktype, data, d, m, hit) or hit
-                return hit
-        return self._sip(ts_ns, sensor_id, linktype, data, d, payload, False)
+        return self._sip(ts_ns, sensor_id, linktype, data, d, payload)
 
     def _sip(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded,
-             payload: bytes, frame_kept: bool) -> bool:
+             payload: bytes) -> bool:
+        """One SIP datagram (UDP, or the first IP fragment of one)."""
+        call, parsed = self._sip_message(ts_ns, linktype, payload, d.is_fragment)
+        if call is None:
+            return False
+        call.add_frame(ts_ns, sensor_id, linktype, data)
+        if parsed:
+            if d.is_fragment and d.ip_id is not None:
+                self._remember_fragment(d, call, ts_ns)
+            call.sip_packets += 1
+        return True
+
+    def _sip_message(self, ts_ns: int, linktype: int, payload: bytes,
+                     truncated_ok: bool) -> tuple[Call | None, bool]:
+        """Apply one SIP message to its call: (the call, True), or (None, False) if it
+        belongs to none; a malformed message of a known call gives (that call, False)."""
         c = self._c
         truncated = False
         try:
             msg = parse_sip(payload)
         except DecodeError:
             c["sip_errors"] += 1
-            msg = parse_truncated(payload) if d.is_fragment else None
+            msg = parse_truncated(payload) if truncated_ok else None
             if msg is None:
-                return self._keep_broken_sip(ts_ns, sensor_id, linktype, data, payload, frame_kept)
+                return self._broken_sip_call(payload), False
             truncated = True
         call_id = msg.call_id
         try:
@@ -294,24 +312,19 @@ class CallEngine:
         if not call_id or cseq < 0:
             if not truncated:
                 c["sip_errors"] += 1
-            return self._keep_broken_sip(ts_ns, sensor_id, linktype, data, payload, frame_kept)
+            return self._broken_sip_call(payload), False
         call = self.table.get(call_id)
         if call is None:
-            if cseq_method != "INVITE":
+            if cseq_method not in _CALL_START:
                 c["sip_ignored"] += 1
-                return False
+                return None, False
             if call_id in self._recent:
                 c["sip_after_end"] += 1
-                return False
+                return None, False
             call = Call(call_id, ts_ns, linktype)
             self.table.add(call)
             c["calls_started"] += 1
             self._schedule(call, ts_ns + self._setup_ns)
-        if not frame_kept:
-            call.add_frame(ts_ns, sensor_id, linktype, data)
-            if d.is_fragment and d.ip_id is not None:
-                self._remember_fragment(d, call, ts_ns)
-        call.sip_packets += 1
         dialog = call.dialog
         repeat = dialog.is_repeat(msg, cseq, cseq_method)
         if repeat:
@@ -324,21 +337,81 @@ class CallEngine:
             self._register_sdp(call, offer[0], offer[1])
         if dialog.ended_ns is not None and dialog.ended_ns != was_ended:
             self._schedule(call, dialog.ended_ns + self._linger_ns)
-        return True
+        return call, True
 
-    def _keep_broken_sip(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes,
-                         payload: bytes, frame_kept: bool) -> bool:
+    def _broken_sip_call(self, payload: bytes) -> Call | None:
         """Malformed SIP of a known call (found by its Call-ID header) stays in its pcap."""
         m = _CALL_ID_RE.search(payload)
         if m is None:
-            return False
+            return None
         call = self.table.get(m.group(1).decode("utf-8", "replace"))
         if call is None:
-            return False
+            return None
         call.sip_errors += 1
-        if not frame_kept:
-            call.add_frame(ts_ns, sensor_id, linktype, data)
+        return call
+
+    # -- SIP over TCP -----------------------------------------------------------
+    def _tcp_segment(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes,
+                     d: Decoded) -> bool:
+        """A TCP segment: fed to its stream's reassembler if the connection carries SIP
+        (a stream starts at a segment holding a SIP start line)."""
+        n = d.payload_len
+        if n == 0 and not d.tcp_flags & _SYN_FIN_RST:
+            return False  # a bare ACK
+        key = (d.src, d.sport, d.dst, d.dport)
+        off = d.payload_offset
+        payload = data[off:off + n]
+        tcp = self._tcp
+        if key not in tcp.streams:
+            if not payload:
+                if not (d.tcp_flags & RST and (d.dst, d.dport, d.src, d.sport) in tcp.streams):
+                    return False
+            elif not looks_like_sip(payload) and b"SIP/2.0" not in payload:
+                return False
+        frame = (next(self._tcp_serial), ts_ns, sensor_id, linktype, data)
+        chunks = tcp.segment(key, ts_ns, d.tcp_seq, d.tcp_flags, payload, frame)
+        if chunks:
+            self._tcp_chunks(chunks)
         return True
+
+    def _tcp_chunks(self, chunks: list[Chunk]) -> None:
+        """Messages (and lost bytes, late retransmissions) the TCP streams handed back."""
+        for ch in chunks:
+            if ch.kind == MESSAGE:
+                linktype = ch.frames[0][3] if ch.frames else 1
+                call, _parsed = self._sip_message(ch.ts_ns, linktype, ch.data, False)
+                if call is not None:
+                    ch.owner = call
+                    self._tcp_frames(call, ch.frames)
+            elif ch.kind == BROKEN:
+                call = self._broken_sip_call(ch.data)
+                if call is not None:
+                    ch.owner = call
+                    self._tcp_frames(call, ch.frames)
+            else:  # RETRANSMISSION of messages already delivered
+                done: set[int] = set()
+                for m in ch.of:
+                    call = m.owner
+                    if call is not None and not call.done and id(call) not in done:
+                        done.add(id(call))
+                        self._tcp_frames(call, ch.frames)
+
+    @staticmethod
+    def _tcp_frames(call: Call, frames: list) -> None:
+        """Keep the frames of a TCP message in its call (each frame once per call)."""
+        seen = call.tcp_frames
+        if seen is None:
+            seen = call.tcp_frames = set()
+        last = call.last_ns
+        for serial, ts, sensor_id, linktype, data in frames:
+            if serial in seen:
+                continue
+            seen.add(serial)
+            call.add_frame(ts, sensor_id, linktype, data)
+            call.sip_packets += 1
+            if ts > last:
+                last = ts
+        call.last_ns = last
 
     def _register_sdp(self, call: Call, side: int, body: bytes) -> None:
         try:
@@ -376,6 +449,10 @@ class CallEngine:
 
     def advance(self, now_ns: int) -> list[FinishedCall]:
         """Calls whose linger or inactivity deadline is at or before `now_ns`."""
+        if self._tcp.streams:
+            chunks = self._tcp.advance(now_ns)
+            if chunks:
+                self._tcp_chunks(chunks)
         out: list[FinishedCall] = []
         heap = self._heap
         while heap and heap[0][0] <= now_ns:
@@ -394,6 +471,9 @@ class CallEngine:
 
     def finish_all(self, reason: str = "capture-end") -> list[FinishedCall]:
         """End every active call (capture over, shutdown)."""
+        chunks = self._tcp.flush()
+        if chunks:
+            self._tcp_chunks(chunks)
         calls = sorted(self.table.calls(), key=lambda c: c.started_ns)
         out = []
         for call in calls:

@@ -46,17 +46,20 @@ class SensorState:
 
 
 class RecordingWriter:
-    """Finalizes finished calls and writes them to storage on a thread of its own,
-    so numpy decoding and storage latency never stall the packet path."""
+    """Finalizes finished calls and writes them to storage on threads of their
+    own, so numpy decoding and storage latency never stall the packet path.
+    Several threads, because a durable write waits on fsync (or on S3), not
+    on the CPU."""
 
-    def __init__(self, store: RecordingStore, recent: int = 200) -> None:
+    def __init__(self, store: RecordingStore, recent: int = 200, threads: int = 4) -> None:
         self.store = store
         self.written = 0
         self.errors = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
         self._queue: queue.Queue = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="spanrec-writer", daemon=True)
-        self._thread.start()
+        self._count_lock = threading.Lock()
+        for i in range(threads):
+            threading.Thread(target=self._run, name=f"spanrec-writer-{i}", daemon=True).start()
 
     def submit(self, calls: list) -> None:
         for call in calls:
@@ -72,18 +75,21 @@ class RecordingWriter:
             try:
                 rec = build_recording(call)
                 location = self.store.put(rec.prefix, rec.files)
-                self.written += 1
                 summary = dict(rec.metadata)
                 summary["location"] = location
-                self.recent.append(summary)
+                with self._count_lock:
+                    self.written += 1
+                    self.recent.append(summary)
                 log.info("recording written", extra={
                     "recording_id": rec.recording_id, "location": location,
                     "status": rec.metadata.get("status")})
             except StorageError as exc:
-                self.errors += 1
+                with self._count_lock:
+                    self.errors += 1
                 log.error("recording not stored", extra={"error": str(exc)})
             except Exception:  # noqa: BLE001 - one bad call must not stop the writer
-                self.errors += 1
+                with self._count_lock:
+                    self.errors += 1
                 log.exception("recording failed")
             finally:
                 self._queue.task_done()

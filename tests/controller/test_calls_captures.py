@@ -27,8 +27,7 @@ CAPTURES = [
     "SIP-RTP-Normal_Call_two_parties.pcap",
     "sip_ipv4_tcp.pcap",
     "ipv6frag.pcap",
-    pytest.param("erspan_sip_ipv4_udp.pcapng", marks=pytest.mark.skip(
-        reason="SIP inside GRE (transparent Ethernet bridging): decapsulation is a later issue")),
+    "erspan_sip_ipv4_udp.pcapng",  # SIP inside GRE (transparent Ethernet bridging)
     pytest.param("sip_ipv4_tcp_fragmented.pcap", marks=pytest.mark.skip(
         reason="SIP messages span several TCP segments: TCP reassembly is a later issue")),
 ]

@@ -21,7 +21,7 @@ CAPTURES = [
     "MagicJack-_short_call.pcap",  # ICMP errors quoting UDP
     "SIP_CALL_RTP_G711",  # 802.3/LLC frames
     "ipv6frag.pcap",  # Linux SLL, IPv6 fragments
-    "erspan_sip_ipv4_udp.pcapng",  # GRE: outer IP only
+    "erspan_sip_ipv4_udp.pcapng",  # GRE (Ethernet bridging): the inner packet
     "sip_ipv4_tcp.pcap",
     "DTMFsipinfo.pcap",  # PPPoE
 ]
@@ -43,7 +43,14 @@ def _ipv6_upper_layer(row: dict[str, list[str]]) -> int:
     return int(first(row, "ipv6.nxt"))
 
 
+def _innermost_row(row: dict[str, list[str]]) -> dict[str, list[str]]:
+    """A GRE row reduced to its innermost occurrence of every field (decode decapsulates)."""
+    return {f: v[-1:] for f, v in row.items()}
+
+
 def _check_row(d: Decoded | None, row: dict[str, list[str]], where: str) -> None:
+    if row["gre"]:
+        row = _innermost_row(row)
     ip4 = first(row, "ip.src")
     ip6 = first(row, "ipv6.src")
     if ip4 is None and ip6 is None:
@@ -73,7 +80,7 @@ def _check_row(d: Decoded | None, row: dict[str, list[str]], where: str) -> None
     assert d.proto == proto, where
     assert (d.frag_offset, d.more_fragments, d.is_fragment) == (frag_off, mf, bool(frag_off or mf)), where
     sport = dport = 0
-    if frag_off == 0 and row["gre"] == []:
+    if frag_off == 0:
         if proto == 17:
             sport, dport = int(first(row, "udp.srcport")), int(first(row, "udp.dstport"))
             if not mf:
@@ -111,12 +118,13 @@ def test_decode_matches_tshark(name: str) -> None:
     assert decoded > 0
 
 
-def test_gre_frames_give_outer_ip() -> None:
+def test_gre_frames_give_inner_packet() -> None:
+    """(tests/protocols/test_tunnels.py checks every tunnel kind against tshark)"""
     path = capture("erspan_sip_ipv4_udp.pcapng")
     for _, lt, data in read_frames(path):
         d = decode(lt, data)
-        assert (d.proto, d.sport, d.dport) == (47, 0, 0)
-        assert data[d.payload_offset + 2:d.payload_offset + 4] == b"\x65\x58"  # GRE: TEB
+        assert (d.proto, d.encap, d.l3_offset) == (17, 1, 14 + 20 + 8 + 14)
+        assert data[14 + 20 + 2:14 + 20 + 4] == b"\x65\x58"  # GRE protocol: TEB
 
 
 def test_ethernet_padding_excluded() -> None:

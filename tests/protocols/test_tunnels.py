@@ -251,17 +251,24 @@ def test_synthetic_tunnels_match_tshark(tmp_path: Path) -> None:
 # ---- what is not decapsulated, and malformed tunnels -------------------------
 
 def test_not_decapsulated_gives_outer_packet() -> None:
+    v4 = eth(0x0800, _inner_v4(1))
+
+    def to_4789(payload: bytes) -> bytes:
+        return _outer_v4(17, udp(5060, 4789, payload))
+
     cases = {
         # UDP to 4789 that is not VXLAN: I flag clear, reserved bits, too short, inner not IP,
         # inner IP truncated
-        "sip to 4789": _outer_v4(17, udp(5060, 4789, sip(1))),
-        "vxlan I clear": _outer_v4(17, udp(5060, 4789, b"\x00" + vxlan(eth(0x0800, _inner_v4(1)))[1:])),
-        "vxlan short": _outer_v4(17, udp(5060, 4789, vxlan(b"")[:8] + b"abc")),
-        "vxlan arp": _outer_v4(17, udp(5060, 4789, vxlan(eth(0x0806, bytes(28))))),
-        "vxlan truncated inner": _outer_v4(17, udp(5060, 4789, vxlan(eth(0x0800, _inner_v4(1)[:30])))),
-        "vxlan bad inner version": _outer_v4(17, udp(5060, 4789, vxlan(eth(0x0800, b"\x55" * 40)))),
+        "sip to 4789": to_4789(sip(1)),
+        "vxlan I clear": to_4789(b"\x00" + vxlan(v4)[1:]),
+        "vxlan reserved flag": to_4789(b"\x0c" + vxlan(v4)[1:]),
+        "vxlan short": to_4789(vxlan(b"")[:8] + b"abc"),
+        "vxlan arp": to_4789(vxlan(eth(0x0806, bytes(28)))),
+        "vxlan truncated inner": to_4789(vxlan(v4[:44])),
+        "vxlan bad inner version": to_4789(vxlan(eth(0x0800, b"\x55" * 40))),
         # GRE that is not decapsulated
-        "pptp gre v1": _outer_v4(47, gre(0x880B, b"\xff\x03\x00\x21" + _inner_v4(2), key=1, version=1)),
+        "pptp gre v1": _outer_v4(47, gre(0x880B, b"\xff\x03\x00\x21" + _inner_v4(2), key=1,
+                                         version=1)),
         "gre mpls": _outer_v4(47, gre(0x8847, b"\x00\x01\x01\x40" + _inner_v4(3))),
         "gre routing": _outer_v4(47, struct.pack("!HHHH", 0x4000, 0x0800, 0, 0) + _inner_v4(4)),
         "gre keepalive": _outer_v4(47, gre(0x0000, b"")),
@@ -291,7 +298,8 @@ def test_erspan_III_ip_frame_type() -> None:
     for inner, ver in ((_inner_v4(3), 4), (_inner_v6(3), 6)):
         frame = _outer_v4(47, gre(0x22EB, erspan3(inner, True, ft=2), seq=1))
         d = decode(LINKTYPE_ETHERNET, frame)
-        assert (d.ip_version, d.encap, d.l3_offset) == (ver, ENCAP_GRE | ENCAP_ERSPAN, 14 + 20 + 8 + 20)
+        assert (d.ip_version, d.encap) == (ver, ENCAP_GRE | ENCAP_ERSPAN)
+        assert d.l3_offset == 14 + 20 + 8 + 12 + 8  # Ethernet, IP, GRE+seq, ERSPAN III, subheader
 
 
 def test_inner_packet_bounded_by_outer_payload() -> None:
@@ -331,7 +339,8 @@ def test_nesting_depth_is_bounded() -> None:
 
 
 def test_malformed_tunnels_raise_decode_error() -> None:
-    teb = gre(0x6558, eth(0x0800, _inner_v4(1), MAC2))
+    v4 = eth(0x0800, _inner_v4(1), MAC2)
+    teb = gre(0x6558, v4)
     bad = {
         "gre shorter than 4": _outer_v4(47, b"\x00\x00\x65"),
         "gre key missing": _outer_v4(47, struct.pack("!HH", 0x2000, 0x6558)),
@@ -339,12 +348,10 @@ def test_malformed_tunnels_raise_decode_error() -> None:
         "gre version 2": _outer_v4(47, struct.pack("!HH", 0x0002, 0x6558) + teb[4:]),
         "gre version 7": _outer_v4(47, struct.pack("!HH", 0x0007, 0x0800) + _inner_v4(1)),
         "erspan II short": _outer_v4(47, gre(0x88BE, b"\x10\x00\x00", seq=1)),
-        "erspan II version 2": _outer_v4(47, gre(0x88BE, b"\x20" + erspan2(eth(0x0800, _inner_v4(1)))[1:],
-                                              seq=1)),
+        "erspan II version 2": _outer_v4(47, gre(0x88BE, b"\x20" + erspan2(v4)[1:], seq=1)),
         "erspan III short": _outer_v4(47, gre(0x22EB, erspan3(b"", False)[:10], seq=1)),
         "erspan III subheader cut": _outer_v4(47, gre(0x22EB, erspan3(b"", True)[:16], seq=1)),
-        "erspan III version 1": _outer_v4(47, gre(0x22EB, b"\x10" + erspan3(eth(0x0800, _inner_v4(1)),
-                                                                            False)[1:], seq=1)),
+        "erspan III version 1": _outer_v4(47, gre(0x22EB, b"\x10" + erspan3(v4, False)[1:], seq=1)),
         "teb short inner ethernet": _outer_v4(47, gre(0x6558, MAC2)),
         "teb truncated inner ip": _outer_v4(47, gre(0x6558, eth(0x0800, _inner_v4(1)[:30]))),
         "teb inner ip version": _outer_v4(47, gre(0x6558, eth(0x0800, b"\x65" + _inner_v4(1)[1:]))),
