@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from protocols.errors import SipError
 
-__all__ = ["SipMessage", "looks_like_sip", "parse_sip", "split_stream", "COMPACT_FORMS"]
+__all__ = ["SipMessage", "looks_like_sip", "parse_sip", "split_stream", "frame_stream",
+           "COMPACT_FORMS"]
 
 COMPACT_FORMS: dict[str, str] = {
     "i": "call-id", "f": "from", "t": "to", "v": "via", "m": "contact",
@@ -204,6 +205,46 @@ def parse_sip(payload: bytes | bytearray | memoryview) -> SipMessage:
     return SipMessage(is_request, method, request_uri, status, reason, headers, body)
 
 
+def frame_stream(buf: bytes | bytearray, pos: int = 0) -> tuple[list[tuple[int, int]], int, str | None]:
+    """Message boundaries in a SIP-over-TCP byte stream, without copying it.
+
+    Returns ``(spans, rest, error)``: ``spans`` are the ``(start, end)`` offsets of
+    the complete messages from ``pos`` on (leading CRLF keep-alives skipped,
+    framing by Content-Length, absent = 0); ``rest`` is the offset of what is
+    left (an incomplete message, or ``len(buf)``); ``error`` is None, or why
+    the bytes at ``rest`` cannot be the start of a SIP message.
+    """
+    data = buf
+    n = len(data)
+    spans: list[tuple[int, int]] = []
+    while True:
+        pos = _KEEPALIVE.match(data, pos).end()
+        if pos >= n:
+            return spans, n, None
+        if _LOOKS_RE.match(data, pos) is None:
+            eol = data.find(b"\n", pos)
+            if eol < 0 and n - pos <= 4096 and _PRINTABLE_RE.match(data, pos).end() == n:
+                return spans, pos, None  # first line not complete yet
+            return spans, pos, f"stream does not start with a SIP message at byte {pos}"
+        m = _HEAD_END.search(data, pos)
+        if m is None:
+            if n - pos > _MAX_HEAD:
+                return spans, pos, f"no end of SIP headers within {_MAX_HEAD} bytes"
+            return spans, pos, None
+        cl_m = _CL_RE.search(data, pos, m.start() + 2)
+        cl = 0
+        if cl_m is not None:
+            text = cl_m.group(1)
+            if not text.isdigit():
+                return spans, pos, f"bad Content-Length {bytes(text[:20])!r}"
+            cl = int(text)
+        end = m.end() + cl
+        if end > n:
+            return spans, pos, None
+        spans.append((pos, end))
+        pos = end
+
+
 def split_stream(buf: bytes | bytearray) -> tuple[list[bytes], bytes]:
     """Split a SIP-over-TCP byte stream into complete messages and the incomplete rest.
 
@@ -211,32 +252,7 @@ def split_stream(buf: bytes | bytearray) -> tuple[list[bytes], bytes]:
     SipError if the head of the buffer is not SIP.
     """
     data = bytes(buf)
-    n = len(data)
-    messages: list[bytes] = []
-    pos = 0
-    while True:
-        pos = _KEEPALIVE.match(data, pos).end()
-        if pos >= n:
-            return messages, b""
-        if _LOOKS_RE.match(data, pos) is None:
-            eol = data.find(b"\n", pos)
-            if eol < 0 and n - pos <= 4096 and _PRINTABLE_RE.match(data, pos).end() == n:
-                return messages, data[pos:]  # first line not complete yet
-            raise SipError(f"stream does not start with a SIP message at byte {pos}")
-        m = _HEAD_END.search(data, pos)
-        if m is None:
-            if n - pos > _MAX_HEAD:
-                raise SipError(f"no end of SIP headers within {_MAX_HEAD} bytes")
-            return messages, data[pos:]
-        cl_m = _CL_RE.search(data, pos, m.start() + 2)
-        cl = 0
-        if cl_m is not None:
-            text = cl_m.group(1)
-            if not text.isdigit():
-                raise SipError(f"bad Content-Length {text[:20]!r}")
-            cl = int(text)
-        end = m.end() + cl
-        if end > n:
-            return messages, data[pos:]
-        messages.append(data[pos:end])
-        pos = end
+    spans, rest, error = frame_stream(data)
+    if error is not None:
+        raise SipError(error)
+    return [data[a:b] for a, b in spans], data[rest:]
