@@ -38,8 +38,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.errors import DecodeError
-from protocols.sip import looks_like_sip, split_stream
+from protocols.sip import frame_stream, looks_like_sip
 
 __all__ = ["TcpLimits", "Chunk", "TcpStream", "TcpReassembler", "find_start",
            "MESSAGE", "BROKEN", "RETRANSMISSION", "FIN", "SYN", "RST"]
@@ -111,6 +110,12 @@ def find_start(buf: bytes | bytearray, frm: int = 0) -> int:
         i = j + 7
 
 
+def _at_boundary(payload: bytes) -> bool:
+    """Does a segment start at a message boundary (a start line, or keep-alive CRLFs)?"""
+    k = _CRLF_RE.match(payload).end()
+    return k == len(payload) or looks_like_sip(payload[k:k + _MAX_LINE + 64])
+
+
 def _blank(data: bytes | bytearray) -> bool:
     return _CRLF_RE.match(data).end() == len(data)
 
@@ -125,7 +130,7 @@ class TcpStream:
     """
 
     __slots__ = ("limits", "counters", "next", "start", "buf", "frames", "synced", "dropped",
-                 "ooo", "ooo_bytes", "ooo_since", "recent", "last_ns")
+                 "tentative", "ooo", "ooo_bytes", "ooo_since", "recent", "last_ns")
 
     def __init__(self, limits: TcpLimits | None = None,
                  counters: dict[str, int] | None = None) -> None:
@@ -137,6 +142,7 @@ class TcpStream:
         self.frames: list[tuple[int, int, Any, int, bool]] = []
         self.synced = False               # buf[0] is a message boundary
         self.dropped = False              # bytes were skipped since the last sync
+        self.tentative = False            # first segment seen mid-message: earlier ones may come
         self.ooo: dict[int, tuple[bytes, list[tuple[Any, int]]]] = {}  # position -> data, frames
         self.ooo_bytes = 0
         self.ooo_since: int | None = None  # capture time the oldest held segment arrived
@@ -167,17 +173,20 @@ class TcpStream:
             self.synced = True
         n = len(payload)
         if n:
-            if self.next is None:            # first data seen: find a start line
+            if self.next is None:            # first data seen, no SYN
                 self.next = self.start = seq
+                self.tentative = not _at_boundary(payload)
             p = self._abs(seq)
             end = p + n
-            nxt = self.next
-            if end <= nxt:
+            if self.tentative and self._tentative(p, payload, frame, ts_ns, out):
+                pass
+            elif end <= self.next:
                 self.counters["tcp_retransmissions"] += 1
                 self._old(p, end, frame, ts_ns, out)
-            elif p > nxt:
+            elif p > self.next:
                 self._hold(p, payload, frame, ts_ns, out)
             else:
+                nxt = self.next
                 if p < nxt:
                     self.counters["tcp_retransmissions"] += 1
                     self._old(p, nxt, frame, ts_ns, out, pending=False)
@@ -187,11 +196,29 @@ class TcpStream:
                 if self.ooo:
                     self._drain()
                 self._frame(out)
-            if self.ooo and ts_ns - self.ooo_since > self.limits.gap_timeout_s * _NS:
-                self._skip_gaps(out, ts_ns)
+        if self.ooo and ts_ns - self.ooo_since > self.limits.gap_timeout_s * _NS:
+            self._skip_gaps(out, ts_ns)
         if flags & (FIN | RST):
             self.close(out)
         return out
+
+    def _tentative(self, p: int, payload: bytes, frame: Any, ts_ns: int, out: list[Chunk]) -> bool:
+        """The stream's first segment did not start at a message boundary, so what came
+        before it may still arrive (reordering): everything is held, and an earlier
+        segment becomes the start; the stream starts for good when a segment starting
+        a message is the earliest, or when the wait ends like a gap (`_skip_gap`).
+        True if the segment was held."""
+        if p < self.next:
+            if self.next - p > self.limits.max_ahead:
+                self.counters["tcp_retransmissions"] += 1
+                return True                      # far behind: nothing to do with it
+            self.next = self.start = p
+            if _at_boundary(payload):
+                self.tentative = False
+                return False                     # now the first byte: the normal path
+        self._hold(p, payload, frame, ts_ns, out)
+        self.counters["tcp_out_of_order"] -= 1   # (waiting, not reordered)
+        return True
 
     def _reset(self) -> None:
         self.next = None
@@ -200,6 +227,7 @@ class TcpStream:
         self.frames = []
         self.synced = False
         self.dropped = False
+        self.tentative = False
         self.ooo = {}
         self.ooo_bytes = 0
         self.ooo_since = None
@@ -258,11 +286,14 @@ class TcpStream:
     def _skip_gap(self, out: list[Chunk]) -> None:
         """Give up on the bytes missing before the first held segment."""
         first = min(self.ooo)
-        self.counters["tcp_gaps"] += 1
-        self.counters["tcp_skipped_bytes"] += first - self.next
-        self._drop(len(self.buf), out)      # the message the gap cut (BROKEN)
+        if self.tentative:                  # nothing earlier came: start at a start line
+            self.tentative = False
+        else:
+            self.counters["tcp_gaps"] += 1
+            self.counters["tcp_skipped_bytes"] += first - self.next
+            self._drop(len(self.buf), out)  # the message the gap cut (BROKEN)
+            self.dropped = True
         self.synced = False
-        self.dropped = True
         self.next = self.start = first
         self.buf = bytearray()
         self.frames = []
@@ -308,20 +339,15 @@ class TcpStream:
                     self.counters["tcp_resyncs"] += 1
                     self.dropped = False
                 self.synced = True
-            try:
-                messages, rest = split_stream(self.buf)
-            except DecodeError:
+            buf = self.buf
+            spans, rest, error = frame_stream(buf)
+            for a, b in spans:
+                self._deliver(a, b, bytes(buf[a:b]), out)
+            if rest:
+                self._consume(rest)
+            if error is not None:
                 self._unframable(out)
                 continue
-            pos = 0
-            buf = self.buf
-            for m in messages:
-                pos = _CRLF_RE.match(buf, pos).end()
-                self._deliver(pos, pos + len(m), m, out)
-                pos += len(m)
-            consumed = len(buf) - len(rest)
-            if consumed:
-                self._consume(consumed)
             if len(self.buf) > self.limits.max_buffer or len(self.frames) > self.limits.max_frames:
                 self.counters["tcp_overflows"] += 1
                 self._drop(len(self.buf), out)
@@ -330,38 +356,21 @@ class TcpStream:
             return
 
     def _unframable(self, out: list[Chunk]) -> None:
-        """The head of the buffer is not SIP framing: keep the messages before the next
-        start line, hand the rest back as BROKEN, go on from that start line."""
+        """The head of the buffer cannot start a SIP message (garbage, a bad
+        Content-Length, a header section without end): it comes back as BROKEN up to
+        the next start line, where framing goes on."""
         k = find_start(self.buf, 1)
         if k < 0:
-            cut = self.buf.rfind(b"\n") + 1
+            cut = self.buf.rfind(b"\n") + 1          # keep a partial (start?) line
             if cut == 0 or len(self.buf) - cut > _MAX_LINE:
                 cut = len(self.buf)
-            region, resync = cut, False
-        else:
-            region, resync = k, True
-        try:
-            messages, rest = split_stream(bytes(self.buf[:region]))
-        except DecodeError:
-            messages = []
-        pos = 0
-        for m in messages:
-            pos = _CRLF_RE.match(self.buf, pos).end()
-            self._deliver(pos, pos + len(m), m, out)
-            pos += len(m)
-        if pos:
-            self._consume(pos)
-        region -= pos
-        if region > 0:
-            self.counters["tcp_skipped_bytes"] += region - _CRLF_RE.match(self.buf, 0, region).end()
-        self._drop(region, out)
-        if resync:
-            if region > 0:
-                self.counters["tcp_resyncs"] += 1
-            self.dropped = False
-        else:
+            self._drop(cut, out, skipped=True)
             self.synced = False
             self.dropped = True
+        else:
+            self._drop(k, out, skipped=True)
+            self.counters["tcp_resyncs"] += 1
+            self.dropped = False
 
     def _overlapping(self, a: int, b: int) -> tuple[list, int]:
         frames = []

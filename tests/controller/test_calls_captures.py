@@ -28,8 +28,7 @@ CAPTURES = [
     "sip_ipv4_tcp.pcap",
     "ipv6frag.pcap",
     "erspan_sip_ipv4_udp.pcapng",  # SIP inside GRE (transparent Ethernet bridging)
-    pytest.param("sip_ipv4_tcp_fragmented.pcap", marks=pytest.mark.skip(
-        reason="SIP messages span several TCP segments: TCP reassembly is a later issue")),
+    "sip_ipv4_tcp_fragmented.pcap",
 ]
 
 

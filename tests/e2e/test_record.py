@@ -11,9 +11,8 @@ import pytest
 from tests.conftest import capture, require_tool
 from tests.e2e.conftest import spanrec_record
 
-# Captures with calls whose SIP this issue's decoder sees (GRE and TCP
-# reassembly come with the multi-site issue).
 CALL_CAPTURES = [
+    "erspan_sip_ipv4_udp.pcapng",
     "SIP_CALL_RTP_G711", "MagicJack-_short_call.pcap", "nb6-telephone.pcap",
     "rtp_conversacion.pcap", "sip-rtp-g711.pcap", "sip-rtp-g722.pcap", "sip-rtp-opus.pcap",
     "SIP_DTMF2.cap", "DTMFsipinfo.pcap", "aaa.pcap", "FAX-Call-t38-CA-TDM-SIP-FB-1.pcap",
