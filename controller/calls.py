@@ -303,6 +303,12 @@ class CallEngine:
             if msg is None:
                 return self._broken_sip_call(payload), False
             truncated = True
+        try:  # From/To are parsed lazily: a malformed one must not escape later
+            msg.from_uri, msg.to_uri, msg.from_tag, msg.to_tag
+        except DecodeError:
+            if not truncated:
+                c["sip_errors"] += 1
+            return self._broken_sip_call(payload), False
         call_id = msg.call_id
         try:
             cseq, cseq_method = msg.cseq
@@ -524,7 +530,7 @@ class CallEngine:
         for s in streams:
             for pt, enc in s.rtpmap.items():
                 rtpmap.setdefault(pt, enc)
-        return FinishedCall(
+        finished = FinishedCall(
             call_ids=list(call.call_ids),
             from_uri=dialog.from_uri,
             to_uri=dialog.to_uri,
@@ -551,6 +557,10 @@ class CallEngine:
                 "media_other": call.media_other,
             },
         )
+        # the frames now belong to the recording; a TCP stream may still name this call
+        # for a while (a late retransmission): it must not keep them alive
+        call.frame_ts, call.frame_data, call.tcp_frames = [], [], None
+        return finished
 
     # -- status ---------------------------------------------------------------
     def active(self) -> list[dict]:

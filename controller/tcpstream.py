@@ -18,9 +18,12 @@ tolerant and bounded:
   time, or when the held bytes exceed the limit, is skipped: the message it
   cut is handed back as BROKEN and the stream resynchronises at the next SIP
   start line (counted);
-* a stream first seen mid-message (capture started late, or after a gap)
-  starts at its first SIP start line; CRLF keep-alives between messages are
-  skipped; bytes that cannot be framed are handed back as BROKEN, never raised;
+* a stream first seen mid-message (capture started late) waits like a gap for
+  earlier segments (reordering), then starts at its first SIP start line; where
+  boundaries are unknown (there, after a gap, after garbage) only a whole
+  standard start line counts (`find_start`), so the tail of a request line is
+  never taken for one; CRLF keep-alives between messages are skipped; bytes
+  that cannot be framed are handed back as BROKEN, never raised;
 * FIN or RST: whatever is complete is delivered, then the stream is forgotten
   (RST forgets both directions).  A SYN on a known key starts afresh.
 * memory: per stream at most `max_buffer` bytes of an unfinished message plus
@@ -38,9 +41,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.sip import frame_stream, looks_like_sip
+from protocols.sip import frame_stream
 
-__all__ = ["TcpLimits", "Chunk", "TcpStream", "TcpReassembler", "find_start",
+__all__ = ["TcpLimits", "Chunk", "Owner", "TcpStream", "TcpReassembler", "find_start",
            "MESSAGE", "BROKEN", "RETRANSMISSION", "FIN", "SYN", "RST"]
 
 FIN = 0x01
@@ -56,6 +59,12 @@ _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
 _MAX_LINE = 4096      # a partial line kept while looking for a start line
 _CRLF_RE = re.compile(rb"[\r\n]*")
+# A start line where message boundaries are unknown: the tail of a request line
+# ("NVITE sip:...", "TIONS sip:...") looks like one, so only standard methods count, whole.
+_STRICT_START_RE = re.compile(
+    rb"(?:SIP/2\.0 [1-6][0-9][0-9][ \r\n]|(?:INVITE|ACK|BYE|CANCEL|OPTIONS|REGISTER|PRACK|"
+    rb"SUBSCRIBE|NOTIFY|PUBLISH|INFO|REFER|MESSAGE|UPDATE) (?:[Ss][Ii][Pp][Ss]?|[Tt][Ee][Ll]):"
+    rb"[^ \r\n]{1,4096} SIP/2\.0\r?\n)")
 _NS = 1_000_000_000
 
 COUNTER_NAMES = ("tcp_segments", "tcp_retransmissions", "tcp_out_of_order", "tcp_gaps",
@@ -77,19 +86,38 @@ class TcpLimits:
     idle_s: float = 300.0
 
 
+class Owner:
+    """Who a delivered message went to (set by the consumer); all a stream keeps of
+    its last messages, so a late retransmission finds them without holding their bytes."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self) -> None:
+        self.owner: Any = None
+
+
 class Chunk:
     """What a stream hands back: a message, unframable bytes, or a late retransmission."""
 
-    __slots__ = ("kind", "data", "frames", "ts_ns", "owner", "of")
+    __slots__ = ("kind", "data", "frames", "ts_ns", "ref", "of")
 
     def __init__(self, kind: int, data: bytes, frames: list, ts_ns: int,
-                 of: list[Chunk] | None = None) -> None:
+                 of: list[Owner] | None = None) -> None:
         self.kind = kind
         self.data = data
         self.frames = frames      # frame references, in the order their bytes come
         self.ts_ns = ts_ns        # capture time of the last frame that added bytes to it
-        self.owner: Any = None    # set by the consumer (the call it went to)
+        self.ref = Owner()
         self.of = of              # RETRANSMISSION: the delivered messages it repeats
+
+    @property
+    def owner(self) -> Any:
+        """Set by the consumer (the call the message went to)."""
+        return self.ref.owner
+
+    @owner.setter
+    def owner(self, value: Any) -> None:
+        self.ref.owner = value
 
     def __repr__(self) -> str:
         kind = ("MESSAGE", "BROKEN", "RETRANSMISSION")[self.kind]
@@ -97,23 +125,31 @@ class Chunk:
 
 
 def find_start(buf: bytes | bytearray, frm: int = 0) -> int:
-    """Offset of the first SIP start line beginning at a line start at or after `frm`
-    (offset 0 counts as a line start), or -1."""
+    """Offset of the first SIP start line at or after `frm`, or -1.
+
+    Used where the position of message boundaries is unknown (first bytes of a
+    stream, after a gap, after garbage), so only a whole standard start line counts
+    (`_STRICT_START_RE`), at a line start or not (a message may follow a body that
+    does not end in CRLF): the tail of a request line ("NVITE sip:...", "TIONS
+    sip:...") is never taken for one.  Extension methods are found only once framing
+    is back (`frame_stream`).
+    """
     i = frm
     while True:
         j = buf.find(b"SIP/2.0", i)
         if j < 0:
             return -1
-        ls = buf.rfind(b"\n", 0, j) + 1
-        if ls >= frm and looks_like_sip(bytes(buf[ls:ls + _MAX_LINE + 64])):
-            return ls
+        nl = buf.rfind(b"\n", 0, j) + 1
+        m = _STRICT_START_RE.search(buf, max(nl, frm), j + 16)
+        if m is not None:
+            return m.start()
         i = j + 7
 
 
 def _at_boundary(payload: bytes) -> bool:
     """Does a segment start at a message boundary (a start line, or keep-alive CRLFs)?"""
     k = _CRLF_RE.match(payload).end()
-    return k == len(payload) or looks_like_sip(payload[k:k + _MAX_LINE + 64])
+    return k == len(payload) or _STRICT_START_RE.match(payload, k) is not None
 
 
 def _blank(data: bytes | bytearray) -> bool:
@@ -146,7 +182,7 @@ class TcpStream:
         self.ooo: dict[int, tuple[bytes, list[tuple[Any, int]]]] = {}  # position -> data, frames
         self.ooo_bytes = 0
         self.ooo_since: int | None = None  # capture time the oldest held segment arrived
-        self.recent: deque[tuple[int, int, Chunk]] = deque(maxlen=self.limits.recent_messages)
+        self.recent: deque[tuple[int, int, Owner]] = deque(maxlen=self.limits.recent_messages)
         self.last_ns = 0
 
     @property
@@ -387,7 +423,7 @@ class TcpStream:
         frames, ts = self._overlapping(a, b)
         chunk = Chunk(MESSAGE, data, frames, ts)
         out.append(chunk)
-        self.recent.append((a, b, chunk))
+        self.recent.append((a, b, chunk.ref))
 
     def _consume(self, k: int) -> None:
         del self.buf[:k]

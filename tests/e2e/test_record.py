@@ -12,7 +12,7 @@ from tests.conftest import capture, require_tool
 from tests.e2e.conftest import spanrec_record
 
 CALL_CAPTURES = [
-    "erspan_sip_ipv4_udp.pcapng",
+    "erspan_sip_ipv4_udp.pcapng", "sip_ipv4_tcp_fragmented.pcap",
     "SIP_CALL_RTP_G711", "MagicJack-_short_call.pcap", "nb6-telephone.pcap",
     "rtp_conversacion.pcap", "sip-rtp-g711.pcap", "sip-rtp-g722.pcap", "sip-rtp-opus.pcap",
     "SIP_DTMF2.cap", "DTMFsipinfo.pcap", "aaa.pcap", "FAX-Call-t38-CA-TDM-SIP-FB-1.pcap",
@@ -20,10 +20,14 @@ CALL_CAPTURES = [
 ]
 
 
+# sip_ipv4_tcp_fragmented.pcap carries SIP on TCP port 6060 (SOURCES.md)
+DECODE_AS = ("-d", "tcp.port==6060,sip")
+
+
 def tshark_invite_call_ids(path: Path) -> set[str]:
     """Call-IDs that have an INVITE transaction, as tshark decodes them."""
     tshark = require_tool("tshark")
-    out = subprocess.run([tshark, "-r", str(path), "-Y", "sip.CSeq.method == \"INVITE\"",
+    out = subprocess.run([tshark, "-r", str(path), *DECODE_AS, "-Y", "sip.CSeq.method == \"INVITE\"",
                           "-T", "fields", "-e", "sip.Call-ID"],
                          capture_output=True, text=True, check=True, timeout=120).stdout
     return {line.split(",")[0].strip() for line in out.splitlines() if line.strip()}
@@ -31,7 +35,7 @@ def tshark_invite_call_ids(path: Path) -> set[str]:
 
 def tshark_count(path: Path, display_filter: str) -> int:
     tshark = require_tool("tshark")
-    out = subprocess.run([tshark, "-r", str(path), "-Y", display_filter, "-T", "fields",
+    out = subprocess.run([tshark, "-r", str(path), *DECODE_AS, "-Y", display_filter, "-T", "fields",
                           "-e", "frame.number"], capture_output=True, text=True, check=True,
                          timeout=120).stdout
     return len(out.split())
