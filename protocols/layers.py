@@ -78,6 +78,16 @@ _TUNNEL_PROTOS = frozenset((_GRE_P, _IPIP_P, _IPV6_IN_IP_P))
 _VXLAN_PORT = _tun.VXLAN_PORT
 
 
+def _tagged(et: int, data: bytes, off: int) -> Decoded:
+    """Skips 802.1Q/QinQ tags (any depth) before the ethertype's payload."""
+    while et in _VLAN_TYPES:
+        if len(data) < off + 4:
+            raise DecodeError("short VLAN tag")
+        et = (data[off + 2] << 8) | data[off + 3]
+        off += 4
+    return _by_ethertype(et, data, off)
+
+
 def decode(linktype: int, data: bytes) -> Decoded:
     """Decode one frame of the given pcap linktype; raises DecodeError if not IP or malformed."""
     if linktype == 1:  # Ethernet
@@ -97,34 +107,19 @@ def decode(linktype: int, data: bytes) -> Decoded:
         off = 14
         if et == _ETH_IPV4:
             return _ipv4(data, off)
-        while et in _VLAN_TYPES:
-            if len(data) < off + 4:
-                raise DecodeError("short VLAN tag")
-            et = (data[off + 2] << 8) | data[off + 3]
-            off += 4
-        return _by_ethertype(et, data, off)
+        return _tagged(et, data, off)
     if linktype == 113:  # Linux cooked v1
         if len(data) < 16:
             raise DecodeError("short Linux SLL header")
         et = (data[14] << 8) | data[15]
         off = 16
-        while et in _VLAN_TYPES:
-            if len(data) < off + 4:
-                raise DecodeError("short VLAN tag")
-            et = (data[off + 2] << 8) | data[off + 3]
-            off += 4
-        return _by_ethertype(et, data, off)
+        return _tagged(et, data, off)
     if linktype == 276:  # Linux cooked v2
         if len(data) < 20:
             raise DecodeError("short Linux SLL2 header")
         et = (data[0] << 8) | data[1]
         off = 20
-        while et in _VLAN_TYPES:
-            if len(data) < off + 4:
-                raise DecodeError("short VLAN tag")
-            et = (data[off + 2] << 8) | data[off + 3]
-            off += 4
-        return _by_ethertype(et, data, off)
+        return _tagged(et, data, off)
     if linktype == 101:  # raw IP, version from the header
         if not data:
             raise DecodeError("empty raw IP frame")

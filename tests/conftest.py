@@ -11,6 +11,17 @@ REPO = Path(__file__).resolve().parent.parent
 CAPTURES = Path(os.environ.get("SPANREC_CAPTURES", REPO.parent / "shared" / "captures"))
 
 
+# Every public capture that holds SIP calls (SOURCES.md); the rest have none.
+CALL_CAPTURES = [
+    "DTMFsipinfo.pcap", "aaa.pcap", "MagicJack-_short_call.pcap", "nb6-telephone.pcap",
+    "rtp_conversacion.pcap", "sip-rtp-g711.pcap", "sip-rtp-g722.pcap", "sip-rtp-opus.pcap",
+    "SIP_DTMF2.cap", "SIP_CALL_RTP_G711", "FAX-Call-t38-CA-TDM-SIP-FB-1.pcap",
+    "SIP-RTP-Normal_Call_two_parties.pcap", "sip_ipv4_tcp.pcap", "ipv6frag.pcap",
+    "erspan_sip_ipv4_udp.pcapng",    # SIP inside GRE (transparent Ethernet bridging)
+    "sip_ipv4_tcp_fragmented.pcap",  # SIP over TCP port 6060, messages across segments
+]
+
+
 def capture(name: str) -> Path:
     """Path of a public sample capture; skips the test when it is absent."""
     path = CAPTURES / name

@@ -9,27 +9,10 @@ import json
 
 import pytest
 
-from tests.conftest import capture, require_tool
+from tests.conftest import CALL_CAPTURES, capture, require_tool
 from tests.controller import tshark_calls as tc
 
-CAPTURES = [
-    "DTMFsipinfo.pcap",
-    "aaa.pcap",
-    "MagicJack-_short_call.pcap",
-    "nb6-telephone.pcap",
-    "rtp_conversacion.pcap",
-    "sip-rtp-g711.pcap",
-    "sip-rtp-g722.pcap",
-    "sip-rtp-opus.pcap",
-    "SIP_DTMF2.cap",
-    "SIP_CALL_RTP_G711",
-    "FAX-Call-t38-CA-TDM-SIP-FB-1.pcap",
-    "SIP-RTP-Normal_Call_two_parties.pcap",
-    "sip_ipv4_tcp.pcap",
-    "ipv6frag.pcap",
-    "erspan_sip_ipv4_udp.pcapng",  # SIP inside GRE (transparent Ethernet bridging)
-    "sip_ipv4_tcp_fragmented.pcap",
-]
+CAPTURES = CALL_CAPTURES
 
 
 def _strip_params(uri: str) -> str:

@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import capture, require_tool
+from tests.conftest import CALL_CAPTURES, capture, require_tool
 from tests.e2e.conftest import spanrec_record
 
-CALL_CAPTURES = [
-    "erspan_sip_ipv4_udp.pcapng", "sip_ipv4_tcp_fragmented.pcap",
-    "SIP_CALL_RTP_G711", "MagicJack-_short_call.pcap", "nb6-telephone.pcap",
-    "rtp_conversacion.pcap", "sip-rtp-g711.pcap", "sip-rtp-g722.pcap", "sip-rtp-opus.pcap",
-    "SIP_DTMF2.cap", "DTMFsipinfo.pcap", "aaa.pcap", "FAX-Call-t38-CA-TDM-SIP-FB-1.pcap",
-    "SIP-RTP-Normal_Call_two_parties.pcap", "sip_ipv4_tcp.pcap", "ipv6frag.pcap",
-]
 
 
 # sip_ipv4_tcp_fragmented.pcap carries SIP on TCP port 6060 (SOURCES.md)

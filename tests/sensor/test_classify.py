@@ -10,16 +10,8 @@ import pytest
 from protocols.pcapfile import read_frames, write_pcap
 from sensor.capture import FileReplay
 from sensor.classify import DEFAULT_BPF, Classifier, default_bpf
-from tests.conftest import capture, require_tool
+from tests.conftest import CALL_CAPTURES, capture, require_tool
 
-# Every capture with VoIP on Ethernet/SLL + IP, or inside GRE (the ERSPAN one:
-# protocols.layers decapsulates it).
-CALL_CAPTURES = [
-    "DTMFsipinfo.pcap", "FAX-Call-t38-CA-TDM-SIP-FB-1.pcap", "MagicJack-_short_call.pcap",
-    "SIP-RTP-Normal_Call_two_parties.pcap", "SIP_CALL_RTP_G711", "SIP_DTMF2.cap", "aaa.pcap",
-    "ipv6frag.pcap", "nb6-telephone.pcap", "rtp_conversacion.pcap", "sip-rtp-g711.pcap",
-    "sip-rtp-g722.pcap", "sip-rtp-opus.pcap", "sip_ipv4_tcp.pcap", "erspan_sip_ipv4_udp.pcapng",
-]
 # SIP on a port tshark does not dissect as SIP by default
 DECODE_AS = {"sip_ipv4_tcp_fragmented.pcap": ("-d", "tcp.port==6060,sip")}
 
@@ -68,7 +60,7 @@ def classify_file(path: Path, classifier: Classifier | None = None) -> tuple[set
     return accepted, classifier
 
 
-@pytest.mark.parametrize("name", CALL_CAPTURES + list(DECODE_AS))
+@pytest.mark.parametrize("name", CALL_CAPTURES)
 def test_forwards_every_sip_and_sdp_media_packet(name: str) -> None:
     path = capture(name)
     accepted, clf = classify_file(path)
