@@ -114,6 +114,7 @@ class Recorder:
         self.writer = RecordingWriter(store)
         self.sensors: dict[str, SensorState] = {}
         self.decode_errors = 0
+        self.bad_batches = 0        # rejected by the link: lengths did not match data
         self.packets_in = 0
         self.peak_active_calls = 0
         self._next_advance = 0
@@ -262,6 +263,7 @@ class Recorder:
             "recordings_written": self.writer.written,
             "storage_errors": self.writer.errors,
             "decode_errors": self.decode_errors,
+            "bad_batches": self.bad_batches,
             "duplicates_dropped": self.dedup.dropped,
             "packets_in": self.packets_in,
             "engine": dict(self.engine.counters),

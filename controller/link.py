@@ -38,6 +38,11 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                     b = msg.batch
                     if not sensor_id:
                         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "Hello must come first")
+                    if len(b.timestamps_ns) != len(b.lengths) or sum(b.lengths) != len(b.data):
+                        rec.bad_batches += 1
+                        log.error("malformed batch", extra={"sensor_id": sensor_id, "seq": b.seq})
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                            f"batch {b.seq}: lengths do not match data")
                     acked = rec.ingest(sensor_id, b.seq, b.linktype, b.timestamps_ns, b.lengths, b.data)
                     yield sensor_pb2.ControllerMessage(ack=sensor_pb2.Ack(seq=acked))
                 elif kind == "heartbeat":

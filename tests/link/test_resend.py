@@ -85,3 +85,33 @@ def test_unreachable_controller_gives_a_clear_error() -> None:
     with pytest.raises(ControllerUnreachable, match=f"127.0.0.1:{port} unreachable"):
         sender.wait_done(15)
     assert time.monotonic() - t0 < 10
+
+
+def test_malformed_batch_is_refused_and_the_controller_keeps_running(tmp_path: Path) -> None:
+    import grpc
+
+    from proto import sensor_pb2, sensor_pb2_grpc
+    recorder = Recorder(LocalStore(tmp_path))
+    port = free_port()
+    server = ServerThread(recorder, port)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = sensor_pb2_grpc.SensorLinkStub(channel)
+        msgs = [sensor_pb2.SensorMessage(hello=sensor_pb2.Hello(sensor_id="evil", session="s1")),
+                sensor_pb2.SensorMessage(batch=sensor_pb2.Batch(
+                    seq=1, sensor_id="evil", linktype=1, timestamps_ns=[1, 2], lengths=[10, 999],
+                    data=b"x" * 20))]
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Stream(iter(msgs), timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "lengths do not match" in err.value.details()
+        assert recorder.bad_batches == 1 and recorder.packets_in == 0
+        # a well-formed sensor is still served
+        good = [sensor_pb2.SensorMessage(hello=sensor_pb2.Hello(sensor_id="ok", session="s2")),
+                sensor_pb2.SensorMessage(batch=sensor_pb2.Batch(
+                    seq=1, sensor_id="ok", linktype=1, timestamps_ns=[1], lengths=[3], data=b"abc"))]
+        replies = list(stub.Stream(iter(good), timeout=10))
+        assert replies[-1].ack.seq == 1
+        channel.close()
+    finally:
+        server.stop()
