@@ -38,6 +38,27 @@ def _with_logs(f):
     return f
 
 
+_cluster_options = [
+    click.option("--tls-cert", type=click.Path(dir_okay=False),
+                 help="PEM certificate of this process (mTLS; env SPANREC_TLS_CERT)."),
+    click.option("--tls-key", type=click.Path(dir_okay=False),
+                 help="PEM private key of --tls-cert (env SPANREC_TLS_KEY)."),
+    click.option("--tls-ca", type=click.Path(dir_okay=False),
+                 help="PEM CA certificate that signs the peers (env SPANREC_TLS_CA)."),
+    click.option("--insecure", is_flag=True, default=None,
+                 help="Plain-text gRPC without TLS (logged as a warning); only for labs."),
+    click.option("--etcd", help="etcd endpoints, comma separated host:port (registry and runtime "
+                                "config). Credentials only from SPANREC_ETCD_USER/_PASSWORD."),
+    click.option("--etcd-prefix", help="Key prefix in etcd (default /spanrec/)."),
+]
+
+
+def _with_cluster(f):
+    for opt in reversed(_cluster_options):
+        f = opt(f)
+    return f
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option("0.1.0", prog_name="spanrec")
 def cli() -> None:
@@ -91,6 +112,11 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
 @click.option("--setup-timeout", "setup_timeout_s", type=float,
               help="End an unanswered call after this many seconds without SIP or RTP (default 180).")
 @click.option("--controller-id", help="Name of this controller in status output.")
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="Folder for the write-ahead log and the storage outbox (default ./spanrec-state).")
+@click.option("--metrics-listen", help="HOST:PORT of a Prometheus scrape endpoint (off by default).")
+@click.option("--otlp-endpoint", help="OTLP/gRPC collector for metrics and traces (off by default).")
+@_with_cluster
 @_config_option
 @_with_logs
 def controller(config_file: str | None, **flags: Any) -> None:
@@ -105,7 +131,7 @@ def controller(config_file: str | None, **flags: Any) -> None:
 @click.option("--interface", "-i", help="Capture live on this interface (mirror port).")
 @click.option("--pcap", type=click.Path(exists=True, dir_okay=False),
               help="Replay this capture file instead of capturing live.")
-@click.option("--controller", help="Controller HOST:PORT.")
+@click.option("--controller", help="Controller HOST:PORT (or find it with --etcd).")
 @click.option("--sensor-id", help="Unique id of this sensor (letters, digits, _ . : -).")
 @click.option("--site", help="Site name shown in status.")
 @click.option("--bpf", help="BPF filter for live capture (default: UDP, TCP and IP fragments, "
@@ -116,6 +142,15 @@ def controller(config_file: str | None, **flags: Any) -> None:
 @click.option("--connect-timeout", "connect_timeout_s", type=float,
               help="Give up when the controller is unreachable this long "
                    "(default: never for live capture, 30 s for a replay).")
+@click.option("--spool-dir", type=click.Path(file_okay=False),
+              help="Folder where batches wait until the controller acknowledges them "
+                   "(default ./spanrec-spool).")
+@click.option("--spool-max-mb", type=float,
+              help="Spool size bound in MiB; when full the oldest batches are dropped and "
+                   "counted (default 1024).")
+@click.option("--realtime", is_flag=True, default=None,
+              help="Replay --pcap at the pace it was captured instead of as fast as possible.")
+@_with_cluster
 @_config_option
 @_with_logs
 def sensor(config_file: str | None, **flags: Any) -> None:
@@ -123,6 +158,8 @@ def sensor(config_file: str | None, **flags: Any) -> None:
     settings = load(SensorSettings, "sensor", config_file, flags)
     if bool(settings.interface) == bool(settings.pcap):
         raise ConfigError("give exactly one of --interface or --pcap")
+    if not settings.controller and not settings.etcd:
+        raise ConfigError("give --controller HOST:PORT or --etcd to find the controller")
     _setup_logs(settings)
     from sensor.pipeline import SensorFailed, SensorOptions, run_sensor
     connect_timeout = settings.connect_timeout_s
@@ -132,7 +169,11 @@ def sensor(config_file: str | None, **flags: Any) -> None:
         sensor_id=settings.sensor_id, controller=settings.controller, site=settings.site,
         interface=settings.interface, pcap=str(settings.pcap) if settings.pcap else None,
         bpf=settings.bpf, snaplen=settings.snaplen, timeout_ms=settings.timeout_ms,
-        connect_timeout_s=connect_timeout, max_batches=settings.max_batches)
+        connect_timeout_s=connect_timeout, max_batches=settings.max_batches,
+        spool_dir=str(settings.spool_dir), spool_max_bytes=int(settings.spool_max_mb * (1 << 20)),
+        realtime=settings.realtime, etcd=settings.etcd, etcd_prefix=settings.etcd_prefix,
+        tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_ca=settings.tls_ca,
+        insecure=settings.insecure)
     import signal
     import threading
     stop = threading.Event()

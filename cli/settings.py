@@ -32,7 +32,19 @@ class _Base(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
 
-class ControllerSettings(_Base):
+class _Cluster(_Base):
+    """What every networked command shares: TLS files and the etcd registry."""
+    tls_cert: Path | None = None        # PEM certificate of this process
+    tls_key: Path | None = None         # its private key
+    tls_ca: Path | None = None          # CA that signs the peers' certificates
+    insecure: bool = False              # plain-text gRPC (logged as a warning)
+    etcd: str | None = None             # comma list of etcd endpoints, host:port
+    etcd_prefix: str = "/spanrec/"
+    etcd_user: str | None = None
+    etcd_password: SecretStr | None = None
+
+
+class ControllerSettings(_Cluster):
     listen: str = "0.0.0.0:7600"
     storage: str = "./recordings"
     s3_endpoint: str | None = None
@@ -44,13 +56,16 @@ class ControllerSettings(_Base):
     sip_dedup_window_ms: float = Field(300.0, ge=0)
     media_dedup_window_ms: float = Field(1000.0, ge=0)
     controller_id: str = "controller"
+    state_dir: Path = Path("./spanrec-state")  # write-ahead log and storage outbox
+    metrics_listen: str | None = None          # HOST:PORT of the Prometheus scrape endpoint
+    otlp_endpoint: str | None = None           # OTLP/gRPC collector for metrics and traces
 
     _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
 
 
-class SensorSettings(_Base):
+class SensorSettings(_Cluster):
     sensor_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
-    controller: str
+    controller: str | None = None
     site: str = ""
     interface: str | None = None
     pcap: Path | None = None
@@ -59,8 +74,11 @@ class SensorSettings(_Base):
     timeout_ms: int = Field(10, ge=1, le=1000)
     connect_timeout_s: float | None = Field(None, gt=0)
     max_batches: int = Field(4096, ge=4)
+    spool_dir: Path = Path("./spanrec-spool")  # batches the controller has not acknowledged
+    spool_max_mb: float = Field(1024.0, gt=0)  # when full, the oldest batches are dropped (counted)
+    realtime: bool = False                     # replay a file at its captured pace
 
-    _check_controller = field_validator("controller")(lambda cls, v: _hostport(v))
+    _check_controller = field_validator("controller")(lambda cls, v: v if v is None else _hostport(v))
 
 
 def _read_file(path: str | None, section: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from proto import sensor_pb2
 from protocols.pcapfile import CaptureFileError
@@ -21,7 +22,7 @@ log = logging.getLogger("spanrec.sensor")
 @dataclass
 class SensorOptions:
     sensor_id: str
-    controller: str
+    controller: str | None
     site: str = ""
     interface: str | None = None
     pcap: str | None = None
@@ -30,6 +31,15 @@ class SensorOptions:
     timeout_ms: int = 10
     connect_timeout_s: float | None = None
     max_batches: int = 4096
+    spool_dir: str | None = None          # disk spool of unacknowledged batches
+    spool_max_bytes: int = 1 << 30
+    realtime: bool = False                # pace a replay like the capture
+    etcd: str | None = None               # find the controller in the registry
+    etcd_prefix: str = "/spanrec/"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    insecure: bool = False
 
 
 class SensorFailed(Exception):
