@@ -95,6 +95,11 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
         "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
         "listen": "127.0.0.1:0"})
     _setup_logs(settings)
+    # Exempt from mTLS: the controller listens on 127.0.0.1 only and the sensors
+    # are this process's own children, which inherit this environment.
+    for name in ("SPANREC_TLS_CERT", "SPANREC_TLS_KEY", "SPANREC_TLS_CA"):
+        os.environ.pop(name, None)
+    os.environ["SPANREC_INSECURE"] = "1"
     from cli.record import run_record
     ok = run_record(settings, [Path(f) for f in files], fmt=fmt, progress=not no_progress)
     if not ok:
@@ -123,6 +128,7 @@ def controller(config_file: str | None, **flags: Any) -> None:
     """Run a controller: receive sensors' packets and write recordings until stopped."""
     settings = load(ControllerSettings, "controller", config_file, flags)
     _setup_logs(settings)
+    _check_security(settings)
     from cli.serve import run_controller
     run_controller(settings)
 
@@ -161,6 +167,7 @@ def sensor(config_file: str | None, **flags: Any) -> None:
     if not settings.controller and not settings.etcd:
         raise ConfigError("give --controller HOST:PORT or --etcd to find the controller")
     _setup_logs(settings)
+    _check_security(settings)
     from sensor.pipeline import SensorFailed, SensorOptions, run_sensor
     connect_timeout = settings.connect_timeout_s
     if connect_timeout is None and settings.pcap:
@@ -179,12 +186,27 @@ def sensor(config_file: str | None, **flags: Any) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from transport.tls import TlsError
     try:
         error = run_sensor(opts, stop)
     except SensorFailed as exc:
         raise Failure(str(exc)) from None
+    except TlsError as exc:
+        raise ConfigError(str(exc)) from None
     if error:
         raise Failure(error)
+
+
+def _check_security(settings: Any) -> None:
+    """mTLS files load and match, or --insecure was given (logged): else exit 2."""
+    from transport.tls import INSECURE_WARNING, Security, TlsError
+    try:
+        security = Security.from_settings(settings)
+    except TlsError as exc:
+        raise ConfigError(str(exc)) from None
+    if security.insecure:
+        import logging
+        logging.getLogger("spanrec.security").warning(INSECURE_WARNING)
 
 
 def _setup_logs(settings: Any) -> None:
@@ -194,6 +216,9 @@ def _setup_logs(settings: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per error, exit 2 for usage/config, 1 for failures."""
+    # gRPC's C core logs e.g. TLS handshake failures at INFO on stderr, outside our
+    # log format; ours already say what failed.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         cli.main(args=argv, prog_name="spanrec", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:

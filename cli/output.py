@@ -1,9 +1,11 @@
 """The one output module: records go to stdout as a rich table or as JSON;
-messages and progress go to stderr."""
+messages and progress go to stderr. Used by `spanrec` and `spanrecctl`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from rich.console import Console
@@ -12,6 +14,26 @@ from rich.table import Table
 # Piped output is read by scripts and people with wide terminals: do not wrap at 80.
 out = Console(file=sys.stdout, soft_wrap=False, width=None if sys.stdout.isatty() else 250)
 err = Console(file=sys.stderr, stderr=True)
+PROGRAM = "spanrec"   # prefix of error and warning lines
+
+
+def set_program(name: str) -> None:
+    global PROGRAM
+    PROGRAM = name
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses (the admin client's records) to dicts, recursively."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_plain(o) for o in obj]
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    text = json.dumps(_plain(obj), default=str, indent=2)
+    out.print_json(text) if out.is_terminal else print(text)
 
 CALL_COLUMNS = [
     ("id", "recording"), ("started_at", "started (UTC)"), ("from", "from"), ("to", "to"),
@@ -45,8 +67,7 @@ def _call_row(call: dict[str, Any]) -> dict[str, str]:
 def print_calls(calls: Iterable[dict[str, Any]], fmt: str = "table", title: str = "") -> None:
     calls = sorted(calls, key=lambda c: (c.get("started_at") or "", str(c.get("id"))))
     if fmt == "json":
-        out.print_json(json.dumps(calls, default=str)) if out.is_terminal else \
-            print(json.dumps(calls, default=str, indent=2))
+        print_json(calls)
         return
     table = Table(title=title or None)
     for _, header in CALL_COLUMNS:
@@ -57,12 +78,154 @@ def print_calls(calls: Iterable[dict[str, Any]], fmt: str = "table", title: str 
     out.print(table)
 
 
+# -- spanrecctl --------------------------------------------------------------
+def _age(iso: str, now: datetime | None = None) -> str:
+    """'3s ago' / '5m ago' / '2h ago' for an ISO 8601 UTC time; '-' when empty."""
+    if not iso:
+        return "-"
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    secs = max(0, int(((now or datetime.now(timezone.utc)) - then).total_seconds()))
+    if secs < 120:
+        return f"{secs}s ago"
+    if secs < 7200:
+        return f"{secs // 60}m ago"
+    if secs < 172800:
+        return f"{secs // 3600}h ago"
+    return f"{secs // 86400}d ago"
+
+
+def _rate(v: float) -> str:
+    return f"{v:,.0f}" if v >= 10 else f"{v:.1f}"
+
+
+def _short(iso: str) -> str:
+    return (iso or "").replace("T", " ")[:19]
+
+
+FLEET_COLUMNS = [
+    ("sensor_id", "sensor"), ("site", "site"), ("state", "state"), ("link", "link"),
+    ("mode", "mode"), ("version", "version"), ("last_heartbeat", "last heartbeat"),
+    ("captured_per_s", "captured/s"), ("forwarded_per_s", "forwarded/s"),
+    ("kernel_drops", "kernel drops"), ("queue_drops", "queue drops"), ("send_queue", "spool"),
+    ("identity", "certificate"),
+]
+
+
+def print_fleet(fleet: Any, fmt: str = "table") -> None:
+    """`spanrecctl fleet`: one row per sensor, the controller in the title."""
+    fleet = _plain(fleet)
+    if fmt == "json":
+        print_json(fleet)
+        return
+    title = (f"controller {fleet['controller_id']} at {fleet['controller']}: "
+             f"{len(fleet['sensors'])} sensor(s), {fleet['active_calls']} active call(s), "
+             f"{fleet['recordings_written']} recording(s) written to {fleet['storage']}")
+    if fleet.get("storage_errors"):
+        title += f", {fleet['storage_errors']} storage error(s)"
+    table = Table(title=title, title_justify="left")
+    for key, header in FLEET_COLUMNS:
+        table.add_column(header, overflow="fold",
+                         justify="right" if key.endswith(("_s", "drops", "queue")) else "left")
+    styles = {"up": "green", "stale": "yellow", "gone": "red", "done": "blue"}
+    for s in fleet["sensors"]:
+        row = {k: str(s.get(k, "")) for k, _ in FLEET_COLUMNS}
+        row["last_heartbeat"] = _age(s.get("last_heartbeat") or s.get("last_seen") or "")
+        row["captured_per_s"] = _rate(s["captured_per_s"])
+        row["forwarded_per_s"] = _rate(s["forwarded_per_s"])
+        row["identity"] = s.get("identity") or "-"
+        style = styles.get(s["state"])
+        row["state"] = f"[{style}]{s['state']}[/]" if style else s["state"]
+        table.add_row(*(row[k] for k, _ in FLEET_COLUMNS))
+    out.print(table)
+
+
+CALL_LIST_COLUMNS = [
+    ("id", "recording"), ("state", "state"), ("started_at", "started (UTC)"), ("from_uri", "from"),
+    ("to_uri", "to"), ("status", "status"), ("end_reason", "end"), ("location", "location"),
+]
+
+
+def print_call_list(calls: Any, fmt: str = "table", title: str = "") -> None:
+    """`spanrecctl calls`: active calls first, then recent recordings."""
+    calls = _plain(calls)
+    if fmt == "json":
+        print_json(calls)
+        return
+    table = Table(title=title or None, title_justify="left")
+    for _, header in CALL_LIST_COLUMNS:
+        table.add_column(header, overflow="fold")
+    for c in calls:
+        row = {k: str(c.get(k) or "") for k, _ in CALL_LIST_COLUMNS}
+        row["state"] = "active" if c.get("active") else "stored"
+        row["started_at"] = _short(c.get("started_at", ""))
+        table.add_row(*(row[k] for k, _ in CALL_LIST_COLUMNS))
+    out.print(table)
+
+
+def print_call(detail: Any, fmt: str = "table") -> None:
+    """`spanrecctl call ID`: JSON is call.json itself (an active call: its live
+    summary with "active": true); the table shows the main fields and streams."""
+    detail = _plain(detail)
+    summary, call = detail["summary"], dict(detail["call"])
+    if fmt == "json":
+        if summary["active"]:
+            call["active"] = True
+        print_json(call)
+        return
+    fields = Table(show_header=False, title=f"recording {summary['id']}", title_justify="left")
+    fields.add_column("field", style="bold")
+    fields.add_column("value", overflow="fold")
+    final = summary.get("final_response")
+    rows = [
+        ("state", "active" if summary["active"] else "stored"),
+        ("call-id", ", ".join(summary["call_ids"])),
+        ("from", summary["from_uri"]), ("to", summary["to_uri"]),
+        ("status", summary["status"] + (f" ({final})" if final else "")),
+        ("end", summary["end_reason"]),
+        ("started (UTC)", _short(summary["started_at"])),
+        ("answered (UTC)", _short(summary["answered_at"])),
+        ("ended (UTC)", _short(summary["ended_at"])),
+        ("sensors", ", ".join(call.get("sensors") or [])),
+        ("location", summary["location"]),
+        ("files", ", ".join(detail["files"])),
+    ]
+    if summary["active"]:
+        rows.append(("packets", str(summary["packets"])))
+    for name, value in rows:
+        if value:
+            fields.add_row(name, value)
+    out.print(fields)
+    streams = call.get("streams") or []
+    if streams:
+        table = Table(title="streams", title_justify="left")
+        cols = ["src", "dst", "ssrc", "codec", "direction", "packets", "lost", "used_for_audio"]
+        for col in cols:
+            table.add_column(col.replace("_", " "), overflow="fold")
+        for st in streams:
+            table.add_row(*("" if st.get(c) is None else str(st.get(c)) for c in cols))
+        out.print(table)
+
+
+def print_downloads(files: Any, fmt: str = "table", title: str = "") -> None:
+    """`spanrecctl get`: the files written."""
+    files = _plain(files)
+    if fmt == "json":
+        print_json(files)
+        return
+    table = Table(title=title or None, title_justify="left")
+    for header in ("file", "bytes", "sha256", "path"):
+        table.add_column(header, overflow="fold", justify="right" if header == "bytes" else "left")
+    for f in files:
+        table.add_row(f["name"], f"{f['size']:,}", f["sha256"][:16], f["path"])
+    out.print(table)
+
+
 def error(message: str) -> None:
     """One line on stderr, never wrapped (scripts grep it)."""
-    sys.stderr.write("spanrec: error: " + " ".join(message.split()) + "\n")
+    sys.stderr.write(f"{PROGRAM}: error: " + " ".join(message.split()) + "\n")
     sys.stderr.flush()
 
 
 def warning(message: str) -> None:
-    sys.stderr.write("spanrec: warning: " + " ".join(message.split()) + "\n")
+    sys.stderr.write(f"{PROGRAM}: warning: " + " ".join(message.split()) + "\n")
     sys.stderr.flush()

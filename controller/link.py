@@ -1,19 +1,34 @@
 """Thin grpc.aio servicers: convert protobuf to calls on `core.Recorder`.
 
-No call logic lives here. `serve()` builds the server with the sensor link and
-the admin API.
+No call logic lives here. `serve()` builds the server with the sensor link,
+the admin API, gRPC health checking and server reflection. What only the
+transport knows (is a sensor's stream open, from where, with which
+certificate, and its packet rates from successive heartbeats) is kept in
+`LinkTable`.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from typing import AsyncIterator
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from controller.core import Recorder
 from proto import admin_pb2, admin_pb2_grpc, sensor_pb2, sensor_pb2_grpc
+from storage.base import StorageError
+from storage.layout import CALL_JSON, recording_prefix
+from transport.channels import add_port
+from transport.tls import peer_common_name
 
 log = logging.getLogger("spanrec.controller.link")
 
@@ -23,9 +38,69 @@ def _counters(c: sensor_pb2.Counters) -> dict[str, int]:
         c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True).items()}
 
 
+RATE_WINDOW_S = 10.0     # packet rates are averaged over the heartbeats of this window
+RATE_STALE_S = 5.0       # no heartbeat for this long: the rate is shown as 0
+
+
+@dataclass
+class _Link:
+    streams: int = 0                      # open streams (a reconnect may overlap the old one)
+    peer: str = ""
+    identity: str = ""
+    connected_since: float = 0.0          # wall clock
+    last_heartbeat: float = 0.0           # wall clock
+    samples: deque = field(default_factory=lambda: deque(maxlen=64))  # (monotonic, captured, forwarded)
+
+
+class LinkTable:
+    """Per sensor: stream state, peer, certificate CN, and rates from heartbeats."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, _Link] = {}
+
+    def opened(self, sensor_id: str, peer: str, identity: str) -> None:
+        link = self._links.setdefault(sensor_id, _Link())
+        if link.streams == 0:
+            link.connected_since = time.time()
+        link.streams += 1
+        link.peer, link.identity = peer, identity
+
+    def closed(self, sensor_id: str) -> None:
+        link = self._links.get(sensor_id)
+        if link is not None:
+            link.streams = max(0, link.streams - 1)
+
+    def heartbeat(self, sensor_id: str, captured: int, forwarded: int) -> None:
+        link = self._links.setdefault(sensor_id, _Link())
+        now = time.monotonic()
+        link.last_heartbeat = time.time()
+        if link.samples and (captured < link.samples[-1][1] or forwarded < link.samples[-1][2]):
+            link.samples.clear()          # a new sensor process: counters restarted
+        link.samples.append((now, captured, forwarded))
+        while link.samples and now - link.samples[0][0] > RATE_WINDOW_S:
+            link.samples.popleft()
+
+    def view(self, sensor_id: str) -> dict[str, Any]:
+        link = self._links.get(sensor_id) or _Link()
+        captured_rate = forwarded_rate = 0.0
+        s = link.samples
+        if len(s) >= 2 and time.monotonic() - s[-1][0] < RATE_STALE_S and s[-1][0] > s[0][0]:
+            dt = s[-1][0] - s[0][0]
+            captured_rate = (s[-1][1] - s[0][1]) / dt
+            forwarded_rate = (s[-1][2] - s[0][2]) / dt
+        return {"link": "connected" if link.streams else "disconnected", "peer": link.peer,
+                "identity": link.identity, "connected_since": link.connected_since,
+                "last_heartbeat": link.last_heartbeat,
+                "captured_per_s": captured_rate, "forwarded_per_s": forwarded_rate}
+
+
 class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
-    def __init__(self, recorder: Recorder) -> None:
+    """With mTLS, a sensor's certificate CN must equal its Hello.sensor_id: one
+    sensor's key cannot feed (or take over the session of) another sensor."""
+
+    def __init__(self, recorder: Recorder, links: LinkTable | None = None) -> None:
         self.recorder = recorder
+        self.links = links or LinkTable()
 
     async def Stream(self, request_iterator: AsyncIterator[sensor_pb2.SensorMessage],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[sensor_pb2.ControllerMessage]:
@@ -48,12 +123,26 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                 elif kind == "heartbeat":
                     h = msg.heartbeat
                     if sensor_id:
+                        self.links.heartbeat(sensor_id, h.counters.captured, h.counters.forwarded)
                         rec.heartbeat(sensor_id, h.clock_ns, _counters(h.counters),
                                       h.replay_bytes, h.replay_total)
                 elif kind == "hello":
                     h = msg.hello
                     if not h.sensor_id:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sensor_id is empty")
+                    if sensor_id and h.sensor_id != sensor_id:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                            "a stream carries one sensor: second Hello differs")
+                    identity = peer_common_name(context)
+                    if identity is not None and identity != h.sensor_id:
+                        log.warning("sensor refused: certificate does not match sensor_id", extra={
+                            "sensor_id": h.sensor_id, "certificate_cn": identity,
+                            "peer": context.peer()})
+                        await context.abort(
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            f"certificate CN {identity!r} does not match sensor_id {h.sensor_id!r}")
+                    if not sensor_id:
+                        self.links.opened(h.sensor_id, context.peer(), identity or "")
                     sensor_id = h.sensor_id
                     acked = rec.sensor_hello(sensor_id, session=h.session, site=h.site,
                                              version=h.version, mode=h.mode or "live")
@@ -67,12 +156,40 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                     yield sensor_pb2.ControllerMessage(notice=sensor_pb2.Notice(capture_done=True))
         finally:
             if sensor_id:
+                self.links.closed(sensor_id)
                 rec.sensor_disconnected(sensor_id)
 
 
+_RECORDING_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{12}$")
+CHUNK = 256 << 10
+
+
+class AdminError(Exception):
+    """An admin request that cannot be served; mapped to a status code in `_abort`."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def recording_prefix_of(recording_id: str) -> str:
+    """`YYYY/MM/DD/<id>`: the id starts with the call's UTC start second, which
+    is where storage.layout puts the recording (date of the start, UTC)."""
+    m = _RECORDING_ID.match(recording_id)
+    if not m:
+        raise AdminError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"invalid recording id {recording_id!r} (expected YYYYMMDDTHHMMSSZ-<12 hex>)")
+    started = datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return recording_prefix(started, recording_id)
+
+
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, recorder: Recorder) -> None:
+    """Read-only: status, calls, and the files of stored recordings (read
+    through the recorder's store, off the event loop)."""
+
+    def __init__(self, recorder: Recorder, links: LinkTable | None = None) -> None:
         self.recorder = recorder
+        self.links = links or LinkTable()
 
     async def GetStatus(self, request: admin_pb2.StatusRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Status:
@@ -81,14 +198,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             controller_id=st["controller_id"], version="0.1.0",
             active_calls=st["active_calls"], recordings_written=st["recordings_written"],
             storage_errors=st["storage_errors"], decode_errors=st["decode_errors"],
-            duplicates_dropped=st["duplicates_dropped"])
+            duplicates_dropped=st["duplicates_dropped"], packets_in=st.get("packets_in", 0),
+            bad_batches=st.get("bad_batches", 0), storage=self.recorder.writer.store.url)
         for s in st["sensors"]:
-            counters = sensor_pb2.Counters(**{k: v for k, v in s["counters"].items()
-                                              if k in sensor_pb2.Counters.DESCRIPTOR.fields_by_name})
-            out.sensors.append(admin_pb2.SensorStatus(
-                sensor_id=s["sensor_id"], site=s["site"], version=s["version"], state=s["state"],
-                last_seen_ns=int(s["last_seen"] * 1e9), counters=counters,
-                duplicates_dropped=s["duplicates_dropped"]))
+            out.sensors.append(_sensor_status(s, self.links.view(s["sensor_id"])))
         return out
 
     async def ListCalls(self, request: admin_pb2.ListCallsRequest,
@@ -97,37 +210,139 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         for c in self.recorder.engine.active():
             out.calls.append(_summary(c, active=True))
         if not request.active_only:
-            for c in reversed(self.recorder.writer.recent):
+            for c in reversed(list(self.recorder.writer.recent)):
                 out.calls.append(_summary(c, active=False))
         if request.limit:
             del out.calls[request.limit:]
         return out
 
+    async def GetCall(self, request: admin_pb2.GetCallRequest,
+                      context: grpc.aio.ServicerContext) -> admin_pb2.CallDetail:
+        try:
+            prefix = recording_prefix_of(request.id)
+            for c in self.recorder.engine.active():
+                if c.get("id") == request.id:
+                    return admin_pb2.CallDetail(summary=_summary(c, active=True),
+                                                call_json=json.dumps(c, default=str))
+            raw = await self._read(prefix, request.id, CALL_JSON)
+            try:
+                meta = json.loads(raw)
+            except ValueError:
+                raise AdminError(grpc.StatusCode.DATA_LOSS,
+                                 f"recording {request.id}: call.json is not JSON") from None
+            meta.setdefault("location", self._location(request.id, prefix))
+            return admin_pb2.CallDetail(summary=_summary(meta, active=False),
+                                        call_json=raw.decode("utf-8"), files=_files(meta))
+        except AdminError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable")  # context.abort raises
+
+    async def GetRecordingFile(self, request: admin_pb2.GetRecordingFileRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.FileChunk]:
+        try:
+            prefix = recording_prefix_of(request.id)
+            data = await self._read(prefix, request.id, request.name)
+        except AdminError as exc:
+            await _abort(context, exc)
+            return
+        size = len(data)
+        if size == 0:
+            yield admin_pb2.FileChunk(data=b"", offset=0, size=0)
+        for off in range(0, size, CHUNK):
+            yield admin_pb2.FileChunk(data=data[off:off + CHUNK], offset=off, size=size)
+
+    async def _read(self, prefix: str, recording_id: str, name: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self.recorder.writer.store.get, prefix, name)
+        except StorageError as exc:
+            # The store's message says whether the file is absent or the store failed.
+            raise AdminError(grpc.StatusCode.NOT_FOUND, f"recording {recording_id}: {exc}") from None
+
+    def _location(self, recording_id: str, prefix: str) -> str:
+        for c in list(self.recorder.writer.recent):
+            if c.get("id") == recording_id and c.get("location"):
+                return str(c["location"])
+        return f"{self.recorder.writer.store.url.rstrip('/')}/{prefix}"
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: AdminError) -> None:
+    """The one place admin errors become gRPC status codes."""
+    await context.abort(exc.code, str(exc))
+
+
+# -- converters: Recorder dicts -> protobuf ---------------------------------
+def _ns(wall_s: float) -> int:
+    return int(wall_s * 1e9) if wall_s else 0
+
+
+def _sensor_status(s: dict, link: dict) -> admin_pb2.SensorStatus:
+    counters = sensor_pb2.Counters(**{k: v for k, v in s["counters"].items()
+                                      if k in sensor_pb2.Counters.DESCRIPTOR.fields_by_name})
+    return admin_pb2.SensorStatus(
+        sensor_id=s["sensor_id"], site=s["site"], version=s["version"], state=s["state"],
+        last_seen_ns=_ns(s["last_seen"]), counters=counters,
+        duplicates_dropped=s["duplicates_dropped"], mode=s.get("mode", ""),
+        link=link["link"], peer=link["peer"], identity=link["identity"],
+        connected_since_ns=_ns(link["connected_since"]),
+        last_heartbeat_ns=_ns(link["last_heartbeat"]),
+        captured_per_s=link["captured_per_s"], forwarded_per_s=link["forwarded_per_s"],
+        packets_received=s.get("packets_received", 0), replay_bytes=s.get("replay_bytes", 0),
+        replay_total=s.get("replay_total", 0), error=s.get("error") or "")
+
 
 def _summary(c: dict, active: bool) -> admin_pb2.CallSummary:
+    final = c.get("final_response")
     return admin_pb2.CallSummary(
         id=str(c.get("id", "")), call_ids=list(c.get("call_ids", [])),
         from_uri=str(c.get("from") or ""), to_uri=str(c.get("to") or ""),
         status=str(c.get("status") or ""), started_at=str(c.get("started_at") or ""),
-        ended_at=str(c.get("ended_at") or ""), active=active, location=str(c.get("location") or ""))
+        ended_at=str(c.get("ended_at") or ""), active=active, location=str(c.get("location") or ""),
+        answered_at=str(c.get("answered_at") or ""), end_reason=str(c.get("end_reason") or ""),
+        final_response=int(final) if isinstance(final, int) else 0,
+        packets=int(c.get("packets") or 0))
+
+
+def _files(meta: dict) -> list[str]:
+    """Files of a stored recording, as call.json names them."""
+    files = [CALL_JSON]
+    if meta.get("pcap"):
+        files.append(str(meta["pcap"]))
+    audio = meta.get("audio")
+    if isinstance(audio, dict) and audio.get("file"):
+        files.append(str(audio["file"]))
+    return files
+
+
+HEALTH_SERVICES = ("", "spanrec.v1.SensorLink", "spanrec.v1.Admin")
 
 
 async def serve(recorder: Recorder, listen: str, *, tick_s: float = 1.0,
                 server_credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, int]:
-    """Starts the server; returns it and the bound port (listen may use port 0)."""
+    """Starts the server; returns it and the bound port (listen may use port 0).
+
+    `server_credentials` None means plain text: the CLI allows that only with
+    --insecure (or on loopback for `spanrec record`)."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 64 << 20),
     ])
-    sensor_pb2_grpc.add_SensorLinkServicer_to_server(SensorLinkServicer(recorder), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(recorder), server)
-    if server_credentials is not None:
-        port = server.add_secure_port(listen, server_credentials)
-    else:
-        port = server.add_insecure_port(listen)
+    links = LinkTable()
+    sensor_pb2_grpc.add_SensorLinkServicer_to_server(SensorLinkServicer(recorder, links), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(recorder, links), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((
+        sensor_pb2.DESCRIPTOR.services_by_name["SensorLink"].full_name,
+        admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME), server)
+    port = add_port(server, listen, server_credentials)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
+    for name in HEALTH_SERVICES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server._spanrec_health = health_servicer  # type: ignore[attr-defined]
 
     async def ticker() -> None:
         while True:

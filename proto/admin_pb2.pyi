@@ -12,7 +12,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SensorStatus(_message.Message):
-    __slots__ = ("sensor_id", "site", "version", "state", "last_seen_ns", "counters", "duplicates_dropped")
+    __slots__ = ("sensor_id", "site", "version", "state", "last_seen_ns", "counters", "duplicates_dropped", "mode", "link", "peer", "identity", "connected_since_ns", "last_heartbeat_ns", "captured_per_s", "forwarded_per_s", "packets_received", "replay_bytes", "replay_total", "error")
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,18 @@ class SensorStatus(_message.Message):
     LAST_SEEN_NS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_SINCE_NS_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_NS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_PER_S_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     sensor_id: str
     site: str
     version: str
@@ -27,10 +39,22 @@ class SensorStatus(_message.Message):
     last_seen_ns: int
     counters: _sensor_pb2.Counters
     duplicates_dropped: int
-    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., last_seen_ns: _Optional[int] = ..., counters: _Optional[_Union[_sensor_pb2.Counters, _Mapping]] = ..., duplicates_dropped: _Optional[int] = ...) -> None: ...
+    mode: str
+    link: str
+    peer: str
+    identity: str
+    connected_since_ns: int
+    last_heartbeat_ns: int
+    captured_per_s: float
+    forwarded_per_s: float
+    packets_received: int
+    replay_bytes: int
+    replay_total: int
+    error: str
+    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., last_seen_ns: _Optional[int] = ..., counters: _Optional[_Union[_sensor_pb2.Counters, _Mapping]] = ..., duplicates_dropped: _Optional[int] = ..., mode: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., identity: _Optional[str] = ..., connected_since_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., captured_per_s: _Optional[float] = ..., forwarded_per_s: _Optional[float] = ..., packets_received: _Optional[int] = ..., replay_bytes: _Optional[int] = ..., replay_total: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped")
+    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped", "packets_in", "bad_batches", "storage")
     CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +63,9 @@ class Status(_message.Message):
     STORAGE_ERRORS_FIELD_NUMBER: _ClassVar[int]
     DECODE_ERRORS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_IN_FIELD_NUMBER: _ClassVar[int]
+    BAD_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     controller_id: str
     version: str
     sensors: _containers.RepeatedCompositeFieldContainer[SensorStatus]
@@ -47,7 +74,10 @@ class Status(_message.Message):
     storage_errors: int
     decode_errors: int
     duplicates_dropped: int
-    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ...) -> None: ...
+    packets_in: int
+    bad_batches: int
+    storage: str
+    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ..., packets_in: _Optional[int] = ..., bad_batches: _Optional[int] = ..., storage: _Optional[str] = ...) -> None: ...
 
 class ListCallsRequest(_message.Message):
     __slots__ = ("active_only", "limit")
@@ -58,7 +88,7 @@ class ListCallsRequest(_message.Message):
     def __init__(self, active_only: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class CallSummary(_message.Message):
-    __slots__ = ("id", "call_ids", "from_uri", "to_uri", "status", "started_at", "ended_at", "active", "location")
+    __slots__ = ("id", "call_ids", "from_uri", "to_uri", "status", "started_at", "ended_at", "active", "location", "answered_at", "end_reason", "final_response", "packets")
     ID_FIELD_NUMBER: _ClassVar[int]
     CALL_IDS_FIELD_NUMBER: _ClassVar[int]
     FROM_URI_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +98,10 @@ class CallSummary(_message.Message):
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_AT_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    FINAL_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
     id: str
     call_ids: _containers.RepeatedScalarFieldContainer[str]
     from_uri: str
@@ -77,10 +111,48 @@ class CallSummary(_message.Message):
     ended_at: str
     active: bool
     location: str
-    def __init__(self, id: _Optional[str] = ..., call_ids: _Optional[_Iterable[str]] = ..., from_uri: _Optional[str] = ..., to_uri: _Optional[str] = ..., status: _Optional[str] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., active: _Optional[bool] = ..., location: _Optional[str] = ...) -> None: ...
+    answered_at: str
+    end_reason: str
+    final_response: int
+    packets: int
+    def __init__(self, id: _Optional[str] = ..., call_ids: _Optional[_Iterable[str]] = ..., from_uri: _Optional[str] = ..., to_uri: _Optional[str] = ..., status: _Optional[str] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., active: _Optional[bool] = ..., location: _Optional[str] = ..., answered_at: _Optional[str] = ..., end_reason: _Optional[str] = ..., final_response: _Optional[int] = ..., packets: _Optional[int] = ...) -> None: ...
 
 class CallList(_message.Message):
     __slots__ = ("calls",)
     CALLS_FIELD_NUMBER: _ClassVar[int]
     calls: _containers.RepeatedCompositeFieldContainer[CallSummary]
     def __init__(self, calls: _Optional[_Iterable[_Union[CallSummary, _Mapping]]] = ...) -> None: ...
+
+class GetCallRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CallDetail(_message.Message):
+    __slots__ = ("summary", "call_json", "files")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    CALL_JSON_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    summary: CallSummary
+    call_json: str
+    files: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, summary: _Optional[_Union[CallSummary, _Mapping]] = ..., call_json: _Optional[str] = ..., files: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetRecordingFileRequest(_message.Message):
+    __slots__ = ("id", "name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("data", "offset", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class AdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Served on the controller's port, behind the same mTLS as the sensor link.
+    Read-only. Also on that port: grpc.health.v1.Health (services "" and
+    "spanrec.v1.SensorLink") and server reflection.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -44,10 +47,23 @@ class AdminStub:
                 request_serializer=proto_dot_admin__pb2.ListCallsRequest.SerializeToString,
                 response_deserializer=proto_dot_admin__pb2.CallList.FromString,
                 _registered_method=True)
+        self.GetCall = channel.unary_unary(
+                '/spanrec.v1.Admin/GetCall',
+                request_serializer=proto_dot_admin__pb2.GetCallRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.CallDetail.FromString,
+                _registered_method=True)
+        self.GetRecordingFile = channel.unary_stream(
+                '/spanrec.v1.Admin/GetRecordingFile',
+                request_serializer=proto_dot_admin__pb2.GetRecordingFileRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.FileChunk.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Served on the controller's port, behind the same mTLS as the sensor link.
+    Read-only. Also on that port: grpc.health.v1.Health (services "" and
+    "spanrec.v1.SensorLink") and server reflection.
+    """
 
     def GetStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -57,6 +73,20 @@ class AdminServicer:
 
     def ListCalls(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCall(self, request, context):
+        """One call: call.json of a stored recording, or the live summary of an active call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecordingFile(self, request, context):
+        """The bytes of one file of a stored recording, in chunks (first chunk carries the size).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -74,6 +104,16 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=proto_dot_admin__pb2.ListCallsRequest.FromString,
                     response_serializer=proto_dot_admin__pb2.CallList.SerializeToString,
             ),
+            'GetCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCall,
+                    request_deserializer=proto_dot_admin__pb2.GetCallRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.CallDetail.SerializeToString,
+            ),
+            'GetRecordingFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetRecordingFile,
+                    request_deserializer=proto_dot_admin__pb2.GetRecordingFileRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.FileChunk.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'spanrec.v1.Admin', rpc_method_handlers)
@@ -83,7 +123,10 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Missing associated documentation comment in .proto file."""
+    """Served on the controller's port, behind the same mTLS as the sensor link.
+    Read-only. Also on that port: grpc.health.v1.Health (services "" and
+    "spanrec.v1.SensorLink") and server reflection.
+    """
 
     @staticmethod
     def GetStatus(request,
@@ -129,6 +172,60 @@ class Admin:
             '/spanrec.v1.Admin/ListCalls',
             proto_dot_admin__pb2.ListCallsRequest.SerializeToString,
             proto_dot_admin__pb2.CallList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spanrec.v1.Admin/GetCall',
+            proto_dot_admin__pb2.GetCallRequest.SerializeToString,
+            proto_dot_admin__pb2.CallDetail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecordingFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/spanrec.v1.Admin/GetRecordingFile',
+            proto_dot_admin__pb2.GetRecordingFileRequest.SerializeToString,
+            proto_dot_admin__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,14 @@ def test_help_explains_every_option(cmd: list[str]) -> None:
     (["controller", "--answered-timeout", "-5"], "answered_timeout_s"),
     (["controller", "--answered-timeout", "soon"], "soon"),
     (["bogus-command"], "bogus-command"),
+    # no mTLS files and no explicit --insecure: refused before anything starts
+    (["controller", "--listen", "127.0.0.1:0"], "give --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure"),
+    (["sensor", "--interface", "lo", "--controller", "h:1", "--sensor-id", "s1"], "or --insecure"),
+    (["sensor", "--interface", "lo", "--controller", "h:1", "--sensor-id", "s1", "--tls-cert", "c.pem"],
+     "missing --tls-key, --tls-ca"),
+    (["controller", "--insecure", "--tls-cert", "a", "--tls-key", "b", "--tls-ca", "c"], "exclude each other"),
+    (["controller", "--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem",
+      "--tls-ca", "/nonexistent/ca.pem"], "--tls-ca /nonexistent/ca.pem: file not found"),
 ])
 def test_bad_flags_give_one_line_and_status_2(args: list[str], needle: str) -> None:
     proc = run(*args)
@@ -94,7 +102,7 @@ def test_sensor_with_unreachable_controller_fails_cleanly(tmp_path: Path) -> Non
     from tests.conftest import capture
     pcap = capture("sip-rtp-g711.pcap")
     proc = run("sensor", "--pcap", str(pcap), "--controller", "127.0.0.1:9", "--sensor-id", "s1",
-               "--connect-timeout", "2", timeout=30)
+               "--connect-timeout", "2", "--insecure", timeout=30)
     assert proc.returncode == 1
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("spanrec: error:")]
     assert line and "127.0.0.1:9" in line[0] and "unreachable" in line[0]

@@ -1,0 +1,158 @@
+"""`spanrecctl`: the fleet CLI, a client of the controller's Admin API.
+
+Commands talk to `transport.admin_client.AdminClient` (dataclasses, no
+protobuf) and print through `cli.output` (a table, or JSON with `-o json`).
+Errors are one line: exit 2 for usage and TLS settings, 1 when the
+controller cannot be reached (within --timeout) or answers with an error.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from cli import output
+
+PROG = "spanrecctl"
+
+_options = [
+    click.option("--controller", "-c", envvar="SPANREC_CONTROLLER", default="127.0.0.1:7600",
+                 show_default=True, help="Controller HOST:PORT (env SPANREC_CONTROLLER)."),
+    click.option("--tls-cert", envvar="SPANREC_TLS_CERT", type=click.Path(dir_okay=False),
+                 help="PEM client certificate signed by the cluster CA (env SPANREC_TLS_CERT)."),
+    click.option("--tls-key", envvar="SPANREC_TLS_KEY", type=click.Path(dir_okay=False),
+                 help="PEM private key of --tls-cert (env SPANREC_TLS_KEY)."),
+    click.option("--tls-ca", envvar="SPANREC_TLS_CA", type=click.Path(dir_okay=False),
+                 help="PEM CA certificate that signs the controller (env SPANREC_TLS_CA)."),
+    click.option("--insecure", is_flag=True, envvar="SPANREC_INSECURE",
+                 help="Plain-text gRPC without TLS (warned about); only for labs."),
+    click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=5.0,
+                 show_default=True, help="Seconds to wait for the controller's answer."),
+    click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
+                 show_default=True, help="A readable table, or JSON for scripts."),
+]
+
+
+def _client_options(f: Callable) -> Callable:
+    for opt in reversed(_options):
+        f = opt(f)
+    return f
+
+
+class _Config(Exception):
+    """One line, exit 2."""
+
+
+def _connect(controller: str, tls_cert: str | None, tls_key: str | None, tls_ca: str | None,
+             insecure: bool, timeout_s: float) -> Any:
+    from transport.admin_client import AdminClient
+    from transport.tls import INSECURE_WARNING, Security, TlsError
+    host, sep, port = controller.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise _Config(f"--controller: expected HOST:PORT, got {controller!r}")
+    try:
+        security = Security.from_options(tls_cert, tls_key, tls_ca, insecure)
+    except TlsError as exc:
+        raise _Config(str(exc)) from None
+    if security.insecure:
+        output.warning(INSECURE_WARNING)
+    return AdminClient(controller, security, timeout_s=timeout_s)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option("0.1.0", prog_name=PROG)
+def ctl() -> None:
+    """spanrecctl: look at a spanrec controller's fleet, calls and recordings.
+
+    Talks to the controller's admin API over mTLS: give a client certificate
+    from the cluster CA (scripts/make-certs ... client NAME) with --tls-cert,
+    --tls-key and --tls-ca, or SPANREC_TLS_* in the environment.
+    """
+
+
+@ctl.command()
+@_client_options
+def fleet(fmt: str, **conn: Any) -> None:
+    """Sensors: state, link, last heartbeat, packet rates, drops, spool depth."""
+    with _connect(**conn) as admin:
+        output.print_fleet(admin.fleet(), fmt)
+
+
+@ctl.command()
+@click.option("--active", is_flag=True, help="Only calls in progress.")
+@click.option("--limit", type=click.IntRange(min=0), default=0,
+              help="At most this many calls (0 = all the controller keeps).")
+@_client_options
+def calls(active: bool, limit: int, fmt: str, **conn: Any) -> None:
+    """Active calls, then recent recordings with their storage location."""
+    with _connect(**conn) as admin:
+        found = admin.calls(active_only=active, limit=limit)
+    title = f"{len(found)} {'active ' if active else ''}call(s) on {conn['controller']}"
+    output.print_call_list(found, fmt, title=title)
+
+
+@ctl.command()
+@click.argument("recording_id", metavar="ID")
+@_client_options
+def call(recording_id: str, fmt: str, **conn: Any) -> None:
+    """One call: its call.json (stored) or live summary (active)."""
+    with _connect(**conn) as admin:
+        output.print_call(admin.call(recording_id), fmt)
+
+
+@ctl.command()
+@click.argument("recording_id", metavar="ID")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Folder to write into; the files go to OUT/ID/.")
+@_client_options
+def get(recording_id: str, out_dir: str, fmt: str, **conn: Any) -> None:
+    """Download a stored recording's files (call.json, call.pcap, audio.wav)."""
+    with _connect(**conn) as admin:
+        files = admin.download(recording_id, Path(out_dir))
+    output.print_downloads(files, fmt, title=f"recording {recording_id} -> "
+                                             f"{Path(out_dir) / recording_id}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line per error; exit 2 for usage/TLS settings, 1 for failures."""
+    output.set_program(PROG)
+    # gRPC's C core logs handshake failures at INFO on stderr; our one line says it.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from transport.admin_client import AdminFailed
+    try:
+        ctl.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(2)
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else PROG
+        output.error(f"{exc.format_message()} (see '{cmd} --help')")
+        sys.exit(2)
+    except click.exceptions.Abort:
+        output.error("aborted")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        output.error(exc.format_message())
+        sys.exit(exc.exit_code)
+    except _Config as exc:
+        output.error(str(exc))
+        sys.exit(2)
+    except AdminFailed as exc:
+        output.error(str(exc))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if os.environ.get("SPANREC_DEBUG"):
+            raise
+        output.error(f"unexpected {type(exc).__name__}: {exc} (SPANREC_DEBUG=1 shows the traceback)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

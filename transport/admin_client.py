@@ -1,0 +1,244 @@
+"""A small client of the controller's Admin API that returns dataclasses.
+
+`spanrecctl` commands use this and never see protobuf. Every failure is an
+`AdminUnavailable` (the controller cannot be reached or refused us) or an
+`AdminFailed` (it answered with an error), each with a one-line message.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from proto import admin_pb2, admin_pb2_grpc
+from transport.channels import open_channel
+from transport.tls import Security
+
+DEFAULT_TIMEOUT_S = 5.0
+DOWNLOAD_TIMEOUT_S = 600.0
+
+
+class AdminFailed(Exception):
+    """The controller answered with an error (e.g. no such recording)."""
+
+
+class AdminUnavailable(AdminFailed):
+    """The controller could not be reached in time, or refused the connection."""
+
+
+@dataclass
+class SensorInfo:
+    sensor_id: str
+    site: str
+    version: str
+    mode: str
+    state: str                 # up / stale / gone / done
+    link: str                  # connected / disconnected
+    peer: str
+    identity: str              # certificate CN ("" in plain text)
+    last_seen: str             # ISO 8601 UTC, "" if never
+    last_heartbeat: str
+    connected_since: str
+    captured_per_s: float
+    forwarded_per_s: float
+    captured: int
+    forwarded: int
+    filtered: int
+    decode_errors: int
+    kernel_drops: int
+    interface_drops: int
+    backlog_drops: int
+    queue_drops: int
+    send_queue: int            # spool depth: batches not yet acknowledged
+    reconnects: int
+    packets_received: int
+    duplicates_dropped: int
+    error: str
+
+
+@dataclass
+class Fleet:
+    controller: str            # the HOST:PORT asked
+    controller_id: str
+    version: str
+    storage: str
+    active_calls: int
+    recordings_written: int
+    storage_errors: int
+    decode_errors: int
+    duplicates_dropped: int
+    packets_in: int
+    sensors: list[SensorInfo] = field(default_factory=list)
+
+
+@dataclass
+class CallInfo:
+    id: str
+    active: bool
+    call_ids: list[str]
+    from_uri: str
+    to_uri: str
+    status: str
+    final_response: int | None
+    end_reason: str
+    started_at: str
+    answered_at: str
+    ended_at: str
+    location: str
+    packets: int               # active calls: packets so far
+
+
+@dataclass
+class CallDetail:
+    summary: CallInfo
+    call: dict[str, Any]       # call.json (or the live summary of an active call)
+    files: list[str]
+
+
+@dataclass
+class DownloadedFile:
+    name: str
+    path: str
+    size: int
+    sha256: str
+
+
+def _iso(ns: int) -> str:
+    if not ns:
+        return ""
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="seconds") \
+        .replace("+00:00", "Z")
+
+
+def _sensor(s: admin_pb2.SensorStatus) -> SensorInfo:
+    c = s.counters
+    return SensorInfo(
+        sensor_id=s.sensor_id, site=s.site, version=s.version, mode=s.mode, state=s.state,
+        link=s.link, peer=s.peer, identity=s.identity, last_seen=_iso(s.last_seen_ns),
+        last_heartbeat=_iso(s.last_heartbeat_ns), connected_since=_iso(s.connected_since_ns),
+        captured_per_s=round(s.captured_per_s, 1), forwarded_per_s=round(s.forwarded_per_s, 1),
+        captured=c.captured, forwarded=c.forwarded, filtered=c.filtered,
+        decode_errors=c.decode_errors, kernel_drops=c.kernel_drops,
+        interface_drops=c.interface_drops, backlog_drops=c.backlog_drops,
+        queue_drops=c.queue_drops, send_queue=c.send_queue, reconnects=c.reconnects,
+        packets_received=s.packets_received, duplicates_dropped=s.duplicates_dropped,
+        error=s.error)
+
+
+def _call(c: admin_pb2.CallSummary) -> CallInfo:
+    return CallInfo(
+        id=c.id, active=c.active, call_ids=list(c.call_ids), from_uri=c.from_uri, to_uri=c.to_uri,
+        status=c.status, final_response=c.final_response or None, end_reason=c.end_reason,
+        started_at=c.started_at, answered_at=c.answered_at, ended_at=c.ended_at,
+        location=c.location, packets=c.packets)
+
+
+def _one_line(text: str) -> str:
+    return " ".join((text or "").split())
+
+
+class AdminClient:
+    """`with AdminClient("host:7600", security) as admin: admin.fleet()`."""
+
+    def __init__(self, target: str, security: Security, *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = open_channel(target, security)
+        self._stub = admin_pb2_grpc.AdminStub(self._channel)
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _error(self, exc: grpc.RpcError) -> AdminFailed:
+        code, details = exc.code(), _one_line(exc.details())
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                details = f"no answer within {self.timeout_s:g} s"
+            return AdminUnavailable(f"controller {self.target} unreachable: {details}")
+        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            return AdminUnavailable(f"controller {self.target} refused us: {details}")
+        if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            return AdminFailed(details)
+        return AdminFailed(f"controller {self.target}: {code.name.lower()}: {details}")
+
+    def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+
+    def fleet(self) -> Fleet:
+        st = self._unary(self._stub.GetStatus, admin_pb2.StatusRequest())
+        return Fleet(
+            controller=self.target, controller_id=st.controller_id, version=st.version,
+            storage=st.storage, active_calls=st.active_calls,
+            recordings_written=st.recordings_written, storage_errors=st.storage_errors,
+            decode_errors=st.decode_errors, duplicates_dropped=st.duplicates_dropped,
+            packets_in=st.packets_in,
+            sensors=sorted((_sensor(s) for s in st.sensors), key=lambda s: s.sensor_id))
+
+    def calls(self, *, active_only: bool = False, limit: int = 0) -> list[CallInfo]:
+        lst = self._unary(self._stub.ListCalls,
+                          admin_pb2.ListCallsRequest(active_only=active_only, limit=limit))
+        return [_call(c) for c in lst.calls]
+
+    def call(self, recording_id: str) -> CallDetail:
+        d = self._unary(self._stub.GetCall, admin_pb2.GetCallRequest(id=recording_id))
+        try:
+            body = json.loads(d.call_json) if d.call_json else {}
+        except ValueError:
+            raise AdminFailed(f"recording {recording_id}: the controller sent invalid JSON") from None
+        return CallDetail(summary=_call(d.summary), call=body, files=list(d.files))
+
+    def download(self, recording_id: str, out_dir: Path) -> list[DownloadedFile]:
+        """Writes every file of a stored recording into `out_dir/<id>/` (each file
+        written whole to a temporary name, then renamed)."""
+        detail = self.call(recording_id)
+        if detail.summary.active:
+            raise AdminFailed(f"recording {recording_id} is still active; nothing stored yet")
+        folder = Path(out_dir) / recording_id
+        folder.mkdir(parents=True, exist_ok=True)
+        return [self._fetch(recording_id, name, folder) for name in detail.files]
+
+    def _fetch(self, recording_id: str, name: str, folder: Path) -> DownloadedFile:
+        path = folder / name
+        tmp = folder / f".{name}.part"
+        digest, size, expected = hashlib.sha256(), 0, None
+        try:
+            with open(tmp, "wb") as f:
+                stream = self._stub.GetRecordingFile(
+                    admin_pb2.GetRecordingFileRequest(id=recording_id, name=name),
+                    timeout=DOWNLOAD_TIMEOUT_S)
+                for chunk in stream:
+                    if chunk.offset != size:
+                        raise AdminFailed(f"{name}: chunk at offset {chunk.offset}, expected {size}")
+                    expected = chunk.size
+                    f.write(chunk.data)
+                    digest.update(chunk.data)
+                    size += len(chunk.data)
+                f.flush()
+                os.fsync(f.fileno())
+            if expected is not None and size != expected:
+                raise AdminFailed(f"{name}: got {size} bytes of {expected}")
+            os.replace(tmp, path)
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None
+        except OSError as exc:
+            raise AdminFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return DownloadedFile(name=name, path=str(path), size=size, sha256=digest.hexdigest())
