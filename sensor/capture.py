@@ -208,17 +208,33 @@ class FileReplay:
 
     A truncated or corrupt file yields every good frame first, then raises
     ``CaptureFileError`` from ``batches()`` (the sensor reports it).
+
+    ``realtime=True`` paces delivery like the capture: a frame is yielded when
+    its capture time, relative to the first paced frame, has elapsed on the
+    monotonic clock. Frames are yielded as soon as they are due (a batch holds
+    what became due together), and ``[]`` at least every ``idle_s`` while the
+    file is idle, like live capture. ``fast_frames``: the first N frames are
+    delivered at once, unpaced and never in a batch with later frames (a
+    resumed replay runs them through the classifier only, to learn SDP).
+
+    ``clock_ns``: after each yield, no frame older than this is still to come
+    (the newest frame yielded; in real time, the replay clock while idle).
     """
 
-    def __init__(self, path: str | PathLike[str], batch_size: int = 256) -> None:
+    def __init__(self, path: str | PathLike[str], batch_size: int = 256, *,
+                 realtime: bool = False, fast_frames: int = 0, idle_s: float = 0.2) -> None:
         self.path = path
         self._batch_size = batch_size
+        self._realtime = realtime
+        self._fast_frames = fast_frames
+        self._idle_s = idle_s
         self._frames = read_frames(path)
         self._first: tuple[int, int, bytes] | None = None
         self._error: CaptureFileError | None = None
         self._count = 0
         self._closed = False
         self.linktype: int = 1
+        self.clock_ns = 0
         try:  # peek so linktype is right before the first batch
             self._first = next(self._frames)
             self.linktype = self._first[1]
@@ -229,34 +245,76 @@ class FileReplay:
         except OSError as exc:
             raise CaptureError(f"cannot read capture file {path}: {exc.strerror or exc}") from exc
 
+    def _all(self) -> Iterator[tuple[int, int, bytes]]:
+        assert self._first is not None
+        yield self._first
+        yield from self._frames
+
     def batches(self) -> Iterator[list[Frame]]:
         if self._error is not None:
             raise self._error
         if self._first is None:
             return
         size = self._batch_size
-        ts, current, data = self._first
-        batch: list[Frame] = [(ts, data)]
+        current = self._first[1]
+        batch: list[Frame] = []
+        index = 0
+        fast = self._fast_frames
+        realtime = self._realtime
+        anchor_wall = anchor_ts = 0
+        last_yield = time.monotonic()
         try:
-            for ts, lt, data in self._frames:
+            for ts, lt, data in self._all():
                 if self._closed:
                     return
-                if lt != current or len(batch) >= size:
-                    self._count += len(batch)
-                    yield batch
+                if realtime and index >= fast:
+                    if index == fast:       # pacing starts at the first paced frame
+                        if batch:
+                            yield self._out(batch)
+                            batch = []
+                        anchor_wall, anchor_ts = time.monotonic(), ts
+                    due = anchor_wall + (ts - anchor_ts) / 1e9
+                    while True:
+                        now = time.monotonic()
+                        if now >= due or self._closed:
+                            break
+                        # not due yet: hand over what is due, then wait (an empty
+                        # batch every idle_s while the file is idle)
+                        clock = anchor_ts + int((now - anchor_wall) * 1e9)
+                        if batch:
+                            yield self._out(batch, min(clock, ts - 1))
+                            batch = []
+                            last_yield = time.monotonic()
+                        elif now - last_yield >= self._idle_s:
+                            self.clock_ns = max(self.clock_ns, min(clock, ts - 1))
+                            yield []
+                            last_yield = time.monotonic()
+                        else:
+                            time.sleep(min(due - now, self._idle_s - (now - last_yield)))
+                elif index == fast and fast and batch:
+                    yield self._out(batch)   # the fast part never shares a batch
                     batch = []
+                if lt != current or len(batch) >= size:
+                    if batch:
+                        yield self._out(batch)
+                        batch = []
+                        last_yield = time.monotonic()
                     if lt != current:
                         current = lt
                         self.linktype = lt
                 batch.append((ts, data))
+                index += 1
         except CaptureFileError:
             if batch and not self._closed:  # the good frames first, then the error
-                self._count += len(batch)
-                yield batch
+                yield self._out(batch)
             raise
         if batch and not self._closed:
-            self._count += len(batch)
-            yield batch
+            yield self._out(batch)
+
+    def _out(self, batch: list[Frame], clock: int = 0) -> list[Frame]:
+        self._count += len(batch)
+        self.clock_ns = max(self.clock_ns, batch[-1][0], clock)
+        return batch
 
     def stats(self) -> CaptureStats:
         return CaptureStats(captured=self._count)

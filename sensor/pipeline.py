@@ -1,6 +1,15 @@
 """The sensor's one loop: capture -> classify -> batch -> send.
 
 Live capture and file replay are the same after `PacketSource.batches()`.
+
+With `spool_dir`, every batch goes through the disk spool
+`<spool_dir>/<sensor_id>/` (sensor/spool.py) before it is sent. A restarted
+sensor resends what its spool holds first. A restarted *replay* of the same
+file (same path, size and mtime) also continues after the last spooled frame
+instead of starting again: the frames before it go through the classifier only
+(so SDP-learned media ports are known again), unpaced and not sent. A replay
+that the controller confirmed as complete clears that state, so running the
+same replay again starts from the beginning.
 """
 from __future__ import annotations
 
@@ -15,6 +24,8 @@ from protocols.pcapfile import CaptureFileError
 from sensor.capture import CaptureError, FileReplay, LiveCapture, PacketSource
 from sensor.classify import Classifier
 from sensor.sender import ControllerUnreachable, Sender
+from sensor.spool import Spool, SpoolError
+from transport.tls import Security
 
 log = logging.getLogger("spanrec.sensor")
 
@@ -46,11 +57,52 @@ class SensorFailed(Exception):
     """The sensor could not do its job; the message says why, in one line."""
 
 
-def open_source(opts: SensorOptions) -> PacketSource:
+def replay_identity(path: str) -> dict:
+    """What a replay spool belongs to: a resumed replay must read the same file."""
+    st = os.stat(path)
+    return {"kind": "replay", "path": os.path.abspath(path), "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def open_spool(opts: SensorOptions) -> tuple[Spool | None, int]:
+    """The sensor's spool and, for a replay of the same file, the frames to skip."""
+    if not opts.spool_dir:
+        return None, 0
+    try:
+        spool = Spool(Path(opts.spool_dir) / opts.sensor_id, opts.spool_max_bytes)
+    except SpoolError as exc:
+        raise SensorFailed(str(exc)) from exc
+    if spool.torn_records:
+        log.warning("spool had a cut record (sensor killed while writing); truncated",
+                    extra={"spool": str(spool.dir), "torn_records": spool.torn_records})
+    resume = 0
+    old = spool.source
+    if opts.pcap:
+        ident = replay_identity(opts.pcap)
+        if old == ident:
+            resume = spool.cursor
+        else:
+            if old is not None and old.get("kind") == "replay" and len(spool):
+                # a replay is reproducible from its file; its leftovers never go
+                # into another file's replay
+                log.warning("spool holds batches of another replay; discarded",
+                            extra={"spool": str(spool.dir), "file": old.get("path"),
+                                   "batches": spool.clear()})
+            spool.set_source(ident)
+    elif old is not None:
+        spool.set_source(None)         # live: leftovers are resent, no resume state
+    if len(spool) or resume:
+        log.info("resuming from the spool", extra={
+            "spool": str(spool.dir), "batches": len(spool), "bytes": spool.depth_bytes,
+            "resume_after_frames": resume})
+    return spool, resume
+
+
+def open_source(opts: SensorOptions, fast_frames: int = 0) -> PacketSource:
     if opts.pcap:
         if not os.path.isfile(opts.pcap):
             raise SensorFailed(f"capture file not found: {opts.pcap}")
-        return FileReplay(opts.pcap)
+        return FileReplay(opts.pcap, realtime=opts.realtime, fast_frames=fast_frames)
     assert opts.interface
     try:
         # bpf=None lets the capture pick the default filter for the link type
@@ -68,7 +120,15 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     controller cannot be reached.
     """
     stop = stop or threading.Event()
-    source = open_source(opts)
+    if opts.pcap and not os.path.isfile(opts.pcap):
+        raise SensorFailed(f"capture file not found: {opts.pcap}")
+    spool, resume = open_spool(opts)
+    try:
+        source = open_source(opts, fast_frames=resume)
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
     classifier = Classifier()
     replay_total = os.path.getsize(opts.pcap) if opts.pcap else 0
     replay_bytes = [0]
@@ -87,18 +147,30 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         interfaces=(opts.interface,) if opts.interface else (),
         connect_timeout_s=opts.connect_timeout_s, max_batches=opts.max_batches,
         stats=stats, progress=(lambda: (replay_bytes[0], replay_total)) if opts.pcap else None,
+        # mTLS, or plain text only with opts.insecure (transport.tls.Security)
+        channel_credentials=Security.from_settings(opts).channel_credentials(),
+        spool=spool,
     )
     sender.start()
     error = ""
+    consumed = 0          # frames read from the source: the spool's resume cursor
+    replay = isinstance(source, FileReplay)
     try:
         for frames in source.batches():
             if stop.is_set() or sender.done:
                 break
+            if replay:
+                sender.advance_clock(source.clock_ns)
             if not frames:
                 continue
+            consumed += len(frames)
             replay_bytes[0] += sum(len(f[1]) for f in frames) + 16 * len(frames)
             accepted = classifier.accept_batch(source.linktype, frames)
-            sender.submit(source.linktype, accepted)
+            if consumed <= resume:
+                continue          # sent by the previous run (spooled): classifier state only
+            sender.submit(source.linktype, accepted, cursor=consumed if replay else 0)
+            if replay:
+                sender.advance_clock(source.clock_ns)
     except CaptureFileError as exc:
         error = str(exc)
         log.error("capture file error; everything before it was sent", extra={"error": error})
@@ -106,17 +178,25 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         if opts.pcap:
             replay_bytes[0] = replay_total
         sender.finish(error)
+    completed = False
     try:
         if mode == "replay":
             while not sender.wait_done(0.5):
                 if stop.is_set():
                     break
+            completed = sender.done and len(sender.outbox) == 0
         else:
             stop.wait()
             sender.stop()
     except ControllerUnreachable as exc:
-        raise SensorFailed(str(exc)) from exc
+        raise SensorFailed(
+            f"{exc}" + (f"; {len(spool)} batch(es) kept in {spool.dir} for the next run"
+                        if spool is not None and len(spool) else "")) from exc
     finally:
         sender.stop()
         source.close()
+        if spool is not None:
+            if completed:
+                spool.set_source(None)     # the replay is done: a rerun starts from scratch
+            spool.close(remove_if_empty=True)
     return error

@@ -5,6 +5,19 @@ acknowledges it (cumulative acks). When the stream breaks, the sender
 reconnects with exponential back-off (tenacity) and resends, in order, every
 batch not yet acknowledged; the controller drops the ones it already has.
 
+With a `Spool` (sensor/spool.py) the outbox is on disk: every batch is
+written through to the spool before `submit()` returns, so a `kill -9` of the
+sensor loses nothing already submitted, and a restarted sensor resends what
+the spool still holds, in order, as the first batches of its new session
+(seq numbers restart at 1 with every session; the spool keeps its own). A
+replay waits when the spool is full; live capture drops the oldest segment
+and counts it (`queue_drops`). Without a spool, `Outbox` keeps the
+unacknowledged batches in memory, bounded by count and bytes.
+
+Batches are serialized once, in `submit()`, without their seq; the wire
+message is that payload with the session seq prepended (protobuf fields may
+come in any order), so resending from disk never parses or re-encodes.
+
 Threads: the producer (the sensor pipeline) calls `submit()`; one link thread
 runs the gRPC stream (a request generator that reads the outbox, and the
 response loop that applies acks).
@@ -24,16 +37,34 @@ from tenacity import (
     RetryError,
     Retrying,
     retry_if_exception_type,
-    stop_after_delay,
     stop_never,
     wait_exponential,
 )
 
-from proto import sensor_pb2, sensor_pb2_grpc
+from proto import sensor_pb2
+from sensor.spool import Spool, SpoolError, SpoolFull
 
 log = logging.getLogger("spanrec.sensor.sender")
 
 VERSION = "0.1.0"
+STREAM_METHOD = "/spanrec.v1.SensorLink/Stream"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def batch_message(seq: int, payload: bytes) -> bytes:
+    """Serialized `SensorMessage{batch: Batch{seq, ...payload}}`; `payload` is a
+    serialized Batch without its seq (field 1, varint; SensorMessage.batch is
+    field 2, length-delimited)."""
+    seq_field = b"\x08" + _varint(seq)
+    return b"".join((b"\x12", _varint(len(seq_field) + len(payload)), seq_field, payload))
 
 
 class LinkDown(Exception):
@@ -58,9 +89,10 @@ class SenderCounters:
 @dataclass(slots=True)
 class _Pending:
     seq: int
-    message: sensor_pb2.SensorMessage
+    message: bytes | sensor_pb2.SensorMessage
     packets: int
     size: int
+    first_ts: int = 0        # capture time of the batch's first packet (0: unknown)
 
 
 @dataclass
@@ -85,8 +117,8 @@ class Outbox:
         return bool(self.items) and (len(self.items) >= self.max_batches
                                      or self.bytes >= self.max_bytes)
 
-    def add(self, make: Callable[[int], sensor_pb2.SensorMessage], packets: int, size: int,
-            block: bool, stop: threading.Event) -> None:
+    def add(self, make: Callable[[int], bytes | sensor_pb2.SensorMessage], packets: int, size: int,
+            block: bool, stop: threading.Event, first_ts: int = 0) -> None:
         with self.cond:
             while self.full():
                 if not block:
@@ -99,7 +131,7 @@ class Outbox:
                 self.cond.wait(0.2)
             seq = self.next_seq
             self.next_seq += 1
-            self.items.append(_Pending(seq, make(seq), packets, size))
+            self.items.append(_Pending(seq, make(seq), packets, size, first_ts))
             self.bytes += size
             self.cond.notify_all()
 
@@ -124,8 +156,85 @@ class Outbox:
             end = min(len(self.items), start + limit)
             return [self.items[i] for i in range(start, end)]
 
+    def has_after(self, seq: int) -> bool:
+        with self.cond:
+            return bool(self.items) and self.items[-1].seq > seq
+
+    def first_ts_after(self, seq: int) -> int | None:
+        pending = self.after(seq, limit=1)
+        return pending[0].first_ts if pending else None
+
     def __len__(self) -> int:
         return len(self.items)
+
+
+class SpoolOutbox:
+    """The outbox on disk: the same interface as `Outbox` over a `Spool`.
+
+    Session seqs are spool seqs minus `base`, fixed when the sender starts: a
+    restarted sensor's new session numbers the spooled batches 1, 2, ... in
+    their original order, then continues with new ones.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.cond = threading.Condition()
+        self.base = spool.first_seq() - 1
+        self.write_drops = 0     # packets lost because the spool could not be written (live)
+
+    @property
+    def acked_seq(self) -> int:
+        return max(0, self.spool.acked_seq - self.base)
+
+    @property
+    def dropped_packets(self) -> int:
+        return self.spool.dropped_packets + self.write_drops
+
+    @property
+    def bytes(self) -> int:
+        return self.spool.depth_bytes
+
+    def add_payload(self, payload: bytes, packets: int, first_ts: int, cursor: int,
+                    block: bool, stop: threading.Event) -> None:
+        while True:
+            try:
+                self.spool.append(payload, packets=packets, first_ts=first_ts, cursor=cursor,
+                                  on_full="raise" if block else "drop")
+                break
+            except SpoolFull:
+                if stop.is_set():
+                    return
+                with self.cond:
+                    self.cond.wait(0.2)
+            except SpoolError:
+                if block:
+                    raise
+                self.write_drops += packets   # live: count it and keep capturing
+                log.error("spool write failed; batch dropped", exc_info=True)
+                return
+        with self.cond:
+            self.cond.notify_all()
+
+    def ack(self, seq: int) -> int:
+        released = self.spool.ack(seq + self.base)
+        with self.cond:
+            self.cond.notify_all()
+        return released
+
+    def after(self, seq: int, limit: int = 64) -> list[_Pending]:
+        base = self.base
+        return [_Pending(r.seq - base, batch_message(r.seq - base, r.payload), r.packets,
+                         len(r.payload), r.first_ts)
+                for r in self.spool.read(seq + base, limit)]
+
+    def has_after(self, seq: int) -> bool:
+        return self.spool.has_after(seq + self.base)
+
+    def first_ts_after(self, seq: int) -> int | None:
+        return self.spool.first_ts_after(seq + self.base)
+
+    def __len__(self) -> int:
+        return len(self.spool)
 
 
 class Sender:
@@ -145,6 +254,7 @@ class Sender:
         stats: Callable[[], sensor_pb2.Counters] | None = None,
         progress: Callable[[], tuple[int, int]] | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self.target = target
         self.sensor_id = sensor_id
@@ -154,7 +264,9 @@ class Sender:
         self.heartbeat_s = heartbeat_s
         self.connect_timeout_s = connect_timeout_s
         self.session = uuid.uuid4().hex
-        self.outbox = Outbox(max_batches=max_batches)
+        self.spool = spool
+        self.outbox: Outbox | SpoolOutbox = (
+            SpoolOutbox(spool) if spool is not None else Outbox(max_batches=max_batches))
         self.counters = SenderCounters()
         self._stats = stats
         self._progress = progress
@@ -162,34 +274,47 @@ class Sender:
         self._stop = threading.Event()
         self._finished = threading.Event()   # producer is done (replay end)
         self._end_error = ""
+        self._end_seq = 0                    # last_seq of the EndOfCapture sent
         self._done = threading.Event()       # controller confirmed the end
         self._failure: BaseException | None = None
         self._clock_ns = 0
+        self._link_lost = time.monotonic()   # connect timeout counts from here
         self._thread = threading.Thread(target=self._run, name="spanrec-link", daemon=True)
 
     # -- producer side -------------------------------------------------
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, linktype: int, frames: list[tuple[int, bytes]]) -> None:
-        """Queue one batch of (ts_ns, data) frames; blocks in replay mode when full."""
+    def submit(self, linktype: int, frames: list[tuple[int, bytes]], cursor: int = 0) -> None:
+        """Queue one batch of (ts_ns, data) frames; blocks in replay mode when full.
+
+        `cursor` is stored with the batch in the spool: how far the source had
+        got (a restarted replay continues after the last spooled cursor)."""
         if not frames:
             return
-        self._clock_ns = frames[-1][0]
-
-        def make(seq: int) -> sensor_pb2.SensorMessage:
-            return sensor_pb2.SensorMessage(batch=sensor_pb2.Batch(
-                seq=seq,
-                sensor_id=self.sensor_id,
-                linktype=linktype,
-                timestamps_ns=[f[0] for f in frames],
-                lengths=[len(f[1]) for f in frames],
-                data=b"".join([f[1] for f in frames]),
-            ))
-
-        size = sum(len(f[1]) for f in frames)
-        self.outbox.add(make, len(frames), size, block=self.mode != "live", stop=self._stop)
+        data = b"".join([f[1] for f in frames])
+        payload = sensor_pb2.Batch(
+            sensor_id=self.sensor_id,
+            linktype=linktype,
+            timestamps_ns=[f[0] for f in frames],
+            lengths=[len(f[1]) for f in frames],
+            data=data,
+        ).SerializeToString()
+        block = self.mode != "live"
+        if isinstance(self.outbox, SpoolOutbox):
+            self.outbox.add_payload(payload, len(frames), frames[0][0], cursor, block, self._stop)
+        else:
+            self.outbox.add(lambda seq: batch_message(seq, payload), len(frames), len(data),
+                            block=block, stop=self._stop, first_ts=frames[0][0])
+        if frames[-1][0] > self._clock_ns:
+            self._clock_ns = frames[-1][0]
         self.counters.forwarded += len(frames)
+
+    def advance_clock(self, clock_ns: int) -> None:
+        """Replay: no packet older than `clock_ns` is still to come from the source
+        (a real-time replay moves its clock on while the file is idle)."""
+        if clock_ns > self._clock_ns:
+            self._clock_ns = clock_ns
 
     def finish(self, error: str = "") -> None:
         """The source ended: send EndOfCapture after the last batch."""
@@ -214,7 +339,7 @@ class Sender:
         base = self._stats() if self._stats else sensor_pb2.Counters()
         c = self.counters
         base.forwarded = c.forwarded
-        base.queue_drops = self.outbox.dropped_packets
+        base.queue_drops = self.outbox.dropped_packets   # memory outbox or spool: oldest dropped
         base.send_queue = len(self.outbox)
         base.batches_sent = c.batches_sent
         base.batches_acked = c.batches_acked
@@ -223,7 +348,7 @@ class Sender:
 
     # -- link side -----------------------------------------------------
     def _run(self) -> None:
-        stop = stop_never if self.connect_timeout_s is None else stop_after_delay(self.connect_timeout_s)
+        stop = stop_never if self.connect_timeout_s is None else self._give_up
         retrying = Retrying(
             retry=retry_if_exception_type(LinkDown),
             wait=wait_exponential(multiplier=0.1, min=0.1, max=5.0),
@@ -245,6 +370,11 @@ class Sender:
             if self._failure is not None:
                 self._stop.set()   # unblock a producer waiting for room in the outbox
             self._done.set()
+
+    def _give_up(self, state) -> bool:  # tenacity RetryCallState
+        # counted from when the link was last up, not from the sensor's start:
+        # a replay that ran for an hour gets the same grace after a break
+        return time.monotonic() - self._link_lost >= (self.connect_timeout_s or 0)
 
     @property
     def done(self) -> bool:
@@ -270,13 +400,20 @@ class Sender:
         if self._stop.is_set():
             return
         channel = self._channel()
+        connected = False
         try:
             try:
                 grpc.channel_ready_future(channel).result(timeout=2.0)
             except grpc.FutureTimeoutError as exc:
                 raise LinkDown(f"cannot connect to {self.target}") from exc
-            stub = sensor_pb2_grpc.SensorLinkStub(channel)
-            call = stub.Stream(self._requests())
+            connected = True
+            if self._stop.is_set():
+                return
+            # requests are serialized by us (batches straight from the outbox/spool)
+            stream = channel.stream_stream(
+                STREAM_METHOD, request_serializer=None,
+                response_deserializer=sensor_pb2.ControllerMessage.FromString)
+            call = stream(self._requests())
             try:
                 for reply in call:
                     kind = reply.WhichOneof("kind")
@@ -287,6 +424,9 @@ class Sender:
                         if reply.notice.text:
                             log.info("controller notice", extra={"text": reply.notice.text})
                         if reply.notice.capture_done:
+                            # the controller made everything up to EndOfCapture.last_seq
+                            # durable before answering (a WAL may ack lazily): forget it
+                            self.counters.batches_acked += self.outbox.ack(self._end_seq)
                             self._done.set()
                             call.cancel()
                             return
@@ -298,39 +438,49 @@ class Sender:
                     return
                 raise LinkDown(f"{exc.code().name}: {exc.details()}") from exc
         finally:
+            if connected:
+                self._link_lost = time.monotonic()
             channel.close()
 
-    def _requests(self) -> Iterator[sensor_pb2.SensorMessage]:
+    def _requests(self) -> Iterator[bytes]:
         hello = sensor_pb2.Hello(sensor_id=self.sensor_id, site=self.site, version=VERSION,
                                  interfaces=list(self.interfaces), session=self.session,
                                  mode=self.mode, acked_seq=self.outbox.acked_seq)
-        yield sensor_pb2.SensorMessage(hello=hello)
+        yield sensor_pb2.SensorMessage(hello=hello).SerializeToString()
+        self._link_lost = time.monotonic()
         sent_upto = self.outbox.acked_seq
         next_beat = time.monotonic() + self.heartbeat_s
         end_sent = False
         while not self._stop.is_set() and not self._done.is_set():
             pending = self.outbox.after(sent_upto)
             for item in pending:
-                yield item.message
+                msg = item.message
+                yield msg if isinstance(msg, bytes) else msg.SerializeToString()
                 sent_upto = item.seq
                 self.counters.batches_sent += 1
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
-                yield self._heartbeat()
-            if self._finished.is_set() and not end_sent and not self.outbox.after(sent_upto):
+                yield self._heartbeat(sent_upto).SerializeToString()
+            if self._finished.is_set() and not end_sent and not self.outbox.has_after(sent_upto):
                 end_sent = True
+                self._end_seq = sent_upto
                 yield sensor_pb2.SensorMessage(end=sensor_pb2.EndOfCapture(
                     sensor_id=self.sensor_id, last_seq=sent_upto,
-                    counters=self.counters_pb(), error=self._end_error))
+                    counters=self.counters_pb(), error=self._end_error)).SerializeToString()
             with self.outbox.cond:
-                if not self.outbox.after(sent_upto) and not self._stop.is_set():
+                if not self.outbox.has_after(sent_upto) and not self._stop.is_set():
                     self.outbox.cond.wait(max(0.0, min(0.2, next_beat - time.monotonic())))
 
-    def _heartbeat(self) -> sensor_pb2.SensorMessage:
+    def _heartbeat(self, sent_upto: int = 0) -> sensor_pb2.SensorMessage:
         # A live sensor promises nothing older than now minus what may still sit
         # between the capture thread and submit(); late packets are still merged.
         clock = time.time_ns() - 200_000_000 if self.mode == "live" else self._clock_ns
+        # Never promise past a batch still waiting to be sent (a backlog resent
+        # from the spool after an outage or a restart is older than "now").
+        first = self.outbox.first_ts_after(sent_upto)
+        if first:
+            clock = min(clock, first - 1)
         beat = sensor_pb2.Heartbeat(sensor_id=self.sensor_id, clock_ns=clock,
                                     counters=self.counters_pb())
         if self._progress is not None:
