@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import logging
+import os
 import signal
+from pathlib import Path
 
 from cli.settings import ControllerSettings
 from controller.calls import CallConfig
 from controller.core import Recorder
 from controller.dedup import DedupConfig
 from controller.link import serve
+from controller.wal import WalError, WriteAheadLog
 from storage import open_store
 from storage.base import RecordingStore, StorageError
+from storage.local import LocalStore
+from storage.outbox import OutboxStore
+from transport.tls import Security
 
 log = logging.getLogger("spanrec.controller")
 
@@ -41,7 +48,7 @@ def tune_gc() -> None:
 
 
 def build_recorder(settings: ControllerSettings, store: RecordingStore,
-                   expected_sensors: int = 0) -> Recorder:
+                   expected_sensors: int = 0, wal: WriteAheadLog | None = None) -> Recorder:
     return Recorder(
         store,
         call_config=CallConfig(answered_timeout_s=settings.answered_timeout_s,
@@ -50,18 +57,61 @@ def build_recorder(settings: ControllerSettings, store: RecordingStore,
         dedup_config=DedupConfig(sip_window_ms=settings.sip_dedup_window_ms,
                                  media_window_ms=settings.media_dedup_window_ms),
         expected_sensors=expected_sensors,
-        controller_id=settings.controller_id)
+        controller_id=settings.controller_id,
+        wal=wal)
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """One controller per state folder: two writing one log would corrupt it."""
+    from cli.main import Failure
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise Failure(f"state folder {state_dir}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise Failure(f"state folder {state_dir} is in use by another controller") from None
+    return fd  # held (open) until the process ends
+
+
+def open_durable(settings: ControllerSettings, store: RecordingStore,
+                 ) -> tuple[Recorder, OutboxStore | None]:
+    """The controller's Recorder with its write-ahead log (state_dir/wal) and,
+    for a remote store, the storage outbox (state_dir/outbox); replays the log
+    and queues what the outbox holds. A local folder gets no outbox: a put there
+    is already durable (fsync + rename) and fails only with the local disk."""
+    from cli.main import Failure
+    state = Path(settings.state_dir).expanduser().absolute()
+    outbox = None
+    target: RecordingStore = store
+    try:
+        if not isinstance(store, LocalStore):
+            outbox = OutboxStore(store, state / "outbox")
+            target = outbox
+        wal = WriteAheadLog(state / "wal")
+        recorder = build_recorder(settings, target, wal=wal)
+        if outbox is not None:
+            outbox.start()
+        recorder.recover()
+    except (WalError, StorageError, OSError) as exc:
+        raise Failure(f"state folder {state}: {exc}") from None
+    return recorder, outbox
 
 
 def run_controller(settings: ControllerSettings) -> None:
     from cli.main import Failure
     store = open_storage(settings)
-    recorder = build_recorder(settings, store)
+    lock_state_dir(Path(settings.state_dir).expanduser().absolute())
+    recorder, outbox = open_durable(settings, store)
     tune_gc()
 
     async def main() -> None:
         try:
-            server, port = await serve(recorder, settings.listen)
+            server, port = await serve(recorder, settings.listen,
+                                       server_credentials=Security.from_settings(settings).server_credentials())
         except (OSError, RuntimeError) as exc:
             raise Failure(f"cannot listen on {settings.listen}: {exc}") from None
         log.info("controller listening", extra={"listen": settings.listen, "port": port,
@@ -74,6 +124,9 @@ def run_controller(settings: ControllerSettings) -> None:
         log.info("controller stopping: finishing active calls")
         await server.stop(grace=2.0)
         await asyncio.to_thread(recorder.shutdown)
+        if outbox is not None and not await asyncio.to_thread(outbox.drain, 10.0):
+            log.warning("controller stopping with recordings not yet uploaded; they are "
+                        "uploaded at the next start", extra={"pending": outbox.pending})
         log.info("controller stopped", extra={"recordings_written": recorder.writer.written})
 
     asyncio.run(main())

@@ -2,6 +2,13 @@
 
 `Recorder` knows nothing of gRPC: the servicer in link.py (and tests) call
 `sensor_hello`, `ingest`, `heartbeat`, `end_of_capture` and `tick`.
+
+With a write-ahead log (controller/wal.py) every batch and sensor event is
+logged before it is processed, `ingest` returns only the seq whose log is
+durable (cumulative acks), and `recover()` replays the log into a fresh
+Recorder after a crash. Recordings already stored before the crash are
+remembered ("stored" records) so the replay does not write them again, nor a
+partial copy of one whose first packets were in a segment already deleted.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from controller.finalize import build_recording
 from controller.order import Packet, TimeMerger
 from protocols.errors import DecodeError
 from protocols.layers import decode
+from controller.wal import BATCH, END, DISCONNECT, HELLO, SNAPSHOT, STORED, WalError, WriteAheadLog
 from storage.base import RecordingStore, StorageError
 
 log = logging.getLogger("spanrec.controller")
@@ -43,6 +51,9 @@ class SensorState:
     batches_received: int = 0
     replay_bytes: int = 0
     replay_total: int = 0
+    clock_ns: int = 0               # newest packet time or heartbeat clock (WAL snapshots)
+    durable_seq: int = 0            # highest seq whose write-ahead log record is durable
+    unsynced: deque = field(default_factory=deque)   # (wal lsn, seq) not yet durable
 
 
 class RecordingWriter:
@@ -51,8 +62,10 @@ class RecordingWriter:
     Several threads, because a durable write waits on fsync (or on S3), not
     on the CPU."""
 
-    def __init__(self, store: RecordingStore, recent: int = 200, threads: int = 4) -> None:
+    def __init__(self, store: RecordingStore, recent: int = 200, threads: int = 4,
+                 on_done: Any = None) -> None:
         self.store = store
+        self.on_done = on_done      # on_done(call, recording or None) after each attempt
         self.written = 0
         self.errors = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
@@ -72,6 +85,7 @@ class RecordingWriter:
     def _run(self) -> None:
         while True:
             call = self._queue.get()
+            stored = None
             try:
                 rec = build_recording(call)
                 location = self.store.put(rec.prefix, rec.files)
@@ -83,6 +97,7 @@ class RecordingWriter:
                 log.info("recording written", extra={
                     "recording_id": rec.recording_id, "location": location,
                     "status": rec.metadata.get("status")})
+                stored = rec
             except StorageError as exc:
                 with self._count_lock:
                     self.errors += 1
@@ -92,6 +107,11 @@ class RecordingWriter:
                     self.errors += 1
                 log.exception("recording failed")
             finally:
+                if self.on_done is not None:
+                    try:
+                        self.on_done(call, stored)
+                    except Exception:  # noqa: BLE001
+                        log.exception("recording bookkeeping failed")
                 self._queue.task_done()
 
 
@@ -106,12 +126,15 @@ class Recorder:
         dedup_config: DedupConfig | None = None,
         expected_sensors: int = 0,
         controller_id: str = "controller",
+        wal: WriteAheadLog | None = None,
+        wal_horizon_s: float = 10.0,
     ) -> None:
         self.controller_id = controller_id
-        self.engine = CallEngine(call_config)
+        self.call_config = call_config or CallConfig()
+        self.engine = CallEngine(self.call_config)
         self.dedup = Deduplicator(dedup_config or DedupConfig())
         self.merger = TimeMerger(expected_sources=expected_sensors)
-        self.writer = RecordingWriter(store)
+        self.writer = RecordingWriter(store, on_done=self._written if wal is not None else None)
         self.sensors: dict[str, SensorState] = {}
         self.decode_errors = 0
         self.bad_batches = 0        # rejected by the link: lengths did not match data
@@ -120,12 +143,26 @@ class Recorder:
         self._next_advance = 0
         self._lock = threading.Lock()
         self.all_replays_done = threading.Event()
+        # write-ahead log bookkeeping (all unused without a log)
+        self.wal = wal
+        self._replaying = False
+        # capture time kept before the oldest packet still needed: dedup windows,
+        # TCP messages dated by their last segment, fragments
+        self._horizon_ns = int(wal_horizon_s * _SECOND)
+        self._book_lock = threading.Lock()
+        self._pending_writes: dict[int, int] = {}      # id(FinishedCall) -> started_ns
+        self._stored: dict[str, tuple[int, int]] = {}  # Call-ID -> (started_ns, until_ns)
+        self.replay_suppressed = 0  # calls not written again: stored before a crash
+        self._replay_until = -1     # newest capture time in the replayed log
+        self.recovered: dict[str, Any] = {}
 
     # -- sensor events -------------------------------------------------
     def sensor_hello(self, sensor_id: str, *, session: str, site: str = "", version: str = "",
                      mode: str = "live") -> int:
         """Registers a (re)connecting sensor; returns the seq already acknowledged."""
         with self._lock:
+            self._log(HELLO, {"sensor_id": sensor_id, "session": session, "site": site,
+                              "version": version, "mode": mode})
             st = self.sensors.get(sensor_id)
             if st is None or st.session != session:
                 st = SensorState(sensor_id, site=site, version=version, mode=mode, session=session)
@@ -134,20 +171,38 @@ class Recorder:
             st.ended = False
             st.last_seen = time.time()
             self.merger.add_source(sensor_id)
+            if self.wal is not None and not self._replaying:
+                self.wal.sync()      # everything received so far is acknowledged as durable
+                st.unsynced.clear()
+                st.durable_seq = st.acked_seq
             return st.acked_seq
 
     def sensor_disconnected(self, sensor_id: str) -> None:
         st = self.sensors.get(sensor_id)
         if st is not None:
             st.connected = False
+            if self.wal is not None and not self._replaying:
+                try:
+                    with self._lock:
+                        self._log(DISCONNECT, {"sensor_id": sensor_id})
+                except WalError:
+                    pass     # the log closed first (shutdown): a reconnect logs a hello anyway
 
     def ingest(self, sensor_id: str, seq: int, linktype: int, timestamps: list[int],
                lengths: list[int], data: bytes) -> int:
-        """Takes one batch; returns the seq to acknowledge (cumulative)."""
+        """Takes one batch; returns the seq to acknowledge (cumulative). With a
+        write-ahead log that is the newest seq whose record is durable, which
+        may be lower than `seq`: a later ack covers it."""
         with self._lock:
             st = self.sensors[sensor_id]
             if seq <= st.acked_seq:
-                return st.acked_seq          # a resend of what we already have
+                return self._ack(st)         # a resend of what we already have
+            wal = self.wal
+            if wal is not None and not self._replaying:
+                if wal.needs_roll():
+                    wal.roll(self._snapshot())
+                st.unsynced.append((wal.append_batch(sensor_id, seq, linktype, timestamps,
+                                                     lengths, data), seq))
             packets: list[Packet] = []
             append = packets.append
             off = 0
@@ -157,10 +212,21 @@ class Recorder:
             st.packets_received += len(packets)
             st.batches_received += 1
             st.last_seen = time.time()
+            if packets and packets[-1][0] > st.clock_ns:
+                st.clock_ns = packets[-1][0]
             self.merger.push(sensor_id, packets)
             self._process(self.merger.release())
             st.acked_seq = seq
-            return seq
+            return self._ack(st)
+
+    def _ack(self, st: SensorState) -> int:
+        if self.wal is None or self._replaying:
+            return st.acked_seq
+        durable = self.wal.durable_lsn
+        unsynced = st.unsynced
+        while unsynced and unsynced[0][0] <= durable:
+            st.durable_seq = unsynced.popleft()[1]
+        return st.durable_seq
 
     def heartbeat(self, sensor_id: str, clock_ns: int, counters: dict[str, int],
                   replay_bytes: int = 0, replay_total: int = 0) -> None:
@@ -171,6 +237,8 @@ class Recorder:
             st.counters = counters
             st.last_seen = time.time()
             st.replay_bytes, st.replay_total = replay_bytes, replay_total
+            if clock_ns > st.clock_ns:
+                st.clock_ns = clock_ns
             self.merger.heartbeat(sensor_id, clock_ns)
 
     def end_of_capture(self, sensor_id: str, counters: dict[str, int], error: str) -> None:
@@ -179,6 +247,7 @@ class Recorder:
             st = self.sensors.get(sensor_id)
             if st is None:
                 return
+            self._log(END, {"sensor_id": sensor_id, "counters": counters, "error": error})
             st.counters, st.ended, st.end_error = counters, True, error
             st.replay_bytes = st.replay_total
             self.merger.remove_source(sensor_id)
@@ -186,23 +255,199 @@ class Recorder:
             if all(s.ended or not s.connected for s in self.sensors.values()) and \
                     len(self.sensors) >= self.merger.expected_sources:
                 self._process(self.merger.release(drain=True))
-                self.writer.submit(self.engine.finish_all("capture-end"))
+                self._submit(self.engine.finish_all("capture-end"))
                 self.all_replays_done.set()
+            if self.wal is not None and not self._replaying:
+                self.wal.sync()      # the sensor forgets its batches after our answer
 
     def tick(self) -> None:
         """Called about once a second: moves time on when traffic is idle."""
+        keep = None
         with self._lock:
             self._process(self.merger.release())
             mark = self.merger.released_until
             if 0 < mark < (1 << 62):
-                self.writer.submit(self.engine.advance(mark))
+                self._submit(self.engine.advance(mark))
+            if self.wal is not None:
+                keep = self._keep_ts()
+        if keep is not None:
+            self.wal.delete_before(keep)     # type: ignore[union-attr]
 
     def shutdown(self) -> None:
         """Graceful stop: everything pending becomes a recording."""
         with self._lock:
             self._process(self.merger.release(drain=True))
-            self.writer.submit(self.engine.finish_all("capture-end"))
+            self._submit(self.engine.finish_all("capture-end"))
         self.writer.join()
+        if self.wal is not None:
+            with self._lock:
+                # every call is written: only the sensors' sessions are still needed
+                self.wal.roll(self._snapshot())
+            self.wal.delete_before(1 << 62)
+            self.wal.close()
+
+    # -- write-ahead log ---------------------------------------------------
+    def _log(self, kind: int, value: dict[str, Any]) -> None:
+        if self.wal is not None and not self._replaying:
+            self.wal.append_event(kind, value)
+
+    def _submit(self, calls: list) -> None:
+        """Hand finished calls to the writer, except those already stored
+        before a crash (or a fragment of one)."""
+        if not calls:
+            return
+        if self.wal is None:
+            self.writer.submit(calls)
+            return
+        out = []
+        with self._book_lock:
+            stored = self._stored
+            for call in calls:
+                if stored and self._already_stored(call):
+                    self.replay_suppressed += 1
+                    continue
+                self._pending_writes[id(call)] = call.started_ns
+                out.append(call)
+        self.writer.submit(out)
+
+    def _already_stored(self, call) -> bool:
+        # only calls rebuilt from the replayed log: a call that starts on new
+        # traffic is never dropped, whatever its Call-ID
+        if call.started_ns > self._replay_until:
+            return False
+        for cid in call.call_ids:
+            hit = self._stored.get(cid)
+            if hit is not None and hit[0] <= call.started_ns <= hit[1]:
+                return True
+        return False
+
+    def _written(self, call, rec) -> None:
+        """Writer callback: the call is stored (rec) or given up (None)."""
+        if rec is not None:
+            last = call.frame_ts[-1] if call.frame_ts else call.started_ns
+            cfg = self.call_config
+            idle = cfg.answered_timeout_s if call.answered_ns is not None else cfg.setup_timeout_s
+            entry = {"id": rec.recording_id, "call_ids": list(call.call_ids),
+                     "started_ns": call.started_ns,
+                     "until_ns": last + int((idle + cfg.linger_s + cfg.recent_call_id_s) * _SECOND)}
+            try:
+                # logged before the call stops pinning its segments (see delete_before)
+                self.wal.append_event(STORED, entry)     # type: ignore[union-attr]
+            except WalError as exc:
+                log.error("write-ahead log: cannot record a stored recording",
+                          extra={"error": str(exc)})
+            with self._book_lock:
+                self._remember_stored(entry)
+        with self._book_lock:
+            self._pending_writes.pop(id(call), None)
+
+    def _remember_stored(self, entry: dict[str, Any]) -> None:
+        for cid in entry["call_ids"]:
+            self._stored[cid] = (entry["started_ns"], entry["until_ns"])
+
+    def _keep_ts(self) -> int | None:
+        """Capture time before which no packet is needed any more: older than the
+        first packet of every active call and of every call not yet stored, and
+        than everything the merger still holds."""
+        mark = self.merger.released_until
+        if mark < 0:
+            return None
+        keep = mark + 1
+        for call in self.engine.table.calls():
+            if call.started_ns < keep:
+                keep = call.started_ns
+        with self._book_lock:
+            if self._pending_writes:
+                keep = min(keep, min(self._pending_writes.values()))
+            # forget stored calls no replay or retransmission can bring back
+            if self._stored:
+                old = mark - 60 * _SECOND
+                for cid in [c for c, (_, until) in self._stored.items() if until < old]:
+                    del self._stored[cid]
+        return keep - self._horizon_ns
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What a new segment starts with: sensor sessions and recent stored calls."""
+        with self._book_lock:
+            stored = [{"call_ids": [cid], "started_ns": a, "until_ns": b}
+                      for cid, (a, b) in self._stored.items()]
+        return {"sensors": [{
+            "sensor_id": st.sensor_id, "site": st.site, "version": st.version, "mode": st.mode,
+            "session": st.session, "acked_seq": st.acked_seq, "connected": st.connected,
+            "ended": st.ended, "end_error": st.end_error, "clock_ns": st.clock_ns,
+        } for st in self.sensors.values()], "stored": stored}
+
+    def _restore(self, snap: dict[str, Any], first: bool) -> None:
+        for s in snap.get("sensors", []):
+            sid = s["sensor_id"]
+            st = self.sensors.get(sid)
+            if first or st is None:
+                st = SensorState(sid, site=s["site"], version=s["version"], mode=s["mode"],
+                                 session=s["session"], acked_seq=s["acked_seq"],
+                                 connected=s["connected"], ended=s["ended"],
+                                 end_error=s["end_error"], last_seen=time.time(),
+                                 clock_ns=s["clock_ns"])
+                self.sensors[sid] = st
+                if not st.ended:
+                    self.merger.add_source(sid)
+                    if st.clock_ns:
+                        self.merger.heartbeat(sid, st.clock_ns)
+            elif st.session == s["session"] and s["acked_seq"] > st.acked_seq:
+                st.acked_seq = s["acked_seq"]   # records lost in a damaged segment
+
+    def recover(self) -> dict[str, Any]:
+        """Replay the write-ahead log (same path as live traffic, in order), then
+        open it for appending. Call once, before serving."""
+        wal = self.wal
+        if wal is None:
+            return {}
+        t0 = time.monotonic()
+        with self._book_lock:
+            for kind, value in wal.scan({STORED, SNAPSHOT}):
+                for entry in (value.get("stored", []) if kind == SNAPSHOT else [value]):
+                    self._remember_stored(entry)
+        batches = 0
+        first = True
+        self._replaying = True
+        try:
+            for kind, value in wal.replay():
+                if kind == BATCH:
+                    if value.sensor_id not in self.sensors:
+                        self.sensor_hello(value.sensor_id, session="")
+                    if value.max_ts > self._replay_until:
+                        self._replay_until = value.max_ts
+                    self.ingest(value.sensor_id, value.seq, value.linktype, value.timestamps,
+                                value.lengths, value.data)
+                    batches += 1
+                elif kind == SNAPSHOT:
+                    with self._lock:
+                        self._restore(value, first)
+                    first = False
+                elif kind == HELLO:
+                    self.sensor_hello(value["sensor_id"], session=value["session"],
+                                      site=value["site"], version=value["version"],
+                                      mode=value["mode"])
+                elif kind == DISCONNECT:
+                    self.sensor_disconnected(value["sensor_id"])
+                elif kind == END:
+                    self.end_of_capture(value["sensor_id"], value["counters"], value["error"])
+        finally:
+            self._replaying = False
+        with self._lock:
+            for st in self.sensors.values():
+                st.connected = False         # they reconnect
+                st.durable_seq = st.acked_seq
+                st.unsynced.clear()
+            wal.open(self._snapshot())
+        self.recovered = {
+            "batches": batches, "seconds": round(time.monotonic() - t0, 3),
+            "active_calls": len(self.engine.table), "calls_written": self.writer.written,
+            "sensors": {sid: st.acked_seq for sid, st in self.sensors.items()},
+            **{k: v for k, v in wal.counters.items() if k in ("torn_tail_bytes", "corrupt_segments")},
+        }
+        if batches or self.sensors:
+            log.info("write-ahead log replayed", extra=self.recovered)
+        return self.recovered
 
     # -- the packet path ----------------------------------------------
     def _process(self, packets: list[Packet]) -> None:
@@ -226,7 +471,7 @@ class Recorder:
             engine_process(ts, sid, linktype, data, d)
             if ts >= next_advance:
                 next_advance = ts + _SECOND
-                self.writer.submit(self.engine.advance(ts))
+                self._submit(self.engine.advance(ts))
                 active = len(self.engine.active())
                 if active > self.peak_active_calls:
                     self.peak_active_calls = active
@@ -256,7 +501,7 @@ class Recorder:
                 "replay_bytes": st.replay_bytes, "replay_total": st.replay_total,
                 "error": st.end_error,
             })
-        return {
+        out = {
             "controller_id": self.controller_id,
             "sensors": sensors,
             "active_calls": len(self.engine.active()),
@@ -268,3 +513,12 @@ class Recorder:
             "packets_in": self.packets_in,
             "engine": dict(self.engine.counters),
         }
+        counters = getattr(self.writer.store, "counters", None)
+        if callable(counters):
+            c = counters()
+            out.update({"storage_pending": c["pending"], "storage_uploaded": c["uploaded"],
+                        "storage_retries": c["retries"], "storage_upload_errors": c["errors"]})
+        if self.wal is not None:
+            out["wal"] = self.wal.stats()
+            out["replay_suppressed"] = self.replay_suppressed
+        return out

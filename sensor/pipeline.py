@@ -23,7 +23,7 @@ from proto import sensor_pb2
 from protocols.pcapfile import CaptureFileError
 from sensor.capture import CaptureError, FileReplay, LiveCapture, PacketSource
 from sensor.classify import Classifier
-from sensor.sender import ControllerUnreachable, Sender
+from sensor.sender import VERSION, ControllerUnreachable, Sender
 from sensor.spool import Spool, SpoolError
 from transport.tls import Security
 
@@ -98,6 +98,23 @@ def open_spool(opts: SensorOptions) -> tuple[Spool | None, int]:
     return spool, resume
 
 
+def start_registry(opts: SensorOptions):
+    """Registers the sensor in etcd (leased, kept alive in the background) when
+    --etcd is given; its locator then tells the sender where the controller is.
+    etcd being away never stops the capture: the registry reports 'degraded'."""
+    if not opts.etcd:
+        return None
+    from registry import MemberRecord, Registry
+    endpoints = [e.strip() for e in opts.etcd.split(",") if e.strip()]
+    user = os.environ.get("SPANREC_ETCD_USER") or None
+    password = os.environ.get("SPANREC_ETCD_PASSWORD") or None
+    reg = Registry(endpoints, opts.etcd_prefix, MemberRecord(
+        id=opts.sensor_id, role="sensor", site=opts.site, version=VERSION,
+        interfaces=(opts.interface,) if opts.interface else ()), user=user, password=password)
+    reg.start(wait=2.0)
+    return reg
+
+
 def open_source(opts: SensorOptions, fast_frames: int = 0) -> PacketSource:
     if opts.pcap:
         if not os.path.isfile(opts.pcap):
@@ -142,8 +159,10 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
             backlog_drops=cap.backlog_drops)
 
     mode = "replay" if opts.pcap else "live"
+    registry = start_registry(opts)
     sender = Sender(
-        opts.controller, opts.sensor_id, site=opts.site, mode=mode,
+        opts.controller or "", opts.sensor_id, site=opts.site, mode=mode,
+        resolve=registry.locator().current if registry is not None and not opts.controller else None,
         interfaces=(opts.interface,) if opts.interface else (),
         connect_timeout_s=opts.connect_timeout_s, max_batches=opts.max_batches,
         stats=stats, progress=(lambda: (replay_bytes[0], replay_total)) if opts.pcap else None,
@@ -171,6 +190,10 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
             sender.submit(source.linktype, accepted, cursor=consumed if replay else 0)
             if replay:
                 sender.advance_clock(source.clock_ns)
+            if registry is not None:
+                c = sender.counters_pb()       # throttled by the registry (every 2 s at most)
+                registry.update(captured=c.captured, forwarded=c.forwarded,
+                                queue_drops=c.queue_drops, kernel_drops=c.kernel_drops)
     except CaptureFileError as exc:
         error = str(exc)
         log.error("capture file error; everything before it was sent", extra={"error": error})
@@ -195,6 +218,8 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     finally:
         sender.stop()
         source.close()
+        if registry is not None:
+            registry.stop()
         if spool is not None:
             if completed:
                 spool.set_source(None)     # the replay is done: a rerun starts from scratch

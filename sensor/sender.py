@@ -255,8 +255,12 @@ class Sender:
         progress: Callable[[], tuple[int, int]] | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
         spool: Spool | None = None,
+        resolve: Callable[[], str | None] | None = None,
     ) -> None:
         self.target = target
+        # With a registry, the controller's address is looked up before each
+        # (re)connect, so a sensor follows a controller that moved or restarted.
+        self._resolve = resolve
         self.sensor_id = sensor_id
         self.site = site
         self.mode = mode
@@ -399,6 +403,11 @@ class Sender:
         """One stream: hello, resend what is unacked, then new batches. Raises LinkDown."""
         if self._stop.is_set():
             return
+        if self._resolve is not None:
+            found = self._resolve()
+            if not found:
+                raise LinkDown("no controller registered in etcd")
+            self.target = found
         channel = self._channel()
         connected = False
         try:
