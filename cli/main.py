@@ -13,11 +13,7 @@ from typing import Any
 import click
 
 from cli import output
-from cli.settings import ConfigError, ControllerSettings, SensorSettings, load
-
-
-class Failure(Exception):
-    """A runtime failure the user should read as one line (exit 1)."""
+from cli.settings import ConfigError, ControllerSettings, Failure, SensorSettings, load
 
 
 _config_option = click.option(
@@ -117,6 +113,9 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
 @click.option("--setup-timeout", "setup_timeout_s", type=float,
               help="End an unanswered call after this many seconds without SIP or RTP (default 180).")
 @click.option("--controller-id", help="Name of this controller in status output.")
+@click.option("--advertise", help="HOST:PORT sensors should connect to, registered in etcd "
+                                  "(default: --listen, with this host's name for 0.0.0.0).")
+@click.option("--site", help="Site name of this controller in the registry.")
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Folder for the write-ahead log and the storage outbox (default ./spanrec-state).")
 @click.option("--metrics-listen", help="HOST:PORT of a Prometheus scrape endpoint (off by default).")

@@ -107,8 +107,10 @@ FLEET_COLUMNS = [
     ("mode", "mode"), ("version", "version"), ("last_heartbeat", "last heartbeat"),
     ("captured_per_s", "captured/s"), ("forwarded_per_s", "forwarded/s"),
     ("kernel_drops", "kernel drops"), ("queue_drops", "queue drops"), ("send_queue", "spool"),
-    ("identity", "certificate"),
+    ("identity", "certificate"), ("registered", "etcd"),
 ]
+MEMBER_COLUMNS = [("role", "role"), ("id", "id"), ("site", "site"), ("address", "address"),
+                  ("version", "version"), ("started_at", "started (UTC)")]
 
 
 def print_fleet(fleet: Any, fmt: str = "table") -> None:
@@ -122,6 +124,10 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
              f"{fleet['recordings_written']} recording(s) written to {fleet['storage']}")
     if fleet.get("storage_errors"):
         title += f", {fleet['storage_errors']} storage error(s)"
+    if fleet.get("storage_pending"):
+        title += f", {fleet['storage_pending']} waiting for storage"
+    if fleet.get("registry_state"):
+        title += f"; etcd registry {fleet['registry_state']}"
     table = Table(title=title, title_justify="left")
     for key, header in FLEET_COLUMNS:
         table.add_column(header, overflow="fold",
@@ -133,10 +139,18 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
         row["captured_per_s"] = _rate(s["captured_per_s"])
         row["forwarded_per_s"] = _rate(s["forwarded_per_s"])
         row["identity"] = s.get("identity") or "-"
+        row["registered"] = ("yes" if s.get("registered") else "no") if fleet.get("registry_state") else "-"
         style = styles.get(s["state"])
         row["state"] = f"[{style}]{s['state']}[/]" if style else s["state"]
         table.add_row(*(row[k] for k, _ in FLEET_COLUMNS))
     out.print(table)
+    if fleet.get("members"):
+        members = Table(title="registered in etcd", title_justify="left")
+        for _, header in MEMBER_COLUMNS:
+            members.add_column(header, overflow="fold")
+        for m in fleet["members"]:
+            members.add_row(*(str(m.get(k, "")) for k, _ in MEMBER_COLUMNS))
+        out.print(members)
 
 
 CALL_LIST_COLUMNS = [

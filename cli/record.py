@@ -74,7 +74,10 @@ async def _record(settings, recorder, files: list[Path], fmt: str, show: bool) -
             proc = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "sensor", "--pcap", str(path),
                  "--controller", f"127.0.0.1:{port}", "--sensor-id", sid,
-                 "--log-level", "warning", "--log-format", "text", "--connect-timeout", "30"],
+                 "--log-level", "warning", "--log-format", "text", "--connect-timeout", "30",
+                 # each run spools into its own temporary folder: a crashed
+                 # earlier run must not resume into this one
+                 "--spool-dir", str(Path(logdir.name) / "spool")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         procs.append((sid, path, proc, errfile))

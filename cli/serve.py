@@ -7,9 +7,10 @@ import gc
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
-from cli.settings import ControllerSettings
+from cli.settings import ControllerSettings, Failure
 from controller.calls import CallConfig
 from controller.core import Recorder
 from controller.dedup import DedupConfig
@@ -25,7 +26,6 @@ log = logging.getLogger("spanrec.controller")
 
 
 def open_storage(settings: ControllerSettings) -> RecordingStore:
-    from cli.main import Failure
     try:
         store = open_store(
             settings.storage, endpoint=settings.s3_endpoint,
@@ -63,7 +63,6 @@ def build_recorder(settings: ControllerSettings, store: RecordingStore,
 
 def lock_state_dir(state_dir: Path) -> int:
     """One controller per state folder: two writing one log would corrupt it."""
-    from cli.main import Failure
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -83,7 +82,6 @@ def open_durable(settings: ControllerSettings, store: RecordingStore,
     for a remote store, the storage outbox (state_dir/outbox); replays the log
     and queues what the outbox holds. A local folder gets no outbox: a put there
     is already durable (fsync + rename) and fails only with the local disk."""
-    from cli.main import Failure
     state = Path(settings.state_dir).expanduser().absolute()
     outbox = None
     target: RecordingStore = store
@@ -101,12 +99,61 @@ def open_durable(settings: ControllerSettings, store: RecordingStore,
     return recorder, outbox
 
 
+def advertised(settings: ControllerSettings, port: int) -> str:
+    """Where sensors reach this controller: --advertise, or --listen with the
+    bound port and, for a wildcard address, this host's name."""
+    if settings.advertise:
+        return settings.advertise
+    host = settings.listen.rpartition(":")[0].strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+
+
+def start_registry(settings: ControllerSettings, port: int, loop: asyncio.AbstractEventLoop):
+    """Registers this controller in etcd (leased; sensors find it there) and
+    watches the fleet. It runs on the controller's own event loop (one loop
+    for grpc.aio) and never blocks it: etcd being away never stops recording,
+    the state just reads 'degraded'."""
+    if not settings.etcd:
+        return None
+    from registry import MemberRecord, Registry
+    from sensor.sender import VERSION
+    endpoints = [e.strip() for e in settings.etcd.split(",") if e.strip()]
+    reg = Registry(endpoints, settings.etcd_prefix, MemberRecord(
+        id=settings.controller_id, role="controller", site=settings.site, version=VERSION,
+        address=advertised(settings, port)),
+        user=settings.etcd_user,
+        password=settings.etcd_password.get_secret_value() if settings.etcd_password else None)
+    reg.start(loop=loop)
+    log.info("registering in etcd", extra={"address": advertised(settings, port)})
+    return reg
+
+
+def start_telemetry(settings: ControllerSettings, recorder: Recorder):
+    """OpenTelemetry metrics (Prometheus endpoint and/or OTLP) and call traces."""
+    if not settings.metrics_listen and not settings.otlp_endpoint:
+        return None
+    from controller.telemetry import Telemetry
+    try:
+        tel = Telemetry(recorder.status, controller_id=settings.controller_id,
+                        prometheus_listen=settings.metrics_listen,
+                        otlp_endpoint=settings.otlp_endpoint)
+    except OSError as exc:
+        raise Failure(f"cannot serve metrics on {settings.metrics_listen}: {exc}") from None
+    recorder.telemetry = tel
+    log.info("telemetry on", extra={"prometheus": settings.metrics_listen,
+                                    "otlp": settings.otlp_endpoint})
+    return tel
+
+
 def run_controller(settings: ControllerSettings) -> None:
-    from cli.main import Failure
     store = open_storage(settings)
     lock_state_dir(Path(settings.state_dir).expanduser().absolute())
     recorder, outbox = open_durable(settings, store)
     tune_gc()
+
+    telemetry = start_telemetry(settings, recorder)
 
     async def main() -> None:
         try:
@@ -116,6 +163,8 @@ def run_controller(settings: ControllerSettings) -> None:
             raise Failure(f"cannot listen on {settings.listen}: {exc}") from None
         log.info("controller listening", extra={"listen": settings.listen, "port": port,
                                                 "storage": store.url})
+        registry = start_registry(settings, port, asyncio.get_running_loop())
+        server._spanrec_admin.registry = registry  # type: ignore[attr-defined]
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,7 +172,11 @@ def run_controller(settings: ControllerSettings) -> None:
         await stop.wait()
         log.info("controller stopping: finishing active calls")
         await server.stop(grace=2.0)
+        if registry is not None:
+            await registry.stop_async()
         await asyncio.to_thread(recorder.shutdown)
+        if telemetry is not None:
+            telemetry.shutdown()
         if outbox is not None and not await asyncio.to_thread(outbox.drain, 10.0):
             log.warning("controller stopping with recordings not yet uploaded; they are "
                         "uploaded at the next start", extra={"pending": outbox.pending})

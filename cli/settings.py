@@ -15,7 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ConfigError(Exception):
-    """Bad flags, environment or config file; the message is one line."""
+    """Bad flags, environment or config file; the message is one line (exit 2)."""
+
+
+class Failure(Exception):
+    """A runtime failure the user should read as one line (exit 1)."""
 
 
 def _hostport(value: str) -> str:
@@ -55,7 +59,10 @@ class ControllerSettings(_Cluster):
     linger_s: float = Field(2.0, ge=0)
     sip_dedup_window_ms: float = Field(300.0, ge=0)
     media_dedup_window_ms: float = Field(1000.0, ge=0)
-    controller_id: str = "controller"
+    controller_id: str = Field("controller", min_length=1, max_length=128,
+                               pattern=r"^[A-Za-z0-9_.:-]+$")
+    advertise: str | None = None               # HOST:PORT sensors use (registered in etcd)
+    site: str = ""
     state_dir: Path = Path("./spanrec-state")  # write-ahead log and storage outbox
     metrics_listen: str | None = None          # HOST:PORT of the Prometheus scrape endpoint
     otlp_endpoint: str | None = None           # OTLP/gRPC collector for metrics and traces

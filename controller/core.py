@@ -66,6 +66,7 @@ class RecordingWriter:
                  on_done: Any = None) -> None:
         self.store = store
         self.on_done = on_done      # on_done(call, recording or None) after each attempt
+        self.telemetry = None       # controller.telemetry.Telemetry, when exported
         self.written = 0
         self.errors = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
@@ -86,8 +87,12 @@ class RecordingWriter:
         while True:
             call = self._queue.get()
             stored = None
+            rec = None
+            t0 = time.monotonic()
+            t1 = t0
             try:
                 rec = build_recording(call)
+                t1 = time.monotonic()
                 location = self.store.put(rec.prefix, rec.files)
                 summary = dict(rec.metadata)
                 summary["location"] = location
@@ -107,6 +112,12 @@ class RecordingWriter:
                     self.errors += 1
                 log.exception("recording failed")
             finally:
+                if self.telemetry is not None and rec is not None:
+                    try:
+                        self.telemetry.call_stored(rec.metadata, call.started_ns, t1 - t0,
+                                                   time.monotonic() - t1, stored is not None)
+                    except Exception:  # noqa: BLE001 - telemetry never loses a recording
+                        log.exception("telemetry failed")
                 if self.on_done is not None:
                     try:
                         self.on_done(call, stored)
@@ -135,6 +146,7 @@ class Recorder:
         self.dedup = Deduplicator(dedup_config or DedupConfig())
         self.merger = TimeMerger(expected_sources=expected_sensors)
         self.writer = RecordingWriter(store, on_done=self._written if wal is not None else None)
+        self._telemetry = None
         self.sensors: dict[str, SensorState] = {}
         self.decode_errors = 0
         self.bad_batches = 0        # rejected by the link: lengths did not match data
@@ -155,6 +167,16 @@ class Recorder:
         self.replay_suppressed = 0  # calls not written again: stored before a crash
         self._replay_until = -1     # newest capture time in the replayed log
         self.recovered: dict[str, Any] = {}
+
+    @property
+    def telemetry(self):
+        """controller.telemetry.Telemetry or None: latency hooks (per batch, per call)."""
+        return self._telemetry
+
+    @telemetry.setter
+    def telemetry(self, value) -> None:
+        self._telemetry = value
+        self.writer.telemetry = value
 
     # -- sensor events -------------------------------------------------
     def sensor_hello(self, sensor_id: str, *, session: str, site: str = "", version: str = "",
@@ -193,6 +215,7 @@ class Recorder:
         """Takes one batch; returns the seq to acknowledge (cumulative). With a
         write-ahead log that is the newest seq whose record is durable, which
         may be lower than `seq`: a later ack covers it."""
+        t0 = time.monotonic()
         with self._lock:
             st = self.sensors[sensor_id]
             if seq <= st.acked_seq:
@@ -217,7 +240,10 @@ class Recorder:
             self.merger.push(sensor_id, packets)
             self._process(self.merger.release())
             st.acked_seq = seq
-            return self._ack(st)
+            ack = self._ack(st)
+        if self.telemetry is not None:
+            self.telemetry.batch_acked(time.monotonic() - t0, sensor_id)
+        return ack
 
     def _ack(self, st: SensorState) -> int:
         if self.wal is None or self._replaying:

@@ -98,9 +98,11 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
     """With mTLS, a sensor's certificate CN must equal its Hello.sensor_id: one
     sensor's key cannot feed (or take over the session of) another sensor."""
 
-    def __init__(self, recorder: Recorder, links: LinkTable | None = None) -> None:
+    def __init__(self, recorder: Recorder, links: LinkTable | None = None,
+                 registry: Any = None) -> None:
         self.recorder = recorder
         self.links = links or LinkTable()
+        self.registry = registry    # registry.Registry or None (no etcd)
 
     async def Stream(self, request_iterator: AsyncIterator[sensor_pb2.SensorMessage],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[sensor_pb2.ControllerMessage]:
@@ -187,9 +189,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     """Read-only: status, calls, and the files of stored recordings (read
     through the recorder's store, off the event loop)."""
 
-    def __init__(self, recorder: Recorder, links: LinkTable | None = None) -> None:
+    def __init__(self, recorder: Recorder, links: LinkTable | None = None,
+                 registry: Any = None) -> None:
         self.recorder = recorder
         self.links = links or LinkTable()
+        self.registry = registry    # registry.Registry or None (no etcd)
 
     async def GetStatus(self, request: admin_pb2.StatusRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Status:
@@ -199,10 +203,33 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             active_calls=st["active_calls"], recordings_written=st["recordings_written"],
             storage_errors=st["storage_errors"], decode_errors=st["decode_errors"],
             duplicates_dropped=st["duplicates_dropped"], packets_in=st.get("packets_in", 0),
-            bad_batches=st.get("bad_batches", 0), storage=self.recorder.writer.store.url)
+            bad_batches=st.get("bad_batches", 0), storage=self.recorder.writer.store.url,
+            storage_pending=st.get("storage_pending", 0), storage_retries=st.get("storage_retries", 0))
+        members = self._members(out)
         for s in st["sensors"]:
-            out.sensors.append(_sensor_status(s, self.links.view(s["sensor_id"])))
+            row = _sensor_status(s, self.links.view(s["sensor_id"]))
+            row.registered = ("sensor", s["sensor_id"]) in members
+            out.sensors.append(row)
+        known = {s["sensor_id"] for s in st["sensors"]}
+        for (role, mid), m in sorted(members.items()):
+            if role == "sensor" and mid not in known:   # registered, never connected here
+                out.sensors.append(admin_pb2.SensorStatus(
+                    sensor_id=mid, site=m.site, version=m.version, state="registered",
+                    link="none", registered=True))
         return out
+
+    def _members(self, out: admin_pb2.Status) -> dict:
+        """Registry members by (role, id); fills the registry part of `out`."""
+        if self.registry is None:
+            return {}
+        out.registry_state = str(getattr(self.registry.state, "value", self.registry.state))
+        members = {}
+        for m in self.registry.members().values():
+            members[(m.role, m.id)] = m
+            out.members.append(admin_pb2.Member(
+                role=m.role, id=m.id, site=m.site, version=m.version, address=m.address,
+                started_at=m.started_at, interfaces=list(m.interfaces)))
+        return members
 
     async def ListCalls(self, request: admin_pb2.ListCallsRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.CallList:
@@ -317,7 +344,8 @@ HEALTH_SERVICES = ("", "spanrec.v1.SensorLink", "spanrec.v1.Admin")
 
 
 async def serve(recorder: Recorder, listen: str, *, tick_s: float = 1.0,
-                server_credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.aio.Server, int]:
+                server_credentials: grpc.ServerCredentials | None = None,
+                registry: Any = None) -> tuple[grpc.aio.Server, int]:
     """Starts the server; returns it and the bound port (listen may use port 0).
 
     `server_credentials` None means plain text: the CLI allows that only with
@@ -328,7 +356,9 @@ async def serve(recorder: Recorder, listen: str, *, tick_s: float = 1.0,
     ])
     links = LinkTable()
     sensor_pb2_grpc.add_SensorLinkServicer_to_server(SensorLinkServicer(recorder, links), server)
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(recorder, links), server)
+    admin = AdminServicer(recorder, links, registry)
+    admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
+    server._spanrec_admin = admin  # type: ignore[attr-defined]  # registry attached after start
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto import sensor_pb2 as proto_dot_sensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/admin.proto\x12\nspanrec.v1\x1a\x12proto/sensor.proto\"\x0f\n\rStatusRequest\"\xa2\x03\n\x0cSensorStatus\x12\x11\n\tsensor_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x14\n\x0clast_seen_ns\x18\x05 \x01(\x10\x12&\n\x08\x63ounters\x18\x06 \x01(\x0b\x32\x14.spanrec.v1.Counters\x12\x1a\n\x12\x64uplicates_dropped\x18\x07 \x01(\x04\x12\x0c\n\x04mode\x18\x08 \x01(\t\x12\x0c\n\x04link\x18\t \x01(\t\x12\x0c\n\x04peer\x18\n \x01(\t\x12\x10\n\x08identity\x18\x0b \x01(\t\x12\x1a\n\x12\x63onnected_since_ns\x18\x0c \x01(\x10\x12\x19\n\x11last_heartbeat_ns\x18\r \x01(\x10\x12\x16\n\x0e\x63\x61ptured_per_s\x18\x0e \x01(\x01\x12\x17\n\x0f\x66orwarded_per_s\x18\x0f \x01(\x01\x12\x18\n\x10packets_received\x18\x10 \x01(\x04\x12\x14\n\x0creplay_bytes\x18\x11 \x01(\x04\x12\x14\n\x0creplay_total\x18\x12 \x01(\x04\x12\r\n\x05\x65rror\x18\x13 \x01(\t\"\x92\x02\n\x06Status\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12)\n\x07sensors\x18\x03 \x03(\x0b\x32\x18.spanrec.v1.SensorStatus\x12\x14\n\x0c\x61\x63tive_calls\x18\x04 \x01(\x04\x12\x1a\n\x12recordings_written\x18\x05 \x01(\x04\x12\x16\n\x0estorage_errors\x18\x06 \x01(\x04\x12\x15\n\rdecode_errors\x18\x07 \x01(\x04\x12\x1a\n\x12\x64uplicates_dropped\x18\x08 \x01(\x04\x12\x12\n\npackets_in\x18\t \x01(\x04\x12\x13\n\x0b\x62\x61\x64_batches\x18\n \x01(\x04\x12\x0f\n\x07storage\x18\x0b \x01(\t\"6\n\x10ListCallsRequest\x12\x13\n\x0b\x61\x63tive_only\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\r\"\xf7\x01\n\x0b\x43\x61llSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61ll_ids\x18\x02 \x03(\t\x12\x10\n\x08\x66rom_uri\x18\x03 \x01(\t\x12\x0e\n\x06to_uri\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\t\x12\x10\n\x08\x65nded_at\x18\x07 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x08 \x01(\x08\x12\x10\n\x08location\x18\t \x01(\t\x12\x13\n\x0b\x61nswered_at\x18\n \x01(\t\x12\x12\n\nend_reason\x18\x0b \x01(\t\x12\x16\n\x0e\x66inal_response\x18\x0c \x01(\r\x12\x0f\n\x07packets\x18\r \x01(\x04\"2\n\x08\x43\x61llList\x12&\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x17.spanrec.v1.CallSummary\"\x1c\n\x0eGetCallRequest\x12\n\n\x02id\x18\x01 \x01(\t\"X\n\nCallDetail\x12(\n\x07summary\x18\x01 \x01(\x0b\x32\x17.spanrec.v1.CallSummary\x12\x11\n\tcall_json\x18\x02 \x01(\t\x12\r\n\x05\x66iles\x18\x03 \x03(\t\"3\n\x17GetRecordingFileRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"7\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x32\x95\x02\n\x05\x41\x64min\x12:\n\tGetStatus\x12\x19.spanrec.v1.StatusRequest\x1a\x12.spanrec.v1.Status\x12?\n\tListCalls\x12\x1c.spanrec.v1.ListCallsRequest\x1a\x14.spanrec.v1.CallList\x12=\n\x07GetCall\x12\x1a.spanrec.v1.GetCallRequest\x1a\x16.spanrec.v1.CallDetail\x12P\n\x10GetRecordingFile\x12#.spanrec.v1.GetRecordingFileRequest\x1a\x15.spanrec.v1.FileChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11proto/admin.proto\x12\nspanrec.v1\x1a\x12proto/sensor.proto\"\x0f\n\rStatusRequest\"\xb6\x03\n\x0cSensorStatus\x12\x11\n\tsensor_id\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x14\n\x0clast_seen_ns\x18\x05 \x01(\x10\x12&\n\x08\x63ounters\x18\x06 \x01(\x0b\x32\x14.spanrec.v1.Counters\x12\x1a\n\x12\x64uplicates_dropped\x18\x07 \x01(\x04\x12\x0c\n\x04mode\x18\x08 \x01(\t\x12\x0c\n\x04link\x18\t \x01(\t\x12\x0c\n\x04peer\x18\n \x01(\t\x12\x10\n\x08identity\x18\x0b \x01(\t\x12\x1a\n\x12\x63onnected_since_ns\x18\x0c \x01(\x10\x12\x19\n\x11last_heartbeat_ns\x18\r \x01(\x10\x12\x16\n\x0e\x63\x61ptured_per_s\x18\x0e \x01(\x01\x12\x17\n\x0f\x66orwarded_per_s\x18\x0f \x01(\x01\x12\x18\n\x10packets_received\x18\x10 \x01(\x04\x12\x14\n\x0creplay_bytes\x18\x11 \x01(\x04\x12\x14\n\x0creplay_total\x18\x12 \x01(\x04\x12\r\n\x05\x65rror\x18\x13 \x01(\t\x12\x12\n\nregistered\x18\x14 \x01(\x08\"z\n\x06Member\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04site\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\t\x12\x12\n\ninterfaces\x18\x07 \x03(\t\"\x81\x03\n\x06Status\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12)\n\x07sensors\x18\x03 \x03(\x0b\x32\x18.spanrec.v1.SensorStatus\x12\x14\n\x0c\x61\x63tive_calls\x18\x04 \x01(\x04\x12\x1a\n\x12recordings_written\x18\x05 \x01(\x04\x12\x16\n\x0estorage_errors\x18\x06 \x01(\x04\x12\x15\n\rdecode_errors\x18\x07 \x01(\x04\x12\x1a\n\x12\x64uplicates_dropped\x18\x08 \x01(\x04\x12\x12\n\npackets_in\x18\t \x01(\x04\x12\x13\n\x0b\x62\x61\x64_batches\x18\n \x01(\x04\x12\x0f\n\x07storage\x18\x0b \x01(\t\x12\x16\n\x0eregistry_state\x18\x0c \x01(\t\x12#\n\x07members\x18\r \x03(\x0b\x32\x12.spanrec.v1.Member\x12\x17\n\x0fstorage_pending\x18\x0e \x01(\x04\x12\x17\n\x0fstorage_retries\x18\x0f \x01(\x04\"6\n\x10ListCallsRequest\x12\x13\n\x0b\x61\x63tive_only\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\r\"\xf7\x01\n\x0b\x43\x61llSummary\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61ll_ids\x18\x02 \x03(\t\x12\x10\n\x08\x66rom_uri\x18\x03 \x01(\t\x12\x0e\n\x06to_uri\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x12\n\nstarted_at\x18\x06 \x01(\t\x12\x10\n\x08\x65nded_at\x18\x07 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x08 \x01(\x08\x12\x10\n\x08location\x18\t \x01(\t\x12\x13\n\x0b\x61nswered_at\x18\n \x01(\t\x12\x12\n\nend_reason\x18\x0b \x01(\t\x12\x16\n\x0e\x66inal_response\x18\x0c \x01(\r\x12\x0f\n\x07packets\x18\r \x01(\x04\"2\n\x08\x43\x61llList\x12&\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x17.spanrec.v1.CallSummary\"\x1c\n\x0eGetCallRequest\x12\n\n\x02id\x18\x01 \x01(\t\"X\n\nCallDetail\x12(\n\x07summary\x18\x01 \x01(\x0b\x32\x17.spanrec.v1.CallSummary\x12\x11\n\tcall_json\x18\x02 \x01(\t\x12\r\n\x05\x66iles\x18\x03 \x03(\t\"3\n\x17GetRecordingFileRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"7\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x32\x95\x02\n\x05\x41\x64min\x12:\n\tGetStatus\x12\x19.spanrec.v1.StatusRequest\x1a\x12.spanrec.v1.Status\x12?\n\tListCalls\x12\x1c.spanrec.v1.ListCallsRequest\x1a\x14.spanrec.v1.CallList\x12=\n\x07GetCall\x12\x1a.spanrec.v1.GetCallRequest\x1a\x16.spanrec.v1.CallDetail\x12P\n\x10GetRecordingFile\x12#.spanrec.v1.GetRecordingFileRequest\x1a\x15.spanrec.v1.FileChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,23 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=53
   _globals['_STATUSREQUEST']._serialized_end=68
   _globals['_SENSORSTATUS']._serialized_start=71
-  _globals['_SENSORSTATUS']._serialized_end=489
-  _globals['_STATUS']._serialized_start=492
-  _globals['_STATUS']._serialized_end=766
-  _globals['_LISTCALLSREQUEST']._serialized_start=768
-  _globals['_LISTCALLSREQUEST']._serialized_end=822
-  _globals['_CALLSUMMARY']._serialized_start=825
-  _globals['_CALLSUMMARY']._serialized_end=1072
-  _globals['_CALLLIST']._serialized_start=1074
-  _globals['_CALLLIST']._serialized_end=1124
-  _globals['_GETCALLREQUEST']._serialized_start=1126
-  _globals['_GETCALLREQUEST']._serialized_end=1154
-  _globals['_CALLDETAIL']._serialized_start=1156
-  _globals['_CALLDETAIL']._serialized_end=1244
-  _globals['_GETRECORDINGFILEREQUEST']._serialized_start=1246
-  _globals['_GETRECORDINGFILEREQUEST']._serialized_end=1297
-  _globals['_FILECHUNK']._serialized_start=1299
-  _globals['_FILECHUNK']._serialized_end=1354
-  _globals['_ADMIN']._serialized_start=1357
-  _globals['_ADMIN']._serialized_end=1634
+  _globals['_SENSORSTATUS']._serialized_end=509
+  _globals['_MEMBER']._serialized_start=511
+  _globals['_MEMBER']._serialized_end=633
+  _globals['_STATUS']._serialized_start=636
+  _globals['_STATUS']._serialized_end=1021
+  _globals['_LISTCALLSREQUEST']._serialized_start=1023
+  _globals['_LISTCALLSREQUEST']._serialized_end=1077
+  _globals['_CALLSUMMARY']._serialized_start=1080
+  _globals['_CALLSUMMARY']._serialized_end=1327
+  _globals['_CALLLIST']._serialized_start=1329
+  _globals['_CALLLIST']._serialized_end=1379
+  _globals['_GETCALLREQUEST']._serialized_start=1381
+  _globals['_GETCALLREQUEST']._serialized_end=1409
+  _globals['_CALLDETAIL']._serialized_start=1411
+  _globals['_CALLDETAIL']._serialized_end=1499
+  _globals['_GETRECORDINGFILEREQUEST']._serialized_start=1501
+  _globals['_GETRECORDINGFILEREQUEST']._serialized_end=1552
+  _globals['_FILECHUNK']._serialized_start=1554
+  _globals['_FILECHUNK']._serialized_end=1609
+  _globals['_ADMIN']._serialized_start=1612
+  _globals['_ADMIN']._serialized_end=1889
 # @@protoc_insertion_point(module_scope)

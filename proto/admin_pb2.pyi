@@ -12,7 +12,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SensorStatus(_message.Message):
-    __slots__ = ("sensor_id", "site", "version", "state", "last_seen_ns", "counters", "duplicates_dropped", "mode", "link", "peer", "identity", "connected_since_ns", "last_heartbeat_ns", "captured_per_s", "forwarded_per_s", "packets_received", "replay_bytes", "replay_total", "error")
+    __slots__ = ("sensor_id", "site", "version", "state", "last_seen_ns", "counters", "duplicates_dropped", "mode", "link", "peer", "identity", "connected_since_ns", "last_heartbeat_ns", "captured_per_s", "forwarded_per_s", "packets_received", "replay_bytes", "replay_total", "error", "registered")
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class SensorStatus(_message.Message):
     REPLAY_BYTES_FIELD_NUMBER: _ClassVar[int]
     REPLAY_TOTAL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
     sensor_id: str
     site: str
     version: str
@@ -51,10 +52,29 @@ class SensorStatus(_message.Message):
     replay_bytes: int
     replay_total: int
     error: str
-    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., last_seen_ns: _Optional[int] = ..., counters: _Optional[_Union[_sensor_pb2.Counters, _Mapping]] = ..., duplicates_dropped: _Optional[int] = ..., mode: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., identity: _Optional[str] = ..., connected_since_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., captured_per_s: _Optional[float] = ..., forwarded_per_s: _Optional[float] = ..., packets_received: _Optional[int] = ..., replay_bytes: _Optional[int] = ..., replay_total: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    registered: bool
+    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., last_seen_ns: _Optional[int] = ..., counters: _Optional[_Union[_sensor_pb2.Counters, _Mapping]] = ..., duplicates_dropped: _Optional[int] = ..., mode: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., identity: _Optional[str] = ..., connected_since_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., captured_per_s: _Optional[float] = ..., forwarded_per_s: _Optional[float] = ..., packets_received: _Optional[int] = ..., replay_bytes: _Optional[int] = ..., replay_total: _Optional[int] = ..., error: _Optional[str] = ..., registered: _Optional[bool] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("role", "id", "site", "version", "address", "started_at", "interfaces")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    id: str
+    site: str
+    version: str
+    address: str
+    started_at: str
+    interfaces: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, role: _Optional[str] = ..., id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[str] = ..., interfaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped", "packets_in", "bad_batches", "storage")
+    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped", "packets_in", "bad_batches", "storage", "registry_state", "members", "storage_pending", "storage_retries")
     CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +86,10 @@ class Status(_message.Message):
     PACKETS_IN_FIELD_NUMBER: _ClassVar[int]
     BAD_BATCHES_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_STATE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_PENDING_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_RETRIES_FIELD_NUMBER: _ClassVar[int]
     controller_id: str
     version: str
     sensors: _containers.RepeatedCompositeFieldContainer[SensorStatus]
@@ -77,7 +101,11 @@ class Status(_message.Message):
     packets_in: int
     bad_batches: int
     storage: str
-    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ..., packets_in: _Optional[int] = ..., bad_batches: _Optional[int] = ..., storage: _Optional[str] = ...) -> None: ...
+    registry_state: str
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    storage_pending: int
+    storage_retries: int
+    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ..., packets_in: _Optional[int] = ..., bad_batches: _Optional[int] = ..., storage: _Optional[str] = ..., registry_state: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., storage_pending: _Optional[int] = ..., storage_retries: _Optional[int] = ...) -> None: ...
 
 class ListCallsRequest(_message.Message):
     __slots__ = ("active_only", "limit")

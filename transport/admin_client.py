@@ -60,6 +60,17 @@ class SensorInfo:
     packets_received: int
     duplicates_dropped: int
     error: str
+    registered: bool = False   # has a live record in the etcd registry
+
+
+@dataclass
+class MemberInfo:
+    role: str
+    id: str
+    site: str
+    version: str
+    address: str
+    started_at: str
 
 
 @dataclass
@@ -75,6 +86,9 @@ class Fleet:
     duplicates_dropped: int
     packets_in: int
     sensors: list[SensorInfo] = field(default_factory=list)
+    registry_state: str = ""   # "" when the controller runs without etcd
+    members: list[MemberInfo] = field(default_factory=list)
+    storage_pending: int = 0
 
 
 @dataclass
@@ -128,7 +142,7 @@ def _sensor(s: admin_pb2.SensorStatus) -> SensorInfo:
         interface_drops=c.interface_drops, backlog_drops=c.backlog_drops,
         queue_drops=c.queue_drops, send_queue=c.send_queue, reconnects=c.reconnects,
         packets_received=s.packets_received, duplicates_dropped=s.duplicates_dropped,
-        error=s.error)
+        error=s.error, registered=s.registered)
 
 
 def _call(c: admin_pb2.CallSummary) -> CallInfo:
@@ -188,7 +202,10 @@ class AdminClient:
             recordings_written=st.recordings_written, storage_errors=st.storage_errors,
             decode_errors=st.decode_errors, duplicates_dropped=st.duplicates_dropped,
             packets_in=st.packets_in,
-            sensors=sorted((_sensor(s) for s in st.sensors), key=lambda s: s.sensor_id))
+            sensors=sorted((_sensor(s) for s in st.sensors), key=lambda s: s.sensor_id),
+            registry_state=st.registry_state, storage_pending=st.storage_pending,
+            members=sorted((MemberInfo(m.role, m.id, m.site, m.version, m.address, m.started_at)
+                            for m in st.members), key=lambda m: (m.role, m.id)))
 
     def calls(self, *, active_only: bool = False, limit: int = 0) -> list[CallInfo]:
         lst = self._unary(self._stub.ListCalls,

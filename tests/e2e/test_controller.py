@@ -25,13 +25,14 @@ def test_replay_into_a_running_controller(tmp_path: Path) -> None:
     log = open(tmp_path / "controller.log", "wb")
     controller = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "controller", "--listen", f"127.0.0.1:{port}",
-         "--storage", str(out), "--insecure"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+         "--storage", str(out), "--state-dir", str(tmp_path / "state"), "--insecure"], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         grpc.channel_ready_future(channel).result(timeout=20)
         sensor = subprocess.run(
             [sys.executable, "-m", "cli.main", "sensor", "--pcap", str(src), "--controller",
-             f"127.0.0.1:{port}", "--sensor-id", "branch-7", "--site", "lab", "--insecure"],
+             f"127.0.0.1:{port}", "--sensor-id", "branch-7", "--site", "lab",
+             "--spool-dir", str(tmp_path / "spool"), "--insecure"],
             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         assert sensor.returncode == 0, sensor.stderr
         expected = tshark_invite_call_ids(src)

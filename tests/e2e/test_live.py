@@ -62,13 +62,13 @@ def test_live_sipp_call_is_recorded_with_the_audio_sipp_sent(tmp_path: Path) -> 
         out = tmp_path / "rec"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         controller = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "controller", "--listen", listen, "--storage", str(out), "--insecure",
+            [sys.executable, "-m", "cli.main", "controller", "--listen", listen, "--storage", str(out), "--state-dir", str(tmp_path / "state"), "--insecure",
              "--log-format", "text"], stdin=subprocess.DEVNULL,
             stdout=open(tmp_path / "controller.log", "wb"), stderr=subprocess.STDOUT, env=env)
         sensor = lab.run_in(
             lab.sensor_ns,
             [sys.executable, "-m", "cli.main", "sensor", "--interface", SENSOR_IFACE,
-             "--controller", listen, "--sensor-id", "branch-1", "--site", "lab", "--log-format", "text",
+             "--controller", listen, "--sensor-id", "branch-1", "--site", "lab", "--spool-dir", str(tmp_path / "spool"), "--log-format", "text",
              "--insecure"],
             stdin=subprocess.DEVNULL, stdout=open(tmp_path / "sensor.log", "wb"),
             stderr=subprocess.STDOUT, env=env)

@@ -1,0 +1,147 @@
+"""OpenTelemetry for the controller: metrics (Prometheus scrape and/or OTLP)
+and a trace per call, from its first packet to its stored recording.
+
+Counters are *observed* from `Recorder.status()` when a reader collects, so
+the packet path pays nothing for them. Latencies are histograms fed by the
+few hooks below (`batch_acked`, `call_stored`), called once per batch and
+once per call, never per packet.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Tracer
+
+log = logging.getLogger("spanrec.telemetry")
+
+# Sensor counters exported per sensor (name in Counters -> metric suffix)
+SENSOR_COUNTERS = ("captured", "forwarded", "filtered", "decode_errors", "kernel_drops",
+                   "interface_drops", "backlog_drops", "queue_drops", "reconnects")
+# Controller totals from Recorder.status()
+CONTROLLER_COUNTERS = ("packets_in", "duplicates_dropped", "decode_errors", "bad_batches",
+                       "recordings_written", "storage_errors")
+
+
+class Telemetry:
+    """Metrics and traces of one controller. `status` is Recorder.status."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]], *, controller_id: str = "controller",
+                 prometheus_listen: str | None = None, otlp_endpoint: str | None = None,
+                 readers: Iterable[MetricReader] = (), export_interval_s: float = 10.0) -> None:
+        self._status = status
+        self._cache: tuple[float, dict[str, Any]] = (0.0, {})
+        self._lock = threading.Lock()
+        resource = Resource.create({"service.name": "spanrec-controller",
+                                    "service.instance.id": controller_id})
+        all_readers = list(readers)
+        self.prometheus_port: int | None = None
+        if prometheus_listen:
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from prometheus_client import start_http_server
+            host, _, port = prometheus_listen.rpartition(":")
+            all_readers.append(PrometheusMetricReader())
+            server, _thread = start_http_server(int(port), addr=host or "0.0.0.0")
+            self.prometheus_port = server.server_port
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            all_readers.append(PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=otlp_endpoint, insecure=True),
+                export_interval_millis=int(export_interval_s * 1000)))
+        self.meter_provider = MeterProvider(resource=resource, metric_readers=all_readers)
+        meter = self.meter_provider.get_meter("spanrec.controller")
+        for name in CONTROLLER_COUNTERS:
+            meter.create_observable_counter(f"spanrec.controller.{name}",
+                                            callbacks=[self._total(name)])
+        meter.create_observable_gauge("spanrec.controller.active_calls",
+                                      callbacks=[self._total("active_calls")])
+        for name in SENSOR_COUNTERS:
+            meter.create_observable_counter(f"spanrec.sensor.{name}", callbacks=[self._per_sensor(name)])
+        meter.create_observable_gauge("spanrec.sensor.send_queue",
+                                      callbacks=[self._per_sensor("send_queue")])
+        meter.create_observable_counter("spanrec.sensor.duplicates_dropped",
+                                        callbacks=[self._sensor_field("duplicates_dropped")])
+        self._batch_ack = meter.create_histogram(
+            "spanrec.controller.batch_ack_duration", unit="s",
+            description="time from receiving a batch to acknowledging it")
+        self._finalize = meter.create_histogram(
+            "spanrec.controller.call_finalize_duration", unit="s",
+            description="building call.json, audio.wav and call.pcap of one call")
+        self._store = meter.create_histogram(
+            "spanrec.controller.storage_write_duration", unit="s",
+            description="writing one recording to storage")
+        self.tracer_provider = TracerProvider(resource=resource)
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            self.tracer_provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
+        self.tracer: Tracer = self.tracer_provider.get_tracer("spanrec.controller")
+
+    # -- observed counters ------------------------------------------------
+    def _snapshot(self) -> dict[str, Any]:
+        """One status() per collection, shared by all callbacks."""
+        with self._lock:
+            at, snap = self._cache
+            if time.monotonic() - at > 0.5:
+                snap = self._status()
+                self._cache = (time.monotonic(), snap)
+            return snap
+
+    def _total(self, name: str):
+        def cb(options: CallbackOptions) -> Iterable[Observation]:
+            value = self._snapshot().get(name)
+            return [Observation(int(value))] if value is not None else []
+        return cb
+
+    def _per_sensor(self, name: str):
+        def cb(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(int(s["counters"].get(name, 0)),
+                                {"sensor_id": s["sensor_id"], "site": s["site"]})
+                    for s in self._snapshot().get("sensors", [])]
+        return cb
+
+    def _sensor_field(self, name: str):
+        def cb(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(int(s.get(name, 0)), {"sensor_id": s["sensor_id"], "site": s["site"]})
+                    for s in self._snapshot().get("sensors", [])]
+        return cb
+
+    # -- hooks ----------------------------------------------------------------
+    def batch_acked(self, seconds: float, sensor_id: str) -> None:
+        self._batch_ack.record(seconds, {"sensor_id": sensor_id})
+
+    def call_stored(self, meta: dict[str, Any], first_packet_ns: int, finalize_s: float,
+                    store_s: float, ok: bool) -> None:
+        """One trace per call: first packet -> finalize -> stored recording."""
+        self._finalize.record(finalize_s)
+        self._store.record(store_s, {"ok": ok})
+        end_ns = time.time_ns()
+        store_start = end_ns - int(store_s * 1e9)
+        final_start = store_start - int(finalize_s * 1e9)
+        attrs = {"spanrec.recording_id": str(meta.get("id", "")),
+                 "spanrec.call_ids": ",".join(meta.get("call_ids", [])),
+                 "spanrec.status": str(meta.get("status", "")),
+                 "spanrec.end_reason": str(meta.get("end_reason", ""))}
+        root = self.tracer.start_span("call", start_time=min(first_packet_ns, final_start),
+                                      attributes=attrs)
+        from opentelemetry import trace
+        ctx = trace.set_span_in_context(root)
+        self.tracer.start_span("finalize", context=ctx, start_time=final_start).end(end_time=store_start)
+        self.tracer.start_span("store", context=ctx, start_time=store_start,
+                               attributes={"ok": ok}).end(end_time=end_ns)
+        root.end(end_time=end_ns)
+
+    def shutdown(self) -> None:
+        try:
+            self.tracer_provider.shutdown()
+            self.meter_provider.shutdown()
+        except Exception:  # noqa: BLE001 - telemetry must never break a shutdown
+            log.warning("telemetry shutdown failed", exc_info=True)
