@@ -7,6 +7,8 @@ controller cannot be reached (within --timeout) or answers with an error.
 """
 from __future__ import annotations
 
+import time
+
 import os
 import sys
 from pathlib import Path
@@ -21,6 +23,11 @@ PROG = "spanrecctl"
 _options = [
     click.option("--controller", "-c", envvar="SPANREC_CONTROLLER", default="127.0.0.1:7600",
                  show_default=True, help="Controller HOST:PORT (env SPANREC_CONTROLLER)."),
+    click.option("--etcd", envvar="SPANREC_ETCD",
+                 help="Find the controller in etcd instead (comma list of host:port; env "
+                      "SPANREC_ETCD; credentials from SPANREC_ETCD_USER/_PASSWORD[_FILE])."),
+    click.option("--etcd-prefix", envvar="SPANREC_ETCD_PREFIX", default="/spanrec/",
+                 show_default=True, help="Key prefix of the registry in etcd."),
     click.option("--tls-cert", envvar="SPANREC_TLS_CERT", type=click.Path(dir_okay=False),
                  help="PEM client certificate signed by the cluster CA (env SPANREC_TLS_CERT)."),
     click.option("--tls-key", envvar="SPANREC_TLS_KEY", type=click.Path(dir_okay=False),
@@ -46,10 +53,42 @@ class _Config(Exception):
     """One line, exit 2."""
 
 
+def _from_etcd(etcd: str, prefix: str, timeout_s: float) -> str:
+    """Address of the most recently started controller registered in etcd."""
+    from registry import Registry, credentials_from_env
+    endpoints = [e.strip() for e in etcd.split(",") if e.strip()]
+    try:
+        user, password = credentials_from_env()
+    except OSError as exc:
+        raise _Config(f"etcd password file: {exc}") from None
+    reg = Registry(endpoints, prefix, None, user=user, password=password, watch_members=True)
+    try:
+        if not reg.start(wait=timeout_s):
+            raise AdminLookupFailed(f"etcd {etcd} unreachable ({reg.state.value})")
+        deadline = time.monotonic() + 1.0
+        while True:
+            found = [m for m in reg.members().values() if m.role == "controller" and m.address]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    finally:
+        reg.stop()
+    if not found:
+        raise AdminLookupFailed(f"no controller registered in etcd {etcd} under {prefix}")
+    return max(found, key=lambda m: m.started_at).address
+
+
+class AdminLookupFailed(Exception):
+    """The controller could not be found (exit 1)."""
+
+
 def _connect(controller: str, tls_cert: str | None, tls_key: str | None, tls_ca: str | None,
-             insecure: bool, timeout_s: float) -> Any:
+             insecure: bool, timeout_s: float, etcd: str | None = None,
+             etcd_prefix: str = "/spanrec/") -> Any:
     from transport.admin_client import AdminClient
     from transport.tls import INSECURE_WARNING, Security, TlsError
+    if etcd:
+        controller = _from_etcd(etcd, etcd_prefix, timeout_s)
     host, sep, port = controller.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise _Config(f"--controller: expected HOST:PORT, got {controller!r}")
@@ -142,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     except _Config as exc:
         output.error(str(exc))
         sys.exit(2)
-    except AdminFailed as exc:
+    except (AdminFailed, AdminLookupFailed) as exc:
         output.error(str(exc))
         sys.exit(1)
     except KeyboardInterrupt:

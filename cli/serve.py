@@ -117,14 +117,18 @@ def start_registry(settings: ControllerSettings, port: int, loop: asyncio.Abstra
     the state just reads 'degraded'."""
     if not settings.etcd:
         return None
-    from registry import MemberRecord, Registry
+    from registry import MemberRecord, Registry, credentials_from_env
     from sensor.sender import VERSION
     endpoints = [e.strip() for e in settings.etcd.split(",") if e.strip()]
+    try:
+        env_user, env_password = credentials_from_env()
+    except OSError as exc:
+        raise Failure(f"etcd password file: {exc}") from None
     reg = Registry(endpoints, settings.etcd_prefix, MemberRecord(
         id=settings.controller_id, role="controller", site=settings.site, version=VERSION,
         address=advertised(settings, port)),
-        user=settings.etcd_user,
-        password=settings.etcd_password.get_secret_value() if settings.etcd_password else None)
+        user=settings.etcd_user or env_user,
+        password=settings.etcd_password.get_secret_value() if settings.etcd_password else env_password)
     reg.start(loop=loop)
     log.info("registering in etcd", extra={"address": advertised(settings, port)})
     return reg

@@ -21,3 +21,17 @@ __all__ = [
     "DEFAULT_PREFIX", "ConfigWatcher", "ControllerLocator", "EventKind", "MemberEvent", "MemberRecord",
     "MembersWatch", "Registry", "RegistryState",
 ]
+
+
+def credentials_from_env() -> tuple[str | None, str | None]:
+    """etcd user and password from SPANREC_ETCD_USER and SPANREC_ETCD_PASSWORD
+    (or SPANREC_ETCD_PASSWORD_FILE, a file holding it): never from a flag, so
+    they are not in `ps` output, and never logged."""
+    import os
+    user = os.environ.get("SPANREC_ETCD_USER") or None
+    password = os.environ.get("SPANREC_ETCD_PASSWORD") or None
+    path = os.environ.get("SPANREC_ETCD_PASSWORD_FILE")
+    if password is None and path:
+        with open(path, encoding="utf-8") as f:
+            password = f.read().strip() or None
+    return user, password

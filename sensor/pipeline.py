@@ -104,10 +104,12 @@ def start_registry(opts: SensorOptions):
     etcd being away never stops the capture: the registry reports 'degraded'."""
     if not opts.etcd:
         return None
-    from registry import MemberRecord, Registry
+    from registry import MemberRecord, Registry, credentials_from_env
     endpoints = [e.strip() for e in opts.etcd.split(",") if e.strip()]
-    user = os.environ.get("SPANREC_ETCD_USER") or None
-    password = os.environ.get("SPANREC_ETCD_PASSWORD") or None
+    try:
+        user, password = credentials_from_env()
+    except OSError as exc:
+        raise SensorFailed(f"etcd password file: {exc}") from None
     reg = Registry(endpoints, opts.etcd_prefix, MemberRecord(
         id=opts.sensor_id, role="sensor", site=opts.site, version=VERSION,
         interfaces=(opts.interface,) if opts.interface else ()), user=user, password=password)

@@ -33,10 +33,19 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 def _env(*names: str) -> str | None:
+    """First set variable of `names`; for each, `NAME_FILE` names a file holding
+    the value (Kubernetes/Docker secrets), so keys never need a command line."""
     for name in names:
         value = os.environ.get(name)
         if value:
             return value
+        path = os.environ.get(name + "_FILE")
+        if path:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return f.read().strip()
+            except OSError as exc:
+                raise StorageError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     return None
 
 

@@ -115,6 +115,11 @@ def test_registration_appears_and_goes_within_10s_of_kill_9(tmp_path: Path, etcd
         table = subprocess.run([*CTL, "fleet", "--controller", f"127.0.0.1:{port}", "--insecure"],
                                capture_output=True, text=True, timeout=30).stdout
         assert "branch-1" in table and "ctl-1" in table
+        # spanrecctl can find the controller through etcd as well
+        via_etcd = subprocess.run([*CTL, "fleet", "--etcd", etcd.endpoint, "--insecure", "-o", "json"],
+                                  capture_output=True, text=True, timeout=30)
+        assert via_etcd.returncode == 0, via_etcd.stderr
+        assert json.loads(via_etcd.stdout)["controller_id"] == "ctl-1"
         sensor.kill()                                        # kill -9
         killed = time.monotonic()
         sensor.wait(5)
