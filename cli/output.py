@@ -124,6 +124,9 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
              f"{fleet['recordings_written']} recording(s) written to {fleet['storage']}")
     if fleet.get("storage_errors"):
         title += f", {fleet['storage_errors']} storage error(s)"
+    for key, what in (("decode_errors", "undecodable packet(s)"), ("bad_batches", "refused batch(es)")):
+        if fleet.get(key):
+            title += f", {fleet[key]} {what}"
     if fleet.get("storage_pending"):
         title += f", {fleet['storage_pending']} waiting for storage"
     if fleet.get("registry_state"):

@@ -23,7 +23,7 @@ from proto import sensor_pb2
 from protocols.pcapfile import CaptureFileError
 from sensor.capture import CaptureError, FileReplay, LiveCapture, PacketSource
 from sensor.classify import Classifier
-from sensor.sender import VERSION, ControllerUnreachable, Sender
+from sensor.sender import VERSION, ControllerRefused, ControllerUnreachable, Sender
 from sensor.spool import Spool, SpoolError
 from transport.tls import Security
 
@@ -211,8 +211,13 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
                     break
             completed = sender.done and len(sender.outbox) == 0
         else:
-            stop.wait()
+            while not stop.wait(0.5):
+                if sender.done:               # the link gave up: say why
+                    sender.wait_done(0)
+                    break
             sender.stop()
+    except ControllerRefused as exc:
+        raise SensorFailed(str(exc)) from exc
     except ControllerUnreachable as exc:
         raise SensorFailed(
             f"{exc}" + (f"; {len(spool)} batch(es) kept in {spool.dir} for the next run"

@@ -71,6 +71,10 @@ class LinkDown(Exception):
     """The stream to the controller broke or could not be opened."""
 
 
+class ControllerRefused(Exception):
+    """The controller answered and said no (e.g. certificate name != sensor id)."""
+
+
 class ControllerUnreachable(Exception):
     """The controller could not be reached within the configured time."""
 
@@ -445,6 +449,11 @@ class Sender:
             except grpc.RpcError as exc:
                 if self._done.is_set() or self._stop.is_set():
                     return
+                if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.INVALID_ARGUMENT):
+                    # refused, not down: retrying cannot help (wrong certificate name, bad data)
+                    raise ControllerRefused(
+                        f"controller {self.target} refused this sensor: {exc.details()}") from None
                 raise LinkDown(f"{exc.code().name}: {exc.details()}") from exc
         finally:
             if connected:

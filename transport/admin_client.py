@@ -86,6 +86,7 @@ class Fleet:
     duplicates_dropped: int
     packets_in: int
     sensors: list[SensorInfo] = field(default_factory=list)
+    bad_batches: int = 0       # batches refused by the link (malformed)
     registry_state: str = ""   # "" when the controller runs without etcd
     members: list[MemberInfo] = field(default_factory=list)
     storage_pending: int = 0
@@ -204,6 +205,7 @@ class AdminClient:
             packets_in=st.packets_in,
             sensors=sorted((_sensor(s) for s in st.sensors), key=lambda s: s.sensor_id),
             registry_state=st.registry_state, storage_pending=st.storage_pending,
+            bad_batches=st.bad_batches,
             members=sorted((MemberInfo(m.role, m.id, m.site, m.version, m.address, m.started_at)
                             for m in st.members), key=lambda m: (m.role, m.id)))
 

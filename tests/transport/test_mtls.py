@@ -208,3 +208,15 @@ def test_health_and_reflection_behind_mtls(controller) -> None:
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         names = {s.name for s in answer.list_services_response.service}
     assert {"spanrec.v1.SensorLink", "spanrec.v1.Admin", "grpc.health.v1.Health"} <= names
+
+
+def test_sensor_refused_for_its_name_fails_fast(controller, pki, tmp_path) -> None:
+    """A refusal is not an outage: the sensor stops at once with one line, not after retrying."""
+    alice = identity(pki.good, "ops-alice")
+    t0 = time.monotonic()
+    proc = controller.replay(SAMPLE, "branch-9", alice, "--connect-timeout", "60",
+                             workdir=tmp_path, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    line = one_error_line(proc, "spanrec", only=False)
+    assert "refused this sensor" in line and "does not match sensor_id 'branch-9'" in line
+    assert time.monotonic() - t0 < 20
