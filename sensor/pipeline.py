@@ -23,6 +23,7 @@ from proto import sensor_pb2
 from protocols.pcapfile import CaptureFileError
 from sensor.capture import CaptureError, FileReplay, LiveCapture, PacketSource
 from sensor.classify import Classifier
+from sensor.refilter import RefilterableCapture
 from sensor.sender import VERSION, ControllerRefused, ControllerUnreachable, Sender
 from sensor.spool import Spool, SpoolError
 from transport.tls import Security
@@ -117,6 +118,22 @@ def start_registry(opts: SensorOptions):
     return reg
 
 
+def watch_filter(registry, source: RefilterableCapture, flag_bpf: str | None) -> None:
+    """Runtime config: `bpf` in etcd /spanrec/config/sensor (JSON) replaces the
+    capture filter while the sensor runs; removing it restores --bpf (or the
+    default). The last value seen is kept while etcd is away."""
+    config = registry.config("sensor")
+
+    def apply(values: dict) -> None:
+        bpf = values.get("bpf") if isinstance(values, dict) else None
+        source.set_filter(bpf if isinstance(bpf, str) and bpf.strip() else flag_bpf)
+
+    config.on_change(apply)
+    current = config.get("bpf")
+    if current:
+        apply({"bpf": current})
+
+
 def open_source(opts: SensorOptions, fast_frames: int = 0) -> PacketSource:
     if opts.pcap:
         if not os.path.isfile(opts.pcap):
@@ -125,6 +142,9 @@ def open_source(opts: SensorOptions, fast_frames: int = 0) -> PacketSource:
     assert opts.interface
     try:
         # bpf=None lets the capture pick the default filter for the link type
+        if opts.etcd:   # the filter may change at run time (etcd /spanrec/config/sensor)
+            return RefilterableCapture(opts.interface, opts.bpf,
+                                       snaplen=opts.snaplen, timeout_ms=opts.timeout_ms)
         return LiveCapture(opts.interface, opts.bpf,
                            snaplen=opts.snaplen, timeout_ms=opts.timeout_ms)
     except CaptureError as exc:
@@ -162,6 +182,8 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
 
     mode = "replay" if opts.pcap else "live"
     registry = start_registry(opts)
+    if registry is not None and isinstance(source, RefilterableCapture):
+        watch_filter(registry, source, opts.bpf)
     sender = Sender(
         opts.controller or "", opts.sensor_id, site=opts.site, mode=mode,
         resolve=registry.locator().current if registry is not None and not opts.controller else None,
