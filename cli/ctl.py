@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 
-import os
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -157,40 +155,10 @@ def get(recording_id: str, out_dir: str, fmt: str, **conn: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per error; exit 2 for usage/TLS settings, 1 for failures."""
-    output.set_program(PROG)
-    # gRPC's C core logs handshake failures at INFO on stderr; our one line says it.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from cli.errors import run
     from transport.admin_client import AdminFailed
-    try:
-        ctl.main(args=argv, prog_name=PROG, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(2)
-    except click.UsageError as exc:
-        cmd = exc.ctx.command_path if exc.ctx else PROG
-        output.error(f"{exc.format_message()} (see '{cmd} --help')")
-        sys.exit(2)
-    except click.exceptions.Abort:
-        output.error("aborted")
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        output.error(exc.format_message())
-        sys.exit(exc.exit_code)
-    except _Config as exc:
-        output.error(str(exc))
-        sys.exit(2)
-    except (AdminFailed, AdminLookupFailed) as exc:
-        output.error(str(exc))
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if os.environ.get("SPANREC_DEBUG"):
-            raise
-        output.error(f"unexpected {type(exc).__name__}: {exc} (SPANREC_DEBUG=1 shows the traceback)")
-        sys.exit(1)
+    output.set_program(PROG)
+    run(ctl, PROG, argv, usage_errors=(_Config,), failures=(AdminFailed, AdminLookupFailed))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from cli import output
 from cli.settings import ConfigError, ControllerSettings, Failure, SensorSettings, load
 
 
@@ -215,39 +214,8 @@ def _setup_logs(settings: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per error, exit 2 for usage/config, 1 for failures."""
-    # gRPC's C core logs e.g. TLS handshake failures at INFO on stderr, outside our
-    # log format; ours already say what failed.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    try:
-        cli.main(args=argv, prog_name="spanrec", standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(2)
-    except click.UsageError as exc:
-        cmd = exc.ctx.command_path if exc.ctx else "spanrec"
-        output.error(f"{exc.format_message()} (see '{cmd} --help')")
-        sys.exit(2)
-    except click.exceptions.Abort:
-        output.error("aborted")
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        output.error(exc.format_message())
-        sys.exit(exc.exit_code)
-    except ConfigError as exc:
-        output.error(str(exc))
-        sys.exit(2)
-    except Failure as exc:
-        output.error(str(exc))
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
-        if os.environ.get("SPANREC_DEBUG"):
-            raise
-        output.error(f"unexpected {type(exc).__name__}: {exc} (SPANREC_DEBUG=1 shows the traceback)")
-        sys.exit(1)
+    from cli.errors import run
+    run(cli, "spanrec", argv, usage_errors=(ConfigError,), failures=(Failure,))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import ctypes.util
 import functools
 from dataclasses import dataclass
 
-__all__ = ["PcapProbeError", "ProbeResult", "probe", "compile_check", "dlt_to_linktype",
+__all__ = ["PcapProbeError", "ProbeResult", "probe", "dlt_to_linktype",
            "DEFAULT_BPF", "default_bpf"]
 
 # Kernel prefilter for live capture: all UDP and TCP (SIP and RTP ports are
@@ -95,18 +95,6 @@ def _compile_on(lib: ctypes.CDLL, handle: int, bpf: str) -> None:
     if lib.pcap_compile(handle, ctypes.byref(prog), bpf.encode(), 1, 0xFFFFFFFF) != 0:
         raise PcapProbeError((lib.pcap_geterr(handle) or b"").decode(errors="replace"))
     lib.pcap_freecode(ctypes.byref(prog))
-
-
-def compile_check(bpf: str, linktype: int = 1, snaplen: int = 65535) -> None:
-    """Compile ``bpf`` for ``linktype`` without any interface; PcapProbeError on error."""
-    lib = _lib()
-    handle = lib.pcap_open_dead(linktype, snaplen)
-    if not handle:
-        raise PcapProbeError(f"pcap_open_dead({linktype}) failed")
-    try:
-        _compile_on(lib, handle, bpf)
-    finally:
-        lib.pcap_close(handle)
 
 
 def probe(interface: str, bpf: str = "", snaplen: int = 65535) -> ProbeResult:

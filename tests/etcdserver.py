@@ -14,12 +14,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from tests.s3server import free_ports  # one helper for every test server
 
 ETCD_ENV = "SPANREC_ETCD"
 
@@ -41,19 +42,6 @@ def find_etcd() -> str | None:
             if path.is_file() and os.access(path, os.X_OK):
                 return str(path)
     return None
-
-
-def free_ports(count: int) -> list[int]:
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class EtcdServer:
