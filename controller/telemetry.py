@@ -28,7 +28,8 @@ SENSOR_COUNTERS = ("captured", "forwarded", "filtered", "decode_errors", "kernel
                    "interface_drops", "backlog_drops", "queue_drops", "reconnects")
 # Controller totals from Recorder.status()
 CONTROLLER_COUNTERS = ("packets_in", "duplicates_dropped", "decode_errors", "bad_batches",
-                       "recordings_written", "storage_errors")
+                       "recordings_written", "storage_errors", "storage_uploaded",
+                       "storage_retries", "storage_upload_errors", "replay_suppressed")
 
 
 class Telemetry:
@@ -63,6 +64,14 @@ class Telemetry:
                                             callbacks=[self._total(name)])
         meter.create_observable_gauge("spanrec.controller.active_calls",
                                       callbacks=[self._total("active_calls")])
+        meter.create_observable_gauge("spanrec.controller.storage_pending",
+                                      callbacks=[self._total("storage_pending")])
+        meter.create_observable_gauge("spanrec.controller.wal_bytes", unit="By",
+                                      callbacks=[self._wal("bytes")])
+        meter.create_observable_counter("spanrec.controller.wal_segments_forced",
+                                        callbacks=[self._wal("segments_forced")])
+        meter.create_observable_counter("spanrec.controller.wal_torn_tail_bytes", unit="By",
+                                        callbacks=[self._wal("torn_tail_bytes")])
         for name in SENSOR_COUNTERS:
             meter.create_observable_counter(f"spanrec.sensor.{name}", callbacks=[self._per_sensor(name)])
         meter.create_observable_gauge("spanrec.sensor.send_queue",
@@ -98,6 +107,12 @@ class Telemetry:
     def _total(self, name: str):
         def cb(options: CallbackOptions) -> Iterable[Observation]:
             value = self._snapshot().get(name)
+            return [Observation(int(value))] if value is not None else []
+        return cb
+
+    def _wal(self, name: str):
+        def cb(options: CallbackOptions) -> Iterable[Observation]:
+            value = (self._snapshot().get("wal") or {}).get(name)
             return [Observation(int(value))] if value is not None else []
         return cb
 
