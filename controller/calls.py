@@ -168,7 +168,7 @@ class CallEngine:
         self._c: dict[str, int] = dict.fromkeys((
             "sip_messages", "sip_retransmissions", "sip_errors", "sip_ignored", "sip_after_end",
             "sdp_errors", "rtp_packets", "rtp_unmatched", "rtp_errors", "rtcp_packets",
-            "media_other", "relay_legs", "fragments", "calls_started", "calls_finished",
+            "media_other", "relay_legs", "fragments", "sip_reassembled", "calls_started", "calls_finished",
             "internal_errors"), 0)
         self._rtp_finished = 0  # RTP packets of finished calls (active ones: their streams)
         # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
@@ -290,7 +290,7 @@ class CallEngine:
         return True
 
     def _sip_message(self, ts_ns: int, linktype: int, payload: bytes,
-                     truncated_ok: bool) -> tuple[Call | None, bool]:
+                     truncated_ok: bool, reassembled: bool = False) -> tuple[Call | None, bool]:
         """Apply one SIP message to its call: (the call, True), or (None, False) if it
         belongs to none; a malformed message of a known call gives (that call, False)."""
         c = self._c
@@ -332,9 +332,10 @@ class CallEngine:
             c["calls_started"] += 1
             self._schedule(call, ts_ns + self._setup_ns)
         dialog = call.dialog
-        repeat = dialog.is_repeat(msg, cseq, cseq_method)
+        repeat = dialog.is_repeat(msg, cseq, cseq_method, not reassembled)
         if repeat:
-            c["sip_retransmissions"] += 1
+            if not reassembled:
+                c["sip_retransmissions"] += 1
         else:
             c["sip_messages"] += 1
         was_ended = dialog.ended_ns
@@ -428,7 +429,32 @@ class CallEngine:
         for m in media:
             self.table.add_media(call, side, m)
 
-    # -- IP fragments (no reassembly yet: the later fragments follow the first) --
+    # -- IP fragments: each fragment is a frame of its call's pcap (the later ones
+    # follow the first); the datagram rebuilt from them (protocols.fragments) is parsed --
+    def reassembled(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes,
+                    d: Decoded) -> bool:
+        """A UDP datagram rebuilt from IP fragments that `process` already saw: its SIP
+        message (and SDP) is applied to the call, but it is no frame of the call's
+        pcap (its fragments are).  `linktype` is the fragments' (a new call's pcap);
+        `d` is `data` decoded.  True if it belongs to a call."""
+        try:
+            n = d.payload_len
+            if d.proto != 17 or n == 0 or d.is_fragment:
+                return False
+            off = d.payload_offset
+            payload = data[off:off + n]
+            if not looks_like_sip(payload):
+                return False
+            call, _parsed = self._sip_message(ts_ns, linktype, payload, False, True)
+            if call is None:
+                return False
+            self._c["sip_reassembled"] += 1
+            return True
+        except Exception:  # noqa: BLE001 - one bad packet must never stop the controller
+            self._c["internal_errors"] += 1
+            log.exception("reassembled datagram dropped by an internal error")
+            return False
+
     def _remember_fragment(self, d: Decoded, call: Call, ts_ns: int) -> None:
         key = (d.src, d.ip_id)
         self._frags[key] = (call, ts_ns)

@@ -26,6 +26,7 @@ from controller.finalize import build_recording
 from controller.order import Packet, TimeMerger
 from protocols.errors import DecodeError
 from protocols.layers import decode
+from protocols.fragments import Reassembler
 from controller.wal import BATCH, END, DISCONNECT, HELLO, SNAPSHOT, STORED, WalError, WriteAheadLog
 from storage.base import RecordingStore, StorageError
 
@@ -145,6 +146,7 @@ class Recorder:
         self.call_config = call_config or CallConfig()
         self.engine = CallEngine(self.call_config)
         self.dedup = Deduplicator(dedup_config or DedupConfig())
+        self.fragments = Reassembler()      # IP fragments -> datagrams parsed for SIP/SDP
         self.merger = TimeMerger(expected_sources=expected_sensors)
         self.writer = RecordingWriter(store, on_done=self._written if wal is not None else None)
         self._telemetry = None
@@ -496,6 +498,8 @@ class Recorder:
             if is_dup(ts, sid, data, d, is_sip):
                 continue
             engine_process(ts, sid, linktype, data, d)
+            if d.is_fragment:
+                self._fragment(ts, sid, linktype, data, d)
             if ts >= next_advance:
                 next_advance = ts + _SECOND
                 self._submit(self.engine.advance(ts))
@@ -505,6 +509,19 @@ class Recorder:
         self._next_advance = next_advance
         self.decode_errors += errors
         self.packets_in += len(packets)
+
+    def _fragment(self, ts: int, sid: str, linktype: int, data: bytes, d) -> None:
+        """An IP fragment (already a frame of its call): when it completes its
+        datagram, the rebuilt datagram is parsed for SIP/SDP, not recorded."""
+        done = self.fragments.add(ts, linktype, data, d)
+        if done is None:
+            return
+        try:
+            rd = decode(done.linktype, done.frame)
+        except DecodeError:
+            self.decode_errors += 1
+            return
+        self.engine.reassembled(ts, sid, linktype, done.frame, rd)
 
     # -- status --------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -539,6 +556,7 @@ class Recorder:
             "duplicates_dropped": self.dedup.dropped,
             "packets_in": self.packets_in,
             "engine": dict(self.engine.counters),
+            "fragments": dict(self.fragments.counters),
         }
         counters = getattr(self.writer.store, "counters", None)
         if callable(counters):

@@ -67,12 +67,15 @@ class Dialog:
         self.retransmissions = 0
 
     # -- identification ---------------------------------------------------
-    def is_repeat(self, msg: SipMessage, cseq: int, method: str) -> bool:
-        """True if this exact message was seen before (retransmission or next hop)."""
+    def is_repeat(self, msg: SipMessage, cseq: int, method: str, count: bool = True) -> bool:
+        """True if this exact message was seen before (retransmission or next hop);
+        `count=False`: a repeat is not counted (a reassembled datagram, already
+        counted at its first fragment)."""
         key = (cseq, method, msg.method if msg.is_request else msg.status,
                bottom_branch(msg), msg.from_tag, msg.to_tag)
         if key in self.seen:
-            self.retransmissions += 1
+            if count:
+                self.retransmissions += 1
             return True
         self.seen.add(key)
         self.messages += 1

@@ -113,3 +113,40 @@ def test_pcap_holds_every_packet_of_the_call_in_order(tmp_path) -> None:
         streams = {(s.src, s.sport, s.ssrc) for s in tc.rtp_streams(path)}
         assert meta["rtp_packets"] == sum(p for p in (s.packets for s in tc.rtp_streams(path)))
         assert len(streams) == len(meta["streams"])
+
+
+def test_fragmented_invite_sdp_is_parsed() -> None:
+    """ipv6frag.pcap: the INVITEs' SDP is in their second IPv6 fragment. With reassembly
+    (as Recorder._process does) the media they announce is known right after them; the
+    fragments, not the rebuilt datagrams, are the call's pcap frames."""
+    from protocols.layers import str_to_ip
+    from protocols.pcapfile import read_frames
+    path = capture("ipv6frag.pcap")
+    frames = list(read_frames(path))
+    offers = {(str_to_ip("fd17:625c:f037:2:a00:27ff:feb9:1521"), 15062),
+              (str_to_ip("fd17:625c:f037:2:a00:27ff:feb9:4334"), 30002)}
+    # frames 1-5: INVITE (2 fragments), 100 Trying, INVITE of the next hop (2 fragments)
+    with_r = tc.run_engine(path, frames=frames[:5])
+    without = tc.run_engine(path, frames=frames[:5], reassemble=False)
+    assert with_r.counters["sip_reassembled"] == 2 and without.counters["sip_reassembled"] == 0
+    assert with_r.counters["fragments"] == without.counters["fragments"] == 2
+    (call,) = with_r.calls
+    assert len(call.frame_data) == 5                   # every fragment, no rebuilt frame
+    assert {pt for pt in call.rtpmap} >= {100, 101, 120, 121}
+    assert not without.calls[0].rtpmap
+    # the whole capture: same recording as without reassembly except the SDP now known
+    full, plain = tc.engine_run(path), tc.run_engine(path, reassemble=False)
+    assert full.recordings[0].files["call.pcap"] == plain.recordings[0].files["call.pcap"]
+    for key in ("sip_messages", "sip_retransmissions", "sip_packets", "pcap_packets"):
+        assert full.recordings[0].metadata[key] == plain.recordings[0].metadata[key], key
+    # the engine's media map holds the endpoints the INVITEs announce (tshark: sdp.media.port)
+    from controller.calls import CallEngine
+    from protocols.fragments import Reassembler
+    from protocols.layers import decode
+    engine, frags = CallEngine(), Reassembler()
+    for ts, lt, data in frames[:5]:
+        d = decode(lt, data)
+        engine.process(ts, "sensor-a", lt, data, d)
+        if d.is_fragment and (g := frags.add(ts, lt, data, d)) is not None:
+            engine.reassembled(ts, "sensor-a", lt, g.frame, decode(g.linktype, g.frame))
+    assert offers <= set(engine.table.media)

@@ -259,16 +259,21 @@ class EngineRun:
         return {c.call_ids[0]: (c, r) for c, r in zip(self.calls, self.recordings)}
 
 
-def run_engine(path: Path, frames=None, advance_every_ns: int = 1_000_000_000) -> EngineRun:
+def run_engine(path: Path, frames=None, advance_every_ns: int = 1_000_000_000,
+               reassemble: bool = True) -> EngineRun:
     """Feed a capture (or given frames) through layers.decode + CallEngine.process, calling
-    advance() once per second of capture time as the controller does, then finish_all()."""
+    advance() once per second of capture time as the controller does, then finish_all().
+    IP fragments also go through protocols.fragments as in the controller (Recorder._process):
+    each completed datagram is given to CallEngine.reassembled."""
     from controller.calls import CallEngine
     from controller.finalize import build_recording
     from protocols.errors import DecodeError
+    from protocols.fragments import Reassembler
     from protocols.layers import decode
     from protocols.pcapfile import read_frames
 
     engine = CallEngine()
+    frags = Reassembler()
     finished = []
     next_advance = 0
     for ts, lt, data in (frames if frames is not None else read_frames(path)):
@@ -277,6 +282,10 @@ def run_engine(path: Path, frames=None, advance_every_ns: int = 1_000_000_000) -
         except DecodeError:
             continue
         engine.process(ts, "sensor-a", lt, data, d)
+        if d.is_fragment and reassemble:
+            done = frags.add(ts, lt, data, d)
+            if done is not None:
+                engine.reassembled(ts, "sensor-a", lt, done.frame, decode(done.linktype, done.frame))
         if ts >= next_advance:
             next_advance = ts + advance_every_ns
             finished += engine.advance(ts)
