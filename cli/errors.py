@@ -14,9 +14,6 @@ from cli import output
 
 def run(group: click.Group, prog: str, argv: list[str] | None,
         usage_errors: Sequence[type[BaseException]], failures: Sequence[type[BaseException]]) -> None:
-    # gRPC's C core logs e.g. TLS handshake failures at INFO on stderr, outside our
-    # log format; our one line already says what failed.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         group.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:

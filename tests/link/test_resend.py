@@ -39,6 +39,7 @@ class ServerThread:
         return server
 
     def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.server._spanrec_ticker.cancel)
         asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
