@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from storage.local import fsync_path
+
 log = logging.getLogger("spanrec.controller.wal")
 
 MAGIC = b"SPWAL01\n"
@@ -242,7 +244,7 @@ class WriteAheadLog:
         """Make replayed segments durable, start a new segment beginning with
         `snapshot`, and start the syncer."""
         for seg in self.segments:
-            _fsync_path(seg.path)
+            fsync_path(seg.path)
         with self._lock:
             self._roll_locked(snapshot)
             self.durable_lsn = self.appended_lsn
@@ -277,7 +279,7 @@ class WriteAheadLog:
             self._generation += 1
         self.segments.append(Segment(number, path))
         self._write_locked(MAGIC, None)
-        _fsync_dir(self.dir)
+        fsync_path(self.dir)
         self._write_locked(_record(SNAPSHOT, json.dumps(snapshot).encode()), None)
         self._enforce_bound_locked()
 
@@ -428,18 +430,4 @@ class WriteAheadLog:
         return out
 
 
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
-
-def _fsync_dir(folder: Path) -> None:
-    _fsync_path(folder)

@@ -54,7 +54,7 @@ class LocalStore:
                 if entry.name not in names and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
             if self.fsync:
-                _fsync_dir(folder)
+                fsync_path(folder)
         except OSError as exc:
             raise StorageError(f"{self.url}: cannot write recording {prefix}: {exc.strerror or exc}") from exc
         return folder.as_uri()
@@ -114,10 +114,11 @@ class LocalStore:
             raise StorageError(f"{self.url}: folder is not writable: {exc.strerror or exc}") from exc
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames in ``folder`` durable (POSIX; a no-op where unsupported)."""
+def fsync_path(path: Path) -> None:
+    """fsync a file or, for a folder, the renames in it (POSIX; a no-op where
+    unsupported). Shared with the controller's write-ahead log."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
