@@ -53,8 +53,8 @@ class _Config(Exception):
 
 def _from_etcd(etcd: str, prefix: str, timeout_s: float) -> str:
     """Address of the most recently started controller registered in etcd."""
-    from registry import Registry, credentials_from_env
-    endpoints = [e.strip() for e in etcd.split(",") if e.strip()]
+    from registry import Registry, credentials_from_env, parse_endpoints
+    endpoints = parse_endpoints(etcd)
     try:
         user, password = credentials_from_env()
     except OSError as exc:

@@ -117,9 +117,9 @@ def start_registry(settings: ControllerSettings, port: int, loop: asyncio.Abstra
     the state just reads 'degraded'."""
     if not settings.etcd:
         return None
-    from registry import MemberRecord, Registry, credentials_from_env
+    from registry import MemberRecord, Registry, credentials_from_env, parse_endpoints
     from sensor.sender import VERSION
-    endpoints = [e.strip() for e in settings.etcd.split(",") if e.strip()]
+    endpoints = parse_endpoints(settings.etcd)
     try:
         env_user, env_password = credentials_from_env()
     except OSError as exc:

@@ -35,3 +35,8 @@ def credentials_from_env() -> tuple[str | None, str | None]:
         with open(path, encoding="utf-8") as f:
             password = f.read().strip() or None
     return user, password
+
+
+def parse_endpoints(text: str) -> list[str]:
+    """`--etcd` value: a comma-separated list of host:port."""
+    return [e.strip() for e in text.split(",") if e.strip()]

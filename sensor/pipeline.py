@@ -105,8 +105,8 @@ def start_registry(opts: SensorOptions):
     etcd being away never stops the capture: the registry reports 'degraded'."""
     if not opts.etcd:
         return None
-    from registry import MemberRecord, Registry, credentials_from_env
-    endpoints = [e.strip() for e in opts.etcd.split(",") if e.strip()]
+    from registry import MemberRecord, Registry, credentials_from_env, parse_endpoints
+    endpoints = parse_endpoints(opts.etcd)
     try:
         user, password = credentials_from_env()
     except OSError as exc:
