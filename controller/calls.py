@@ -1,8 +1,11 @@
 """The call engine: routes every packet to its call and tells when a call is over.
 
-Call state lives behind one narrow interface, `CallTable`: Call-ID -> call and
-media endpoint (ip bytes, port) -> call.  Nothing else holds calls, so several
-controllers can later each own a set of calls keyed the same way.
+Call state lives behind one narrow interface, `CallTable` (controller/calltable.py):
+Call-ID -> call, media endpoint (ip bytes, port) -> call, correlation key -> call.
+Nothing else holds calls, so several controllers can later each own a set of
+calls keyed the same way.  A call is one or more legs (controller/legs.py):
+legs with different Call-IDs are merged into one call when a header, a
+Session-ID, a charging id, an SDP origin or their relayed media say so.
 
 `CallEngine.process` is the per-packet path.  RTP costs one dict lookup on
 (dst ip, dst port) (a second on the source for symmetric RTP), a cached
@@ -27,11 +30,12 @@ from protocols.layers import Decoded
 from protocols.sip import looks_like_sip, parse_sip
 from storage.layout import recording_id
 
+from controller.calltable import Call, CallTable
 from controller.dialogs import Dialog, parse_truncated
 from controller.finalize import FinishedCall, iso_time
+from controller.legs import BY_MEDIA, BY_SDP_ORIGIN, Leg, MediaCorrelator, leg_keys, sdp_origin_key
 from controller.settings import CallConfig
-from controller.streams import (NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, RtpStream, SdpMedia,
-                                sdp_media)
+from controller.streams import NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_media
 from controller.tcpstream import BROKEN, FIN, MESSAGE, RST, SYN, Chunk, TcpLimits, TcpReassembler
 
 __all__ = ["CallConfig", "Call", "CallTable", "CallEngine", "FinishedCall"]
@@ -47,103 +51,7 @@ _FRAG_KEEP_NS = 5 * _NS     # how long a fragmented datagram's later fragments a
 #: CANCEL of it (same CSeq number) seen before any other message of the INVITE.
 _CALL_START = frozenset(("INVITE", "CANCEL"))
 _SYN_FIN_RST = SYN | FIN | RST
-
-
-class Call:
-    """Everything recorded about one call while it is active."""
-
-    __slots__ = ("call_ids", "started_ns", "last_ns", "linktype", "frame_ts", "frame_data",
-                 "other_linktype", "sensors", "last_sensor", "dialog", "streams", "endpoints", "media_addrs",
-                 "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done", "tcp_frames")
-
-    def __init__(self, call_id: str, ts_ns: int, linktype: int) -> None:
-        self.call_ids = [call_id]
-        self.started_ns = ts_ns
-        self.last_ns = ts_ns
-        self.linktype = linktype
-        self.frame_ts: list[int] = []
-        self.frame_data: list[bytes] = []
-        self.other_linktype: list[int] = []   # frame indexes not written to call.pcap
-        self.sensors: set[str] = set()
-        self.last_sensor: str | None = None
-        self.dialog = Dialog()
-        self.streams: dict[tuple[bytes, int, bytes, int, int], RtpStream] = {}
-        self.endpoints: list[tuple[bytes, int]] = []
-        self.media_addrs: set[bytes] = set()  # every IP its SDPs announced
-        self.rtcp_packets = 0
-        self.media_other = 0                  # non-RTP datagrams on media ports
-        self.sip_packets = 0
-        self.sip_errors = 0
-        self.done = False
-        self.tcp_frames: set[int] | None = None  # serials of the TCP frames kept (no doubles)
-
-    def add_frame(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes) -> int:
-        """Keep a packet for call.pcap; returns its frame index."""
-        self.frame_ts.append(ts_ns)
-        self.frame_data.append(data)
-        self.last_ns = ts_ns
-        if sensor_id != self.last_sensor:
-            self.sensors.add(sensor_id)
-            self.last_sensor = sensor_id
-        if linktype != self.linktype:
-            self.other_linktype.append(len(self.frame_data) - 1)
-        return len(self.frame_data) - 1
-
-    @property
-    def first_call_id(self) -> str:
-        return self.call_ids[0]
-
-
-class CallTable:
-    """The one place call state is reachable from: by Call-ID and by media endpoint."""
-
-    def __init__(self) -> None:
-        self.by_call_id: dict[str, Call] = {}
-        self.media: dict[tuple[bytes, int], MediaEndpoint] = {}
-
-    def __len__(self) -> int:
-        return len(self.by_call_id)
-
-    def get(self, call_id: str) -> Call | None:
-        return self.by_call_id.get(call_id)
-
-    def add(self, call: Call) -> None:
-        for cid in call.call_ids:
-            self.by_call_id[cid] = call
-
-    def link_call_id(self, call_id: str, call: Call) -> None:
-        """Another Call-ID (B2BUA leg, X-Call-ID) belongs to this call."""
-        if call_id not in call.call_ids:
-            call.call_ids.append(call_id)
-        self.by_call_id[call_id] = call
-
-    def add_media(self, call: Call, side: int, media: SdpMedia) -> None:
-        """Map a receive endpoint to a call; the latest SDP wins when two calls
-        announce the same address (a port reused by the next call)."""
-        key = (media.addr, media.port)
-        ep = self.media.get(key)
-        if ep is not None and ep.call is call and ep.side == side and ep.rtcp == media.rtcp:
-            if media.rtpmap:
-                ep.rtpmap.update(media.rtpmap)
-            return
-        self.media[key] = MediaEndpoint(call, side, media.rtcp, dict(media.rtpmap))
-        call.endpoints.append(key)
-        call.media_addrs.add(media.addr)
-
-    def remove(self, call: Call) -> None:
-        for cid in call.call_ids:
-            if self.by_call_id.get(cid) is call:
-                del self.by_call_id[cid]
-        for key in call.endpoints:
-            ep = self.media.get(key)
-            if ep is not None and ep.call is call:
-                del self.media[key]
-
-    def calls(self) -> list[Call]:
-        seen: dict[int, Call] = {}
-        for call in self.by_call_id.values():
-            seen.setdefault(id(call), call)
-        return list(seen.values())
+_ORIGIN_WINDOW_NS = 2 * _NS  # initial INVITEs of two legs with one SDP origin: this close
 
 
 class CallEngine:
@@ -169,10 +77,12 @@ class CallEngine:
             "sip_messages", "sip_retransmissions", "sip_errors", "sip_ignored", "sip_after_end",
             "sdp_errors", "rtp_packets", "rtp_unmatched", "rtp_errors", "rtcp_packets",
             "media_other", "relay_legs", "fragments", "sip_reassembled", "calls_started", "calls_finished",
-            "internal_errors"), 0)
+            "internal_errors", "legs_merged", "copies_dropped"), 0)
+        self._leg_headers = tuple(h.lower() for h in self.config.leg_headers)
+        self._media_corr = MediaCorrelator() if self.config.merge_by_media else None
         self._rtp_finished = 0  # RTP packets of finished calls (active ones: their streams)
         # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
-        self._ssrc_owners: dict[int, dict[int, tuple[Call, int, dict]]] = {}
+        self._ssrc_owners: dict[int, dict[int, tuple[Call, int, dict, str]]] = {}
 
     @property
     def counters(self) -> dict[str, int]:
@@ -214,13 +124,41 @@ class CallEngine:
             log.exception("packet dropped by an internal error")
             return False
 
+    def duplicate(self, sensor_id: str, data: bytes, d: Decoded) -> None:
+        """A mirror copy the deduplicator dropped: counted, per sensor, on the stream
+        (RTP) and the call (RTP, RTCP, SIP over UDP) it is a copy of."""
+        try:
+            call = None
+            if d.proto == 17:
+                ep = self._media_map.get((d.dst, d.dport)) or self._media_map.get((d.src, d.sport))
+                if ep is not None:
+                    call = ep.call
+                    off = d.payload_offset
+                    if d.payload_len >= 12 and data[off] >> 6 == 2 and not 200 <= data[off + 1] <= 207:
+                        ssrc = _U32.unpack_from(data, off + 8)[0]
+                        stream = call.streams.get((d.src, d.sport, d.dst, d.dport, ssrc))
+                        if stream is not None:
+                            stream.copies[sensor_id] = stream.copies.get(sensor_id, 0) + 1
+                elif d.payload_len:
+                    off = d.payload_offset
+                    m = _CALL_ID_RE.search(data, off, off + d.payload_len)
+                    if m is not None:
+                        call = self.table.get(m.group(1).decode("utf-8", "replace"))
+            if call is not None:
+                call.copies[sensor_id] = call.copies.get(sensor_id, 0) + 1
+                self._c["copies_dropped"] += 1
+        except Exception:  # noqa: BLE001 - bookkeeping must never stop the controller
+            self._c["internal_errors"] += 1
+            log.exception("duplicate not counted: internal error")
+
     def _media_event(self, code: int, ep: MediaEndpoint) -> None:
         """Bookkeeping for the packets `MediaEndpoint.packet` did not just count."""
         c = self._c
         if code == RTP_NEW_STREAM:
             call = ep.call
             stream = ep.c_stream
-            self._ssrc_owners.setdefault(stream.ssrc, {})[id(call)] = (call, stream.sender, ep.rtpmap)
+            self._ssrc_owners.setdefault(stream.ssrc, {})[id(call)] = (call, stream.sender, ep.rtpmap,
+                                                                       ep.leg)
         elif code == RTCP:
             ep.call.rtcp_packets += 1
             c["rtcp_packets"] += 1
@@ -248,7 +186,7 @@ class CallEngine:
         if owners is None or len(owners) != 1:
             self._c["rtp_unmatched"] += 1
             return False
-        call, sender, rtpmap = next(iter(owners.values()))
+        call, sender, rtpmap, leg = next(iter(owners.values()))
         if d.dst in call.media_addrs:
             addr, port, side = d.dst, d.dport, 1 - sender
         elif d.src in call.media_addrs:
@@ -256,9 +194,9 @@ class CallEngine:
         else:
             self._c["rtp_unmatched"] += 1
             return False
-        self.table.add_media(call, side, SdpMedia(addr, port, False, rtpmap))
+        self.table.add_media(call, side, SdpMedia(addr, port, False, rtpmap), leg)
         if port % 2 == 0 and (addr, port + 1) not in self.table.media:
-            self.table.add_media(call, side, SdpMedia(addr, port + 1, True, rtpmap))
+            self.table.add_media(call, side, SdpMedia(addr, port + 1, True, rtpmap), leg)
         self._c["relay_legs"] += 1
         ep = self.table.media[(addr, port)]
         code = ep.packet(ts_ns, sensor_id, linktype, data, d, addr == d.dst and port == d.dport)
@@ -279,20 +217,22 @@ class CallEngine:
     def _sip(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded,
              payload: bytes) -> bool:
         """One SIP datagram (UDP, or the first IP fragment of one)."""
-        call, parsed = self._sip_message(ts_ns, linktype, payload, d.is_fragment)
+        call, leg = self._sip_message(ts_ns, linktype, payload, d.is_fragment)
         if call is None:
             return False
         call.add_frame(ts_ns, sensor_id, linktype, data)
-        if parsed:
+        if leg is not None:
             if d.is_fragment and d.ip_id is not None:
                 self._remember_fragment(d, call, ts_ns)
             call.sip_packets += 1
+            leg.sip_packets += 1
+            leg.sensors.add(sensor_id)
         return True
 
     def _sip_message(self, ts_ns: int, linktype: int, payload: bytes,
-                     truncated_ok: bool, reassembled: bool = False) -> tuple[Call | None, bool]:
-        """Apply one SIP message to its call: (the call, True), or (None, False) if it
-        belongs to none; a malformed message of a known call gives (that call, False)."""
+                     truncated_ok: bool, reassembled: bool = False) -> tuple[Call | None, Leg | None]:
+        """Apply one SIP message to its call: (the call, its leg), or (None, None) if
+        it belongs to none; a malformed message of a known call gives (that call, None)."""
         c = self._c
         truncated = False
         try:
@@ -301,14 +241,14 @@ class CallEngine:
             c["sip_errors"] += 1
             msg = parse_truncated(payload) if truncated_ok else None
             if msg is None:
-                return self._broken_sip_call(payload), False
+                return self._broken_sip_call(payload), None
             truncated = True
         try:  # From/To are parsed lazily: a malformed one must not escape later
             msg.from_uri, msg.to_uri, msg.from_tag, msg.to_tag
         except DecodeError:
             if not truncated:
                 c["sip_errors"] += 1
-            return self._broken_sip_call(payload), False
+            return self._broken_sip_call(payload), None
         call_id = msg.call_id
         try:
             cseq, cseq_method = msg.cseq
@@ -318,33 +258,104 @@ class CallEngine:
         if not call_id or cseq < 0:
             if not truncated:
                 c["sip_errors"] += 1
-            return self._broken_sip_call(payload), False
+            return self._broken_sip_call(payload), None
         call = self.table.get(call_id)
-        if call is None:
+        leg = call.legs.get(call_id) if call is not None else None
+        if leg is None:
             if cseq_method not in _CALL_START:
                 c["sip_ignored"] += 1
-                return None, False
+                return None, None
             if call_id in self._recent:
                 c["sip_after_end"] += 1
-                return None, False
-            call = Call(call_id, ts_ns, linktype)
-            self.table.add(call)
-            c["calls_started"] += 1
-            self._schedule(call, ts_ns + self._setup_ns)
-        dialog = call.dialog
+                return None, None
+            if call is None:       # a new call
+                call = Call(call_id, ts_ns, linktype)
+                self.table.add(call)
+                leg = call.legs[call_id]
+                c["calls_started"] += 1
+                self._schedule(call, ts_ns + self._setup_ns)
+            else:                  # a leg another leg named (X-Call-ID) before it was seen
+                leg = Leg(call_id, Dialog(), ts_ns)
+                self.table.add_leg(call, leg)
+                c["legs_merged"] += 1
+        leg.last_ns = ts_ns
+        dialog = leg.dialog
         repeat = dialog.is_repeat(msg, cseq, cseq_method, not reassembled)
         if repeat:
             if not reassembled:
                 c["sip_retransmissions"] += 1
         else:
             c["sip_messages"] += 1
+            call = self._correlate(call, leg, msg, ts_ns)
         was_ended = dialog.ended_ns
         offer = dialog.apply(msg, ts_ns, cseq, cseq_method, repeat)
         if offer is not None:
-            self._register_sdp(call, offer[0], offer[1])
+            self._register_sdp(call, offer[0], offer[1], leg)
+            if not repeat and msg.is_request and msg.to_tag is None and cseq_method == "INVITE":
+                call = self._correlate_origin(call, leg, offer[1], ts_ns)
         if dialog.ended_ns is not None and dialog.ended_ns != was_ended:
             self._schedule(call, dialog.ended_ns + self._linger_ns)
-        return call, True
+        return call, leg
+
+    # -- leg merge (controller/legs.py has the rules) -------------------------
+    def _correlate(self, call: Call, leg: Leg, msg, ts_ns: int) -> Call:
+        """Merge the call with whatever call the message's correlation keys name."""
+        table = self.table
+        for key in leg_keys(msg, self._leg_headers):
+            kind, value = key
+            if kind in self._leg_headers:           # names the other leg's Call-ID
+                other = table.get(value)
+                if other is None:
+                    if value not in self._recent:
+                        table.add_alias(call, value)
+                        leg.relation = leg.relation or (value, kind)
+                    continue
+                if other is not call:
+                    leg.relation = leg.relation or (value, kind)
+                    call = self._merge(call, other, False)
+                elif value in call.legs and leg.relation is None and value != leg.call_id:
+                    leg.relation = (value, kind)
+                continue
+            hit = table.keys.get(key)
+            if hit is None:
+                table.add_key(call, key, leg.call_id, "", ts_ns)
+            elif hit[0] is not call and not hit[0].done:
+                if leg.relation is None:
+                    leg.relation = (hit[1], kind)
+                call = self._merge(call, hit[0], False)
+        return call
+
+    def _correlate_origin(self, call: Call, leg: Leg, sdp: bytes, ts_ns: int) -> Call:
+        """An SBC passing the SDP origin unchanged (another address): same session."""
+        found = sdp_origin_key(sdp)
+        if found is None:
+            return call
+        key, addr = found
+        hit = self.table.keys.get(key)
+        if hit is None:
+            self.table.add_key(call, key, leg.call_id, addr, ts_ns)
+            return call
+        other, other_leg, other_addr, seen_ns = hit
+        if other is call or other.done or other_addr == addr or ts_ns - seen_ns > _ORIGIN_WINDOW_NS:
+            return call
+        if leg.relation is None:
+            leg.relation = (other_leg, BY_SDP_ORIGIN)
+        return self._merge(call, other, False)
+
+    def _merge(self, a: Call, b: Call, flip: bool) -> Call:
+        """One call from two: the one that started first keeps everything."""
+        keep, other = (a, b) if a.started_ns <= b.started_ns else (b, a)
+        for stream in other.streams.values():
+            owners = self._ssrc_owners.get(stream.ssrc)
+            if owners is not None and id(other) in owners:
+                entry = owners.pop(id(other))
+                owners[id(keep)] = (keep, 1 - entry[1] if flip else entry[1], entry[2], entry[3])
+        self.table.merge(keep, other, flip)
+        if self._media_corr is not None:
+            self._media_corr.forget(other)
+        self._c["legs_merged"] += len(other.legs)
+        self._schedule(keep, self._deadline(keep))
+        return keep
 
     def _broken_sip_call(self, payload: bytes) -> Call | None:
         """Malformed SIP of a known call (found by its Call-ID header) stays in its pcap."""
@@ -386,10 +397,10 @@ class CallEngine:
         for ch in chunks:
             if ch.kind == MESSAGE:
                 linktype = ch.frames[0][3] if ch.frames else 1
-                call, _parsed = self._sip_message(ch.ts_ns, linktype, ch.data, False)
+                call, leg = self._sip_message(ch.ts_ns, linktype, ch.data, False)
                 if call is not None:
                     ch.owner = call
-                    self._tcp_frames(call, ch.frames)
+                    self._tcp_frames(call, ch.frames, leg)
             elif ch.kind == BROKEN:
                 call = self._broken_sip_call(ch.data)
                 if call is not None:
@@ -404,7 +415,7 @@ class CallEngine:
                         self._tcp_frames(call, ch.frames)
 
     @staticmethod
-    def _tcp_frames(call: Call, frames: list) -> None:
+    def _tcp_frames(call: Call, frames: list, leg: Leg | None = None) -> None:
         """Keep the frames of a TCP message in its call (each frame once per call)."""
         seen = call.tcp_frames
         if seen is None:
@@ -416,18 +427,21 @@ class CallEngine:
             seen.add(serial)
             call.add_frame(ts, sensor_id, linktype, data)
             call.sip_packets += 1
+            if leg is not None:
+                leg.sip_packets += 1
+                leg.sensors.add(sensor_id)
             if ts > last:
                 last = ts
         call.last_ns = last
 
-    def _register_sdp(self, call: Call, side: int, body: bytes) -> None:
+    def _register_sdp(self, call: Call, side: int, body: bytes, leg: Leg) -> None:
         try:
             media = sdp_media(body)
         except DecodeError:
             self._c["sdp_errors"] += 1
             return
         for m in media:
-            self.table.add_media(call, side, m)
+            self.table.add_media(call, side, m, leg.call_id)
 
     # -- IP fragments: each fragment is a frame of its call's pcap (the later ones
     # follow the first); the datagram rebuilt from them (protocols.fragments) is parsed --
@@ -445,7 +459,7 @@ class CallEngine:
             payload = data[off:off + n]
             if not looks_like_sip(payload):
                 return False
-            call, _parsed = self._sip_message(ts_ns, linktype, payload, False, True)
+            call, _leg = self._sip_message(ts_ns, linktype, payload, False, True)
             if call is None:
                 return False
             self._c["sip_reassembled"] += 1
@@ -473,11 +487,22 @@ class CallEngine:
         heapq.heappush(self._heap, (deadline_ns, next(self._seq), call))
 
     def _deadline(self, call: Call) -> int:
-        dialog = call.dialog
-        if dialog.ended_ns is not None:
-            return dialog.ended_ns + self._linger_ns
-        idle = self._answered_ns if dialog.answered_ns is not None else self._setup_ns
-        return call.last_ns + idle
+        """When the call is over unless something happens: every leg ended (plus
+        linger) or idle (answered: no packet of the call; not answered: no SIP of
+        that leg — or no packet at all for a one-leg call, early media)."""
+        deadline = 0
+        one = len(call.legs) == 1
+        for leg in call.legs.values():
+            dialog = leg.dialog
+            if dialog.ended_ns is not None:
+                t = dialog.ended_ns + self._linger_ns
+            elif dialog.answered_ns is not None:
+                t = call.last_ns + self._answered_ns
+            else:
+                t = (call.last_ns if one else leg.last_ns) + self._setup_ns
+            if t > deadline:
+                deadline = t
+        return deadline
 
     def advance(self, now_ns: int) -> list[FinishedCall]:
         """Calls whose linger or inactivity deadline is at or before `now_ns`."""
@@ -485,6 +510,14 @@ class CallEngine:
             chunks = self._tcp.advance(now_ns)
             if chunks:
                 self._tcp_chunks(chunks)
+        if self._media_corr is not None and self._media_map:
+            for first, second, flip in self._media_corr.scan(self.table.calls(), now_ns):
+                if first.done or second.done or first is second:
+                    continue
+                child = min(second.legs.values(), key=lambda leg: leg.started_ns)
+                if child.relation is None:
+                    child.relation = (first.root.call_id, BY_MEDIA)
+                self._merge(first, second, flip)
         out: list[FinishedCall] = []
         heap = self._heap
         while heap and heap[0][0] <= now_ns:
@@ -495,9 +528,7 @@ class CallEngine:
             if deadline > now_ns:
                 self._schedule(call, deadline)
                 continue
-            if call.dialog.ended_ns is None:
-                call.dialog.close(call.last_ns, "timeout")
-            out.append(self._finish(call, now_ns))
+            out.append(self._finish(call, now_ns, "timeout"))
         self._expire(now_ns)
         return out
 
@@ -509,8 +540,7 @@ class CallEngine:
         calls = sorted(self.table.calls(), key=lambda c: c.started_ns)
         out = []
         for call in calls:
-            call.dialog.close(call.last_ns, reason)  # keeps an earlier end (BYE ...)
-            out.append(self._finish(call, call.last_ns))
+            out.append(self._finish(call, call.last_ns, reason))
         self._heap.clear()
         self._ssrc_owners.clear()
         self._frags.clear()
@@ -530,8 +560,10 @@ class CallEngine:
             if hit is not None and hit[1] + _FRAG_KEEP_NS <= now_ns:
                 del self._frags[key]
 
-    def _finish(self, call: Call, now_ns: int) -> FinishedCall:
+    def _finish(self, call: Call, now_ns: int, reason: str) -> FinishedCall:
         call.done = True
+        if self._media_corr is not None:
+            self._media_corr.forget(call)
         rtpmap: dict[int, tuple[str, int, int]] = {}
         for key in call.endpoints:
             ep = self.table.media.get(key)
@@ -550,22 +582,26 @@ class CallEngine:
             self._recent_order.append((until, cid))
         self._c["calls_finished"] += 1
         self._rtp_finished += sum(s.packets for s in call.streams.values())
-        dialog = call.dialog
-        dialog.close(call.last_ns, "capture-end")  # no-op unless still open
+        legs = call.ordered_legs()
+        for leg in legs:
+            leg.dialog.close(call.last_ns, reason)  # keeps an earlier end (BYE ...)
+        dialog = _summary_dialog(legs)
         streams = sorted(call.streams.values(), key=lambda s: s.first_ns)
         for s in streams:
             for pt, enc in s.rtpmap.items():
                 rtpmap.setdefault(pt, enc)
         finished = FinishedCall(
             call_ids=list(call.call_ids),
-            from_uri=dialog.from_uri,
-            to_uri=dialog.to_uri,
+            from_uri=legs[0].dialog.from_uri,
+            to_uri=legs[0].dialog.to_uri,
             status=dialog.status,
             final_response=dialog.final_response,
             end_reason=dialog.end_reason or "capture-end",
             started_ns=call.started_ns,
-            answered_ns=dialog.answered_ns,
-            ended_ns=dialog.ended_ns,
+            answered_ns=dialog.answered_ns if dialog.answered_ns is not None else min(
+                (leg.dialog.answered_ns for leg in legs if leg.dialog.answered_ns is not None),
+                default=None),
+            ended_ns=max(leg.dialog.ended_ns for leg in legs if leg.dialog.ended_ns is not None),
             sensors=sorted(call.sensors),
             linktype=call.linktype,
             frame_ts=call.frame_ts,
@@ -573,9 +609,11 @@ class CallEngine:
             other_linktype=call.other_linktype,
             streams=streams,
             rtpmap=rtpmap,
+            legs=legs,
+            copies=dict(call.copies),
             counts={
-                "sip_messages": dialog.messages,
-                "sip_retransmissions": dialog.retransmissions,
+                "sip_messages": sum(leg.dialog.messages for leg in legs),
+                "sip_retransmissions": sum(leg.dialog.retransmissions for leg in legs),
                 "sip_packets": call.sip_packets,
                 "sip_errors": call.sip_errors,
                 "rtp_packets": sum(s.packets for s in streams),
@@ -604,3 +642,18 @@ class CallEngine:
                 "packets": len(call.frame_data),
             })
         return out
+
+
+def _summary_dialog(legs: list[Leg]) -> Dialog:
+    """The dialog that says what the call was for its caller: the root leg's, unless
+    the root leg has no final response and another leg has one (root = legs[0])."""
+    root = legs[0].dialog
+    if root.final_response is not None or len(legs) == 1:
+        return root
+    for leg in legs[1:]:
+        if leg.dialog.status == "answered":
+            return leg.dialog
+    for leg in legs[1:]:
+        if leg.dialog.final_response is not None:
+            return leg.dialog
+    return root

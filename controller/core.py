@@ -22,6 +22,7 @@ from typing import Any
 
 from controller.calls import CallConfig, CallEngine
 from controller.dedup import DedupConfig, Deduplicator
+from controller.hints import MediaHints
 from controller.finalize import build_recording
 from controller.order import Packet, TimeMerger
 from protocols.errors import DecodeError
@@ -143,8 +144,10 @@ class Recorder:
         wal_horizon_s: float = 10.0,
     ) -> None:
         self.controller_id = controller_id
+        self.hints = MediaHints()
         self.call_config = call_config or CallConfig()
         self.engine = CallEngine(self.call_config)
+        self.engine.table.on_new_media = self.hints.add
         self.dedup = Deduplicator(dedup_config or DedupConfig())
         self.fragments = Reassembler()      # IP fragments -> datagrams parsed for SIP/SDP
         self.merger = TimeMerger(expected_sources=expected_sensors)
@@ -325,6 +328,9 @@ class Recorder:
         before a crash (or a fragment of one)."""
         if not calls:
             return
+        sites = {sid: st.site for sid, st in self.sensors.items()}
+        for call in calls:
+            call.sites = {sid: sites.get(sid, "") for sid in call.sensors}
         if self.wal is None:
             self.writer.submit(calls)
             return
@@ -484,6 +490,7 @@ class Recorder:
             return
         engine_process = self.engine.process
         is_dup = self.dedup.is_duplicate
+        engine_duplicate = self.engine.duplicate
         next_advance = self._next_advance
         errors = 0
         for ts, sid, linktype, data in packets:
@@ -496,6 +503,7 @@ class Recorder:
             # SIP starts with an ASCII letter, RTP/RTCP with version bits 10.
             is_sip = d.payload_len > 0 and data[off] >= 0x41
             if is_dup(ts, sid, data, d, is_sip):
+                engine_duplicate(sid, data, d)
                 continue
             engine_process(ts, sid, linktype, data, d)
             if d.is_fragment:

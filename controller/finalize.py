@@ -4,11 +4,13 @@ Runs off the packet path (the controller's writer thread), so this is where
 the per-stream work happens: each stream chosen for audio is decoded once,
 with numpy, from payload references into the frames kept for call.pcap.
 
-Audio convention (what users rely on): channel 0 = what the caller sent,
-channel 1 = what the callee sent.  When several streams carry one direction
-(a media relay shows the same audio on two legs), the one with the most audio
-packets is used and marked ``used_for_audio``.  A direction whose codec cannot
-be decoded is silent; with no decodable direction there is no audio.wav.
+Audio convention (what users rely on): channel 0 = what the original caller
+sent, channel 1 = what the final callee sent.  When several streams carry one
+direction (a media relay or a B2BUA shows the same audio on two legs, seen by
+one sensor or several), the one that was received best is used — most audio
+packets, then fewest lost, then earliest — marked ``used_for_audio``, and the
+choice is written in ``audio.sources``.  A direction whose codec cannot be
+decoded is silent; with no decodable direction there is no audio.wav.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from storage.layout import (AUDIO_WAV, CALL_JSON, CALL_PCAP, prefix_date, record
                             recording_prefix)
 
 from controller.audio import CODECS, DecodedStream, build_stereo, decode_stream, wav_bytes
+from controller.legs import Leg
 from controller.streams import CALLEE, CALLER, SIDE_NAMES, RtpStream, unpack_ref
 
 __all__ = ["FinishedCall", "Recording", "build_recording", "iso_time"]
@@ -53,6 +56,9 @@ class FinishedCall:
     streams: list[RtpStream]
     rtpmap: dict[int, tuple[str, int, int]]  # every payload type the call's SDPs named
     counts: dict[str, int] = field(default_factory=dict)
+    legs: list[Leg] = field(default_factory=list)      # root leg first
+    copies: dict[str, int] = field(default_factory=dict)  # sensor -> mirror copies dropped
+    sites: dict[str, str] = field(default_factory=dict)   # sensor -> site (set by the Recorder)
 
 
 @dataclass
@@ -88,12 +94,16 @@ class _Channel:
 
 
 def _pick_streams(call: FinishedCall) -> dict[int, RtpStream]:
-    """Per direction, the stream with the most audio packets (earliest on a tie)."""
-    best: dict[int, tuple[int, RtpStream]] = {}
-    for s in call.streams:  # sorted by first packet
+    """Per direction, the stream received best: most audio packets, then fewest
+    lost, then the earliest (streams are sorted by first packet)."""
+    best: dict[int, tuple[tuple[int, int], RtpStream]] = {}
+    for s in call.streams:
         n = s.audio_packets(call.rtpmap)
-        if n and (s.sender not in best or n > best[s.sender][0]):
-            best[s.sender] = (n, s)
+        if not n:
+            continue
+        score = (n, -s.lost)
+        if s.sender not in best or score > best[s.sender][0]:
+            best[s.sender] = (score, s)
     return {side: s for side, (_, s) in best.items()}
 
 
@@ -169,7 +179,55 @@ def _stream_meta(call: FinishedCall, s: RtpStream, channels: dict[int, _Channel]
         "duplicates": s.duplicates,
         "decoded": bool(used and ch is not None and ch.decoded is not None),
         "used_for_audio": bool(used and ch is not None and ch.decoded is not None),
+        "call_id": s.leg or None,
+        "sensors": sorted(s.sensors),
+        "copies_dropped": sum(s.copies.values()),
+        "copies_dropped_by_sensor": dict(sorted(s.copies.items())),
     }
+
+
+def _audio_sources(call: FinishedCall, channels: dict[int, _Channel]) -> dict[str, Any]:
+    """Which stream each channel was taken from, among how many candidates, and why."""
+    out: dict[str, Any] = {}
+    for side, ch in sorted(channels.items()):
+        if ch.decoded is None:
+            continue
+        s = ch.stream
+        candidates = sum(1 for o in call.streams if o.sender == side and o.audio_packets(call.rtpmap))
+        out[SIDE_NAMES[side]] = {
+            "stream": call.streams.index(s),
+            "call_id": s.leg or None,
+            "src": _endpoint(s.src, s.sport),
+            "ssrc": s.ssrc,
+            "sensors": sorted(s.sensors),
+            "packets": s.audio_packets(call.rtpmap),
+            "lost": s.lost,
+            "candidates": candidates,
+            "reason": "only stream" if candidates == 1 else "most packets received, fewest lost",
+        }
+    return out
+
+
+def _legs_meta(call: FinishedCall) -> list[dict[str, Any]]:
+    out = []
+    for leg in call.legs:
+        d = leg.dialog
+        out.append({
+            "call_id": leg.call_id,
+            "from": d.from_uri,
+            "to": d.to_uri,
+            "status": d.status,
+            "final_response": d.final_response,
+            "started_at": iso_time(leg.started_ns),
+            "answered_at": iso_time(d.answered_ns),
+            "ended_at": iso_time(d.ended_ns),
+            "end_reason": d.end_reason,
+            "sensors": sorted(leg.sensors),
+            "sites": sorted({call.sites[s] for s in leg.sensors if call.sites.get(s)}),
+            "sip_packets": leg.sip_packets,
+            "relation": None if leg.relation is None else {"to": leg.relation[0], "by": leg.relation[1]},
+        })
+    return out
 
 
 def _pcap(call: FinishedCall) -> tuple[bytes, int]:
@@ -200,9 +258,14 @@ def build_recording(call: FinishedCall) -> Recording:
         "answered_at": iso_time(call.answered_ns),
         "ended_at": iso_time(call.ended_ns),
         "sensors": list(call.sensors),
+        "sites": sorted({site for site in call.sites.values() if site}),
+        "legs": _legs_meta(call),
         "streams": [_stream_meta(call, s, channels) for s in call.streams],
         "dtmf": [],
-        "audio": {"file": AUDIO_WAV, "sample_rate": SAMPLE_RATE, "channels": 2} if wav else None,
+        "audio": {"file": AUDIO_WAV, "sample_rate": SAMPLE_RATE, "channels": 2,
+                  "sources": _audio_sources(call, channels)} if wav else None,
+        "copies_dropped": sum(call.copies.values()),
+        "copies_dropped_by_sensor": dict(sorted(call.copies.items())),
         "pcap": CALL_PCAP,
         "pcap_packets": pcap_packets,
         "pcap_skipped": len(call.other_linktype),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_LEG_HEADERS = ("x-call-id", "x-cid")
+
 
 @dataclass
 class CallConfig:
@@ -32,9 +34,16 @@ class CallConfig:
     ``recent_call_id_s``: a Call-ID finished less than this ago does not start a
     new call (a late 200 OK retransmission of a finished call would otherwise
     create a phantom one); 32 s = 64*T1, the lifetime of a SIP transaction.
+
+    ``leg_headers``: SIP headers (lower case) whose value is the Call-ID of
+    another leg of the same call (B2BUA/SBC), strongest first.
+    ``merge_by_media``: also merge legs whose RTP carries the same payloads
+    (a media relay between them) when no header links them.
     """
 
     answered_timeout_s: float = 300.0
     setup_timeout_s: float = 180.0
     linger_s: float = 2.0
     recent_call_id_s: float = 32.0
+    leg_headers: tuple[str, ...] = DEFAULT_LEG_HEADERS
+    merge_by_media: bool = True

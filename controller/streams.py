@@ -72,18 +72,21 @@ class MediaEndpoint:
     lookup to find its stream.
     """
 
-    __slots__ = ("call", "side", "rtcp", "rtpmap", "c_addr", "c_port", "c_ssrc", "c_by_dst",
-                 "c_stream")
+    __slots__ = ("call", "side", "rtcp", "rtpmap", "leg", "c_addr", "c_port", "c_ssrc", "c_by_dst",
+                 "c_sensor", "c_stream")
 
-    def __init__(self, call: Call, side: int, rtcp: bool, rtpmap: dict[int, tuple[str, int, int]]) -> None:
+    def __init__(self, call: Call, side: int, rtcp: bool, rtpmap: dict[int, tuple[str, int, int]],
+                 leg: str = "") -> None:
         self.call = call
         self.side = side
         self.rtcp = rtcp
         self.rtpmap = rtpmap
+        self.leg = leg          # Call-ID of the leg whose SDP announced it
         self.c_addr = b""
         self.c_port = -1
         self.c_ssrc = -1
         self.c_by_dst = False
+        self.c_sensor = ""
         self.c_stream: RtpStream | None = None
 
     def packet(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded,
@@ -132,7 +135,8 @@ class MediaEndpoint:
         else:
             addr = d.dst
             port = d.dport
-        if ssrc == self.c_ssrc and port == self.c_port and by_dst == self.c_by_dst and addr == self.c_addr:
+        if ssrc == self.c_ssrc and port == self.c_port and by_dst == self.c_by_dst \
+                and addr == self.c_addr and sensor_id == self.c_sensor:
             stream = self.c_stream
         else:
             src, sport, dst, dport = d.src, d.sport, d.dst, d.dport
@@ -142,8 +146,11 @@ class MediaEndpoint:
                 sender = 1 - self.side if by_dst else self.side
                 stream = call.streams[key] = RtpStream(src, sport, dst, dport, ssrc, sender,
                                                        self.rtpmap, ts_ns, seq)
+                stream.leg = self.leg
                 code = RTP_NEW_STREAM
+            stream.sensors.add(sensor_id)
             self.c_addr, self.c_port, self.c_ssrc, self.c_by_dst = addr, port, ssrc, by_dst
+            self.c_sensor = sensor_id
             self.c_stream = stream
         ref = (idx << 34) | (start << 17) | end if end <= MAX_REF_OFFSET else -1  # = pack_ref()
         pt = b1 & 0x7F
@@ -161,12 +168,13 @@ class MediaEndpoint:
 class PayloadRun:
     """The packets of one payload type inside a stream (what audio decode needs)."""
 
-    __slots__ = ("first_ns", "timestamps", "refs")
+    __slots__ = ("first_ns", "timestamps", "refs", "probed")
 
     def __init__(self, first_ns: int) -> None:
         self.first_ns = first_ns
         self.timestamps: list[int] = []
         self.refs: list[int] = []
+        self.probed = 0         # refs already looked at by legs.MediaCorrelator
 
 
 class RtpStream:
@@ -180,7 +188,8 @@ class RtpStream:
 
     __slots__ = ("src", "sport", "dst", "dport", "ssrc", "sender", "rtpmap", "first_ns",
                  "duplicates", "max_ext", "base_ext", "bits", "bad_seq", "expected_prior",
-                 "received_prior", "by_pt", "cur_pt", "cur_run")
+                 "received_prior", "by_pt", "cur_pt", "cur_run", "leg", "sensors", "copies",
+                 "probe_done", "probe_samples")
 
     def __init__(self, src: bytes, sport: int, dst: bytes, dport: int, ssrc: int,
                  sender: int, rtpmap: dict[int, tuple[str, int, int]], ts_ns: int, seq: int) -> None:
@@ -204,6 +213,11 @@ class RtpStream:
         self.by_pt: dict[int, PayloadRun] = {}
         self.cur_pt = -1
         self.cur_run: PayloadRun | None = None
+        self.leg = ""                       # Call-ID of the leg whose SDP it was matched by
+        self.sensors: set[str] = set()      # sensors whose copy of a packet was kept
+        self.copies: dict[str, int] = {}    # sensor -> mirror copies dropped by dedup
+        self.probe_done = False             # legs.MediaCorrelator is done with it
+        self.probe_samples = 0
 
     def add(self, ts_ns: int, pt: int, seq: int, rtp_ts: int, ref: int) -> None:
         """Count one packet and remember where its payload is (all cases)."""

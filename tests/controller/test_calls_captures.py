@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import CALL_CAPTURES, capture, require_tool
 from tests.controller import tshark_calls as tc
+from tests.controller.tshark_calls import expected_recordings
 
 CAPTURES = CALL_CAPTURES
-
 
 def _strip_params(uri: str) -> str:
     """tshark's sip.from.addr keeps URI parameters (;user=phone); call.json does not."""
@@ -32,8 +32,10 @@ def test_calls_match_tshark(name: str) -> None:
     path = capture(name)
     expected = tc.expected_calls(path)
     run = tc.engine_run(path)
-    got_ids = [c.call_ids[0] for c in run.calls]
-    assert sorted(got_ids) == sorted(expected), "one call per Call-ID with an INVITE transaction"
+    recordings = expected_recordings(name, expected)
+    got = {c.call_ids[0]: sorted(c.call_ids) for c in run.calls}
+    assert got == {root: sorted(g) for root, g in recordings.items()}, \
+        "one recording per Call-ID with an INVITE transaction, B2BUA legs merged"
     assert run.counters["internal_errors"] == 0
     for call, rec in zip(run.calls, run.recordings):
         exp = expected[call.call_ids[0]]
@@ -47,7 +49,9 @@ def test_calls_match_tshark(name: str) -> None:
         else:
             assert call.started_ns == exp.first_ns
         if exp.bye_ns is not None and exp.status == "answered":
-            assert (meta["end_reason"], call.ended_ns) == ("bye", exp.bye_ns)
+            # a call of several legs ends with the last leg's BYE
+            byes = [expected[c].bye_ns for c in recordings[call.call_ids[0]]]
+            assert (meta["end_reason"], call.ended_ns) == ("bye", max(b for b in byes if b))
 
 
 @pytest.mark.parametrize("name", CAPTURES)
@@ -68,9 +72,12 @@ def test_call_json_shape(name: str) -> None:
     run = tc.engine_run(capture(name))
     for call, rec in zip(run.calls, run.recordings):
         doc = json.loads(rec.files["call.json"])
-        assert list(doc)[:14] == ["id", "call_ids", "from", "to", "status", "final_response",
+        assert list(doc)[:16] == ["id", "call_ids", "from", "to", "status", "final_response",
                                   "end_reason", "started_at", "answered_at", "ended_at", "sensors",
-                                  "streams", "dtmf", "audio"]
+                                  "sites", "legs", "streams", "dtmf", "audio"]
+        assert [leg["call_id"] for leg in doc["legs"]] == doc["call_ids"]
+        assert doc["legs"][0]["relation"] is None
+        assert doc["legs"][0]["from"] == doc["from"] and doc["legs"][0]["sensors"] == ["sensor-a"]
         assert doc["id"] == rec.recording_id and rec.prefix.endswith("/" + rec.recording_id)
         assert rec.prefix.startswith(doc["started_at"][:10].replace("-", "/"))
         assert doc["started_at"].endswith("Z")

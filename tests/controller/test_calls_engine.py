@@ -113,7 +113,10 @@ def test_answered_call_with_bye_and_linger() -> None:
     assert (meta["from"], meta["to"]) == ("sip:alice@example.com", "sip:bob@example.com")
     by_dir = {s["direction"]: s for s in meta["streams"]}
     assert by_dir["caller"]["packets"] == 50 and by_dir["callee"]["packets"] == 51
+    sources = meta["audio"].pop("sources")
     assert meta["audio"] == {"file": "audio.wav", "sample_rate": 8000, "channels": 2}
+    assert sources["caller"]["ssrc"] == 0xA and sources["callee"]["ssrc"] == 0xB
+    assert sources["callee"]["packets"] == 51 and sources["callee"]["candidates"] == 1
     assert f.engine.active() == [] and not f.engine.table.media and not f.engine.table.by_call_id
 
 

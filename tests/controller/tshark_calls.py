@@ -296,3 +296,21 @@ def run_engine(path: Path, frames=None, advance_every_ns: int = 1_000_000_000,
 @lru_cache(maxsize=None)
 def engine_run(path: Path) -> EngineRun:
     return run_engine(path)
+
+
+#: B2BUA/SBC legs that are one call (from ../shared/captures/SOURCES.md, which
+#: describes them from tshark): the recording is named after the earliest leg.
+LEG_GROUPS = {
+    "FAX-Call-t38-CA-TDM-SIP-FB-1.pcap": [("00e9d4a500e9d48-0015-0001-0000-0000@10.35.40.25",
+                                           "SD4909701-9ff11bf72eb4a347c92974d8fbbc2668-ao8o3i1")],
+    "SIP-RTP-Normal_Call_two_parties.pcap": [("3cfe1c77155241bb89eb003ab8e2f87b",
+                                              "54be7fcc-b009-4326-a81e-371a5a93c4b6")],
+}
+
+
+def expected_recordings(name: str, expected: dict) -> dict[str, list[str]]:
+    """Root Call-ID (earliest leg) -> the Call-IDs of its recording."""
+    groups = [list(g) for g in LEG_GROUPS.get(name, [])]
+    grouped = {cid for g in groups for cid in g}
+    groups += [[cid] for cid in expected if cid not in grouped]
+    return {min(g, key=lambda c: expected[c].first_ns): g for g in groups}

@@ -1,0 +1,226 @@
+"""Call state, and the one table it is reachable from.
+
+`CallTable` is the narrow interface behind which every active call lives:
+Call-ID -> call, media endpoint (ip bytes, port) -> call, correlation key ->
+call.  Nothing else holds calls, so several controllers can later each own a
+set of calls keyed the same way.  A call is one or more legs (dialogs with
+their own Call-ID, controller/legs.py); `merge` joins two calls when a leg of
+one turns out to belong to the other.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from controller.dialogs import Dialog
+from controller.legs import Leg, LegKey
+from controller.streams import MediaEndpoint, RtpStream, SdpMedia
+
+__all__ = ["Call", "CallTable"]
+
+_REF_FRAME_SHIFT = 34  # streams.pack_ref: frame index << 34
+
+
+class Call:
+    """Everything recorded about one call while it is active."""
+
+    __slots__ = ("legs", "started_ns", "last_ns", "linktype", "frame_ts", "frame_data",
+                 "other_linktype", "sensors", "last_sensor", "streams", "endpoints", "media_addrs",
+                 "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done", "tcp_frames",
+                 "aliases", "keys", "copies", "probe_media")
+
+    def __init__(self, call_id: str, ts_ns: int, linktype: int) -> None:
+        self.legs: dict[str, Leg] = {call_id: Leg(call_id, Dialog(), ts_ns)}
+        self.started_ns = ts_ns
+        self.last_ns = ts_ns
+        self.linktype = linktype
+        self.frame_ts: list[int] = []
+        self.frame_data: list[bytes] = []
+        self.other_linktype: list[int] = []   # frame indexes not written to call.pcap
+        self.sensors: set[str] = set()
+        self.last_sensor: str | None = None
+        self.streams: dict[tuple, RtpStream] = {}
+        self.endpoints: list[tuple[bytes, int]] = []
+        self.media_addrs: set[bytes] = set()  # every IP its SDPs announced
+        self.rtcp_packets = 0
+        self.media_other = 0                  # non-RTP datagrams on media ports
+        self.sip_packets = 0
+        self.sip_errors = 0
+        self.done = False
+        self.tcp_frames: set[int] | None = None  # serials of the TCP frames kept (no doubles)
+        self.aliases: set[str] = set()        # Call-IDs named by a leg header, not seen yet
+        self.keys: set[LegKey] = set()        # correlation keys registered in the table
+        self.copies: dict[str, int] = {}      # sensor -> mirror copies dropped (SIP, RTCP, RTP)
+        self.probe_media = True               # MediaCorrelator looks at its streams
+
+    def add_frame(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes) -> int:
+        """Keep a packet for call.pcap; returns its frame index."""
+        self.frame_ts.append(ts_ns)
+        self.frame_data.append(data)
+        self.last_ns = ts_ns
+        if sensor_id != self.last_sensor:
+            self.sensors.add(sensor_id)
+            self.last_sensor = sensor_id
+        if linktype != self.linktype:
+            self.other_linktype.append(len(self.frame_data) - 1)
+        return len(self.frame_data) - 1
+
+    @property
+    def call_ids(self) -> list[str]:
+        """Call-IDs of its legs: the root leg first, then by start."""
+        return [leg.call_id for leg in self.ordered_legs()]
+
+    @property
+    def first_call_id(self) -> str:
+        return self.root.call_id
+
+    def ordered_legs(self) -> list[Leg]:
+        legs = sorted(self.legs.values(), key=lambda leg: leg.started_ns)
+        root = self.root
+        return [root] + [leg for leg in legs if leg is not root]
+
+    @property
+    def root(self) -> Leg:
+        """The original caller's leg: the earliest leg not linked to another."""
+        legs = self.legs.values()
+        free = [leg for leg in legs if leg.relation is None]
+        return min(free or legs, key=lambda leg: leg.started_ns)
+
+    @property
+    def dialog(self) -> Dialog:
+        return self.root.dialog
+
+
+class CallTable:
+    """The one place call state is reachable from: by Call-ID, media endpoint and
+    correlation key."""
+
+    def __init__(self) -> None:
+        self.by_call_id: dict[str, Call] = {}
+        self.media: dict[tuple[bytes, int], MediaEndpoint] = {}
+        self.keys: dict[LegKey, tuple[Call, str, str, int]] = {}  # key -> (call, leg, extra, ts)
+        #: called with (addr, port) when an endpoint is mapped for the first time
+        self.on_new_media: Callable[[bytes, int], None] | None = None
+
+    def __len__(self) -> int:
+        return len({id(c) for c in self.by_call_id.values()})
+
+    def get(self, call_id: str) -> Call | None:
+        return self.by_call_id.get(call_id)
+
+    def add(self, call: Call) -> None:
+        for cid in call.legs:
+            self.by_call_id[cid] = call
+
+    def add_leg(self, call: Call, leg: Leg) -> None:
+        call.legs[leg.call_id] = leg
+        call.aliases.discard(leg.call_id)
+        self.by_call_id[leg.call_id] = call
+        if leg.started_ns < call.started_ns:
+            call.started_ns = leg.started_ns
+
+    def add_alias(self, call: Call, call_id: str) -> None:
+        """A Call-ID named by one of the call's legs: its leg joins when it appears."""
+        if call_id not in self.by_call_id:
+            self.by_call_id[call_id] = call
+            call.aliases.add(call_id)
+
+    def add_key(self, call: Call, key: LegKey, leg: str, extra: str, ts_ns: int) -> None:
+        if key not in self.keys:
+            self.keys[key] = (call, leg, extra, ts_ns)
+            call.keys.add(key)
+
+    def add_media(self, call: Call, side: int, media: SdpMedia, leg: str) -> None:
+        """Map a receive endpoint to a call; the latest SDP wins when two calls
+        announce the same address (a port reused by the next call)."""
+        key = (media.addr, media.port)
+        ep = self.media.get(key)
+        if ep is not None and ep.call is call and ep.side == side and ep.rtcp == media.rtcp:
+            if media.rtpmap:
+                ep.rtpmap.update(media.rtpmap)
+            return
+        self.media[key] = MediaEndpoint(call, side, media.rtcp, dict(media.rtpmap), leg)
+        call.endpoints.append(key)
+        call.media_addrs.add(media.addr)
+        if ep is None and self.on_new_media is not None:
+            self.on_new_media(media.addr, media.port)
+
+    def merge(self, keep: Call, other: Call, flip: bool) -> None:
+        """Move everything of `other` into `keep` (`other` is then done).
+
+        Frames are appended (call.pcap is sorted by time when written) and the
+        payload references of other's streams are shifted by the frame offset.
+        `flip`: other's legs run the other way (its callee is keep's caller).
+        """
+        offset = len(keep.frame_data)
+        keep.frame_data.extend(other.frame_data)
+        keep.frame_ts.extend(other.frame_ts)
+        if other.linktype != keep.linktype:
+            # one pcap has one link type: other's frames are all of another one
+            keep.other_linktype.extend(range(offset, offset + len(other.frame_data)))
+        else:
+            keep.other_linktype.extend(offset + i for i in other.other_linktype)
+        shift = offset << _REF_FRAME_SHIFT
+        for key, stream in other.streams.items():
+            if shift:
+                for run in stream.by_pt.values():
+                    run.refs = [r + shift if r >= 0 else r for r in run.refs]
+            if flip:
+                stream.sender = 1 - stream.sender
+            k = key
+            while k in keep.streams:
+                k = k + (len(keep.streams),)
+            keep.streams[k] = stream
+        for key in other.endpoints:
+            ep = self.media.get(key)
+            if ep is not None and ep.call is other:
+                ep.call = keep
+                if flip:
+                    ep.side = 1 - ep.side
+        keep.endpoints.extend(other.endpoints)
+        keep.media_addrs |= other.media_addrs
+        for cid, leg in other.legs.items():
+            keep.legs[cid] = leg
+            self.by_call_id[cid] = keep
+        for cid in other.aliases:
+            if cid not in keep.legs:
+                keep.aliases.add(cid)
+                self.by_call_id[cid] = keep
+        keep.aliases -= keep.legs.keys()
+        for key in other.keys:
+            hit = self.keys.get(key)
+            if hit is not None and hit[0] is other:
+                self.keys[key] = (keep,) + hit[1:]
+            keep.keys.add(key)
+        keep.started_ns = min(keep.started_ns, other.started_ns)
+        keep.last_ns = max(keep.last_ns, other.last_ns)
+        keep.sensors |= other.sensors
+        keep.rtcp_packets += other.rtcp_packets
+        keep.media_other += other.media_other
+        keep.sip_packets += other.sip_packets
+        keep.sip_errors += other.sip_errors
+        for sid, n in other.copies.items():
+            keep.copies[sid] = keep.copies.get(sid, 0) + n
+        if other.tcp_frames:
+            keep.tcp_frames = (keep.tcp_frames or set()) | other.tcp_frames
+        keep.probe_media = False
+        other.done = True
+        other.frame_ts, other.frame_data, other.streams = [], [], {}
+
+    def remove(self, call: Call) -> None:
+        for cid in list(call.legs) + list(call.aliases):
+            if self.by_call_id.get(cid) is call:
+                del self.by_call_id[cid]
+        for key in call.endpoints:
+            ep = self.media.get(key)
+            if ep is not None and ep.call is call:
+                del self.media[key]
+        for key in call.keys:
+            hit = self.keys.get(key)
+            if hit is not None and hit[0] is call:
+                del self.keys[key]
+
+    def calls(self) -> list[Call]:
+        seen: dict[int, Call] = {}
+        for call in self.by_call_id.values():
+            seen.setdefault(id(call), call)
+        return list(seen.values())

@@ -1,0 +1,242 @@
+"""Leg merge: which SIP dialogs (legs) with different Call-IDs are one call.
+
+A call through a B2BUA or SBC is two or more dialogs, each with its own
+Call-ID.  The engine keeps one `Leg` (dialog state, sensors, relation) per
+Call-ID and groups legs into one call (controller/calltable.py) when one of
+these says they belong together, strongest first:
+
+1. a header naming the other leg's Call-ID (``X-Call-ID``, ``X-CID``; the list
+   is configurable): the leg carrying it is the child of the named leg;
+2. RFC 7989 ``Session-ID``: both uuids (``<local>;remote=<remote>``) — they
+   swap with direction, so the *unordered pair* is the key; the null uuid of an
+   initial INVITE matches nothing (a conference focus shares its own uuid with
+   every participant: one uuid alone would merge unrelated calls);
+3. ``P-Charging-Vector`` ``icid-value`` (IMS charging id, kept end to end);
+4. the SDP origin (``o=`` username, session id and version) of the initial
+   offer, when an SBC passes it unchanged but rewrites the address: same
+   origin, different address, initial INVITEs less than 2 s apart, and an
+   origin with at least 6 digits (``o=- 0 0`` identifies nothing);
+5. fallback, `MediaCorrelator`: two legs whose RTP carries the same payload
+   bytes within a short time (a media relay forwarding between them).
+
+The key functions are pure; `MediaCorrelator` holds a bounded index.
+"""
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import TYPE_CHECKING, Iterable
+
+from protocols.sip import SipMessage
+
+from controller.settings import DEFAULT_LEG_HEADERS
+
+if TYPE_CHECKING:
+    from controller.calltable import Call
+    from controller.dialogs import Dialog
+    from controller.streams import RtpStream
+
+__all__ = ["Leg", "LegKey", "leg_keys", "sdp_origin_key", "MediaCorrelator", "BY_MEDIA",
+           "BY_SESSION_ID", "BY_ICID", "BY_SDP_ORIGIN", "DEFAULT_LEG_HEADERS"]
+
+BY_SESSION_ID = "session-id"
+BY_ICID = "icid"
+BY_SDP_ORIGIN = "sdp-origin"
+BY_MEDIA = "media"
+
+#: A correlation key: (kind, value).  For header links the value is the named Call-ID.
+LegKey = tuple[str, str]
+
+_NULL_UUID = "0" * 32
+_UUID_RE = re.compile(r"^\s*([0-9a-fA-F]{32})\s*(?:;(.*))?$")
+_REMOTE_RE = re.compile(r"(?:^|;)\s*remote\s*=\s*([0-9a-fA-F]{32})", re.IGNORECASE)
+_ICID_RE = re.compile(r"(?:^|;)\s*icid-value\s*=\s*(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
+_ORIGIN_RE = re.compile(rb"^o=(\S+) (\d+) (\d+) IN IP[46] (\S+)\s*$", re.MULTILINE)
+_ORIGIN_MIN_DIGITS = 6
+
+
+class Leg:
+    """One dialog (one Call-ID) of a call."""
+
+    __slots__ = ("call_id", "dialog", "started_ns", "last_ns", "sensors", "relation", "sip_packets")
+
+    def __init__(self, call_id: str, dialog: Dialog, ts_ns: int) -> None:
+        self.call_id = call_id
+        self.dialog = dialog
+        self.started_ns = ts_ns
+        self.last_ns = ts_ns                 # last SIP message of this leg
+        self.sensors: set[str] = set()       # sensors whose copy of its SIP was kept
+        self.relation: tuple[str, str] | None = None  # (Call-ID it was linked to, by what)
+        self.sip_packets = 0
+
+
+def _session_id_key(values: list[str]) -> LegKey | None:
+    for value in values:
+        m = _UUID_RE.match(value)
+        if m is None:
+            continue
+        local = m.group(1).lower()
+        r = _REMOTE_RE.search(m.group(2) or "")
+        remote = r.group(1).lower() if r else _NULL_UUID
+        if local == _NULL_UUID or remote == _NULL_UUID:
+            return None
+        return (BY_SESSION_ID, "/".join(sorted((local, remote))))
+    return None
+
+
+def _icid_key(values: list[str]) -> LegKey | None:
+    for value in values:
+        m = _ICID_RE.search(value)
+        if m is not None:
+            return (BY_ICID, m.group(1).strip('"'))
+    return None
+
+
+def leg_keys(msg: SipMessage, leg_headers: Iterable[str]) -> list[LegKey]:
+    """Correlation keys a SIP message carries, strongest first.
+
+    Header links come as (header name, named Call-ID); the others as
+    (BY_SESSION_ID | BY_ICID, value).  Pure: parsing only, no state.
+    """
+    headers = msg.headers
+    out: list[LegKey] = []
+    for name in leg_headers:
+        values = headers.get(name)
+        if values:
+            named = values[0].strip()
+            if named and named != msg.call_id:
+                out.append((name, named))
+    values = headers.get("session-id")
+    if values:
+        key = _session_id_key(values)
+        if key is not None:
+            out.append(key)
+    values = headers.get("p-charging-vector")
+    if values:
+        key = _icid_key(values)
+        if key is not None:
+            out.append(key)
+    return out
+
+
+def sdp_origin_key(sdp: bytes) -> tuple[LegKey, str] | None:
+    """(key, origin address) of an SDP's ``o=`` line if it can identify a session."""
+    m = _ORIGIN_RE.search(sdp)
+    if m is None:
+        return None
+    user, sess_id, version, addr = (g.decode("ascii", "replace") for g in m.groups())
+    if len(sess_id.lstrip("0")) + len(version.lstrip("0")) < _ORIGIN_MIN_DIGITS:
+        return None
+    return (BY_SDP_ORIGIN, f"{user} {sess_id} {version}"), addr
+
+
+class MediaCorrelator:
+    """Finds legs whose RTP is the same audio relayed (the fallback of leg merge).
+
+    Runs off the packet path: `scan` is called with the engine's once-per-second
+    `advance` and reads the payloads new since the last scan of each stream that
+    is still probed.  Payloads are sampled by content (hash % 4 == 0), so two
+    streams carrying the same bytes sample the same packets; near-constant
+    payloads (silence, comfort noise) are skipped.  Two streams of different
+    calls match when ``needed`` sampled payloads were seen on both within
+    ``window_ns``, and neither their sources nor their destinations are equal
+    (a relay receives on one leg and sends on the other; music on hold sent by
+    one server to many callers has one source and is never a match).
+
+    A stream is probed for at most ``probe_ns`` after its first packet and
+    until ``max_samples`` non-trivial samples found nothing; calls already
+    linked by signalling are not probed.  The index is bounded by time
+    (``window_ns``) and by ``max_entries``.
+    """
+
+    def __init__(self, window_ns: int = 1_000_000_000, needed: int = 3,
+                 probe_ns: int = 60_000_000_000, max_samples: int = 64,
+                 max_entries: int = 200_000) -> None:
+        self.window_ns = window_ns
+        self.needed = needed
+        self.probe_ns = probe_ns
+        self.max_samples = max_samples
+        self.max_entries = max_entries
+        self._index: dict[int, tuple[Call, RtpStream, int]] = {}
+        self._fifo: deque[tuple[int, int]] = deque()
+        self._votes: dict[tuple[int, int], list[int]] = {}  # (id a, id b) -> [same, flipped]
+        self.samples = 0
+        self.matches = 0
+
+    def scan(self, calls: Iterable[Call], now_ns: int) -> list[tuple[Call, Call, bool]]:
+        """(earlier call, later call, flipped) for every pair that matched now."""
+        out: list[tuple[Call, Call, bool]] = []
+        index = self._index
+        for call in calls:
+            if call.done or not call.probe_media:
+                continue
+            frames = call.frame_data
+            frame_ts = call.frame_ts
+            for stream in call.streams.values():
+                if stream.probe_done:
+                    continue
+                if now_ns - stream.first_ns > self.probe_ns:
+                    stream.probe_done = True
+                    continue
+                for run in stream.by_pt.values():
+                    refs = run.refs
+                    start = run.probed
+                    if start == len(refs):
+                        continue
+                    run.probed = len(refs)
+                    for ref in refs[start:]:
+                        if ref < 0:
+                            continue
+                        idx = ref >> 34
+                        payload = frames[idx][(ref >> 17) & 0x1FFFF:ref & 0x1FFFF]
+                        h = hash(payload)
+                        if h & 3 or len(payload) < 16 or len(set(payload[:64])) < 12:
+                            continue
+                        self.samples += 1
+                        stream.probe_samples += 1
+                        ts = frame_ts[idx]
+                        hit = index.get(h)
+                        if hit is None:
+                            index[h] = (call, stream, ts)
+                            self._fifo.append((ts, h))
+                            continue
+                        other, ostream, seen_ns = hit
+                        if other is call or other.done or abs(ts - seen_ns) > self.window_ns:
+                            index[h] = (call, stream, ts)
+                            self._fifo.append((ts, h))
+                            continue
+                        if ostream.src == stream.src or ostream.dst == stream.dst:
+                            continue
+                        pair = self._vote(other, call, ostream.sender == stream.sender)
+                        if pair is not None:
+                            out.append(pair)
+                    if stream.probe_samples >= self.max_samples:
+                        stream.probe_done = True
+                        break
+        self._expire(now_ns)
+        return out
+
+    def _vote(self, a: Call, b: Call, same: bool) -> tuple[Call, Call, bool] | None:
+        key = (id(a), id(b)) if id(a) < id(b) else (id(b), id(a))
+        votes = self._votes.setdefault(key, [0, 0])
+        votes[0 if same else 1] += 1
+        if votes[0] + votes[1] != self.needed:
+            return None
+        self.matches += 1
+        first, second = (a, b) if a.started_ns <= b.started_ns else (b, a)
+        return first, second, votes[1] > votes[0]
+
+    def forget(self, call: Call) -> None:
+        """A call ended or was merged: its votes go (its index entries age out)."""
+        cid = id(call)
+        for key in [k for k in self._votes if cid in k]:
+            del self._votes[key]
+
+    def _expire(self, now_ns: int) -> None:
+        fifo, index = self._fifo, self._index
+        limit = now_ns - 2 * self.window_ns   # a stream scanned late still finds its partner
+        while fifo and (fifo[0][0] < limit or len(fifo) > self.max_entries):
+            ts, h = fifo.popleft()
+            hit = index.get(h)
+            if hit is not None and hit[2] == ts:
+                del index[h]
