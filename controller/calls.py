@@ -33,7 +33,7 @@ from storage.layout import recording_id
 from controller.calltable import Call, CallTable
 from controller.dialogs import Dialog, parse_truncated
 from controller.finalize import FinishedCall, iso_time
-from controller.legs import BY_MEDIA, BY_SDP_ORIGIN, Leg, MediaCorrelator, leg_keys, sdp_origin_key
+from controller.legs import BY_MEDIA, Leg, LegLinker, MediaCorrelator
 from controller.settings import CallConfig
 from controller.streams import NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_media
 from controller.tcpstream import BROKEN, FIN, MESSAGE, RST, SYN, Chunk, TcpLimits, TcpReassembler
@@ -51,7 +51,6 @@ _FRAG_KEEP_NS = 5 * _NS     # how long a fragmented datagram's later fragments a
 #: CANCEL of it (same CSeq number) seen before any other message of the INVITE.
 _CALL_START = frozenset(("INVITE", "CANCEL"))
 _SYN_FIN_RST = SYN | FIN | RST
-_ORIGIN_WINDOW_NS = 2 * _NS  # initial INVITEs of two legs with one SDP origin: this close
 
 
 class CallEngine:
@@ -78,7 +77,7 @@ class CallEngine:
             "sdp_errors", "rtp_packets", "rtp_unmatched", "rtp_errors", "rtcp_packets",
             "media_other", "relay_legs", "fragments", "sip_reassembled", "calls_started", "calls_finished",
             "internal_errors", "legs_merged", "copies_dropped"), 0)
-        self._leg_headers = tuple(h.lower() for h in self.config.leg_headers)
+        self._linker = LegLinker(self.table, self.config.leg_headers, self._recent, self._merge)
         self._media_corr = MediaCorrelator() if self.config.merge_by_media else None
         self._rtp_finished = 0  # RTP packets of finished calls (active ones: their streams)
         # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
@@ -286,62 +285,18 @@ class CallEngine:
                 c["sip_retransmissions"] += 1
         else:
             c["sip_messages"] += 1
-            call = self._correlate(call, leg, msg, ts_ns)
+            call = self._linker.correlate(call, leg, msg, ts_ns)
         was_ended = dialog.ended_ns
         offer = dialog.apply(msg, ts_ns, cseq, cseq_method, repeat)
         if offer is not None:
             self._register_sdp(call, offer[0], offer[1], leg)
             if not repeat and msg.is_request and msg.to_tag is None and cseq_method == "INVITE":
-                call = self._correlate_origin(call, leg, offer[1], ts_ns)
+                call = self._linker.correlate_origin(call, leg, offer[1], ts_ns)
         if dialog.ended_ns is not None and dialog.ended_ns != was_ended:
             self._schedule(call, dialog.ended_ns + self._linger_ns)
         return call, leg
 
     # -- leg merge (controller/legs.py has the rules) -------------------------
-    def _correlate(self, call: Call, leg: Leg, msg, ts_ns: int) -> Call:
-        """Merge the call with whatever call the message's correlation keys name."""
-        table = self.table
-        for key in leg_keys(msg, self._leg_headers):
-            kind, value = key
-            if kind in self._leg_headers:           # names the other leg's Call-ID
-                other = table.get(value)
-                if other is None:
-                    if value not in self._recent:
-                        table.add_alias(call, value)
-                        leg.relation = leg.relation or (value, kind)
-                    continue
-                if other is not call:
-                    leg.relation = leg.relation or (value, kind)
-                    call = self._merge(call, other, False)
-                elif value in call.legs and leg.relation is None and value != leg.call_id:
-                    leg.relation = (value, kind)
-                continue
-            hit = table.keys.get(key)
-            if hit is None:
-                table.add_key(call, key, leg.call_id, "", ts_ns)
-            elif hit[0] is not call and not hit[0].done:
-                if leg.relation is None:
-                    leg.relation = (hit[1], kind)
-                call = self._merge(call, hit[0], False)
-        return call
-
-    def _correlate_origin(self, call: Call, leg: Leg, sdp: bytes, ts_ns: int) -> Call:
-        """An SBC passing the SDP origin unchanged (another address): same session."""
-        found = sdp_origin_key(sdp)
-        if found is None:
-            return call
-        key, addr = found
-        hit = self.table.keys.get(key)
-        if hit is None:
-            self.table.add_key(call, key, leg.call_id, addr, ts_ns)
-            return call
-        other, other_leg, other_addr, seen_ns = hit
-        if other is call or other.done or other_addr == addr or ts_ns - seen_ns > _ORIGIN_WINDOW_NS:
-            return call
-        if leg.relation is None:
-            leg.relation = (other_leg, BY_SDP_ORIGIN)
-        return self._merge(call, other, False)
-
     def _merge(self, a: Call, b: Call, flip: bool) -> Call:
         """One call from two: the one that started first keeps everything."""
         keep, other = (a, b) if a.started_ns <= b.started_ns else (b, a)

@@ -25,18 +25,19 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Callable, Container, Iterable
+from typing import TYPE_CHECKING
 
 from protocols.sip import SipMessage
 
 from controller.settings import DEFAULT_LEG_HEADERS
 
 if TYPE_CHECKING:
-    from controller.calltable import Call
+    from controller.calltable import Call, CallTable
     from controller.dialogs import Dialog
     from controller.streams import RtpStream
 
-__all__ = ["Leg", "LegKey", "leg_keys", "sdp_origin_key", "MediaCorrelator", "BY_MEDIA",
+__all__ = ["Leg", "LegKey", "LegLinker", "leg_keys", "sdp_origin_key", "MediaCorrelator", "BY_MEDIA",
            "BY_SESSION_ID", "BY_ICID", "BY_SDP_ORIGIN", "DEFAULT_LEG_HEADERS"]
 
 BY_SESSION_ID = "session-id"
@@ -53,6 +54,7 @@ _REMOTE_RE = re.compile(r"(?:^|;)\s*remote\s*=\s*([0-9a-fA-F]{32})", re.IGNORECA
 _ICID_RE = re.compile(r"(?:^|;)\s*icid-value\s*=\s*(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
 _ORIGIN_RE = re.compile(rb"^o=(\S+) (\d+) (\d+) IN IP[46] (\S+)\s*$", re.MULTILINE)
 _ORIGIN_MIN_DIGITS = 6
+_ORIGIN_WINDOW_NS = 2_000_000_000  # initial INVITEs of two legs with one SDP origin: this close
 
 
 class Leg:
@@ -128,6 +130,67 @@ def sdp_origin_key(sdp: bytes) -> tuple[LegKey, str] | None:
     if len(sess_id.lstrip("0")) + len(version.lstrip("0")) < _ORIGIN_MIN_DIGITS:
         return None
     return (BY_SDP_ORIGIN, f"{user} {sess_id} {version}"), addr
+
+
+class LegLinker:
+    """Applies rules 1-4 to each new SIP message of a leg, through the call table.
+
+    ``merge(a, b, flipped)`` (the engine's) joins two calls and returns the one
+    kept.  A header naming a Call-ID not seen yet registers it as an alias, so
+    that leg joins this call when it appears (the child may come first);
+    ``recent`` holds Call-IDs of calls already finished (not revived).
+    """
+
+    def __init__(self, table: CallTable, leg_headers: Iterable[str], recent: Container[str],
+                 merge: Callable[[Call, Call, bool], Call]) -> None:
+        self.table = table
+        self.leg_headers = tuple(h.lower() for h in leg_headers)
+        self.recent = recent
+        self.merge = merge
+
+    def correlate(self, call: Call, leg: Leg, msg: SipMessage, ts_ns: int) -> Call:
+        """Merge the call with whatever call the message's correlation keys name."""
+        table = self.table
+        for key in leg_keys(msg, self.leg_headers):
+            kind, value = key
+            if kind in self.leg_headers:           # names the other leg's Call-ID
+                other = table.get(value)
+                if other is None:
+                    if value not in self.recent:
+                        table.add_alias(call, value)
+                        leg.relation = leg.relation or (value, kind)
+                    continue
+                if other is not call:
+                    leg.relation = leg.relation or (value, kind)
+                    call = self.merge(call, other, False)
+                elif value in call.legs and leg.relation is None and value != leg.call_id:
+                    leg.relation = (value, kind)
+                continue
+            hit = table.keys.get(key)
+            if hit is None:
+                table.add_key(call, key, leg.call_id, "", ts_ns)
+            elif hit[0] is not call and not hit[0].done:
+                if leg.relation is None:
+                    leg.relation = (hit[1], kind)
+                call = self.merge(call, hit[0], False)
+        return call
+
+    def correlate_origin(self, call: Call, leg: Leg, sdp: bytes, ts_ns: int) -> Call:
+        """Rule 4, on the SDP offer of an initial INVITE."""
+        found = sdp_origin_key(sdp)
+        if found is None:
+            return call
+        key, addr = found
+        hit = self.table.keys.get(key)
+        if hit is None:
+            self.table.add_key(call, key, leg.call_id, addr, ts_ns)
+            return call
+        other, other_leg, other_addr, seen_ns = hit
+        if other is call or other.done or other_addr == addr or ts_ns - seen_ns > _ORIGIN_WINDOW_NS:
+            return call
+        if leg.relation is None:
+            leg.relation = (other_leg, BY_SDP_ORIGIN)
+        return self.merge(call, other, False)
 
 
 class MediaCorrelator:
