@@ -2,8 +2,9 @@
 
 Two copies of one packet differ in their L2 headers, TTL/hop limit and IPv4
 header checksum; the IP ID, addresses, ports and transport payload are equal.
-The key is therefore (IP version, src, dst, protocol, IP ID, ports, TCP seq,
-64-bit hash of the transport payload). A copy is dropped only when the first
+The key is therefore a 64-bit hash of the IP datagram from the source address
+on (addresses, ports, TCP seq, transport payload; the protocol byte sits before
+the addresses and is implied by the ports/payload) plus the IPv4 ID. A copy is dropped only when the first
 one was seen less than a window ago (capture time): a SIP retransmission comes
 500 ms or more later and is kept; RTP copies from other sites come within a few
 hundred ms. Packets arrive here in capture-time order (controller/order.py),
@@ -33,7 +34,7 @@ class Deduplicator:
 
     def __post_init__(self) -> None:
         self._seen: dict[int, int] = {}      # key -> capture time of the kept copy
-        self._fifo: deque[int] = deque()     # keys in arrival (= capture time) order
+        self._fifo: deque[tuple[int, int]] = deque()  # (time, key) in capture-time order
         self._sip_window = int(self.config.sip_window_ms * 1e6)
         self._media_window = int(self.config.media_window_ms * 1e6)
         self._horizon = max(self._sip_window, self._media_window)
@@ -59,7 +60,7 @@ class Deduplicator:
                 by[sensor_id] = by.get(sensor_id, 0) + 1
                 return True
         seen[key] = ts_ns
-        self._fifo.append(key)
+        self._fifo.append((ts_ns, key))
         if ts_ns >= self._next_evict or len(self._fifo) > self.config.max_entries:
             self._evict(ts_ns)
         return False
@@ -75,12 +76,9 @@ class Deduplicator:
         limit = now_ns - self._horizon
         cap = self.config.max_entries
         while fifo:
-            head = fifo[0]
-            t = seen.get(head)
-            if t is None:
-                fifo.popleft()                 # already evicted through a newer entry
-            elif t < limit or len(fifo) > cap:
-                fifo.popleft()
-                del seen[head]
-            else:
+            t, head = fifo[0]
+            if t >= limit and len(fifo) <= cap:
                 break
+            fifo.popleft()
+            if seen.get(head) == t:            # else a newer entry of the key follows
+                del seen[head]
