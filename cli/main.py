@@ -111,6 +111,16 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
               help="End an answered call after this many seconds without SIP or RTP (default 300).")
 @click.option("--setup-timeout", "setup_timeout_s", type=float,
               help="End an unanswered call after this many seconds without SIP or RTP (default 180).")
+@click.option("--sip-dedup-window", "sip_dedup_window_ms", type=float,
+              help="A SIP packet seen again within this many ms (capture time) is a mirror copy "
+                   "(default 300: below the 500 ms first retransmission).")
+@click.option("--media-dedup-window", "media_dedup_window_ms", type=float,
+              help="The same for RTP/RTCP (default 1000).")
+@click.option("--leg-header", "leg_headers", multiple=True,
+              help="SIP header naming another leg's Call-ID (B2BUA/SBC); repeat for several "
+                   "(default X-Call-ID and X-CID).")
+@click.option("--merge-by-media/--no-merge-by-media", default=None,
+              help="Merge legs whose RTP is the same audio relayed (default on).")
 @click.option("--controller-id", help="Name of this controller in status output.")
 @click.option("--advertise", help="HOST:PORT sensors should connect to, registered in etcd "
                                   "(default: --listen, with this host's name for 0.0.0.0).")
@@ -154,6 +164,9 @@ def controller(config_file: str | None, **flags: Any) -> None:
                    "counted (default 1024).")
 @click.option("--realtime", is_flag=True, default=None,
               help="Replay --pcap at the pace it was captured instead of as fast as possible.")
+@click.option("--rtp-heuristics/--no-rtp-heuristics", default=None,
+              help="Also forward UDP flows that look like RTP (sequence and timestamp advancing) "
+                   "on ports no SDP announced, and their RTCP (default on).")
 @_with_cluster
 @_config_option
 @_with_logs
@@ -178,7 +191,7 @@ def sensor(config_file: str | None, **flags: Any) -> None:
         spool_dir=str(settings.spool_dir), spool_max_bytes=int(settings.spool_max_mb * (1 << 20)),
         realtime=settings.realtime, etcd=settings.etcd, etcd_prefix=settings.etcd_prefix,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_ca=settings.tls_ca,
-        insecure=settings.insecure)
+        insecure=settings.insecure, rtp_heuristics=settings.rtp_heuristics)
     import signal
     import threading
     stop = threading.Event()

@@ -6,12 +6,15 @@ one line and exit status 2.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from controller.settings import DEFAULT_LEG_HEADERS
 
 
 class ConfigError(Exception):
@@ -59,6 +62,8 @@ class ControllerSettings(_Cluster):
     linger_s: float = Field(2.0, ge=0)
     sip_dedup_window_ms: float = Field(300.0, ge=0)
     media_dedup_window_ms: float = Field(1000.0, ge=0)
+    leg_headers: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LEG_HEADERS  # comma list in the env
+    merge_by_media: bool = True
     controller_id: str = Field("controller", min_length=1, max_length=128,
                                pattern=r"^[A-Za-z0-9_.:-]+$")
     advertise: str | None = None               # HOST:PORT sensors use (registered in etcd)
@@ -68,6 +73,17 @@ class ControllerSettings(_Cluster):
     otlp_endpoint: str | None = None           # OTLP/gRPC collector for metrics and traces
 
     _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
+
+    @field_validator("leg_headers", mode="before")
+    @classmethod
+    def _check_leg_headers(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.split(",")
+        names = tuple(str(h).strip().lower() for h in v)
+        for name in names:
+            if not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]+", name):
+                raise ValueError(f"not a SIP header name: {name!r}")
+        return names
 
 
 class SensorSettings(_Cluster):
@@ -84,6 +100,7 @@ class SensorSettings(_Cluster):
     spool_dir: Path = Path("./spanrec-spool")  # batches the controller has not acknowledged
     spool_max_mb: float = Field(1024.0, gt=0)  # when full, the oldest batches are dropped (counted)
     realtime: bool = False                     # replay a file at its captured pace
+    rtp_heuristics: bool = True                # forward RTP recognised without SDP
 
     _check_controller = field_validator("controller")(lambda cls, v: v if v is None else _hostport(v))
 
@@ -109,7 +126,7 @@ def load(cls: type[_Base], section: str, config_file: str | None, flags: dict[st
     # init values beat the environment in pydantic-settings: drop file values
     # that the environment sets, so the environment wins over the file.
     values = {k: v for k, v in values.items() if f"SPANREC_{k.upper()}" not in os.environ}
-    values.update({k: v for k, v in flags.items() if v is not None})
+    values.update({k: v for k, v in flags.items() if v is not None and v != ()})
     try:
         return cls(**values)
     except ValidationError as exc:

@@ -500,8 +500,8 @@ class Recorder:
                 errors += 1
                 continue
             off = d.payload_offset
-            # SIP starts with an ASCII letter, RTP/RTCP with version bits 10.
-            is_sip = d.payload_len > 0 and data[off] >= 0x41
+            # SIP starts with an ASCII letter, RTP/RTCP with version bits 10 (0x80..0xBF).
+            is_sip = d.payload_len > 0 and 0x41 <= data[off] < 0x80
             if is_dup(ts, sid, data, d, is_sip):
                 engine_duplicate(sid, data, d)
                 continue

@@ -5,6 +5,11 @@ the admin API, gRPC health checking and server reflection. What only the
 transport knows (is a sensor's stream open, from where, with which
 certificate, and its packet rates from successive heartbeats) is kept in
 `LinkTable`.
+
+Media hints: each sensor stream remembers the `MediaHints` generation it has
+sent and, after every incoming message and every 200 ms while the sensor is
+quiet, sends `Expect` with the media endpoints SDP announced since (so a
+sensor that saw no signalling still forwards a call's media).
 """
 from __future__ import annotations
 
@@ -94,6 +99,68 @@ class LinkTable:
                 "captured_per_s": captured_rate, "forwarded_per_s": forwarded_rate}
 
 
+EXPECT_EVERY_S = 0.2     # media hints reach a quiet sensor within this time
+EXPECT_CHUNK = 1000      # flows per Expect message
+_END = object()
+
+
+class _Failed:
+    """The request stream raised: re-raised in the servicer."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Incoming:
+    """The requests of one stream, read by a task of their own into a small
+    queue, with a None put in every `tick_s` while the queue is empty: the
+    servicer can also send while a sensor is quiet. (A read with a timeout per
+    message cost ~30 µs; a queue get costs a few.)"""
+
+    def __init__(self, requests: AsyncIterator[sensor_pb2.SensorMessage], tick_s: float) -> None:
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=4)
+        self._tasks = (asyncio.ensure_future(self._read(requests)),
+                       asyncio.ensure_future(self._tick(tick_s)))
+
+    async def _read(self, requests: AsyncIterator[sensor_pb2.SensorMessage]) -> None:
+        item: Any = _END
+        try:
+            async for msg in requests:
+                await self._queue.put(msg)
+        except Exception as exc:  # noqa: BLE001 - handed to the servicer
+            item = _Failed(exc)
+        await self._queue.put(item)
+
+    async def _tick(self, tick_s: float) -> None:
+        while True:
+            await asyncio.sleep(tick_s)
+            if self._queue.empty():
+                self._queue.put_nowait(None)
+
+    async def next(self) -> Any:
+        """The next message; None after a quiet tick; `_END` at the end."""
+        item = await self._queue.get()
+        if isinstance(item, _Failed):
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+def _expect_messages(hints: Any, gen: int) -> tuple[int, list[sensor_pb2.ControllerMessage]]:
+    """Expect messages with the media endpoints logged after generation `gen`."""
+    gen, flows = hints.since(gen)
+    out = []
+    for i in range(0, len(flows), EXPECT_CHUNK):
+        out.append(sensor_pb2.ControllerMessage(expect=sensor_pb2.Expect(flows=[
+            sensor_pb2.MediaFlow(addr=addr, port=port) for addr, port in flows[i:i + EXPECT_CHUNK]])))
+    return gen, out
+
+
 class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
     """With mTLS, a sensor's certificate CN must equal its Hello.sensor_id: one
     sensor's key cannot feed (or take over the session of) another sensor."""
@@ -108,8 +175,20 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                      context: grpc.aio.ServicerContext) -> AsyncIterator[sensor_pb2.ControllerMessage]:
         rec = self.recorder
         sensor_id = ""
+        hints = getattr(rec, "hints", None)
+        hint_gen = 0                     # MediaHints generation this stream has sent
+        incoming = _Incoming(request_iterator, EXPECT_EVERY_S)
         try:
-            async for msg in request_iterator:
+            while True:
+                msg = await incoming.next()
+                if msg is _END:
+                    break
+                if msg is None:          # quiet stream: only media hints to send
+                    if sensor_id and hints is not None:
+                        hint_gen, out = _expect_messages(hints, hint_gen)
+                        for m in out:
+                            yield m
+                    continue
                 kind = msg.WhichOneof("kind")
                 if kind == "batch":
                     b = msg.batch
@@ -156,7 +235,12 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                     rec.end_of_capture(sensor_id, _counters(e.counters), e.error)
                     log.info("sensor capture ended", extra={"sensor_id": sensor_id, "error": e.error})
                     yield sensor_pb2.ControllerMessage(notice=sensor_pb2.Notice(capture_done=True))
+                if sensor_id and hints is not None and kind != "end":
+                    hint_gen, out = _expect_messages(hints, hint_gen)
+                    for m in out:
+                        yield m
         finally:
+            incoming.close()
             if sensor_id:
                 self.links.closed(sensor_id)
                 rec.sensor_disconnected(sensor_id)

@@ -55,7 +55,7 @@ class Batch(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., sensor_id: _Optional[str] = ..., linktype: _Optional[int] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., wire_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Counters(_message.Message):
-    __slots__ = ("captured", "forwarded", "filtered", "decode_errors", "kernel_drops", "interface_drops", "queue_drops", "send_queue", "batches_sent", "batches_acked", "reconnects", "backlog_drops")
+    __slots__ = ("captured", "forwarded", "filtered", "decode_errors", "kernel_drops", "interface_drops", "queue_drops", "send_queue", "batches_sent", "batches_acked", "reconnects", "backlog_drops", "expected_flows", "rtp_heuristic_flows", "rtp_heuristic_packets")
     CAPTURED_FIELD_NUMBER: _ClassVar[int]
     FORWARDED_FIELD_NUMBER: _ClassVar[int]
     FILTERED_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,9 @@ class Counters(_message.Message):
     BATCHES_ACKED_FIELD_NUMBER: _ClassVar[int]
     RECONNECTS_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_DROPS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    RTP_HEURISTIC_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    RTP_HEURISTIC_PACKETS_FIELD_NUMBER: _ClassVar[int]
     captured: int
     forwarded: int
     filtered: int
@@ -80,7 +83,10 @@ class Counters(_message.Message):
     batches_acked: int
     reconnects: int
     backlog_drops: int
-    def __init__(self, captured: _Optional[int] = ..., forwarded: _Optional[int] = ..., filtered: _Optional[int] = ..., decode_errors: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., queue_drops: _Optional[int] = ..., send_queue: _Optional[int] = ..., batches_sent: _Optional[int] = ..., batches_acked: _Optional[int] = ..., reconnects: _Optional[int] = ..., backlog_drops: _Optional[int] = ...) -> None: ...
+    expected_flows: int
+    rtp_heuristic_flows: int
+    rtp_heuristic_packets: int
+    def __init__(self, captured: _Optional[int] = ..., forwarded: _Optional[int] = ..., filtered: _Optional[int] = ..., decode_errors: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., queue_drops: _Optional[int] = ..., send_queue: _Optional[int] = ..., batches_sent: _Optional[int] = ..., batches_acked: _Optional[int] = ..., reconnects: _Optional[int] = ..., backlog_drops: _Optional[int] = ..., expected_flows: _Optional[int] = ..., rtp_heuristic_flows: _Optional[int] = ..., rtp_heuristic_packets: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sensor_id", "clock_ns", "counters", "replay_bytes", "replay_total")
@@ -109,12 +115,14 @@ class EndOfCapture(_message.Message):
     def __init__(self, sensor_id: _Optional[str] = ..., last_seq: _Optional[int] = ..., counters: _Optional[_Union[Counters, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
-    __slots__ = ("ack", "notice")
+    __slots__ = ("ack", "notice", "expect")
     ACK_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     notice: Notice
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+    expect: Expect
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., expect: _Optional[_Union[Expect, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)
@@ -129,3 +137,17 @@ class Notice(_message.Message):
     text: str
     capture_done: bool
     def __init__(self, text: _Optional[str] = ..., capture_done: _Optional[bool] = ...) -> None: ...
+
+class Expect(_message.Message):
+    __slots__ = ("flows",)
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    flows: _containers.RepeatedCompositeFieldContainer[MediaFlow]
+    def __init__(self, flows: _Optional[_Iterable[_Union[MediaFlow, _Mapping]]] = ...) -> None: ...
+
+class MediaFlow(_message.Message):
+    __slots__ = ("addr", "port")
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    addr: bytes
+    port: int
+    def __init__(self, addr: _Optional[bytes] = ..., port: _Optional[int] = ...) -> None: ...

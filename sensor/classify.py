@@ -27,11 +27,36 @@ Details worth knowing:
 * Learned state expires by capture time (frame timestamps, so replays behave
   like live capture): media endpoints and TCP flows after ``ttl_s`` without
   traffic (2 h), fragments after 30 s; each table is bounded.
+* Expected media (``expect``): endpoints the controller learned from SDP
+  another sensor saw. Queued thread-safely from the link thread and added to
+  the media table at the start of the next ``accept_batch``, like SDP-learned
+  ones (same bound, expiry and refresh).
+* RTP heuristics (``rtp_heuristics``, default on), only for UDP datagrams
+  nothing above accepted: a payload that looks like RTP (version 2, >= 12
+  bytes, payload type 0-34 or 96-127) is held, up to 4 per flow
+  (src, sport, dst, dport; 4096 flows, LRU, 2 s capture-time window). When
+  three held packets of one SSRC advance the sequence by 1..5 and the RTP
+  timestamp by 0..16000 per step, the flow is confirmed: the held packets
+  are forwarded (capture order, original timestamps) with the third, and the
+  flow's receive endpoint (dst, dport) goes into a table checked right after
+  the media table (both directions, like media), so later packets cost two
+  lookups more than SDP-known media and known RTP pays nothing. RTCP
+  (version 2, type 200-204, length consistent) to or from port+1 of either
+  endpoint of a confirmed flow is forwarded too. A held packet is counted as
+  filtered until it is forwarded (``filtered`` then goes down by it), so
+  seen == forwarded + filtered + decode_errors always holds;
+  ``filtered_settled`` leaves held packets out and never goes down (what
+  heartbeats report: metrics counters must not decrease). ``flush()`` at the
+  end of a capture drops what is still held. See docs/DECISIONS.md for the
+  thresholds.
 """
 from __future__ import annotations
 
+import struct
+from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, Iterable
 
 from protocols.errors import DecodeError
 from protocols.layers import Decoded, decode, str_to_ip
@@ -51,6 +76,13 @@ _SWEEP_NS = 60 * _NS
 _FRAG_TTL_NS = 30 * _NS
 _MAX_STREAM_BUF = 256 * 1024
 _ETH_IP_TYPES = frozenset((0x0800, 0x86DD))
+# RTP heuristics (see the module docstring and docs/DECISIONS.md)
+_PROBE_PACKETS = 4               # held packets per probed flow
+_PROBE_WINDOW_NS = 2 * _NS       # held packets older than this (vs. the newest) are dropped
+_MAX_SEQ_STEP = 5                # sequence advance per step: 1..5 (a few losses)
+_MAX_TS_STEP = 16000             # RTP timestamp advance per step: 0..2 s at 8 kHz
+_SEQ_TS_SSRC = struct.Struct("!HII")
+_pos_key = itemgetter(0, 1)
 _VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
 
 
@@ -61,6 +93,12 @@ class ClassifierCounters:
     filtered: int = 0
     decode_errors: int = 0
     media_learned: int = 0
+    expected_flows: int = 0          # media endpoints added from the controller's Expect
+    rtp_heuristic_flows: int = 0     # flows confirmed as RTP by the heuristics
+    rtp_heuristic_packets: int = 0   # packets forwarded because of them (RTP and RTCP)
+    # `filtered` without the packets the heuristics still hold (they may be
+    # forwarded later): never decreases; set once per batch (one atomic write)
+    filtered_settled: int = 0
 
 
 def _is_ip_frame(linktype: int, data: bytes) -> bool:
@@ -102,6 +140,23 @@ class _Fragments:
         return bytes(out) if len(out) == self.total else None
 
 
+class _Held:
+    """A packet held while its flow is probed for RTP."""
+
+    __slots__ = ("batch", "pos", "order", "frame", "ts", "seq", "rtp_ts", "ssrc")
+
+    def __init__(self, batch: int, pos: int, order: int, frame: tuple[int, bytes], ts: int,
+                 seq: int, rtp_ts: int, ssrc: int) -> None:
+        self.batch, self.pos, self.order, self.frame, self.ts = batch, pos, order, frame, ts
+        self.seq, self.rtp_ts, self.ssrc = seq, rtp_ts, ssrc
+
+
+def _step(a: _Held, seq: int, rtp_ts: int) -> bool:
+    """Does (seq, rtp_ts) plausibly follow `a` in one RTP stream?"""
+    return (1 <= ((seq - a.seq) & 0xFFFF) <= _MAX_SEQ_STEP
+            and ((rtp_ts - a.rtp_ts) & 0xFFFFFFFF) <= _MAX_TS_STEP)
+
+
 class _Stream:
     """One direction of a SIP TCP connection, re-assembled in order for SDP learning."""
 
@@ -116,8 +171,11 @@ class Classifier:
     """Decides per frame whether the sensor forwards it; see the module docstring."""
 
     def __init__(self, ttl_s: float = 7200.0, max_media: int = 200_000,
-                 max_flows: int = 50_000, max_fragments: int = 4096) -> None:
+                 max_flows: int = 50_000, max_fragments: int = 4096, *,
+                 rtp_heuristics: bool = True, max_probes: int = 4096) -> None:
         self.counters = ClassifierCounters()
+        self.rtp_heuristics = rtp_heuristics
+        self._max_probes = max_probes
         self._ttl_ns = int(ttl_s * _NS)
         self._max_media = max_media
         self._max_flows = max_flows
@@ -130,18 +188,47 @@ class Classifier:
         # (src, dst, ip id) of datagrams whose first fragment was forwarded
         self._frags: dict[tuple[bytes, bytes, int | None], _Fragments] = {}
         self._last_sweep = 0
+        self._last_ts = 0
+        # Expect from the controller: lists of (address, port), appended by the link thread
+        self._expected_in: deque[list[tuple[bytes, int]]] = deque()
+        # RTP heuristics: receive endpoints of confirmed flows -> last seen, and
+        # the port+1 endpoints where their RTCP is accepted
+        self._heur: dict[tuple[bytes, int], int] = {}
+        self._heur_rtcp: dict[tuple[bytes, int], int] = {}
+        # (src, sport, dst, dport) -> held packets, least recently probed first
+        self._probes: dict[tuple[bytes, int, bytes, int], list[_Held]] = {}
+        self._held = 0                   # packets in _probes
+        self._batch = 0
+        self._order = 0
+        self._released: list[tuple[int, int, tuple[int, bytes]]] = []  # (pos, order, frame)
 
     # -- public -----------------------------------------------------------
     def accept(self, linktype: int, data: bytes, ts_ns: int = 0) -> bool:
         return bool(self.accept_batch(linktype, [(ts_ns, data)]))
 
+    def expect(self, flows: Iterable[tuple[bytes, int]]) -> None:
+        """Media endpoints the controller expects. Thread-safe (any thread): they
+        are added to the media table at the start of the next `accept_batch`
+        that has frames."""
+        self._expected_in.append(list(flows))
+
     def accept_batch(self, linktype: int, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-        """The frames to forward, in order. Never raises on packet content."""
+        """The frames to forward, in order. Never raises on packet content.
+
+        With RTP heuristics, frames held in earlier batches may come out of a
+        later one (before that batch's frames, in capture order)."""
+        if self._expected_in and frames:
+            self._add_expected(frames[0][0])
         out: list[tuple[int, bytes]] = []
         keep = out.append
         media = self._media
         media_get = media.get
         flows_get = self._flows.get
+        heur = self._heur
+        heur_get = heur.get
+        probing = self.rtp_heuristics
+        self._batch += 1
+        hpackets = 0
         errors = 0
         ts = 0
         for frame in frames:
@@ -170,6 +257,20 @@ class Classifier:
                     if d.is_fragment:
                         self._first_fragment(d, data, ts)
                     continue
+                if heur:                 # flows confirmed by the RTP heuristics
+                    key = (d.dst, d.dport)
+                    last = heur_get(key)
+                    if last is None:
+                        key = (d.src, d.sport)
+                        last = heur_get(key)
+                    if last is not None:
+                        if ts - last > _REFRESH_NS:
+                            heur[key] = ts
+                        keep(frame)
+                        hpackets += 1
+                        if d.is_fragment:
+                            self._first_fragment(d, data, ts)
+                        continue
                 off = d.payload_offset
                 payload = data[off:off + d.payload_len]
                 try:
@@ -179,6 +280,9 @@ class Classifier:
                             self._first_fragment(d, data, ts)
                         else:
                             self._learn_from_message(payload, ts)
+                    elif probing and d.payload_len >= 8 and payload[0] & 0xC0 == 0x80 \
+                            and not d.is_fragment and self._probe(d, payload, frame, ts, len(out)):
+                        keep(frame)
                 except DecodeError:
                     errors += 1
             elif proto == _TCP:
@@ -199,19 +303,141 @@ class Classifier:
                             self._drop_flow(fkey)
                 except DecodeError:
                     errors += 1
+        if self._released:
+            out = self._merge_released(out)
         c = self.counters
         n = len(frames)
         c.seen += n
         c.forwarded += len(out)
         c.decode_errors += errors
+        # held packets released now were counted as filtered when they came
         c.filtered += n - len(out) - errors
+        c.rtp_heuristic_packets += hpackets
+        if n:
+            self._last_ts = ts
         if ts - self._last_sweep > _SWEEP_NS:
             self._sweep(ts)
+        c.filtered_settled = c.filtered - self._held
         return out
+
+    def flush(self) -> None:
+        """The capture ended: drop the packets held for RTP probing (they stay
+        counted as filtered)."""
+        self._probes.clear()
+        self._held = 0
+        self.counters.filtered_settled = self.counters.filtered
 
     @property
     def media_endpoints(self) -> int:
         return len(self._media)
+
+    # -- expected media (controller) and RTP heuristics ------------------
+    def _add_expected(self, ts: int) -> None:
+        media = self._media
+        inbox = self._expected_in
+        while inbox:
+            for key in inbox.popleft():
+                if key not in media:
+                    self.counters.expected_flows += 1
+                    if len(media) >= self._max_media:
+                        self._evict(media, ts)
+                media[key] = ts
+
+    def _probe(self, d: Decoded, payload: bytes, frame: tuple[int, bytes], ts: int,
+               pos: int) -> bool:
+        """A version 2 UDP payload nothing else accepted: RTCP of a confirmed
+        flow, or RTP probed per flow. True: forward this frame now."""
+        b1 = payload[1]
+        n = len(payload)
+        if 200 <= b1 <= 204:             # RTCP SR, RR, SDES, BYE, APP
+            rtcp = self._heur_rtcp
+            key = (d.dst, d.dport)
+            last = rtcp.get(key)
+            if last is None:
+                key = (d.src, d.sport)
+                last = rtcp.get(key)
+            if last is None or ((payload[2] << 8 | payload[3]) + 1) * 4 > n:
+                return False
+            if ts - last > _REFRESH_NS:
+                rtcp[key] = ts
+            self.counters.rtp_heuristic_packets += 1
+            return True
+        pt = b1 & 0x7F
+        if n < 12 or 34 < pt < 96 or 12 + (payload[0] & 0x0F) * 4 > n:
+            return False
+        seq, rtp_ts, ssrc = _SEQ_TS_SSRC.unpack_from(payload, 2)
+        flow = (d.src, d.sport, d.dst, d.dport)
+        probes = self._probes
+        held = probes.pop(flow, None)    # re-inserted last: least recently probed first
+        if held is None:
+            if len(probes) >= self._max_probes:
+                self._held -= len(probes.pop(next(iter(probes))))
+            held = []
+        else:
+            if ts - held[0].ts > _PROBE_WINDOW_NS:
+                recent = [h for h in held if ts - h.ts <= _PROBE_WINDOW_NS]
+                self._held -= len(held) - len(recent)
+                held = recent
+            if len(held) >= 2:
+                same = [h for h in held if h.ssrc == ssrc]
+                if len(same) >= 2 and _step(same[-2], same[-1].seq, same[-1].rtp_ts) \
+                        and _step(same[-1], seq, rtp_ts):
+                    self._confirm(d, ts, held)
+                    return True
+        self._order += 1
+        held.append(_Held(self._batch, pos, self._order, frame, ts, seq, rtp_ts, ssrc))
+        if len(held) > _PROBE_PACKETS:
+            del held[0]
+        else:
+            self._held += 1
+        probes[flow] = held
+        return False
+
+    def _confirm(self, d: Decoded, ts: int, held: list[_Held]) -> None:
+        """The flow is RTP: release its held packets (and the reverse flow's)."""
+        c = self.counters
+        c.rtp_heuristic_flows += 1
+        reverse = self._probes.pop((d.dst, d.dport, d.src, d.sport), [])
+        batch = self._batch
+        for h in held + reverse:
+            self._released.append((h.pos if h.batch == batch else 0, h.order, h.frame))
+        self._held -= len(held) + len(reverse)
+        c.rtp_heuristic_packets += len(held) + len(reverse) + 1
+        heur = self._heur
+        if len(heur) >= self._max_media:
+            self._evict(heur, ts)
+        heur[(d.dst, d.dport)] = ts
+        rtcp = self._heur_rtcp
+        if len(rtcp) >= self._max_media:
+            self._evict(rtcp, ts)
+        for addr, port in ((d.dst, d.dport), (d.src, d.sport)):
+            if port < 65535:
+                rtcp[(addr, port + 1)] = ts
+
+    def _merge_released(self, out: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """Insert released held packets where they came in: those of earlier
+        batches first, those of this batch before the frames that followed them."""
+        released = sorted(self._released, key=_pos_key)
+        self._released = []
+        merged: list[tuple[int, bytes]] = []
+        at = 0
+        for pos, _order, frame in released:
+            if pos > at:
+                merged += out[at:pos]
+                at = pos
+            merged.append(frame)
+        merged += out[at:]
+        return merged
+
+    @property
+    def probing_flows(self) -> int:
+        """Flows with packets held by the RTP heuristics."""
+        return len(self._probes)
+
+    @property
+    def held_packets(self) -> int:
+        """Packets held by the RTP heuristics (at most 4 per probed flow)."""
+        return self._held
 
     # -- SDP learning -----------------------------------------------------
     def _learn_from_message(self, msg: bytes, ts: int) -> None:
@@ -319,10 +545,13 @@ class Classifier:
     def _sweep(self, now: int) -> None:
         self._last_sweep = now
         horizon = now - self._ttl_ns
-        for table in (self._media, self._flows):
+        for table in (self._media, self._flows, self._heur, self._heur_rtcp):
             stale = [k for k, seen in table.items() if seen < horizon]
             for k in stale:
                 del table[k]
+        probe_horizon = now - _PROBE_WINDOW_NS
+        for k in [k for k, held in self._probes.items() if held[-1].ts < probe_horizon]:
+            self._held -= len(self._probes.pop(k))
         for k in [k for k in self._streams if k not in self._flows]:
             del self._streams[k]
         self._evict_frags(now)

@@ -52,6 +52,7 @@ class SensorOptions:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     insecure: bool = False
+    rtp_heuristics: bool = True           # forward RTP recognised without SDP (sensor.classify)
 
 
 class SensorFailed(Exception):
@@ -168,7 +169,7 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         if spool is not None:
             spool.close()
         raise
-    classifier = Classifier()
+    classifier = Classifier(rtp_heuristics=opts.rtp_heuristics)
     replay_total = os.path.getsize(opts.pcap) if opts.pcap else 0
     replay_bytes = [0]
 
@@ -176,9 +177,13 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         cap = source.stats()
         c = classifier.counters
         return sensor_pb2.Counters(
-            captured=c.seen, filtered=c.filtered, decode_errors=c.decode_errors,
+            # filtered_settled: packets held for RTP probing are not counted
+            # yet (they may be forwarded), so the counter never goes down
+            captured=c.seen, filtered=c.filtered_settled, decode_errors=c.decode_errors,
             kernel_drops=cap.kernel_drops, interface_drops=cap.interface_drops,
-            backlog_drops=cap.backlog_drops)
+            backlog_drops=cap.backlog_drops, expected_flows=c.expected_flows,
+            rtp_heuristic_flows=c.rtp_heuristic_flows,
+            rtp_heuristic_packets=c.rtp_heuristic_packets)
 
     mode = "replay" if opts.pcap else "live"
     registry = start_registry(opts)
@@ -193,6 +198,7 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         # mTLS, or plain text only with opts.insecure (transport.tls.Security)
         channel_credentials=Security.from_settings(opts).channel_credentials(),
         spool=spool,
+        on_expect=classifier.expect,      # the controller's media hints, queued thread-safely
     )
     sender.start()
     error = ""
@@ -224,6 +230,7 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     finally:
         if opts.pcap:
             replay_bytes[0] = replay_total
+        classifier.flush()     # held probe packets: filtered (before the end's counters)
         sender.finish(error)
     completed = False
     try:

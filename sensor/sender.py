@@ -20,7 +20,8 @@ come in any order), so resending from disk never parses or re-encodes.
 
 Threads: the producer (the sensor pipeline) calls `submit()`; one link thread
 runs the gRPC stream (a request generator that reads the outbox, and the
-response loop that applies acks).
+response loop that applies acks and hands `Expect` media endpoints to the
+`on_expect` callback, which only queues them for the classifier).
 """
 from __future__ import annotations
 
@@ -260,8 +261,12 @@ class Sender:
         channel_credentials: grpc.ChannelCredentials | None = None,
         spool: Spool | None = None,
         resolve: Callable[[], str | None] | None = None,
+        on_expect: Callable[[list[tuple[bytes, int]]], None] | None = None,
     ) -> None:
         self.target = target
+        # Media endpoints the controller expects (Expect messages), handed over
+        # from the link thread: the callback must be thread-safe and quick.
+        self._on_expect = on_expect
         # With a registry, the controller's address is looked up before each
         # (re)connect, so a sensor follows a controller that moved or restarted.
         self._resolve = resolve
@@ -433,6 +438,8 @@ class Sender:
                     if kind == "ack":
                         released = self.outbox.ack(reply.ack.seq)
                         self.counters.batches_acked += released
+                    elif kind == "expect":
+                        self._expect(reply.expect)
                     elif kind == "notice":
                         if reply.notice.text:
                             log.info("controller notice", extra={"text": reply.notice.text})
@@ -459,6 +466,14 @@ class Sender:
             if connected:
                 self._link_lost = time.monotonic()
             channel.close()
+
+    def _expect(self, msg: sensor_pb2.Expect) -> None:
+        if self._on_expect is None:
+            return
+        flows = [(f.addr, f.port) for f in msg.flows
+                 if len(f.addr) in (4, 16) and 0 < f.port < 65536]
+        if flows:
+            self._on_expect(flows)
 
     def _requests(self) -> Iterator[bytes]:
         hello = sensor_pb2.Hello(sensor_id=self.sensor_id, site=self.site, version=VERSION,

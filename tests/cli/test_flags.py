@@ -51,6 +51,8 @@ def test_help_explains_every_option(cmd: list[str]) -> None:
     (["controller", "--listen", "0.0.0.0:99999"], "listen"),
     (["controller", "--answered-timeout", "-5"], "answered_timeout_s"),
     (["controller", "--answered-timeout", "soon"], "soon"),
+    (["controller", "--insecure", "--leg-header", "X Bad"], "not a SIP header name: 'x bad'"),
+    (["controller", "--insecure", "--sip-dedup-window", "-1"], "sip_dedup_window_ms"),
     (["bogus-command"], "bogus-command"),
     # no mTLS files and no explicit --insecure: refused before anything starts
     (["controller", "--listen", "127.0.0.1:0"], "give --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure"),
