@@ -55,6 +55,7 @@ _ICID_RE = re.compile(r"(?:^|;)\s*icid-value\s*=\s*(\"[^\"]+\"|[^;\s]+)", re.IGN
 _ORIGIN_RE = re.compile(rb"^o=(\S+) (\d+) (\d+) IN IP[46] (\S+)\s*$", re.MULTILINE)
 _ORIGIN_MIN_DIGITS = 6
 _ORIGIN_WINDOW_NS = 2_000_000_000  # initial INVITEs of two legs with one SDP origin: this close
+_RELAY_JITTER_NS = 30_000_000      # a relay's delay varies less than this between packets
 
 
 class Leg:
@@ -202,9 +203,11 @@ class MediaCorrelator:
     streams carrying the same bytes sample the same packets; near-constant
     payloads (silence, comfort noise) are skipped.  Two streams of different
     calls match when ``needed`` sampled payloads were seen on both within
-    ``window_ns``, and neither their sources nor their destinations are equal
-    (a relay receives on one leg and sends on the other; music on hold sent by
-    one server to many callers has one source and is never a match).
+    ``window_ns`` and they can be a relay: the earlier copy is the original,
+    the later one relayed; their sources differ and their destinations differ
+    (music on hold sent by one server to many callers has one source), and the
+    relayed copy does not go back to where the original came from (a phone in
+    two calls whose peer echoes its audio is not a relay).
 
     A stream is probed for at most ``probe_ns`` after its first packet and
     until ``max_samples`` non-trivial samples found nothing; calls already
@@ -222,7 +225,9 @@ class MediaCorrelator:
         self.max_entries = max_entries
         self._index: dict[int, tuple[Call, RtpStream, int]] = {}
         self._fifo: deque[tuple[int, int]] = deque()
-        self._votes: dict[tuple[int, int], list[int]] = {}  # (id a, id b) -> [same, flipped]
+        # (id original stream, id relayed stream) -> relay delays seen (ns)
+        self._votes: dict[tuple[int, int], list[int]] = {}
+        self._voters: dict[int, set[tuple[int, int]]] = {}  # id(call) -> its vote keys
         self.samples = 0
         self.matches = 0
 
@@ -268,9 +273,13 @@ class MediaCorrelator:
                             index[h] = (call, stream, ts)
                             self._fifo.append((ts, h))
                             continue
-                        if ostream.src == stream.src or ostream.dst == stream.dst:
+                        # the earlier copy is the original, the later one relayed
+                        orig, relayed = (ostream, stream) if ts >= seen_ns else (stream, ostream)
+                        if orig.src == relayed.src or orig.dst == relayed.dst \
+                                or relayed.dst == orig.src:
                             continue
-                        pair = self._vote(other, call, ostream.sender == stream.sender)
+                        pair = self._vote(other, call, orig, relayed, abs(ts - seen_ns),
+                                          ostream.sender == stream.sender)
                         if pair is not None:
                             out.append(pair)
                     if stream.probe_samples >= self.max_samples:
@@ -279,21 +288,33 @@ class MediaCorrelator:
         self._expire(now_ns)
         return out
 
-    def _vote(self, a: Call, b: Call, same: bool) -> tuple[Call, Call, bool] | None:
-        key = (id(a), id(b)) if id(a) < id(b) else (id(b), id(a))
-        votes = self._votes.setdefault(key, [0, 0])
-        votes[0 if same else 1] += 1
-        if votes[0] + votes[1] != self.needed:
+    def _vote(self, a: Call, b: Call, orig: RtpStream, relayed: RtpStream, delay: int,
+              same: bool) -> tuple[Call, Call, bool] | None:
+        """One more payload relayed from `orig` to `relayed` after `delay`: a match once
+        ``needed`` of them agree on the delay (a relay's is steady; the same bytes
+        recurring in unrelated audio land at random delays)."""
+        key = (id(orig), id(relayed))
+        delays = self._votes.get(key)
+        if delays is None:
+            delays = self._votes[key] = []
+            self._voters.setdefault(id(a), set()).add(key)
+            self._voters.setdefault(id(b), set()).add(key)
+        if len(delays) >= self.needed:
+            return None                   # matched already
+        delays.append(delay)
+        if len(delays) < self.needed:
+            return None
+        if max(delays) - min(delays) > _RELAY_JITTER_NS:
+            delays.pop(0)                 # inconsistent: keep looking
             return None
         self.matches += 1
         first, second = (a, b) if a.started_ns <= b.started_ns else (b, a)
-        return first, second, votes[1] > votes[0]
+        return first, second, not same
 
     def forget(self, call: Call) -> None:
         """A call ended or was merged: its votes go (its index entries age out)."""
-        cid = id(call)
-        for key in [k for k in self._votes if cid in k]:
-            del self._votes[key]
+        for key in self._voters.pop(id(call), ()):
+            self._votes.pop(key, None)
 
     def _expire(self, now_ns: int) -> None:
         fifo, index = self._fifo, self._index

@@ -307,3 +307,18 @@ def test_unrelated_calls_stay_apart() -> None:
         f.send(1.3 + i * 0.02, A, 4000, SBC_IN, 5000, rtp(i, 0x1, a[i]))
         f.send(1.3 + i * 0.02, "10.5.0.1", 4200, "10.5.0.2", 5200, rtp(i, 0x2, b[i]))
     assert sorted(m["call_ids"] for m in f.done()) == [["c1"], ["c2"]]
+
+
+def test_echo_of_my_audio_in_another_call_is_not_a_relay() -> None:
+    """A phone in two calls at once sends the same audio to both; one peer echoes it
+    back: the echo (later, back to its origin) is not that phone relaying."""
+    f = Feed()
+    f.leg(1.0, "site", A, SBC_IN, 4000, 5000)           # A -> X
+    f.leg(1.0, "cross", A, B, 4200, 5200)               # A -> B, B echoes
+    audio = speech(7, 150)
+    for i, p in enumerate(audio):
+        t = 1.3 + i * 0.02
+        f.send(t, A, 4000, SBC_IN, 5000, rtp(i, 0x1, p))
+        f.send(t, A, 4200, B, 5200, rtp(i, 0x2, p))
+        f.send(t + 0.0004, B, 5200, A, 4200, rtp(i, 0x3, p))   # the echo
+    assert sorted(m["call_ids"] for m in f.done()) == [["cross"], ["site"]]

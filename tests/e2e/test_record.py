@@ -66,11 +66,16 @@ def test_two_sensors_replaying_the_same_traffic_give_the_same_calls(tmp_path: Pa
     for call in two.calls:
         # the copies of the second sensor were dropped: the recording holds one sensor's packets
         assert call["sensors"] in (["replay-1"], ["replay-2"])
-        (cid,) = call["call_ids"]
+        # (the capture's two B2BUA legs are one call)
+        flt = " || ".join(f'sip.Call-ID == "{cid}"' for cid in call["call_ids"])
         # each SIP message of the call is in its pcap once: same count as tshark in the original
         pcap = next(two.out.rglob(f"{call['id']}/call.pcap"))
-        expect = tshark_count(src, f'sip.Call-ID == "{cid}"')
-        assert tshark_count(pcap, f'sip.Call-ID == "{cid}"') == expect
+        expect = tshark_count(src, flt)
+        assert tshark_count(pcap, flt) == expect
+        # every packet of the call was captured twice: one copy dropped per packet kept
+        assert call["copies_dropped"] == call["pcap_packets"] == tshark_count(pcap, "frame")
+        other = {"replay-1": "replay-2", "replay-2": "replay-1"}[call["sensors"][0]]
+        assert call["copies_dropped_by_sensor"] == {other: call["pcap_packets"]}
         # and no frame twice: tshark finds no two frames with the same IP id and UDP payload
         tshark = require_tool("tshark")
         rows = subprocess.run([tshark, "-r", str(pcap), "-T", "fields", "-e", "ip.src",
