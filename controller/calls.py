@@ -459,13 +459,14 @@ class CallEngine:
                 deadline = t
         return deadline
 
-    def advance(self, now_ns: int) -> list[FinishedCall]:
-        """Calls whose linger or inactivity deadline is at or before `now_ns`."""
+    def advance(self, now_ns: int, correlate: bool = True) -> list[FinishedCall]:
+        """Calls whose linger or inactivity deadline is at or before `now_ns`;
+        `correlate`: also look for legs carrying the same relayed media."""
         if self._tcp.streams:
             chunks = self._tcp.advance(now_ns)
             if chunks:
                 self._tcp_chunks(chunks)
-        if self._media_corr is not None and self._media_map:
+        if correlate and self._media_corr is not None and self._media_map:
             for first, second, flip in self._media_corr.scan(self.table.calls(), now_ns):
                 if first.done or second.done or first is second:
                     continue

@@ -299,7 +299,10 @@ class Recorder:
             self._process(self.merger.release())
             mark = self.merger.released_until
             if 0 < mark < (1 << 62):
-                self._submit(self.engine.advance(mark))
+                # legs are matched by media only at packet-driven advances, so the
+                # result (and call.pcap's order of equal timestamps) never depends
+                # on wall-clock timing
+                self._submit(self.engine.advance(mark, correlate=False))
             if self.wal is not None:
                 keep = self._keep_ts()
         if keep is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from zlib import crc32
 from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING
 
@@ -199,7 +200,7 @@ class MediaCorrelator:
 
     Runs off the packet path: `scan` is called with the engine's once-per-second
     `advance` and reads the payloads new since the last scan of each stream that
-    is still probed.  Payloads are sampled by content (hash % 4 == 0), so two
+    is still probed.  Payloads are sampled by content (CRC-32 % 4 == 0), so two
     streams carrying the same bytes sample the same packets; near-constant
     payloads (silence, comfort noise) are skipped.  Two streams of different
     calls match when ``needed`` sampled payloads were seen on both within
@@ -257,7 +258,7 @@ class MediaCorrelator:
                             continue
                         idx = ref >> 34
                         payload = frames[idx][(ref >> 17) & 0x1FFFF:ref & 0x1FFFF]
-                        h = hash(payload)
+                        h = crc32(payload)   # not hash(): the same choice in every process
                         if h & 3 or len(payload) < 16 or len(set(payload[:64])) < 12:
                             continue
                         self.samples += 1
