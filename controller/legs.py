@@ -204,11 +204,14 @@ class MediaCorrelator:
     streams carrying the same bytes sample the same packets; near-constant
     payloads (silence, comfort noise) are skipped.  Two streams of different
     calls match when ``needed`` sampled payloads were seen on both within
-    ``window_ns`` and they can be a relay: the earlier copy is the original,
-    the later one relayed; their sources differ and their destinations differ
-    (music on hold sent by one server to many callers has one source), and the
-    relayed copy does not go back to where the original came from (a phone in
-    two calls whose peer echoes its audio is not a relay).
+    ``window_ns``, with a steady delay, and they can be a relay: samples are
+    taken in capture-time order, so the first occurrence of a payload anywhere
+    is the original and a later one the relayed copy; the relay receives the
+    original where it sends the copy from (one relay address: a dual-homed
+    SBC is left to the signalling rules), the copy goes to someone else than
+    the original's source (a phone in two calls whose peer echoes its audio is
+    not a relay), and sources and destinations differ (music on hold sent by
+    one server to many callers has one source).
 
     A stream is probed for at most ``probe_ns`` after its first packet and
     until ``max_samples`` non-trivial samples found nothing; calls already
@@ -234,60 +237,67 @@ class MediaCorrelator:
 
     def scan(self, calls: Iterable[Call], now_ns: int) -> list[tuple[Call, Call, bool]]:
         """(earlier call, later call, flipped) for every pair that matched now."""
-        out: list[tuple[Call, Call, bool]] = []
-        index = self._index
+        samples: list[tuple[int, int, Call, RtpStream]] = []
         for call in calls:
             if call.done or not call.probe_media:
                 continue
-            frames = call.frame_data
-            frame_ts = call.frame_ts
             for stream in call.streams.values():
-                if stream.probe_done:
-                    continue
-                if now_ns - stream.first_ns > self.probe_ns:
-                    stream.probe_done = True
-                    continue
-                for run in stream.by_pt.values():
-                    refs = run.refs
-                    start = run.probed
-                    if start == len(refs):
-                        continue
-                    run.probed = len(refs)
-                    for ref in refs[start:]:
-                        if ref < 0:
-                            continue
-                        idx = ref >> 34
-                        payload = frames[idx][(ref >> 17) & 0x1FFFF:ref & 0x1FFFF]
-                        h = crc32(payload)   # not hash(): the same choice in every process
-                        if h & 3 or len(payload) < 16 or len(set(payload[:64])) < 12:
-                            continue
-                        self.samples += 1
-                        stream.probe_samples += 1
-                        ts = frame_ts[idx]
-                        hit = index.get(h)
-                        if hit is None:
-                            index[h] = (call, stream, ts)
-                            self._fifo.append((ts, h))
-                            continue
-                        other, ostream, seen_ns = hit
-                        if other is call or other.done or abs(ts - seen_ns) > self.window_ns:
-                            index[h] = (call, stream, ts)
-                            self._fifo.append((ts, h))
-                            continue
-                        # the earlier copy is the original, the later one relayed
-                        orig, relayed = (ostream, stream) if ts >= seen_ns else (stream, ostream)
-                        if orig.src == relayed.src or orig.dst == relayed.dst \
-                                or relayed.dst == orig.src:
-                            continue
-                        pair = self._vote(other, call, orig, relayed, abs(ts - seen_ns),
-                                          ostream.sender == stream.sender)
-                        if pair is not None:
-                            out.append(pair)
-                    if stream.probe_samples >= self.max_samples:
-                        stream.probe_done = True
-                        break
+                if not stream.probe_done:
+                    self._sample(call, stream, now_ns, samples)
+        # in capture-time order, so the index always holds a payload's first occurrence
+        samples.sort(key=lambda x: x[0])
+        out: list[tuple[Call, Call, bool]] = []
+        index = self._index
+        for ts, h, call, stream in samples:
+            hit = index.get(h)
+            if hit is None or hit[0].done or ts - hit[2] > self.window_ns:
+                index[h] = (call, stream, ts)
+                self._fifo.append((ts, h))
+                continue
+            other, orig, seen_ns = hit
+            if other is call:
+                continue
+            # the first occurrence is the original, this one relayed: by one relay
+            # address (received on orig.dst, sent from relayed.src), to someone else
+            # than the original's source (an echo is not a relay), from another source
+            # to another destination (music on hold to many callers is not a relay)
+            if orig.dst != stream.src or stream.dst == orig.src or orig.src == stream.src \
+                    or orig.dst == stream.dst:
+                continue
+            pair = self._vote(other, call, orig, stream, ts - seen_ns, orig.sender == stream.sender)
+            if pair is not None:
+                out.append(pair)
         self._expire(now_ns)
         return out
+
+    def _sample(self, call: Call, stream: RtpStream, now_ns: int,
+                samples: list[tuple[int, int, Call, RtpStream]]) -> None:
+        """The stream's payloads new since the last scan that are sampled."""
+        if now_ns - stream.first_ns > self.probe_ns:
+            stream.probe_done = True
+            return
+        frames = call.frame_data
+        frame_ts = call.frame_ts
+        for run in stream.by_pt.values():
+            refs = run.refs
+            start = run.probed
+            if start == len(refs):
+                continue
+            run.probed = len(refs)
+            for ref in refs[start:]:
+                if ref < 0:
+                    continue
+                idx = ref >> 34
+                payload = frames[idx][(ref >> 17) & 0x1FFFF:ref & 0x1FFFF]
+                h = crc32(payload)   # not hash(): the same choice in every process
+                if h & 3 or len(payload) < 16 or len(set(payload[:64])) < 12:
+                    continue
+                self.samples += 1
+                stream.probe_samples += 1
+                samples.append((frame_ts[idx], h, call, stream))
+            if stream.probe_samples >= self.max_samples:
+                stream.probe_done = True
+                return
 
     def _vote(self, a: Call, b: Call, orig: RtpStream, relayed: RtpStream, delay: int,
               same: bool) -> tuple[Call, Call, bool] | None:

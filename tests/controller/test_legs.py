@@ -275,15 +275,25 @@ def _relay_call(f: Feed, payloads_out: list[bytes], relay_src: str = SBC_OUT, t0
 def test_relayed_media_merges_legs_without_headers() -> None:
     f = Feed()
     f.leg(1.0, "leg1", A, SBC_IN, 4000, 5000)
-    f.leg(1.05, "leg2", SBC_OUT, B, 6000, 7000)
+    f.leg(1.05, "leg2", SBC_IN, B, 6000, 7000)      # a single-homed relay (Asterisk, rtpengine)
     silence = [b"\xff" * 160] * 100                # silence first: matches nothing
-    _relay_call(f, silence + speech(3, 150))
+    _relay_call(f, silence + speech(3, 150), relay_src=SBC_IN)
     f.bye(6.0, "leg1", A, SBC_IN)
-    f.bye(6.0, "leg2", SBC_OUT, B)
+    f.bye(6.0, "leg2", SBC_IN, B)
     (meta,) = f.done()
     assert meta["call_ids"] == ["leg1", "leg2"]
     assert _relations(meta)["leg2"] == {"to": "leg1", "by": "media"}
     assert {s["direction"] for s in meta["streams"]} == {"caller"}
+
+
+def test_dual_homed_relay_is_left_to_signalling() -> None:
+    """Received on one address, sent from another: media alone could be a phone in
+    two calls; without a header the legs stay apart (documented limit)."""
+    f = Feed()
+    f.leg(1.0, "leg1", A, SBC_IN, 4000, 5000)
+    f.leg(1.05, "leg2", SBC_OUT, B, 6000, 7000)
+    _relay_call(f, speech(3, 150), relay_src=SBC_OUT)
+    assert sorted(m["call_ids"] for m in f.done()) == [["leg1"], ["leg2"]]
 
 
 def test_same_audio_from_one_source_to_two_calls_is_not_a_relay() -> None:
