@@ -40,7 +40,7 @@ def _points(reader: InMemoryMetricReader) -> dict[str, list]:
 
 
 def test_counters_and_histograms(tmp_path: Path) -> None:
-    src = capture("SIP-RTP-Normal_Call_two_parties.pcap")
+    src = capture("sip-rtp-g711.pcap")     # two calls, one leg each (trace per call)
     recorder = Recorder(LocalStore(tmp_path))
     reader = InMemoryMetricReader()
     (port,) = free_ports(1)
