@@ -200,7 +200,7 @@ class MediaCorrelator:
 
     Runs off the packet path: `scan` is called with the engine's once-per-second
     `advance` and reads the payloads new since the last scan of each stream that
-    is still probed.  Payloads are sampled by content (CRC-32 % 4 == 0), so two
+    is still probed.  Payloads are sampled by content (byte 17 % 8 == 0), so two
     streams carrying the same bytes sample the same packets; near-constant
     payloads (silence, comfort noise) are skipped.  Two streams of different
     calls match when ``needed`` sampled payloads were seen on both within
@@ -288,10 +288,17 @@ class MediaCorrelator:
                 if ref < 0:
                     continue
                 idx = ref >> 34
-                payload = frames[idx][(ref >> 17) & 0x1FFFF:ref & 0x1FFFF]
-                h = crc32(payload)   # not hash(): the same choice in every process
-                if h & 3 or len(payload) < 16 or len(set(payload[:64])) < 12:
+                frame = frames[idx]
+                start = (ref >> 17) & 0x1FFFF
+                end = ref & 0x1FFFF
+                # sampled by content: one payload byte, so the same bytes are sampled
+                # in every stream that carries them (and no copy for most packets)
+                if end - start < 32 or frame[start + 17] & 7:
                     continue
+                payload = frame[start:end]
+                if len(set(payload[:64])) < 12:     # silence, comfort noise, tones
+                    continue
+                h = crc32(payload)   # not hash(): the same in every process
                 self.samples += 1
                 stream.probe_samples += 1
                 samples.append((frame_ts[idx], h, call, stream))
