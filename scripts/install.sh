@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 pkgs="python3 python3-venv python3-dev gcc libpcap-dev"
 if [ "$want_test" = 1 ]; then
-  pkgs="$pkgs tshark sip-tester tcpdump iproute2 ethtool etcd-server"
+  pkgs="$pkgs tshark sip-tester tcpdump iproute2 ethtool etcd-server libopus0"
 fi
 missing=""
 for p in $pkgs; do
