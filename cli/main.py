@@ -54,6 +54,37 @@ def _with_cluster(f):
     return f
 
 
+_rule_options = [
+    click.option("--no-record-header", metavar="NAME",
+                 help="SIP header whose value no/false/0/off in a call's INVITE means: do not "
+                      "record its media (default X-Record; \"none\" turns the rule off)."),
+    click.option("--record-only", "record_only", multiple=True, metavar="PATTERN",
+                 help="Record only calls whose From or To URI (or its user part) matches this "
+                      "glob, e.g. 'sip:+4930*' or '1???' (prefix from:/to: for one side); repeat "
+                      "for several. Other calls keep call.json and a SIP-only call.pcap."),
+    click.option("--record-exclude", "record_exclude", multiple=True, metavar="PATTERN",
+                 help="Never record calls whose From or To matches this glob (beats "
+                      "--record-only); repeatable."),
+    click.option("--record-default", type=click.Choice(["record", "signalling-only"]),
+                 help="For calls no pattern decides (default: signalling-only with "
+                      "--record-only, else record). Full rules: [controller.record_rules] in "
+                      "--config or SPANREC_RECORD_RULES (JSON); with --etcd also "
+                      "/spanrec/config/controller at run time."),
+]
+
+
+def _with_rules(f):
+    for opt in reversed(_rule_options):
+        f = opt(f)
+    return f
+
+
+_audio_format_option = click.option(
+    "--audio-format", type=click.Choice(["wav", "flac", "opus"]),
+    help="Audio file of each recording: audio.wav (16-bit PCM, default), audio.flac "
+         "(lossless) or audio.opus (Ogg Opus, ~48 kbit/s); env SPANREC_AUDIO_FORMAT.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option("0.1.0", prog_name="spanrec")
 def cli() -> None:
@@ -75,10 +106,13 @@ def cli() -> None:
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="How the list of recorded calls is printed on stdout.")
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bars on stderr.")
+@_audio_format_option
+@_with_rules
 @_config_option
 @_with_logs
 def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_progress: bool,
-           config_file: str | None, log_level: str | None, log_format: str | None) -> None:
+           config_file: str | None, log_level: str | None, log_format: str | None,
+           **rules: Any) -> None:
     """Record capture FILES (pcap or pcapng) into --out.
 
     Runs the whole path on this machine: a controller in this process and one
@@ -88,7 +122,7 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
     """
     settings = load(ControllerSettings, "controller", config_file, {
         "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
-        "listen": "127.0.0.1:0"})
+        "listen": "127.0.0.1:0", **rules})
     _setup_logs(settings)
     # Exempt from mTLS: the controller listens on 127.0.0.1 only and the sensors
     # are this process's own children, which inherit this environment.
@@ -129,6 +163,8 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
               help="Folder for the write-ahead log and the storage outbox (default ./spanrec-state).")
 @click.option("--metrics-listen", help="HOST:PORT of a Prometheus scrape endpoint (off by default).")
 @click.option("--otlp-endpoint", help="OTLP/gRPC collector for metrics and traces (off by default).")
+@_audio_format_option
+@_with_rules
 @_with_cluster
 @_config_option
 @_with_logs

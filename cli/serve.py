@@ -6,6 +6,7 @@ import fcntl
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -14,6 +15,7 @@ from cli.settings import ControllerSettings, Failure
 from controller.calls import CallConfig
 from controller.core import Recorder
 from controller.dedup import DedupConfig
+from controller.rules import RecordingRules, RulesError
 from controller.link import serve
 from controller.wal import WalError, WriteAheadLog
 from storage import open_store
@@ -48,19 +50,24 @@ def tune_gc() -> None:
 
 
 def build_recorder(settings: ControllerSettings, store: RecordingStore,
-                   expected_sensors: int = 0, wal: WriteAheadLog | None = None) -> Recorder:
-    return Recorder(
+                   expected_sensors: int = 0, wal: WriteAheadLog | None = None,
+                   spill_dir: Path | None = None) -> Recorder:
+    recorder = Recorder(
         store,
         call_config=CallConfig(answered_timeout_s=settings.answered_timeout_s,
                                setup_timeout_s=settings.setup_timeout_s,
                                linger_s=settings.linger_s,
                                leg_headers=settings.leg_headers,
-                               merge_by_media=settings.merge_by_media),
+                               merge_by_media=settings.merge_by_media,
+                               spill_dir=spill_dir,
+                               record_rules=settings.recording_rules()),
         dedup_config=DedupConfig(sip_window_ms=settings.sip_dedup_window_ms,
                                  media_window_ms=settings.media_dedup_window_ms),
         expected_sensors=expected_sensors,
         controller_id=settings.controller_id,
         wal=wal)
+    recorder.writer.audio_format = settings.audio_format
+    return recorder
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -92,7 +99,10 @@ def open_durable(settings: ControllerSettings, store: RecordingStore,
             outbox = OutboxStore(store, state / "outbox")
             target = outbox
         wal = WriteAheadLog(state / "wal")
-        recorder = build_recorder(settings, target, wal=wal)
+        # long calls' frames (controller/spill.py): what a crash left is rebuilt
+        # from the write-ahead log, so the folder starts empty
+        shutil.rmtree(state / "spill", ignore_errors=True)
+        recorder = build_recorder(settings, target, wal=wal, spill_dir=state / "spill")
         if outbox is not None:
             outbox.start()
         recorder.recover()
@@ -136,6 +146,29 @@ def start_registry(settings: ControllerSettings, port: int, loop: asyncio.Abstra
     return reg
 
 
+def watch_record_rules(registry, recorder: Recorder, base: RecordingRules) -> None:
+    """Recording rules from etcd: the "record_rules" object of
+    <prefix>config/controller replaces the rules for calls that start from then
+    on (calls already started keep their decision). No key, or no record_rules
+    in it: the rules of the flags, environment and file (`base`). An invalid
+    object is logged and ignored: the rules in force stay."""
+    def apply(config: dict) -> None:
+        raw = config.get("record_rules")
+        try:
+            rules = base if raw is None else RecordingRules.from_dict(raw)
+        except RulesError as exc:
+            log.warning("recording rules from etcd ignored, the rules in force stay: %s", exc)
+            return
+        if rules != recorder.engine.rules:
+            recorder.engine.rules = rules   # read once per new leg: no lock needed
+            log.info("recording rules changed", extra={
+                "source": "etcd" if raw is not None else "settings", "rules": rules.to_dict()})
+
+    watcher = registry.config("controller")
+    watcher.on_change(apply)
+    apply(watcher.current())
+
+
 def start_telemetry(settings: ControllerSettings, recorder: Recorder):
     """OpenTelemetry metrics (Prometheus endpoint and/or OTLP) and call traces."""
     if not settings.metrics_listen and not settings.otlp_endpoint:
@@ -171,6 +204,8 @@ def run_controller(settings: ControllerSettings) -> None:
                                                 "storage": store.url})
         registry = start_registry(settings, port, asyncio.get_running_loop())
         server._spanrec_admin.registry = registry  # type: ignore[attr-defined]
+        if registry is not None:
+            watch_record_rules(registry, recorder, settings.recording_rules())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,15 +5,17 @@ one line and exit status 2.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from controller.rules import RecordingRules, RulesError
 from controller.settings import DEFAULT_LEG_HEADERS
 
 
@@ -71,8 +73,56 @@ class ControllerSettings(_Cluster):
     state_dir: Path = Path("./spanrec-state")  # write-ahead log and storage outbox
     metrics_listen: str | None = None          # HOST:PORT of the Prometheus scrape endpoint
     otlp_endpoint: str | None = None           # OTLP/gRPC collector for metrics and traces
+    audio_format: Literal["wav", "flac", "opus"] = "wav"   # audio.wav | audio.flac | audio.opus
+    # recording rules (controller/rules.py): a table ([controller.record_rules], or JSON in
+    # SPANREC_RECORD_RULES), and single settings that replace one of its fields
+    record_rules: Annotated[dict[str, Any] | None, NoDecode] = None
+    no_record_header: str | None = None        # skip_header ("" or "none": no header rule)
+    record_only: Annotated[tuple[str, ...], NoDecode] = ()     # include (comma list in the env)
+    record_exclude: Annotated[tuple[str, ...], NoDecode] = ()  # exclude (comma list in the env)
+    record_default: Literal["record", "signalling-only"] | None = None
 
     _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
+
+    @field_validator("record_rules", mode="before")
+    @classmethod
+    def _parse_record_rules(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        if v is not None and not isinstance(v, dict):
+            raise ValueError("expected a table (TOML) or a JSON object")
+        return v
+
+    @field_validator("record_only", "record_exclude", mode="before")
+    @classmethod
+    def _split_patterns(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ControllerSettings:
+        try:
+            self.recording_rules()
+        except RulesError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def recording_rules(self) -> RecordingRules:
+        """The rules: the record_rules table with the single settings over it."""
+        data = {str(k).replace("-", "_"): v for k, v in (self.record_rules or {}).items()}
+        if self.no_record_header is not None:
+            data["skip_header"] = self.no_record_header
+        if self.record_only:
+            data["include"] = list(self.record_only)
+        if self.record_exclude:
+            data["exclude"] = list(self.record_exclude)
+        if self.record_default is not None:
+            data["default"] = self.record_default
+        return RecordingRules.from_dict(data)
 
     @field_validator("leg_headers", mode="before")
     @classmethod
@@ -117,7 +167,13 @@ def _read_file(path: str | None, section: str) -> dict[str, Any]:
     values = data.get(section, data)
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path}: [{section}] must be a table")
-    return {k.replace("-", "_"): v for k, v in values.items() if not isinstance(v, dict)}
+    tables = _TABLES.get(section, ())
+    return {k.replace("-", "_"): v for k, v in values.items()
+            if not isinstance(v, dict) or k.replace("-", "_") in tables}
+
+
+#: settings that are tables in the config file ([controller.record_rules])
+_TABLES = {"controller": ("record_rules",)}
 
 
 def load(cls: type[_Base], section: str, config_file: str | None, flags: dict[str, Any]) -> Any:
@@ -131,5 +187,7 @@ def load(cls: type[_Base], section: str, config_file: str | None, flags: dict[st
         return cls(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
+        if not err["loc"]:  # a check across settings (recording rules): its own message
+            raise ConfigError(f"invalid settings: {err['msg'].removeprefix('Value error, ')}") from None
         where = ".".join(str(p) for p in err["loc"]) or "settings"
         raise ConfigError(f"invalid setting {where!r}: {err['msg']}") from None

@@ -20,21 +20,27 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
+import tempfile
 import re
 import struct
 from collections import deque
 from itertools import count
+from pathlib import Path
 
 from protocols.errors import DecodeError
 from protocols.layers import Decoded
-from protocols.sip import looks_like_sip, parse_sip
-from storage.layout import recording_id
+from protocols.sip import SipMessage, looks_like_sip, parse_sip
+from storage.layout import prefix_date, recording_id, recording_prefix
 
 from controller.calltable import Call, CallTable
 from controller.dialogs import Dialog, parse_truncated
 from controller.finalize import FinishedCall, iso_time
+from controller.late import LateCatcher, LateFrames
 from controller.legs import BY_MEDIA, Leg, LegLinker, MediaCorrelator
+from controller.rules import RecordingRules
 from controller.settings import CallConfig
+from controller.spill import CallSpill, FrameStore, TimeStore
 from controller.streams import NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_media
 from controller.tcpstream import BROKEN, FIN, MESSAGE, RST, SYN, Chunk, TcpLimits, TcpReassembler
 
@@ -76,9 +82,21 @@ class CallEngine:
             "sip_messages", "sip_retransmissions", "sip_errors", "sip_ignored", "sip_after_end",
             "sdp_errors", "rtp_packets", "rtp_unmatched", "rtp_errors", "rtcp_packets",
             "media_other", "relay_legs", "fragments", "sip_reassembled", "calls_started", "calls_finished",
-            "internal_errors", "legs_merged", "copies_dropped"), 0)
+            "internal_errors", "legs_merged", "copies_dropped", "calls_not_recorded",
+            "late_packets"), 0)
+        self._late = LateCatcher(int(self.config.late_window_s * _NS), self._linger_ns)
+        self._late_hit = None     # set by _sip_message for a message of a finished call
+        #: recording rules (controller/rules.py) for calls that start from now on; may be
+        #: replaced at any time (etcd runtime config): each leg is decided once
+        self.rules: RecordingRules = self.config.record_rules
+        self._not_recorded: dict[str, str] = {}  # leg Call-ID -> why its media is not kept
+        self._provisional: set[str] = set()      # legs decided on a truncated message
         self._linker = LegLinker(self.table, self.config.leg_headers, self._recent, self._merge)
         self._media_corr = MediaCorrelator() if self.config.merge_by_media else None
+        self._spill_frames = max(1, self.config.spill_frames)
+        self._spill_dir = self.config.spill_dir or Path(tempfile.gettempdir()) / f"spanrec-spill-{os.getpid()}"
+        self._spill_serial = count()
+        self.spilled_calls = 0
         self._rtp_finished = 0  # RTP packets of finished calls (active ones: their streams)
         # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
         self._ssrc_owners: dict[int, dict[int, tuple[Call, int, dict, str]]] = {}
@@ -111,6 +129,12 @@ class CallEngine:
                     return True
                 if d.is_fragment and d.sport == 0 and d.dport == 0:
                     return self._fragment(ts_ns, sensor_id, linktype, data, d)
+                if self._late:
+                    late = self._late.by_endpoint(d.dst, d.dport, d.src, d.sport)
+                    if late is not None:   # media of a call already finished
+                        self._late.add(late, ts_ns, data)
+                        self._c["late_packets"] += 1
+                        return True
                 if d.payload_len >= 12 and 0x80 <= data[d.payload_offset] < 0xC0:
                     return self._unmatched_rtp(ts_ns, sensor_id, linktype, data, d)
             elif d.proto == 6:
@@ -160,6 +184,7 @@ class CallEngine:
                                                                        ep.leg)
         elif code == RTCP:
             ep.call.rtcp_packets += 1
+            ep.call.rtcp_frames.append(ep.call.frames_held - 1)  # just appended (quality.py)
             c["rtcp_packets"] += 1
         elif code == NOT_RTP:
             ep.call.media_other += 1
@@ -218,7 +243,13 @@ class CallEngine:
         """One SIP datagram (UDP, or the first IP fragment of one)."""
         call, leg = self._sip_message(ts_ns, linktype, payload, d.is_fragment)
         if call is None:
-            return False
+            late = self._late_hit
+            if late is None:
+                return False
+            self._late_hit = None
+            self._late.add(late, ts_ns, data)
+            self._c["late_packets"] += 1
+            return True
         call.add_frame(ts_ns, sensor_id, linktype, data)
         if leg is not None:
             if d.is_fragment and d.ip_id is not None:
@@ -261,6 +292,12 @@ class CallEngine:
         call = self.table.get(call_id)
         leg = call.legs.get(call_id) if call is not None else None
         if leg is None:
+            if call is None and self._late:
+                late = self._late.by_call_id(call_id)
+                if late is not None:       # a message of a call already finished
+                    c["sip_after_end"] += 1
+                    self._late_hit = late
+                    return None, None
             if cseq_method not in _CALL_START:
                 c["sip_ignored"] += 1
                 return None, None
@@ -277,6 +314,9 @@ class CallEngine:
                 leg = Leg(call_id, Dialog(), ts_ns)
                 self.table.add_leg(call, leg)
                 c["legs_merged"] += 1
+            self._decide(call, call_id, msg, truncated)
+        elif reassembled and call_id in self._provisional:
+            self._decide(call, call_id, msg, False)   # the whole message: all its headers
         leg.last_ns = ts_ns
         dialog = leg.dialog
         repeat = dialog.is_repeat(msg, cseq, cseq_method, not reassembled)
@@ -308,9 +348,53 @@ class CallEngine:
         self.table.merge(keep, other, flip)
         if self._media_corr is not None:
             self._media_corr.forget(other)
+        if self._not_recorded:
+            self._check_recorded(keep)
         self._c["legs_merged"] += len(other.legs)
         self._schedule(keep, self._deadline(keep))
         return keep
+
+    # -- recording rules (controller/rules.py) ---------------------------------
+    def _decide(self, call: Call, call_id: str, msg: SipMessage, truncated: bool) -> None:
+        """A new leg: record its media or not, by the rules in force now.  A leg
+        decided on a truncated message (first IP fragment) is decided again on the
+        reassembled one.  The call follows its root leg's decision."""
+        decision = self.rules.decide(msg.from_uri, msg.to_uri, msg.headers)
+        if truncated:
+            self._provisional.add(call_id)
+        else:
+            self._provisional.discard(call_id)
+        if decision.record:
+            self._not_recorded.pop(call_id, None)
+        else:
+            self._not_recorded[call_id] = decision.reason or "not recorded"
+            self._check_recorded(call)
+
+    def _not_recorded_reason(self, call: Call) -> str | None:
+        """Why the call's media is not recorded (its root leg's decision), or None."""
+        return self._not_recorded.get(call.root.call_id)
+
+    def _check_recorded(self, call: Call) -> None:
+        """A call whose root leg is not recorded but that has media mapped (that
+        leg joined or was merged in later): unmap its media so no more RTP is
+        kept; finalize leaves what was kept out of the recording."""
+        if not call.endpoints or self._not_recorded_reason(call) is None:
+            return
+        media = self.table.media
+        for key in call.endpoints:
+            ep = media.get(key)
+            if ep is not None and ep.call is call:
+                del media[key]
+        call.endpoints.clear()   # nor caught as late media once the call is finished
+        for stream in call.streams.values():
+            owners = self._ssrc_owners.get(stream.ssrc)
+            if owners is not None:
+                owners.pop(id(call), None)
+                if not owners:
+                    del self._ssrc_owners[stream.ssrc]
+        call.probe_media = False
+        if self._media_corr is not None:
+            self._media_corr.forget(call)
 
     def _broken_sip_call(self, payload: bytes) -> Call | None:
         """Malformed SIP of a known call (found by its Call-ID header) stays in its pcap."""
@@ -390,6 +474,8 @@ class CallEngine:
         call.last_ns = last
 
     def _register_sdp(self, call: Call, side: int, body: bytes, leg: Leg) -> None:
+        if self._not_recorded and self._not_recorded_reason(call) is not None:
+            return  # signalling only: its media is never mapped, so no RTP is kept
         try:
             media = sdp_media(body)
         except DecodeError:
@@ -474,6 +560,7 @@ class CallEngine:
                 if child.relation is None:
                     child.relation = (first.root.call_id, BY_MEDIA)
                 self._merge(first, second, flip)
+        self._spill()
         out: list[FinishedCall] = []
         heap = self._heap
         while heap and heap[0][0] <= now_ns:
@@ -487,6 +574,46 @@ class CallEngine:
             out.append(self._finish(call, now_ns, "timeout"))
         self._expire(now_ns)
         return out
+
+    def late_due(self, now_ns: int, everything: bool = False) -> list[LateFrames]:
+        """Packets of finished calls, ready to be added to their recordings."""
+        return self._late.due(now_ns, everything) if self._late or everything else []
+
+    def late_oldest(self) -> int:
+        """Capture time of the oldest late packet not yet handed out (or a huge value)."""
+        return self._late.oldest()
+
+    def close(self) -> None:
+        """Remove the spill folder if this engine made it and it is empty."""
+        if self.config.spill_dir is None:
+            try:
+                self._spill_dir.rmdir()
+            except OSError:
+                pass
+
+    def _spill(self) -> None:
+        """Move the frames of calls holding too many to their spill files."""
+        limit = self._spill_frames
+        for call in self.table.calls():
+            if len(call.frame_data) < limit or call.done:
+                continue
+            spill = call.spill
+            if spill is None:
+                spill = call.spill = CallSpill(self._spill_dir, f"{next(self._spill_serial)}")
+                self.spilled_calls += 1
+            spill.spill_frames(call.frame_ts, call.frame_data)
+            call.frame_base += len(call.frame_data)
+            call.frame_data.clear()
+            call.frame_ts.clear()
+            for stream in call.streams.values():
+                for run in stream.by_pt.values():
+                    if run.refs:
+                        offset, n = spill.spill_run(run.refs, run.timestamps)
+                        run.spilled.append((offset, n, 0))
+                        run.n_spilled += n
+                        run.probed = max(0, run.probed - n)
+                        del run.refs[:]
+                        del run.timestamps[:]
 
     def finish_all(self, reason: str = "capture-end") -> list[FinishedCall]:
         """End every active call (capture over, shutdown)."""
@@ -532,6 +659,9 @@ class CallEngine:
                 owners.pop(id(call), None)
                 if not owners:
                     del self._ssrc_owners[stream.ssrc]
+        rid = recording_id(call.first_call_id, call.started_ns)
+        self._late.register(rid, recording_prefix(prefix_date(call.started_ns), rid), call.linktype,
+                            call.call_ids, call.endpoints, now_ns)
         until = now_ns + self._recent_ns
         for cid in call.call_ids:
             self._recent[cid] = until
@@ -542,6 +672,13 @@ class CallEngine:
         for leg in legs:
             leg.dialog.close(call.last_ns, reason)  # keeps an earlier end (BYE ...)
         dialog = _summary_dialog(legs)
+        why_not = self._not_recorded.get(legs[0].call_id) if self._not_recorded else None
+        if self._not_recorded or self._provisional:
+            for leg in legs:
+                self._not_recorded.pop(leg.call_id, None)
+                self._provisional.discard(leg.call_id)
+        if why_not is not None:
+            self._c["calls_not_recorded"] += 1
         streams = sorted(call.streams.values(), key=lambda s: s.first_ns)
         for s in streams:
             for pt, enc in s.rtpmap.items():
@@ -560,13 +697,17 @@ class CallEngine:
             ended_ns=max(leg.dialog.ended_ns for leg in legs if leg.dialog.ended_ns is not None),
             sensors=sorted(call.sensors),
             linktype=call.linktype,
-            frame_ts=call.frame_ts,
-            frame_data=call.frame_data,
+            frame_ts=call.frame_ts if call.spill is None else TimeStore(call.spill, call.frame_ts),
+            frame_data=call.frame_data if call.spill is None else FrameStore(call.spill, call.frame_data),
             other_linktype=call.other_linktype,
+            rtcp_frames=call.rtcp_frames,
             streams=streams,
             rtpmap=rtpmap,
             legs=legs,
             copies=dict(call.copies),
+            spill=call.spill,
+            recorded=why_not is None,
+            not_recorded_reason=why_not,
             counts={
                 "sip_messages": sum(leg.dialog.messages for leg in legs),
                 "sip_retransmissions": sum(leg.dialog.retransmissions for leg in legs),
@@ -579,7 +720,7 @@ class CallEngine:
         )
         # the frames now belong to the recording; a TCP stream may still name this call
         # for a while (a late retransmission): it must not keep them alive
-        call.frame_ts, call.frame_data, call.tcp_frames = [], [], None
+        call.frame_ts, call.frame_data, call.tcp_frames, call.spill = [], [], None, None
         return finished
 
     # -- status ---------------------------------------------------------------
@@ -595,7 +736,7 @@ class CallEngine:
                 "to": dialog.to_uri,
                 "status": dialog.live_status(),
                 "started_at": iso_time(call.started_ns),
-                "packets": len(call.frame_data),
+                "packets": call.frames_held,
             })
         return out
 

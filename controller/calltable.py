@@ -9,10 +9,12 @@ one turns out to belong to the other.
 """
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 
 from controller.dialogs import Dialog
 from controller.legs import Leg, LegKey
+from controller.spill import CallSpill
 from controller.streams import MediaEndpoint, RtpStream, SdpMedia
 
 __all__ = ["Call", "CallTable"]
@@ -26,7 +28,7 @@ class Call:
     __slots__ = ("legs", "started_ns", "last_ns", "linktype", "frame_ts", "frame_data",
                  "other_linktype", "sensors", "last_sensor", "streams", "endpoints", "media_addrs",
                  "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done", "tcp_frames",
-                 "aliases", "keys", "copies", "probe_media")
+                 "aliases", "keys", "copies", "probe_media", "frame_base", "spill", "rtcp_frames")
 
     def __init__(self, call_id: str, ts_ns: int, linktype: int) -> None:
         self.legs: dict[str, Leg] = {call_id: Leg(call_id, Dialog(), ts_ns)}
@@ -42,6 +44,7 @@ class Call:
         self.endpoints: list[tuple[bytes, int]] = []
         self.media_addrs: set[bytes] = set()  # every IP its SDPs announced
         self.rtcp_packets = 0
+        self.rtcp_frames: list[int] = []      # frame indexes of its RTCP packets (quality.py)
         self.media_other = 0                  # non-RTP datagrams on media ports
         self.sip_packets = 0
         self.sip_errors = 0
@@ -51,6 +54,8 @@ class Call:
         self.keys: set[LegKey] = set()        # correlation keys registered in the table
         self.copies: dict[str, int] = {}      # sensor -> mirror copies dropped (SIP, RTCP, RTP)
         self.probe_media = True               # MediaCorrelator looks at its streams
+        self.frame_base = 0                   # frames before the in-memory ones: spilled
+        self.spill: CallSpill | None = None   # controller/spill.py, for long calls
 
     def add_frame(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes) -> int:
         """Keep a packet for call.pcap; returns its frame index."""
@@ -60,9 +65,15 @@ class Call:
         if sensor_id != self.last_sensor:
             self.sensors.add(sensor_id)
             self.last_sensor = sensor_id
+        idx = self.frame_base + len(self.frame_data) - 1
         if linktype != self.linktype:
-            self.other_linktype.append(len(self.frame_data) - 1)
-        return len(self.frame_data) - 1
+            self.other_linktype.append(idx)
+        return idx
+
+    @property
+    def frames_held(self) -> int:
+        """Frames of the call so far (spilled and in memory)."""
+        return self.frame_base + len(self.frame_data)
 
     @property
     def call_ids(self) -> list[str]:
@@ -151,19 +162,35 @@ class CallTable:
         payload references of other's streams are shifted by the frame offset.
         `flip`: other's legs run the other way (its callee is keep's caller).
         """
-        offset = len(keep.frame_data)
+        offset = keep.frames_held
+        runs_shift = 0
+        if other.spill is not None:
+            # other's spilled frames follow keep's frames on keep's spill file
+            if keep.spill is None:
+                keep.spill = CallSpill(other.spill.path.parent, other.spill.path.stem + "-m")
+            if keep.frame_data:
+                keep.spill.spill_frames(keep.frame_ts, keep.frame_data)
+                keep.frame_base += len(keep.frame_data)
+                keep.frame_data.clear()
+                keep.frame_ts.clear()
+            runs_shift = keep.spill.absorb(other.spill)
+            keep.frame_base += other.frame_base
+            other.spill = None
         keep.frame_data.extend(other.frame_data)
         keep.frame_ts.extend(other.frame_ts)
+        n_other = other.frames_held
         if other.linktype != keep.linktype:
             # one pcap has one link type: other's frames are all of another one
-            keep.other_linktype.extend(range(offset, offset + len(other.frame_data)))
+            keep.other_linktype.extend(range(offset, offset + n_other))
         else:
             keep.other_linktype.extend(offset + i for i in other.other_linktype)
         shift = offset << _REF_FRAME_SHIFT
         for key, stream in other.streams.items():
-            if shift:
-                for run in stream.by_pt.values():
-                    run.refs = [r + shift if r >= 0 else r for r in run.refs]
+            for run in stream.by_pt.values():
+                if shift:
+                    run.refs = array("q", (r + shift if r >= 0 else r for r in run.refs))
+                if run.spilled:
+                    run.spilled = [(o + runs_shift, n, sh + offset) for o, n, sh in run.spilled]
             if flip:
                 stream.sender = 1 - stream.sender
             k = key
@@ -195,6 +222,7 @@ class CallTable:
         keep.last_ns = max(keep.last_ns, other.last_ns)
         keep.sensors |= other.sensors
         keep.rtcp_packets += other.rtcp_packets
+        keep.rtcp_frames.extend(offset + i for i in other.rtcp_frames)
         keep.media_other += other.media_other
         keep.sip_packets += other.sip_packets
         keep.sip_errors += other.sip_errors

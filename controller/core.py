@@ -12,6 +12,7 @@ partial copy of one whose first packets were in a segment already deleted.
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -24,12 +25,15 @@ from controller.calls import CallConfig, CallEngine
 from controller.dedup import DedupConfig, Deduplicator
 from controller.hints import MediaHints
 from controller.finalize import build_recording
+from controller.late import LateFrames
 from controller.order import Packet, TimeMerger
 from protocols.errors import DecodeError
 from protocols.layers import decode
+from protocols.pcapfile import pcap_bytes
 from protocols.fragments import Reassembler
 from controller.wal import BATCH, END, DISCONNECT, HELLO, SNAPSHOT, STORED, WalError, WriteAheadLog
 from storage.base import RecordingStore, StorageError
+from storage.layout import CALL_JSON
 
 log = logging.getLogger("spanrec.controller")
 
@@ -70,6 +74,7 @@ class RecordingWriter:
         self.store = store
         self.on_done = on_done      # on_done(call, recording or None) after each attempt
         self.telemetry = None       # controller.telemetry.Telemetry, when exported
+        self.audio_format = "wav"   # wav | flac | opus (settings.audio_format)
         self.written = 0
         self.errors = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
@@ -77,6 +82,36 @@ class RecordingWriter:
         self._count_lock = threading.Lock()
         for i in range(threads):
             threading.Thread(target=self._run, name=f"spanrec-writer-{i}", daemon=True).start()
+
+    def _write_late(self, late: LateFrames) -> None:
+        """Adds late packets to their stored recording: late-N.pcap, and call.json
+        counting them (``late_packets``, ``late_dropped``, ``late_files``)."""
+        try:
+            meta = None
+            with self._count_lock:
+                for summary in reversed(self.recent):
+                    if summary.get("id") == late.recording_id:
+                        meta = summary
+                        break
+            if meta is None:
+                meta = json.loads(self.store.get(late.prefix, CALL_JSON))
+            doc = {k: v for k, v in meta.items() if k != "location"}
+            files = list(doc.get("late_files", []))
+            name = f"late-{len(files) + 1}.pcap"
+            doc["late_packets"] = doc.get("late_packets", 0) + len(late.frames)
+            doc["late_dropped"] = doc.get("late_dropped", 0) + late.dropped
+            doc["late_files"] = files + [name]
+            self.store.add(late.prefix, {
+                name: pcap_bytes(late.frames, late.linktype),
+                CALL_JSON: json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8")})
+            meta.update({k: doc[k] for k in ("late_packets", "late_dropped", "late_files")})
+            log.info("late packets added to a recording", extra={
+                "recording_id": late.recording_id, "packets": len(late.frames), "file": name})
+        except Exception as exc:  # noqa: BLE001 - late packets must not stop the writer
+            with self._count_lock:
+                self.errors += 1
+            log.error("late packets not stored", extra={"recording_id": late.recording_id,
+                                                         "error": str(exc)})
 
     def submit(self, calls: list) -> None:
         for call in calls:
@@ -89,12 +124,18 @@ class RecordingWriter:
     def _run(self) -> None:
         while True:
             call = self._queue.get()
+            if isinstance(call, LateFrames):
+                try:
+                    self._write_late(call)
+                finally:
+                    self._queue.task_done()
+                continue
             stored = None
             rec = None
             t0 = time.monotonic()
             t1 = t0
             try:
-                rec = build_recording(call)
+                rec = build_recording(call, self.audio_format)
                 t1 = time.monotonic()
                 location = self.store.put(rec.prefix, rec.files)
                 summary = dict(rec.metadata)
@@ -126,6 +167,7 @@ class RecordingWriter:
                         self.on_done(call, stored)
                     except Exception:  # noqa: BLE001
                         log.exception("recording bookkeeping failed")
+                call.release()       # a long call's spill files (the store has its copy)
                 self._queue.task_done()
 
 
@@ -288,6 +330,7 @@ class Recorder:
                     len(self.sensors) >= self.merger.expected_sources:
                 self._process(self.merger.release(drain=True))
                 self._submit(self.engine.finish_all("capture-end"))
+                self.writer.submit(self.engine.late_due(0, everything=True))
                 self.all_replays_done.set()
             if self.wal is not None and not self._replaying:
                 self.wal.sync()      # the sensor forgets its batches after our answer
@@ -303,6 +346,7 @@ class Recorder:
                 # result (and call.pcap's order of equal timestamps) never depends
                 # on wall-clock timing
                 self._submit(self.engine.advance(mark, correlate=False))
+                self.writer.submit(self.engine.late_due(mark))
             if self.wal is not None:
                 keep = self._keep_ts()
         if keep is not None:
@@ -313,7 +357,9 @@ class Recorder:
         with self._lock:
             self._process(self.merger.release(drain=True))
             self._submit(self.engine.finish_all("capture-end"))
+            self.writer.submit(self.engine.late_due(0, everything=True))
         self.writer.join()
+        self.engine.close()
         if self.wal is not None:
             with self._lock:
                 # every call is written: only the sensors' sessions are still needed
@@ -394,6 +440,7 @@ class Recorder:
         for call in self.engine.table.calls():
             if call.started_ns < keep:
                 keep = call.started_ns
+        keep = min(keep, self.engine.late_oldest())    # late packets not yet written
         with self._book_lock:
             if self._pending_writes:
                 keep = min(keep, min(self._pending_writes.values()))
@@ -514,6 +561,9 @@ class Recorder:
             if ts >= next_advance:
                 next_advance = ts + _SECOND
                 self._submit(self.engine.advance(ts))
+                late = self.engine.late_due(ts)
+                if late:
+                    self.writer.submit(late)
                 active = len(self.engine.active())
                 if active > self.peak_active_calls:
                     self.peak_active_calls = active

@@ -28,6 +28,8 @@ import re
 from protocols.errors import SipError
 from protocols.sip import SipMessage, parse_sip
 
+from controller.dtmf import note_info
+from controller.hold import note_media
 from controller.streams import CALLEE, CALLER, sdp_body
 
 BUSY_CODES = frozenset((486, 600))
@@ -45,7 +47,8 @@ class Dialog:
 
     __slots__ = ("caller_tag", "from_uri", "to_uri", "have_invite", "invite_cseq", "reinvites",
                  "cancel_seen", "challenge", "answered_ns", "final_response", "status",
-                 "ended_ns", "end_reason", "seen", "phase", "messages", "retransmissions")
+                 "ended_ns", "end_reason", "seen", "phase", "messages", "retransmissions",
+                 "info_log", "media_log")
 
     def __init__(self) -> None:
         self.caller_tag: str | None = None
@@ -65,6 +68,9 @@ class Dialog:
         self.phase = "setup"              # for the live view: setup, ringing, early, answered, ended
         self.messages = 0                 # distinct messages
         self.retransmissions = 0
+        # call features (issue #5): small logs read at finalize time
+        self.info_log: list[tuple] = []   # DTMF SIP INFO bodies (controller/dtmf.py)
+        self.media_log: list[tuple] = []  # SDP directions, rejections (controller/hold.py)
 
     # -- identification ---------------------------------------------------
     def is_repeat(self, msg: SipMessage, cseq: int, method: str, count: bool = True) -> bool:
@@ -106,6 +112,11 @@ class Dialog:
                 self._request(msg, ts_ns, cseq)
             elif method == "INVITE":
                 self._invite_response(msg, ts_ns, cseq)
+            # call features (issue #5): DTMF by SIP INFO, hold/resume by SDP
+            if msg.is_request and msg.method == "INFO":
+                note_info(self.info_log, ts_ns, self.sender(msg), msg)
+            else:
+                note_media(self.media_log, ts_ns, self.sender(msg), msg, cseq, method)
         if msg.body and (msg.is_request and msg.method in SDP_REQUESTS
                          or not msg.is_request and method in SDP_REQUESTS and msg.status is not None
                          and 180 <= msg.status < 300):

@@ -1,37 +1,52 @@
 """Turns a finished call into its recording files: call.json, call.pcap, audio.wav.
 
 Runs off the packet path (the controller's writer thread), so this is where
-the per-stream work happens: each stream chosen for audio is decoded once,
-with numpy, from payload references into the frames kept for call.pcap.
+the per-stream work happens: the streams chosen for audio are decoded, from
+payload references into the frames kept for call.pcap, and written chunk by
+chunk (controller/timeline.py, controller/audio.py, controller/codecs.py).
 
 Audio convention (what users rely on): channel 0 = what the original caller
-sent, channel 1 = what the final callee sent.  When several streams carry one
-direction (a media relay or a B2BUA shows the same audio on two legs, seen by
-one sensor or several), the one that was received best is used — most audio
-packets, then fewest lost, then earliest — marked ``used_for_audio``, and the
-choice is written in ``audio.sources``.  A direction whose codec cannot be
-decoded is silent; with no decodable direction there is no audio.wav.
+sent, channel 1 = what the final callee sent.  When several streams carry the
+same audio of one direction (a media relay or a B2BUA shows it on two legs,
+seen by one sensor or several), the one that was received best is used — most
+audio packets, then fewest lost, then earliest; streams that follow each other
+in time (SSRC change, transfer) continue the channel.  Those used are marked
+``used_for_audio`` and listed in ``audio.sources``.  A stream whose codec
+cannot be decoded is ``"decoded": false`` and silent; with no decodable
+direction there is no audio file.  The file is audio.wav (16-bit PCM) unless
+``audio_format`` asks for audio.flac or audio.opus.
 """
 from __future__ import annotations
 
+import heapq
+import io
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from protocols.layers import ip_to_str
-from protocols.pcapfile import pcap_bytes
-from storage.layout import (AUDIO_WAV, CALL_JSON, CALL_PCAP, prefix_date, recording_id,
+from protocols.errors import DecodeError
+from protocols.layers import decode, ip_to_str
+from protocols.pcapfile import pcap_bytes, write_pcap
+from protocols.sip import looks_like_sip
+from storage.layout import (CALL_JSON, CALL_PCAP, audio_file_name, prefix_date, recording_id,
                             recording_prefix)
 
-from controller.audio import CODECS, DecodedStream, build_stereo, decode_stream, wav_bytes
+from controller.dtmf import call_dtmf
+from controller.hold import call_hold
 from controller.legs import Leg
-from controller.streams import CALLEE, CALLER, SIDE_NAMES, RtpStream, unpack_ref
+from controller.quality import call_quality
+from controller.spill import CallSpill, load_runs
+from controller.streams import SIDE_NAMES, RtpStream
+from controller.timeline import Channel, Rendered, plan_audio, render_audio
 
 __all__ = ["FinishedCall", "Recording", "build_recording", "iso_time"]
 
-SAMPLE_RATE = 8000
 _NS = 1_000_000_000
+_MAX_SEGMENTS = 100     # audio.sources lists at most this many segments per channel
+log = logging.getLogger("spanrec.finalize")
 
 
 @dataclass
@@ -59,6 +74,16 @@ class FinishedCall:
     legs: list[Leg] = field(default_factory=list)      # root leg first
     copies: dict[str, int] = field(default_factory=dict)  # sensor -> mirror copies dropped
     sites: dict[str, str] = field(default_factory=dict)   # sensor -> site (set by the Recorder)
+    spill: CallSpill | None = None   # a long call's frames on disk (deleted by `release`)
+    recorded: bool = True            # False: recording rules said signalling only (rules.py)
+    not_recorded_reason: str | None = None
+    rtcp_frames: list[int] = field(default_factory=list)  # frame indexes of RTCP (quality.py)
+
+    def release(self) -> None:
+        """The recording is stored (or given up): delete the spill files."""
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
 
 
 @dataclass
@@ -66,7 +91,7 @@ class Recording:
     recording_id: str
     prefix: str
     started_at: datetime
-    files: dict[str, bytes]
+    files: dict[str, bytes | Path]   # a Path: a (large) file to store, deleted with the spill
     metadata: dict[str, Any]
 
 
@@ -85,84 +110,46 @@ def _endpoint(addr: bytes, port: int) -> str:
 
 
 @dataclass
-class _Channel:
-    stream: RtpStream
-    pt: int
-    codec: str | None
-    decoded: DecodedStream | None = None
-    start_ns: int | None = None
+class _Audio:
+    """What the audio of a call came out as (controller/timeline.py has the rules)."""
+
+    channels: dict[int, Channel]        # side -> streams, segments and pieces used
+    rendered: Rendered | None = None    # None: nothing decodable, no audio file
+    name: str | None = None
+    data: bytes | Path | None = None
+    used: set[int] = field(default_factory=set)     # id() of the streams heard in the file
 
 
-def _pick_streams(call: FinishedCall) -> dict[int, RtpStream]:
-    """Per direction, the stream received best: most audio packets, then fewest
-    lost, then the earliest (streams are sorted by first packet)."""
-    best: dict[int, tuple[tuple[int, int], RtpStream]] = {}
-    for s in call.streams:
-        n = s.audio_packets(call.rtpmap)
-        if not n:
-            continue
-        score = (n, -s.lost)
-        if s.sender not in best or score > best[s.sender][0]:
-            best[s.sender] = (score, s)
-    return {side: s for side, (_, s) in best.items()}
-
-
-def _decode(call: FinishedCall, ch: _Channel) -> None:
-    """Decode one channel's stream if its codec is known; leaves decoded=None otherwise."""
-    enc = ch.stream.encoding(ch.pt, call.rtpmap)
-    if enc is None or ch.codec is None:
-        return
-    spec = CODECS.get(ch.codec)
-    if spec is None or enc[1] != spec.clock_rate or spec.sample_rate != SAMPLE_RATE:
-        return
-    run = ch.stream.by_pt[ch.pt]
-    frames = call.frame_data
-    timestamps: list[int] = []
-    payloads: list[bytes] = []
-    for ts, ref in zip(run.timestamps, run.refs):
-        if ref < 0:
-            continue
-        idx, start, end = unpack_ref(ref)
-        timestamps.append(ts)
-        payloads.append(frames[idx][start:end])
-    if not payloads:
-        return
+def _audio(call: FinishedCall, fmt: str) -> _Audio:
+    """Decode and write the call's audio (channel 0 caller, 1 callee) as `fmt`: into
+    memory, or for a long call (spilled) into a file beside its spill files."""
+    out = _Audio(plan_audio(call))
+    if not out.channels:
+        return out
+    name = audio_file_name(fmt)
     try:
-        ds = decode_stream(ch.codec, timestamps, payloads, spec.clock_rate)
-    except (ValueError, KeyError):
-        return
-    # capture time of sample 0: the first packet's time minus how far its
-    # timestamp lies after the stream's earliest one
-    ahead = (timestamps[0] - ds.origin_ts) * _NS // spec.clock_rate
-    ch.decoded = ds
-    ch.start_ns = run.first_ns - ahead
+        if call.spill is not None:
+            path = call.spill.path.with_suffix(Path(name).suffix)
+            call.spill.outputs.append(path)
+            out.rendered = render_audio(call, out.channels, fmt, str(path))
+            out.data = path
+        else:
+            buf = io.BytesIO()
+            out.rendered = render_audio(call, out.channels, fmt, buf)
+            out.data = buf.getvalue()
+    except Exception:  # noqa: BLE001 - the call is still recorded, without audio
+        log.exception("audio not written", extra={"call_id": call.call_ids[0]})
+        out.rendered = None
+    if out.rendered is None:
+        out.data = None
+    else:
+        out.name = name
+        out.used = {id(call.streams[i]) for ch in out.channels.values() for i in ch.decoded_streams()}
+    return out
 
 
-def _audio(call: FinishedCall) -> tuple[dict[int, _Channel], bytes | None]:
-    channels: dict[int, _Channel] = {}
-    for side, stream in _pick_streams(call).items():
-        pt = stream.audio_pt(call.rtpmap)
-        if pt is None:
-            continue
-        enc = stream.encoding(pt, call.rtpmap)
-        ch = _Channel(stream, pt, enc[0].upper() if enc else None)
-        _decode(call, ch)
-        channels[side] = ch
-    left = channels.get(CALLER)
-    right = channels.get(CALLEE)
-    have_left = left is not None and left.decoded is not None
-    have_right = right is not None and right.decoded is not None
-    if not (have_left or have_right):
-        return channels, None
-    stereo = build_stereo(left.decoded if have_left else None, left.start_ns if have_left else None,
-                          right.decoded if have_right else None, right.start_ns if have_right else None,
-                          SAMPLE_RATE)
-    return channels, wav_bytes(stereo, SAMPLE_RATE)
-
-
-def _stream_meta(call: FinishedCall, s: RtpStream, channels: dict[int, _Channel]) -> dict[str, Any]:
-    ch = channels.get(s.sender)
-    used = ch is not None and ch.stream is s
+def _stream_meta(call: FinishedCall, s: RtpStream, audio: _Audio) -> dict[str, Any]:
+    used = id(s) in audio.used
     pt = s.audio_pt(call.rtpmap)
     if pt is None:
         pt = s.first_pt()
@@ -177,8 +164,8 @@ def _stream_meta(call: FinishedCall, s: RtpStream, channels: dict[int, _Channel]
         "packets": s.packets,
         "lost": s.lost,
         "duplicates": s.duplicates,
-        "decoded": bool(used and ch is not None and ch.decoded is not None),
-        "used_for_audio": bool(used and ch is not None and ch.decoded is not None),
+        "decoded": used,
+        "used_for_audio": used,
         "call_id": s.leg or None,
         "sensors": sorted(s.sensors),
         "copies_dropped": sum(s.copies.values()),
@@ -186,25 +173,54 @@ def _stream_meta(call: FinishedCall, s: RtpStream, channels: dict[int, _Channel]
     }
 
 
-def _audio_sources(call: FinishedCall, channels: dict[int, _Channel]) -> dict[str, Any]:
-    """Which stream each channel was taken from, among how many candidates, and why."""
+def _audio_sources(call: FinishedCall, audio: _Audio) -> dict[str, Any]:
+    """Per channel: the stream it was mainly taken from (most packets), among how many
+    candidates and why, and every segment in time order (SSRC/codec changes)."""
     out: dict[str, Any] = {}
-    for side, ch in sorted(channels.items()):
-        if ch.decoded is None:
+    r = audio.rendered
+    assert r is not None
+    for side, ch in sorted(audio.channels.items()):
+        decoded = ch.decoded_streams()
+        if not decoded:
             continue
-        s = ch.stream
-        candidates = sum(1 for o in call.streams if o.sender == side and o.audio_packets(call.rtpmap))
+        main = ch.main if ch.main in decoded else max(decoded, key=lambda i: (ch.packets[i], -i))
+        s = call.streams[main]
+        n = ch.candidates
+        reason = "only stream" if n == 1 else "most packets received, fewest lost"
+        if len(ch.streams) > 1:
+            reason += "; streams that follow it in time continue the channel"
+        segments = []
+        for seg in ch.segments:
+            st = call.streams[seg.stream]
+            for p in seg.pieces:
+                off = r.offsets.get(id(p))
+                segments.append({
+                    "stream": seg.stream,
+                    "ssrc": st.ssrc,
+                    "src": _endpoint(st.src, st.sport),
+                    "call_id": st.leg or None,
+                    "payload_type": p.pt,
+                    "codec": p.encoding,
+                    "decoded": off is not None,
+                    "packets": p.packets,
+                    "start": iso_time(seg.piece_start_ns(p)),
+                    "offset_s": None if off is None else round(off / r.rate, 6),
+                    "duration_s": None if off is None else round(p.length / p.codec.sample_rate, 6),
+                })
         out[SIDE_NAMES[side]] = {
-            "stream": call.streams.index(s),
+            "stream": main,
             "call_id": s.leg or None,
             "src": _endpoint(s.src, s.sport),
             "ssrc": s.ssrc,
             "sensors": sorted(s.sensors),
-            "packets": s.audio_packets(call.rtpmap),
+            "packets": ch.packets[main],
             "lost": s.lost,
-            "candidates": candidates,
-            "reason": "only stream" if candidates == 1 else "most packets received, fewest lost",
+            "candidates": n,
+            "reason": reason,
+            "segments": segments[:_MAX_SEGMENTS],
         }
+        if len(segments) > _MAX_SEGMENTS:
+            out[SIDE_NAMES[side]]["segments_not_listed"] = len(segments) - _MAX_SEGMENTS
     return out
 
 
@@ -240,12 +256,89 @@ def _pcap(call: FinishedCall) -> tuple[bytes, int]:
     return pcap_bytes(frames, call.linktype), len(frames)
 
 
-def build_recording(call: FinishedCall) -> Recording:
-    """call.json + call.pcap (+ audio.wav when a direction was decoded)."""
+def _pcap_file(call: FinishedCall, window: int = 50_000) -> tuple[Path, int]:
+    """call.pcap of a long call, written to a file beside its spill file frame by
+    frame (never all in memory): in time order, sorted within a window of
+    `window` frames (frames are appended in capture order except SIP-over-TCP
+    messages and merged legs, which are seldom that far behind)."""
+    assert call.spill is not None
+    path = call.spill.path.with_suffix(".pcap")
+    skip = set(call.other_linktype)
+    heap: list[tuple[int, int, bytes]] = []
+
+    def ordered():
+        for i, (ts, data) in enumerate(zip(call.frame_ts, call.frame_data)):
+            if i in skip:
+                continue
+            heapq.heappush(heap, (ts, i, data))
+            if len(heap) > window:
+                t, _, d = heapq.heappop(heap)
+                yield t, d
+        while heap:
+            t, _, d = heapq.heappop(heap)
+            yield t, d
+
+    with open(path, "wb") as fh:
+        n = write_pcap(fh, ordered(), call.linktype)
+    call.spill.outputs.append(path)
+    return path, n
+
+
+def _is_signalling(linktype: int, data: bytes) -> bool:
+    """A frame of call.pcap that carries SIP: SIP over UDP (or its first IP
+    fragment), a later IP fragment (only SIP datagrams' fragments join a call),
+    any TCP segment (only SIP connections are followed)."""
+    try:
+        d = decode(linktype, data)
+    except DecodeError:
+        return False
+    if d.proto == 6:
+        return True
+    if d.proto != 17:
+        return False
+    if d.is_fragment and d.sport == 0 and d.dport == 0:
+        return True
+    off = d.payload_offset
+    return looks_like_sip(data[off:off + d.payload_len])
+
+
+def _signalling_only(call: FinishedCall) -> None:
+    """A call the recording rules left unrecorded (controller/rules.py): no media
+    in its recording — no streams (so no audio.wav and no DTMF) and only SIP in
+    call.pcap.  Its media was normally never kept; what was (a root leg that said
+    "no" joined later) is dropped here."""
+    skip = set(call.other_linktype)
+    frame_ts: list[int] = []
+    frame_data: list[bytes] = []
+    other: list[int] = []
+    for i, (ts, data) in enumerate(zip(call.frame_ts, call.frame_data)):
+        if i in skip:
+            other.append(len(frame_data))   # not written anyway (another link type)
+        elif not _is_signalling(call.linktype, data):
+            continue
+        frame_ts.append(ts)
+        frame_data.append(data)
+    call.frame_ts, call.frame_data, call.other_linktype = frame_ts, frame_data, other
+    call.streams = []
+
+
+def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
+    """call.json + call.pcap (+ audio.wav, .flac or .opus when a direction was decoded)."""
     rid = recording_id(call.call_ids[0], call.started_ns)
     started_at = prefix_date(call.started_ns)
-    channels, wav = _audio(call)
-    pcap, pcap_packets = _pcap(call)
+    if not call.recorded:
+        _signalling_only(call)
+    load_runs(call.streams, call.spill)
+    audio = _audio(call, audio_format)
+    pcap, pcap_packets = _pcap(call) if call.spill is None else _pcap_file(call)
+    # call features (issue #5): quality per stream, DTMF, hold — controller/{quality,dtmf,hold}.py
+    quality = call_quality(call.frame_ts, call.frame_data, call.streams, call.rtpmap,
+                           call.rtcp_frames if call.recorded else [], call.linktype,
+                           call.other_linktype)
+    dtmf = call_dtmf(call.started_ns, call.frame_ts, call.frame_data, call.streams, call.rtpmap,
+                     call.legs) if call.recorded else []
+    hold = call_hold(call.started_ns, call.ended_ns if call.ended_ns is not None else call.started_ns,
+                     call.legs)
     meta: dict[str, Any] = {
         "id": rid,
         "call_ids": list(call.call_ids),
@@ -260,19 +353,24 @@ def build_recording(call: FinishedCall) -> Recording:
         "sensors": list(call.sensors),
         "sites": sorted({site for site in call.sites.values() if site}),
         "legs": _legs_meta(call),
-        "streams": [_stream_meta(call, s, channels) for s in call.streams],
-        "dtmf": [],
-        "audio": {"file": AUDIO_WAV, "sample_rate": SAMPLE_RATE, "channels": 2,
-                  "sources": _audio_sources(call, channels)} if wav else None,
+        "streams": [_stream_meta(call, s, audio) for s in call.streams],
+        "dtmf": dtmf,
+        "hold": hold,
+        "audio": {"file": audio.name, "sample_rate": audio.rendered.rate, "channels": 2,
+                  "sources": _audio_sources(call, audio)} if audio.rendered else None,
+        "recorded": call.recorded,                     # recording rules (controller/rules.py)
+        "not_recorded_reason": call.not_recorded_reason,
         "copies_dropped": sum(call.copies.values()),
         "copies_dropped_by_sensor": dict(sorted(call.copies.items())),
         "pcap": CALL_PCAP,
         "pcap_packets": pcap_packets,
         "pcap_skipped": len(call.other_linktype),
     }
+    for entry, q in zip(meta["streams"], quality):  # issue #5: quality fields per stream
+        entry.update(q)
     meta.update(call.counts)
     files = {CALL_JSON: json.dumps(meta, indent=2, sort_keys=False, ensure_ascii=False).encode("utf-8"),
              CALL_PCAP: pcap}
-    if wav:
-        files[AUDIO_WAV] = wav
+    if audio.rendered is not None:
+        files[audio.name] = audio.data
     return Recording(rid, recording_prefix(started_at, rid), started_at, files, meta)

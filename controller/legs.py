@@ -278,6 +278,7 @@ class MediaCorrelator:
             return
         frames = call.frame_data
         frame_ts = call.frame_ts
+        base = call.frame_base
         for run in stream.by_pt.values():
             refs = run.refs
             start = run.probed
@@ -287,7 +288,9 @@ class MediaCorrelator:
             for ref in refs[start:]:
                 if ref < 0:
                     continue
-                idx = ref >> 34
+                idx = (ref >> 34) - base
+                if idx < 0:
+                    continue                         # spilled meanwhile
                 frame = frames[idx]
                 start = (ref >> 17) & 0x1FFFF
                 end = ref & 0x1FFFF

@@ -5,7 +5,10 @@ importing the packet path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.rules import RecordingRules
 
 DEFAULT_LEG_HEADERS = ("x-call-id", "x-cid")
 
@@ -39,6 +42,15 @@ class CallConfig:
     another leg of the same call (B2BUA/SBC), strongest first.
     ``merge_by_media``: also merge legs whose RTP carries the same payloads
     (a media relay between them) when no header links them.
+
+    ``spill_frames``: a call holding more frames than this in memory moves
+    them (and its streams' payload references) to a file in ``spill_dir``
+    (controller/spill.py): memory per active call stays bounded whatever its
+    length.  20,000 frames is ~3 minutes of a two-way G.711 call, ~5 MB.
+    ``spill_dir`` None: a folder under the system's temporary directory.
+
+    ``record_rules``: which calls get their media recorded (controller/rules.py);
+    the engine's ``rules`` attribute starts from it and may be replaced at run time.
     """
 
     answered_timeout_s: float = 300.0
@@ -47,3 +59,7 @@ class CallConfig:
     recent_call_id_s: float = 32.0
     leg_headers: tuple[str, ...] = DEFAULT_LEG_HEADERS
     merge_by_media: bool = True
+    spill_frames: int = 20_000
+    spill_dir: Path | None = None
+    late_window_s: float = 60.0
+    record_rules: RecordingRules = field(default_factory=RecordingRules)

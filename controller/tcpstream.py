@@ -37,11 +37,12 @@ wants back (the call engine passes (serial, ts, sensor, linktype, data)).
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.sip import frame_stream
+from protocols.sip import _CL_RE, _HEAD_END, _MAX_HEAD, frame_stream
 
 __all__ = ["TcpLimits", "Chunk", "Owner", "TcpStream", "TcpReassembler", "find_start",
            "MESSAGE", "BROKEN", "RETRANSMISSION", "FIN", "SYN", "RST"]
@@ -134,16 +135,33 @@ def find_start(buf: bytes | bytearray, frm: int = 0) -> int:
     sip:...") is never taken for one.  Extension methods are found only once framing
     is back (`frame_stream`).
     """
-    i = frm
-    while True:
-        j = buf.find(b"SIP/2.0", i)
-        if j < 0:
-            return -1
-        nl = buf.rfind(b"\n", 0, j) + 1
-        m = _STRICT_START_RE.search(buf, max(nl, frm), j + 16)
-        if m is not None:
-            return m.start()
-        i = j + 7
+    if buf.find(b"SIP/2.0", frm) < 0:
+        return -1
+    # one search: searching again from the line start at each "SIP/2.0" was quadratic
+    # in the length of a line full of them (a 64 KB segment took a minute)
+    m = _STRICT_START_RE.search(buf, frm)
+    return -1 if m is None else m.start()
+
+
+def _failing_starts(buf: bytes | bytearray):
+    """Predicate: would `frame_stream` fail at the start line at offset k of `buf`
+    (header section without end within _MAX_HEAD bytes, or a bad Content-Length)?
+    Costs one scan of `buf` to build, then a bisection per start line; False where
+    it cannot tell cheaply (past the first header end) — framing there decides."""
+    n = len(buf)
+    head = _HEAD_END.search(buf)
+    if head is None:
+        return lambda k: n - k > _MAX_HEAD
+    end = head.start()
+    cls = [(m.start(), m.group(1).isdigit()) for m in _CL_RE.finditer(buf, 0, end + 2)]
+    starts = [a for a, _ in cls]
+
+    def fails(k: int) -> bool:
+        if k > end:
+            return False
+        i = bisect_left(starts, k)
+        return i < len(cls) and not cls[i][1]
+    return fails
 
 
 def _at_boundary(payload: bytes) -> bool:
@@ -396,6 +414,23 @@ class TcpStream:
         Content-Length, a header section without end): it comes back as BROKEN up to
         the next start line, where framing goes on."""
         k = find_start(self.buf, 1)
+        if k >= 0:
+            # Start lines whose message fails in the same way (inside the same header
+            # section before a bad Content-Length, or with no header end within
+            # _MAX_HEAD) each come back as BROKEN here, without framing each again:
+            # that scanned the rest of the buffer once per start line (a 100 KB
+            # segment of start lines took seconds).
+            fails = _failing_starts(self.buf)   # (offsets of the buffer as it is now)
+            prev = 0                             # how much of it is dropped
+            while k >= 0 and fails(k):
+                self._drop(k - prev, out, skipped=True)
+                self.counters["tcp_resyncs"] += 1
+                prev = k
+                j = find_start(self.buf, 1)
+                k = prev + j if j >= 0 else -1
+            if prev:
+                k = k - prev if k >= 0 else -1
+                self.dropped = False
         if k < 0:
             cut = self.buf.rfind(b"\n") + 1          # keep a partial (start?) line
             if cut == 0 or len(self.buf) - cut > _MAX_LINE:

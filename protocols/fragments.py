@@ -148,10 +148,11 @@ class Reassembler:
         if start == 0 and p.head is None:
             p.head = (_RAW_IP if d.encap else linktype, *head)  # type: ignore[assignment]
         added = self._insert(p, start, payload)
-        if added < 0:
-            return None
-        p.count += 1
-        self._bytes += added
+        if added > 0:
+            p.count += 1
+            self._bytes += added
+        # (a fragment adding no bytes may still complete the datagram: an empty last
+        # fragment, or a last one whose bytes an overlapping fragment brought first)
         if p.total is not None and p.head is not None and p.held == p.total:
             self._drop(key)
             return self._build(ts_ns, p)

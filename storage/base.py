@@ -6,7 +6,26 @@ identical results.
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import shutil
+from pathlib import Path
+from typing import BinaryIO, Protocol, Union, runtime_checkable
+
+#: The content of one file of a recording: its bytes, or a (large) file to copy
+#: from (a long call's call.pcap or audio, never read into memory at once).
+FileData = Union[bytes, Path]
+
+
+def data_size(data: FileData) -> int:
+    return len(data) if isinstance(data, (bytes, bytearray, memoryview)) else Path(data).stat().st_size
+
+
+def write_data(fh: BinaryIO, data: FileData) -> None:
+    """Write bytes, or copy a file in chunks."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        fh.write(data)
+        return
+    with open(data, "rb") as src:
+        shutil.copyfileobj(src, fh, 1 << 20)
 
 
 class StorageError(Exception):
@@ -24,13 +43,18 @@ class RecordingStore(Protocol):
     #: Public location of the store (``file:///...`` or ``s3://bucket/prefix``), no secrets.
     url: str
 
-    def put(self, prefix: str, files: dict[str, bytes]) -> str:
+    def put(self, prefix: str, files: dict[str, FileData]) -> str:
         """Write the recording at ``prefix`` so that it holds exactly ``files``.
 
         Files of the same name are overwritten and files under the prefix that
         are not in ``files`` are removed, so writing the same input twice never
         duplicates anything.  Returns the location URL of the recording folder.
         """
+        ...
+
+    def add(self, prefix: str, files: dict[str, FileData]) -> str:
+        """Write (or replace) these files of a recording, keeping its others
+        (late packets appended to a stored recording)."""
         ...
 
     def get(self, prefix: str, name: str) -> bytes:

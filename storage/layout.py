@@ -11,17 +11,32 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timezone
 
-#: File names a recording folder may contain.
+#: File names a recording folder may contain (one audio file, by `audio_format`).
 CALL_JSON = "call.json"
-AUDIO_WAV = "audio.wav"
+AUDIO_WAV = "audio.wav"      # 16-bit PCM (RF64 beyond 4 GiB)
+AUDIO_FLAC = "audio.flac"    # FLAC, 16 bit
+AUDIO_OPUS = "audio.opus"    # Opus in Ogg (RFC 7845)
 CALL_PCAP = "call.pcap"
+
+#: `audio_format` setting -> audio file name.
+AUDIO_FILES: dict[str, str] = {"wav": AUDIO_WAV, "flac": AUDIO_FLAC, "opus": AUDIO_OPUS}
 
 #: Content types used by object stores (and by anyone serving the folder).
 CONTENT_TYPES: dict[str, str] = {
     ".json": "application/json",
     ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".opus": "audio/ogg",
     ".pcap": "application/vnd.tcpdump.pcap",
 }
+
+
+def audio_file_name(audio_format: str) -> str:
+    """The audio file of a recording in `audio_format` (wav, flac, opus)."""
+    try:
+        return AUDIO_FILES[audio_format]
+    except KeyError:
+        raise ValueError(f"unknown audio format {audio_format!r} (wav, flac or opus)") from None
 
 
 def content_type(name: str) -> str:

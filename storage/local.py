@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from storage.base import StorageError
+from storage.base import FileData, StorageError, write_data
 from storage.layout import valid_name, valid_prefix
 
 _TMP_PREFIX = ".tmp-"
@@ -37,7 +37,7 @@ class LocalStore:
         except ValueError as exc:
             raise StorageError(f"{self.url}: {exc}") from None
 
-    def put(self, prefix: str, files: dict[str, bytes]) -> str:
+    def put(self, prefix: str, files: dict[str, FileData]) -> str:
         folder = self._dir(prefix)
         try:
             names = {valid_name(n) for n in files}
@@ -59,11 +59,28 @@ class LocalStore:
             raise StorageError(f"{self.url}: cannot write recording {prefix}: {exc.strerror or exc}") from exc
         return folder.as_uri()
 
-    def _write_atomic(self, folder: Path, name: str, data: bytes) -> None:
+    def add(self, prefix: str, files: dict[str, FileData]) -> str:
+        folder = self._dir(prefix)
+        try:
+            for n in files:
+                valid_name(n)
+        except ValueError as exc:
+            raise StorageError(f"{self.url}: {exc}") from None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                self._write_atomic(folder, name, data)
+            if self.fsync:
+                fsync_path(folder)
+        except OSError as exc:
+            raise StorageError(f"{self.url}: cannot write recording {prefix}: {exc.strerror or exc}") from exc
+        return folder.as_uri()
+
+    def _write_atomic(self, folder: Path, name: str, data: FileData) -> None:
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + name + ".", dir=folder)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                write_data(fh, data)
                 if self.fsync:
                     fh.flush()
                     os.fsync(fh.fileno())

@@ -26,15 +26,18 @@ from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
-from storage.base import RecordingStore, StorageError
+from storage.base import FileData, RecordingStore, StorageError, write_data
 from storage.layout import valid_name, valid_prefix
 
 log = logging.getLogger("spanrec.storage.outbox")
 
 _TOKEN = ".entry"          # random token of one version of an entry
+_ADD = ".add"              # the entry adds files to a stored recording (late packets)
 _TMP = ".tmp-"
 _TRASH = ".trash-"
 
+
+_READ_LIMIT = 8 << 20   # larger outbox files go to the store as files, not bytes
 
 class OutboxStore:
     """A `RecordingStore` that writes to a local outbox and uploads in the background."""
@@ -51,6 +54,7 @@ class OutboxStore:
         self.errors = 0
         self._queue: queue.Queue[str] = queue.Queue()
         self._queued: set[str] = set()
+        self._add_lock = threading.Lock()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._busy = 0
@@ -111,7 +115,7 @@ class OutboxStore:
                 "errors": self.errors}
 
     # -- RecordingStore ----------------------------------------------------
-    def put(self, prefix: str, files: dict[str, bytes]) -> str:
+    def put(self, prefix: str, files: dict[str, FileData], _add: bool = False) -> str:
         try:
             prefix = valid_prefix(prefix)
             for name in files:
@@ -125,6 +129,8 @@ class OutboxStore:
             tmp.mkdir()
             for name, data in files.items():
                 _write_synced(tmp / name, data)
+            if _add:
+                _write_synced(tmp / _ADD, b"")
             _write_synced(tmp / _TOKEN, secrets.token_hex(8).encode())
             _fsync(tmp)
             if entry.exists():       # a newer version of a recording still waiting
@@ -142,6 +148,19 @@ class OutboxStore:
                                f"{exc.strerror or exc}") from exc
         self._enqueue(prefix)
         return self.location(prefix)
+
+    def add(self, prefix: str, files: dict[str, FileData]) -> str:
+        """Files added to a recording: merged into its version still waiting here
+        (a whole recording, or earlier additions), else an entry of additions."""
+        try:
+            entry = self.dir.joinpath(*valid_prefix(prefix).split("/"))
+        except ValueError as exc:
+            raise StorageError(f"outbox {self.dir}: {exc}") from None
+        with self._add_lock:
+            token, existing = self._read(entry)
+            if token is None:
+                return self.put(prefix, files, _add=True)
+            return self.put(prefix, {**existing, **files}, _add=(entry / _ADD).exists())
 
     def location(self, prefix: str) -> str:
         return f"{self.url.rstrip('/')}/{prefix}"
@@ -192,7 +211,10 @@ class OutboxStore:
             token, files = self._read(entry)
             if token is None:
                 return ""            # removed meanwhile (uploaded by another thread)
-            self.target.put(prefix, files)
+            if (entry / _ADD).exists():
+                self.target.add(prefix, files)
+            else:
+                self.target.put(prefix, files)
             return token
 
         def before_sleep(state) -> None:  # tenacity RetryCallState
@@ -224,13 +246,14 @@ class OutboxStore:
             self.uploaded += 1
         log.info("outbox: recording uploaded", extra={"prefix": prefix, "storage": self.url})
 
-    def _read(self, entry: Path) -> tuple[str | None, dict[str, bytes]]:
+    def _read(self, entry: Path) -> tuple[str | None, dict[str, FileData]]:
         token = self._token(entry)
         if token is None:
             return None, {}
         try:
-            files = {p.name: p.read_bytes() for p in sorted(entry.iterdir())
-                     if p.is_file() and not p.name.startswith(".")}
+            files: dict[str, FileData] = {
+                p.name: p if p.stat().st_size > _READ_LIMIT else p.read_bytes()
+                for p in sorted(entry.iterdir()) if p.is_file() and not p.name.startswith(".")}
         except FileNotFoundError:
             return None, {}
         except OSError as exc:
@@ -245,9 +268,9 @@ class OutboxStore:
             return None
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def _write_synced(path: Path, data: FileData) -> None:
     with open(path, "wb") as fh:
-        fh.write(data)
+        write_data(fh, data)
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -21,7 +21,7 @@ from minio.helpers import check_bucket_name
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from storage.base import StorageError
+from storage.base import FileData, StorageError, data_size
 from storage.layout import content_type, valid_name, valid_prefix
 
 T = TypeVar("T")
@@ -157,16 +157,12 @@ class S3Store:
         self._bucket_ready = True
 
     # -- RecordingStore ----------------------------------------------------
-    def put(self, prefix: str, files: dict[str, bytes]) -> str:
+    def put(self, prefix: str, files: dict[str, FileData]) -> str:
         folder = self._key(prefix)
         keys = {self._key(prefix, name): (name, data) for name, data in files.items()}
         self._ensure_bucket()
         for key, (name, data) in keys.items():
-            self._call(
-                f"writing {key}",
-                lambda key=key, name=name, data=data: self._client.put_object(
-                    self.bucket, key, io.BytesIO(data), len(data), content_type=content_type(name)),
-            )
+            self._call(f"writing {key}", lambda key=key, name=name, data=data: self._put(key, name, data))
 
         # Objects directly under the folder that this recording no longer has.
         def stale() -> list[str]:
@@ -176,6 +172,24 @@ class S3Store:
         for key in self._call(f"listing {folder}", stale):
             self._call(f"removing stale {key}", lambda key=key: self._client.remove_object(self.bucket, key))
         return f"s3://{self.bucket}/{folder.rstrip('/')}"
+
+    def add(self, prefix: str, files: dict[str, FileData]) -> str:
+        self._ensure_bucket()
+        for name, data in files.items():
+            key = self._key(prefix, name)
+            self._call(f"writing {key}", lambda key=key, name=name, data=data: self._put(key, name, data))
+        return f"s3://{self.bucket}/{self._key(prefix).rstrip('/')}"
+
+    def _put(self, key: str, name: str, data: FileData) -> None:
+        """One object: bytes in one request; a file (a long call's audio or pcap)
+        streamed, as a multipart upload when larger than one part (16 MiB)."""
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            self._client.put_object(self.bucket, key, io.BytesIO(data), len(data),
+                                    content_type=content_type(name))
+            return
+        with open(data, "rb") as fh:
+            self._client.put_object(self.bucket, key, fh, data_size(data), content_type=content_type(name),
+                                    part_size=16 << 20)
 
     def get(self, prefix: str, name: str) -> bytes:
         key = self._key(prefix, name)

@@ -221,8 +221,12 @@ def test_late_retransmission_after_finish_creates_no_phantom_call() -> None:
     f.request(3, "BYE", 2, to_tag="tt", branch="z9hG4bK-bye")
     f.send(5, "10.9.9.9", 1, "10.9.9.8", 2, b"x")
     assert len(f.finished) == 1
-    assert not f.response(6, 200, to_tag="tt", body=sdp(CALLEE_IP, 5000))  # 200 retransmitted
+    # a 200 retransmitted after the call ended: kept as a late packet of that
+    # call's recording (controller/late.py), never a second call
+    assert f.response(6, 200, to_tag="tt", body=sdp(CALLEE_IP, 5000))
     assert len(f.done()) == 1 and f.engine.counters["sip_after_end"] == 1
+    (late,) = f.engine.late_due(0, everything=True)
+    assert len(late.frames) == 1 and f.engine.counters["late_packets"] == 1
 
 
 def test_answered_call_times_out_after_inactivity() -> None:

@@ -180,10 +180,12 @@ def test_one_stream_per_direction_used_for_audio(name: str) -> None:
         assert sorted(s["ssrc"] for s in streams.values()) == [0x58F33DEA] * 2 + [0xD2BD4E3E] * 2
 
 
-def test_undecodable_codecs_give_no_audio() -> None:
-    for name, codec in (("sip-rtp-opus.pcap", "OPUS"), ("sip-rtp-g722.pcap", "G722")):
+def test_wideband_codecs_are_decoded() -> None:
+    """G.722 and Opus are decoded since issue #5 (sample checks: test_codecs.py); a
+    codec that cannot be decoded is covered by test_audio_render.py."""
+    for name, codec, rate in (("sip-rtp-opus.pcap", "OPUS", 48000), ("sip-rtp-g722.pcap", "G722", 16000)):
         run = tc.engine_run(capture(name))
         (rec,) = run.recordings
         (s,) = rec.metadata["streams"]
-        assert (s["codec"], s["decoded"], s["used_for_audio"]) == (codec, False, False)
-        assert rec.metadata["audio"] is None and "audio.wav" not in rec.files
+        assert (s["codec"], s["decoded"], s["used_for_audio"]) == (codec, True, True)
+        assert rec.metadata["audio"]["sample_rate"] == rate and "audio.wav" in rec.files

@@ -193,3 +193,24 @@ def test_recorder_status_shows_the_outbox(tmp_path: Path) -> None:
     assert box.drain(10)
     st = rec.status()
     assert (st["storage_pending"], st["storage_uploaded"], st["storage_upload_errors"]) == (0, 1, 0)
+
+
+def test_large_files_go_through_the_outbox_as_files(tmp_path: Path) -> None:
+    """A long call's 12 MB call.pcap: copied into the outbox, handed to the store as
+    a file (not read into memory), same bytes at the end; the caller's file stays."""
+    import os
+
+    target = FlakyStore(tmp_path / "store")
+    seen: list[type] = []
+    put = target.put
+    target.put = lambda prefix, files: (seen.extend(type(v) for v in files.values()), put(prefix, files))[1]
+    box = OutboxStore(target, tmp_path / "outbox", initial_wait=0.01, max_wait=0.05)
+    box.start()
+    big = tmp_path / "call.pcap"
+    data = os.urandom(12 << 20)
+    big.write_bytes(data)
+    box.put(P1, {"call.json": b"{}", "call.pcap": big})
+    assert box.drain(20)
+    assert target.get(P1, "call.pcap") == data and big.exists()
+    assert bytes in seen and any(issubclass(t, Path) for t in seen)
+    box.stop()

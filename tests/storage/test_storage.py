@@ -205,3 +205,18 @@ def test_local_unwritable_root(tmp_path):
     blocker.write_bytes(b"")
     with pytest.raises(StorageError, match="not writable"):
         LocalStore(blocker / "sub").check()
+
+
+def test_large_file_put_from_a_path(store: RecordingStore, tmp_path):
+    """A long call's call.pcap/audio come as files: streamed, never read whole; on S3
+    above one part (16 MiB) that is a multipart upload. Same bytes come back."""
+    import hashlib
+    import os
+
+    big = tmp_path / "big.pcap"
+    data = os.urandom(20 << 20)
+    big.write_bytes(data)
+    store.put("2026/01/02/20260102T000000Z-0123456789ab", {"call.json": b"{}", "call.pcap": big})
+    got = store.get("2026/01/02/20260102T000000Z-0123456789ab", "call.pcap")
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    assert big.exists()          # the store copies; the caller deletes its file
