@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from controller.tcpstream import BROKEN, MESSAGE, SYN, TcpStream, find_start
+from protocols.errors import SdpError, SipError
 from protocols.fragments import Reassembler
 from protocols.layers import decode
+from protocols.sdp import parse_sdp
+from protocols.sip import frame_stream, parse_sip, split_stream
 
 RAW = 101
 
@@ -98,3 +103,48 @@ def test_tcp_start_lines_without_a_header_end() -> None:
     assert dt < 2.0
     assert [c.kind for c in out] == [BROKEN] * 1904
     assert st.counters["tcp_skipped_bytes"] == 1904 * 16 and len(st.buf) == 65536 and st.synced
+
+
+# -- numbers longer than int() converts ---------------------------------------------------
+# Python refuses int() of more than 4300 digits (sys.get_int_max_str_digits) with a plain
+# ValueError, which escaped the parsers. Found by scripts/fuzz tcp (seed 5150, index 15:
+# "l: " and 4301 nines in a SIP-over-TCP stream, ValueError out of frame_stream and so out
+# of TcpReassembler.segment), sip and sdp (the runs after the digit tokens were added).
+
+DIGITS = "9" * 4301
+
+
+def test_sip_content_length_with_too_many_digits() -> None:
+    msg = f"SIP/2.0 200 OK\r\nCall-ID: a\r\nContent-Length: {DIGITS}\r\n\r\n".encode()
+    with pytest.raises(SipError, match="bad Content-Length"):
+        parse_sip(msg)
+    with pytest.raises(SipError):
+        split_stream(msg)
+    spans, rest, error = frame_stream(msg)
+    assert spans == [] and rest == 0 and error.startswith("bad Content-Length")
+
+
+def test_sip_cseq_with_too_many_digits() -> None:
+    msg = parse_sip(f"SIP/2.0 200 OK\r\nCSeq: {DIGITS} INVITE\r\n\r\n".encode())
+    with pytest.raises(SipError, match="bad CSeq"):
+        msg.cseq
+
+
+def test_tcp_stream_with_a_content_length_of_too_many_digits() -> None:
+    ringing = b"SIP/2.0 180 Ringing\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    out, st, _ = _one_segment(b"SIP/2.0 200 OK\r\nl: " + DIGITS.encode() + b"\r\n\r\n" + ringing)
+    assert [c.kind for c in out] == [BROKEN, MESSAGE] and out[1].data == ringing
+
+
+@pytest.mark.parametrize("line", [f"m=audio {DIGITS} RTP/AVP 0", f"m=audio {DIGITS}/2 RTP/AVP 0"])
+def test_sdp_media_port_with_too_many_digits(line: str) -> None:
+    with pytest.raises(SdpError, match="malformed m= port"):
+        parse_sdp(f"v=0\r\n{line}\r\n".encode())
+
+
+def test_sdp_attributes_with_too_many_digits_are_ignored() -> None:
+    body = ("v=0\r\nm=audio 4000 RTP/AVP 0 96 97\r\n"
+            f"a=rtpmap:96 telephone-event/{DIGITS}\r\na=rtpmap:97 opus/48000/{DIGITS}\r\n"
+            f"a=rtcp:{DIGITS}\r\n").encode()
+    md = parse_sdp(body).media[0]
+    assert md.rtpmap == {0: ("PCMU", 8000, 1)} and md.rtcp_port is None
