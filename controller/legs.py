@@ -213,7 +213,8 @@ class MediaCorrelator:
     not a relay), and sources and destinations differ (music on hold sent by
     one server to many callers has one source).
 
-    A stream is probed for at most ``probe_ns`` after its first packet and
+    Only calls that share a media address with another active call are
+    probed (the relay's).  A stream is probed for at most ``probe_ns`` after its first packet and
     until ``max_samples`` non-trivial samples found nothing; calls already
     linked by signalling are not probed.  The index is bounded by time
     (``window_ns``) and by ``max_entries``.
@@ -238,8 +239,15 @@ class MediaCorrelator:
     def scan(self, calls: Iterable[Call], now_ns: int) -> list[tuple[Call, Call, bool]]:
         """(earlier call, later call, flipped) for every pair that matched now."""
         samples: list[tuple[int, int, Call, RtpStream]] = []
+        # a relay has one address in both legs' SDP: only calls sharing a media
+        # address with another call can be relayed legs (phone to phone: never)
+        calls = [c for c in calls if not c.done and c.probe_media and c.streams]
+        shared: dict[bytes, int] = {}
         for call in calls:
-            if call.done or not call.probe_media:
+            for addr in call.media_addrs:
+                shared[addr] = shared.get(addr, 0) + 1
+        for call in calls:
+            if not any(shared[a] > 1 for a in call.media_addrs):
                 continue
             for stream in call.streams.values():
                 if not stream.probe_done:

@@ -31,10 +31,13 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from protocols.errors import DecodeError
 from protocols.layers import decode
 from protocols.rtcp import RR, SR, ntp_middle, parse_rtcp
 
+from controller.jitter import CallBytes, analyse_arrays, stream_arrays
 from controller.streams import RtpStream
 
 __all__ = ["stream_packets", "analyse", "stream_quality", "rtcp_reports", "rtcp_summary",
@@ -232,12 +235,35 @@ def mos_from_r(r: float) -> float:
     return 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6
 
 
+def _burst_ratio_np(seq: np.ndarray, lost: int) -> float:
+    """`_burst_ratio` on an array of sequence numbers."""
+    if lost <= 0 or len(seq) < 2:
+        return 1.0
+    g = np.diff(np.unique(seq)) - 1
+    g = g[(g > 0) & (g < 3000)]
+    if not len(g):
+        return 1.0
+    p = lost / (lost + len(seq))
+    return max(1.0, float(g.sum()) / len(g) * (1 - p))
+
+
 def stream_quality(frame_ts: Sequence[int], frame_data: Sequence[bytes], stream: RtpStream,
-                   rtpmap: dict, rtt_ms: float | None = None) -> dict[str, Any]:
-    """The call.json quality fields of one stream (besides packets/lost/duplicates)."""
-    packets = stream_packets(frame_ts, frame_data, stream)
+                   rtpmap: dict, rtt_ms: float | None = None,
+                   cb: CallBytes | None = None) -> dict[str, Any]:
+    """The call.json quality fields of one stream (besides packets/lost/duplicates).
+    With `cb` (the call's frames in one buffer) the vectorised analysis
+    (controller/jitter.py) runs; the per-packet loop when it cannot."""
     clocks = {pt: _clock_rate(stream, pt, rtpmap) for pt in stream.by_pt}
-    q = analyse(packets, clocks)
+    arrays = stream_arrays(cb, stream) if cb is not None else None
+    q = analyse_arrays(*arrays, clocks) if arrays is not None else None
+    if q is not None:
+        received = len(arrays[0])
+        burst = lambda lost: _burst_ratio_np(arrays[1], lost)  # noqa: E731
+    else:
+        packets = stream_packets(frame_ts, frame_data, stream)
+        q = analyse(packets, clocks)
+        received = len(packets)
+        burst = lambda lost: _burst_ratio(packets, lost)  # noqa: E731
     q.pop("last_jitter_ms")
     audio_pt = stream.audio_pt(rtpmap)
     if audio_pt is None:
@@ -245,9 +271,8 @@ def stream_quality(frame_ts: Sequence[int], frame_data: Sequence[bytes], stream:
         return q
     enc = stream.encoding(audio_pt, rtpmap)
     lost = stream.lost
-    received = len(packets)
     loss_pct = 100.0 * lost / (lost + received) if lost + received else 0.0
-    r = r_factor(enc[0] if enc else None, loss_pct, _burst_ratio(packets, lost), rtt_ms)
+    r = r_factor(enc[0] if enc else None, loss_pct, burst(lost), rtt_ms)
     q["r_factor"] = round(r, 1)
     q["mos"] = round(mos_from_r(r), 2)
     return q
@@ -361,10 +386,13 @@ def call_quality(frame_ts: Sequence[int], frame_data: Sequence[bytes], streams: 
     rtts = [r["rtt_ms"] for r in rtcp.values() if r.get("rtt_ms") is not None]
     call_rtt = sum(rtts) / len(rtts) if rtts else None
     out = []
+    # a call in memory: its frames in one buffer for the vectorised analysis (a
+    # spilled long call is read frame by frame instead: never all in memory)
+    cb = CallBytes(frame_ts, frame_data) if isinstance(frame_data, list) and streams else None
     for i, s in enumerate(streams):
         summary = rtcp.get(i)
         rtt = summary["rtt_ms"] if summary and summary["rtt_ms"] is not None else call_rtt
-        q = stream_quality(frame_ts, frame_data, s, rtpmap, rtt)
+        q = stream_quality(frame_ts, frame_data, s, rtpmap, rtt, cb)
         q["rtcp"] = summary
         out.append(q)
     return out
