@@ -35,15 +35,44 @@ _CN = (13, 19)
 
 
 class CallBytes:
-    """Every frame of a call in one numpy buffer, for vectorised header reads."""
+    """Every frame of a call as numpy buffers, for vectorised header reads: the
+    frames in memory joined in one buffer; a long call's spilled frames read in
+    place from its spill file's map (controller/spill.py), never copied."""
 
-    def __init__(self, frame_ts: Sequence[int], frame_data: list[bytes]) -> None:
-        n = len(frame_data)
-        lens = np.fromiter(map(len, frame_data), dtype=np.int64, count=n)
+    def __init__(self, frame_ts: Sequence[int], frame_data: Sequence[bytes]) -> None:
+        spill = getattr(frame_data, "spill", None)
+        tail = getattr(frame_data, "tail", frame_data)
+        self.n_spilled = spill.spilled if spill is not None else 0
+        n = len(tail)
+        lens = np.fromiter(map(len, tail), dtype=np.int64, count=n)
         self.offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lens, out=self.offsets[1:])
-        self.buf = np.frombuffer(b"".join(frame_data), dtype=np.uint8)
-        self.ts = np.fromiter(frame_ts, dtype=np.int64, count=n)
+        self.buf = np.frombuffer(b"".join(tail), dtype=np.uint8)
+        if self.n_spilled:
+            mm = spill.view()
+            self.spill_buf = np.frombuffer(mm, dtype=np.uint8)
+            self.spill_offsets = np.frombuffer(spill.offsets, dtype=np.uint64).astype(np.int64) + 12
+        self.ts = np.fromiter(frame_ts, dtype=np.int64, count=self.n_spilled + n)
+
+    def gather(self, idx: np.ndarray, rel: np.ndarray) -> np.ndarray | None:
+        """Byte ``rel`` of frame ``idx`` (vectorised); None if one is out of its frame."""
+        if not self.n_spilled:
+            base = self.offsets[idx]
+            pos = base + rel
+            if len(pos) and ((rel < 0).any() or (pos >= self.offsets[idx + 1]).any()):
+                return None
+            return self.buf[pos]
+        out = np.empty(len(idx), dtype=np.uint8)
+        sp = idx < self.n_spilled
+        if (rel < 0).any():
+            return None
+        if sp.any():
+            out[sp] = self.spill_buf[self.spill_offsets[idx[sp]] + rel[sp]]
+        tl = ~sp
+        if tl.any():
+            t = idx[tl] - self.n_spilled
+            out[tl] = self.buf[self.offsets[t] + rel[tl]]
+        return out
 
 
 def stream_arrays(cb: CallBytes, stream: RtpStream) -> tuple[np.ndarray, ...] | None:
@@ -67,19 +96,16 @@ def stream_arrays(cb: CallBytes, stream: RtpStream) -> tuple[np.ndarray, ...] | 
         order = np.argsort(refs, kind="stable")
         refs, ts, pts = refs[order], ts[order], pts[order]
     idx = refs >> 34
-    start = (refs >> 17) & _REF_MASK
-    base = cb.offsets[idx]
-    hdr = base + start - 12
-    if len(hdr) and (hdr < base).any():
+    hdr = ((refs >> 17) & _REF_MASK) - 12
+    got = [cb.gather(idx, hdr + k) for k in range(12)]
+    if any(g is None for g in got):
         return None
-    buf = cb.buf
-    b0 = buf[hdr]
-    ssrc = (buf[hdr + 8].astype(np.int64) << 24) | (buf[hdr + 9].astype(np.int64) << 16) \
-        | (buf[hdr + 10].astype(np.int64) << 8) | buf[hdr + 11]
-    if ((b0 & 0xDF) != 0x80).any() or (ssrc != stream.ssrc).any():
+    b = [g.astype(np.int64) for g in got]
+    ssrc = (b[8] << 24) | (b[9] << 16) | (b[10] << 8) | b[11]
+    if ((b[0] & 0xDF) != 0x80).any() or (ssrc != stream.ssrc).any():
         return None
-    seq = (buf[hdr + 2].astype(np.int64) << 8) | buf[hdr + 3]
-    marker = buf[hdr + 1] >= 0x80
+    seq = (b[2] << 8) | b[3]
+    marker = b[1] >= 0x80
     return cb.ts[idx], seq, ts, pts, marker
 
 

@@ -386,9 +386,9 @@ def call_quality(frame_ts: Sequence[int], frame_data: Sequence[bytes], streams: 
     rtts = [r["rtt_ms"] for r in rtcp.values() if r.get("rtt_ms") is not None]
     call_rtt = sum(rtts) / len(rtts) if rtts else None
     out = []
-    # a call in memory: its frames in one buffer for the vectorised analysis (a
-    # spilled long call is read frame by frame instead: never all in memory)
-    cb = CallBytes(frame_ts, frame_data) if isinstance(frame_data, list) and streams else None
+    # the call's frames as numpy buffers for the vectorised analysis (a spilled
+    # long call's from its spill file's map, never copied)
+    cb = CallBytes(frame_ts, frame_data) if streams else None
     for i, s in enumerate(streams):
         summary = rtcp.get(i)
         rtt = summary["rtt_ms"] if summary and summary["rtt_ms"] is not None else call_rtt
