@@ -42,7 +42,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from protocols.sip import _CL_RE, _HEAD_END, _MAX_HEAD, frame_stream
+from protocols.sip import _CL_RE, _HEAD_END, _MAX_HEAD, _content_length, frame_stream
 
 __all__ = ["TcpLimits", "Chunk", "Owner", "TcpStream", "TcpReassembler", "find_start",
            "MESSAGE", "BROKEN", "RETRANSMISSION", "FIN", "SYN", "RST"]
@@ -138,7 +138,7 @@ def find_start(buf: bytes | bytearray, frm: int = 0) -> int:
     if buf.find(b"SIP/2.0", frm) < 0:
         return -1
     # one search: searching again from the line start at each "SIP/2.0" was quadratic
-    # in the length of a line full of them (a 64 KB segment took a minute)
+    # in the length of a line full of them (63 KB of them took half a minute)
     m = _STRICT_START_RE.search(buf, frm)
     return -1 if m is None else m.start()
 
@@ -153,7 +153,8 @@ def _failing_starts(buf: bytes | bytearray):
     if head is None:
         return lambda k: n - k > _MAX_HEAD
     end = head.start()
-    cls = [(m.start(), m.group(1).isdigit()) for m in _CL_RE.finditer(buf, 0, end + 2)]
+    cls = [(m.start(), _content_length(m.group(1)) is not None)
+           for m in _CL_RE.finditer(buf, 0, end + 2)]
     starts = [a for a, _ in cls]
 
     def fails(k: int) -> bool:

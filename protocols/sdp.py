@@ -45,6 +45,15 @@ class SessionDescription:
     media: list[MediaDescription] = field(default_factory=list)
 
 
+def _int(text: str) -> int | None:
+    """int() of a run of digits, None where Python refuses it (more digits than
+    sys.get_int_max_str_digits(), 4300 by default: ValueError)."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 def _connection_address(value: str) -> str:
     parts = value.split()
     if len(parts) != 3 or parts[0] != "IN":
@@ -60,10 +69,11 @@ def _media(value: str) -> MediaDescription:
     if len(parts) < 3:
         raise SdpError(f"malformed m= line {value!r}")
     port_text = parts[1].split("/", 1)[0]  # "49170/2" = port count
-    if not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
-        raise SdpError(f"malformed m= port in {value!r}")
+    port = _int(port_text) if port_text.isdigit() and port_text.isascii() else None
+    if port is None or port > 65535:
+        raise SdpError(f"malformed m= port in {value[:80]!r}")
     formats = [int(f) for f in parts[3:] if f.isdigit() and f.isascii() and len(f) <= 3]
-    return MediaDescription(parts[0], int(port_text), parts[2], formats)
+    return MediaDescription(parts[0], port, parts[2], formats)
 
 
 def parse_sdp(body: bytes | bytearray | memoryview) -> SessionDescription:
@@ -105,12 +115,15 @@ def parse_sdp(body: bytes | bytearray | memoryview) -> SessionDescription:
             elif name == "rtpmap":
                 m = _RTPMAP_RE.match(arg.strip())
                 if m is not None:
-                    channels = int(m.group(4)) if m.group(4) else 1
-                    cur.rtpmap[int(m.group(1))] = (m.group(2).upper(), int(m.group(3)), channels)
+                    rate = _int(m.group(3))
+                    channels = _int(m.group(4)) if m.group(4) else 1
+                    if rate is not None and channels is not None:
+                        cur.rtpmap[int(m.group(1))] = (m.group(2).upper(), rate, channels)
             elif name == "rtcp":
                 port_text = arg.split(None, 1)[0] if arg.strip() else ""
-                if port_text.isdigit() and port_text.isascii() and int(port_text) <= 65535:
-                    cur.rtcp_port = int(port_text)
+                port = _int(port_text) if port_text.isdigit() and port_text.isascii() else None
+                if port is not None and port <= 65535:
+                    cur.rtcp_port = port
     for md, direction in zip(sd.media, directions):
         md.direction = direction or sd.direction
         if md.connection is None:

@@ -27,7 +27,9 @@ _STATUS_RE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?")
 _LINE_SPLIT = re.compile(r"\r?\n")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _KEEPALIVE = re.compile(rb"[\r\n]*")
-_CL_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$",
+# (possessive runs, and the value ending at a non-blank instead of a lazy value before
+# optional blanks: that backtracked over runs of blanks, seconds for a few KB of them)
+_CL_RE = re.compile(rb"^(?:content-length|l)[ \t]*+:[ \t]*+((?:[^\r\n]*[^ \t\r\n])?)[ \t]*+\r?$",
                     re.IGNORECASE | re.MULTILINE)
 _PRINTABLE_RE = re.compile(rb"[\x20-\x7e]*\r?")
 _TAG_RE = re.compile(r";\s*tag\s*=\s*([^;,\s>]+)", re.IGNORECASE)
@@ -105,8 +107,11 @@ class SipMessage:
             raise SipError("missing CSeq header")
         parts = value.split()
         if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
-            raise SipError(f"bad CSeq header {value!r}")
-        return int(parts[0]), parts[1]
+            raise SipError(f"bad CSeq header {value[:80]!r}")
+        try:
+            return int(parts[0]), parts[1]
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+            raise SipError(f"bad CSeq header {value[:80]!r}") from None
 
     def _addr(self, name: str) -> tuple[str, str] | None:
         value = self.header(name)
@@ -197,12 +202,26 @@ def parse_sip(payload: bytes | bytearray | memoryview) -> SipMessage:
     if cl_values:
         text = cl_values[0]
         if not text.isdigit() or not text.isascii():
-            raise SipError(f"bad Content-Length {text!r}")
-        cl = int(text)
+            raise SipError(f"bad Content-Length {text[:20]!r}")
+        try:
+            cl = int(text)
+        except ValueError:  # more digits than int() converts (sys.get_int_max_str_digits)
+            raise SipError(f"bad Content-Length {text[:20]!r}...") from None
         if cl > len(rest):
             raise SipError(f"Content-Length {cl} but only {len(rest)} body bytes")
         body = rest[:cl]
     return SipMessage(is_request, method, request_uri, status, reason, headers, body)
+
+
+def _content_length(text: bytes | bytearray) -> int | None:
+    """Value of a Content-Length (ASCII digits) in a stream head; None if it is not one,
+    or has more digits than int() converts (sys.get_int_max_str_digits: ValueError)."""
+    if not text.isdigit():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def frame_stream(buf: bytes | bytearray, pos: int = 0) -> tuple[list[tuple[int, int]], int, str | None]:
@@ -234,10 +253,9 @@ def frame_stream(buf: bytes | bytearray, pos: int = 0) -> tuple[list[tuple[int, 
         cl_m = _CL_RE.search(data, pos, m.start() + 2)
         cl = 0
         if cl_m is not None:
-            text = cl_m.group(1)
-            if not text.isdigit():
-                return spans, pos, f"bad Content-Length {bytes(text[:20])!r}"
-            cl = int(text)
+            cl = _content_length(cl_m.group(1))
+            if cl is None:
+                return spans, pos, f"bad Content-Length {bytes(cl_m.group(1)[:20])!r}"
         end = m.end() + cl
         if end > n:
             return spans, pos, None

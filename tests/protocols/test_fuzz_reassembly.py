@@ -126,6 +126,8 @@ def test_damaged_fragment_sequences_are_counted_and_bounded(dgs, data, max_datag
     for _ in range(data.draw(st.integers(0, 4))):   # damage some: flip, cut, extend bytes
         i = data.draw(st.integers(0, len(frames) - 1))
         f = bytearray(frames[i])
+        if not f:
+            continue
         pos = data.draw(st.integers(0, len(f) - 1))
         op = data.draw(st.integers(0, 2))
         if op == 0:

@@ -1,7 +1,8 @@
 """Inputs that broke a parser's contract under scripts/fuzz, kept inline as regressions.
 
-Each test names the target, the seed and index that found it (`scripts/fuzz TARGET
---seed S --index I` rebuilds the original input) and what was wrong.
+Each test names the target, seed and index that found it and what was wrong. The
+inputs are inline (in their smallest form), since `scripts/fuzz TARGET --seed S --index I`
+rebuilds an input only while the generators stay as they were.
 """
 from __future__ import annotations
 
@@ -148,3 +149,34 @@ def test_sdp_attributes_with_too_many_digits_are_ignored() -> None:
             f"a=rtcp:{DIGITS}\r\n").encode()
     md = parse_sdp(body).media[0]
     assert md.rtpmap == {0: ("PCMU", 8000, 1)} and md.rtcp_port is None
+
+
+# -- the Content-Length pattern of frame_stream -------------------------------------------
+# Its lazy value followed by optional blanks backtracked over runs of blanks: found by
+# scripts/fuzz sip (seed 7070, index 70881: "l:", zeros, 11,500 spaces, 3.6 s) and tcp
+# (seed 7070, index 102604: "l: ", 4301 nines, 17,000 tabs in a segment: killed as a hang
+# after 10 s). A lone CR in the line made it worse: 2,000 spaces took 35 s.
+
+def _framed_quickly(buf: bytes) -> tuple[list, int, str | None]:
+    t = time.perf_counter()
+    got = frame_stream(buf)
+    assert time.perf_counter() - t < 1.0
+    return got
+
+
+def test_sip_content_length_with_a_long_run_of_blanks() -> None:
+    spans, rest, error = _framed_quickly(
+        b"SIP/2.0 200 OK\r\nl:" + b"0" * 50 + b" " * 11500 + b"1\r\n\r\n")
+    assert spans == [] and rest == 0 and error.startswith("bad Content-Length")
+    msg = b"SIP/2.0 200 OK\r\nContent-Length: 0" + b"\t" * 20000 + b"\r\n\r\n"
+    assert _framed_quickly(msg) == ([(0, len(msg))], len(msg), None)
+
+
+def test_sip_content_length_line_with_blanks_and_a_lone_cr() -> None:
+    msg = b"SIP/2.0 200 OK\r\nl:" + b" " * 2000 + b"5\rX\r\n\r\n"   # not a Content-Length line
+    assert _framed_quickly(msg) == ([(0, len(msg))], len(msg), None)
+
+
+def test_tcp_segment_with_a_long_run_of_tabs_in_a_content_length() -> None:
+    out, _, dt = _one_segment(b"SIP/2.0 200 OK\r\nl: " + b"9" * 4301 + b"\t" * 17000 + b"x\r\n\r\n")
+    assert dt < 1.0 and [c.kind for c in out] == [BROKEN]
