@@ -606,6 +606,7 @@ class CallEngine:
             call.frame_data.clear()
             call.frame_ts.clear()
             for stream in call.streams.values():
+                stream.compact()
                 for run in stream.by_pt.values():
                     if run.refs:
                         offset, n = spill.spill_run(run.refs, run.timestamps)

@@ -46,7 +46,8 @@ class CallSpill:
         self.runs_path = directory / f"{name}.runs"
         self._fh = open(self.path, "w+b")          # noqa: SIM115 - lives as long as the call
         self._runs = open(self.runs_path, "w+b")   # noqa: SIM115
-        self.offsets = array("Q")                  # file offset of each spilled frame
+        self._count = 0                            # frames spilled
+        self._offsets: array | None = None         # file offset of each, built at finalize
         self._end = 0
         self._runs_end = 0
         self._mm: mmap.mmap | None = None
@@ -54,19 +55,34 @@ class CallSpill:
 
     @property
     def spilled(self) -> int:
-        return len(self.offsets)
+        return self._count
+
+    @property
+    def offsets(self) -> array:
+        """File offset of every spilled frame: found by one pass over the file when
+        first needed (at finalize), so nothing per frame is held while the call
+        goes on."""
+        if self._offsets is None:
+            mm = self.view()
+            offsets = array("Q")
+            pos = 0
+            unpack = _REC.unpack_from
+            for _ in range(self._count):
+                offsets.append(pos)
+                pos += 12 + unpack(mm, pos)[1]
+            self._offsets = offsets
+        return self._offsets
 
     def spill_frames(self, ts: Sequence[int], data: Sequence[bytes]) -> None:
         """Append frames (in index order) to the file."""
         out = []
         pos = self._end
-        offsets = self.offsets
         pack = _REC.pack
         for t, d in zip(ts, data):
-            offsets.append(pos)
             out.append(pack(t, len(d)))
             out.append(d)
             pos += 12 + len(d)
+        self._count += len(data)
         self._fh.seek(self._end)
         self._fh.write(b"".join(out))
         self._end = pos
@@ -84,11 +100,10 @@ class CallSpill:
         """Append another call's spilled frames after ours (a merge); returns the
         offset to add to its runs-file chunk offsets."""
         other._fh.flush()
-        shift = self._end
         self._fh.seek(self._end)
         other._fh.seek(0)
         _copy(other._fh, self._fh, other._end)
-        self.offsets.extend(o + shift for o in other.offsets)
+        self._count += other._count
         self._end += other._end
         runs_shift = self._runs_end
         other._runs.flush()

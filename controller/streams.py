@@ -281,6 +281,18 @@ class RtpStream:
         run.timestamps.append(rtp_ts)
         run.refs.append(ref)
 
+    def compact(self, keep: int = 4096) -> None:
+        """Fold the loss accounting of all but the last `keep` sequence numbers into
+        the totals (a long call): a late packet is at most MAX_MISORDER behind,
+        so it always lands in what is kept."""
+        self._sync()
+        k = len(self.bits) - keep
+        if k > 0:
+            self.expected_prior += k
+            self.received_prior += self.bits.count(1, 0, k)
+            del self.bits[:k]
+            self.base_ext += k
+
     def _restart(self, seq: int) -> None:
         """The sender restarted its sequence: close the run, start a new one
         (the packet that announced the jump counts as expected and received)."""

@@ -153,3 +153,29 @@ def test_two_hour_call_keeps_memory_flat(tmp_path: Path) -> None:
     info = soundfile.info(str(next(out.rglob("audio.*"))))
     assert abs(info.frames - minutes * 60 * info.samplerate) <= 2 * 160 * info.samplerate // 8000
     assert not any((tmp_path / "spill").iterdir())    # spilled, then deleted once stored
+
+
+def test_loss_accounting_folded_for_long_streams_counts_the_same() -> None:
+    """RtpStream.compact (run at each spill) keeps loss, duplicate and reorder
+    accounting exact while holding only the last sequence numbers."""
+    from controller.streams import RtpStream
+
+    rng = np.random.default_rng(9)
+    seqs = []
+    s = 100
+    for _ in range(20_000):
+        s = (s + int(rng.choice([1, 1, 1, 1, 2, 3]))) & 0xFFFF
+        seqs.append(s)
+    for i in range(0, len(seqs) - 5, 97):            # some reordering and duplicates
+        seqs[i], seqs[i + 1] = seqs[i + 1], seqs[i]
+        seqs.insert(i + 3, seqs[i + 2])
+    plain = RtpStream(b"a", 1, b"b", 2, 7, 0, {}, 0, seqs[0])
+    folded = RtpStream(b"a", 1, b"b", 2, 7, 0, {}, 0, seqs[0])
+    for n, q in enumerate(seqs):
+        plain.add(n, 0, q, n * 160, n)
+        folded.add(n, 0, q, n * 160, n)
+        if n % 500 == 0:
+            folded.compact(keep=200)
+    assert len(folded.bits) <= 200 + 500
+    assert (folded.lost, folded.duplicates, folded.packets) == (plain.lost, plain.duplicates, plain.packets)
+    assert plain.lost > 1000 and plain.duplicates > 100
