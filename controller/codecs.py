@@ -65,6 +65,9 @@ class _PerOctet(Decoder):
         return len(payload) * self.per_octet
 
     def decode_packets(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        joined = getattr(payloads, "octets", None)     # timeline.JoinedPayloads: already one buffer
+        if joined is not None:
+            return self._decode_octets(joined), payloads.lengths * self.per_octet
         lengths = np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads))
         if not payloads:
             return _EMPTY, lengths

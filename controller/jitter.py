@@ -39,7 +39,7 @@ class CallBytes:
     frames in memory joined in one buffer; a long call's spilled frames read in
     place from its spill file's map (controller/spill.py), never copied."""
 
-    def __init__(self, frame_ts: Sequence[int], frame_data: Sequence[bytes]) -> None:
+    def __init__(self, frame_ts: Sequence[int], frame_data: Sequence[bytes], times: bool = True) -> None:
         spill = getattr(frame_data, "spill", None)
         tail = getattr(frame_data, "tail", frame_data)
         self.n_spilled = spill.spilled if spill is not None else 0
@@ -52,7 +52,22 @@ class CallBytes:
             mm = spill.view()
             self.spill_buf = np.frombuffer(mm, dtype=np.uint8)
             self.spill_offsets = np.frombuffer(spill.offsets, dtype=np.uint64).astype(np.int64) + 12
-        self.ts = np.fromiter(frame_ts, dtype=np.int64, count=self.n_spilled + n)
+        self.ts = np.fromiter(frame_ts, dtype=np.int64, count=self.n_spilled + n) if times else None
+
+    def payloads(self, refs: np.ndarray) -> tuple[bytes, np.ndarray] | None:
+        """The payloads ``refs`` point at, joined, and their lengths (vectorised; None
+        for a spilled call: read those frame by frame)."""
+        if self.n_spilled:
+            return None
+        idx = refs >> 34
+        start = (refs >> 17) & _REF_MASK
+        lens = (refs & _REF_MASK) - start
+        if (refs < 0).any() or (lens < 0).any():
+            return None
+        total = int(lens.sum())
+        first = self.offsets[idx] + start
+        pos = np.repeat(first - (np.cumsum(lens) - lens), lens) + np.arange(total, dtype=np.int64)
+        return self.buf[pos].tobytes(), lens
 
     def gather(self, idx: np.ndarray, rel: np.ndarray) -> np.ndarray | None:
         """Byte ``rel`` of frame ``idx`` (vectorised); None if one is out of its frame."""

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property, partial
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from controller.audio import PacketReader, ResampledReader, Track, output_rate, write_audio
 from controller.codecs import CodecInfo, codec_for
+from controller.jitter import CallBytes
 from controller.streams import MAX_REF_OFFSET, RtpStream
 
 __all__ = ["Piece", "Segment", "Channel", "plan_audio", "render_audio", "Rendered"]
@@ -231,7 +233,32 @@ def _piece(pk: _Packets, pt: int, ts: np.ndarray, refs: np.ndarray, clock: int) 
     return Piece(pt, enc[0] if enc else None, codec, ts0, positions, refs, length, int(ts.size))
 
 
-def _fetch(frames, refs: np.ndarray, i: int, j: int) -> list[bytes]:
+class JoinedPayloads(Sequence[bytes]):
+    """Payloads gathered in one buffer (``octets``) with their ``lengths``: what a
+    per-octet decoder (G.711) takes as is; others index or iterate it."""
+
+    def __init__(self, octets: bytes, lengths: np.ndarray) -> None:
+        self.octets = octets
+        self.lengths = lengths
+        self._ends = np.cumsum(lengths)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        end = int(self._ends[k])
+        return self.octets[end - int(self.lengths[k]):end]
+
+
+def _fetch(frames, refs: np.ndarray, i: int, j: int, cb: CallBytes | None = None) -> Sequence[bytes]:
+    """Payloads of packets i..j-1: gathered with numpy from the call's frames in one
+    buffer (`cb`, a call in memory), else sliced frame by frame."""
+    if cb is not None and j - i > 8:
+        got = cb.payloads(refs[i:j])
+        if got is not None:
+            return JoinedPayloads(*got)
     out = []
     for r in refs[i:j].tolist():
         out.append(frames[r >> (2 * _SHIFT)][(r >> _SHIFT) & _MASK:r & _MASK])
@@ -271,9 +298,9 @@ class Rendered:
     offsets: dict[int, int]         # id(piece) -> output sample where it starts
 
 
-def _open(frames, piece: Piece, rate: int):
+def _open(frames, piece: Piece, rate: int, cb: CallBytes | None = None):
     reader = PacketReader(piece.codec.new_decoder(), piece.positions,
-                          partial(_fetch, frames, piece.refs))
+                          partial(_fetch, frames, piece.refs, cb=cb))
     if piece.codec.sample_rate != rate:
         reader = ResampledReader(reader, piece.length, piece.codec.sample_rate, rate)
     return reader
@@ -290,6 +317,8 @@ def render_audio(call: Any, channels: dict[int, Channel], fmt: str, target) -> R
     last = max(seg.last_ns for seg in segs)
     offsets: dict[int, int] = {}
     tracks: list[list[Track]] = [[], []]
+    # a call in memory: its frames in one buffer, payloads gathered with numpy
+    cb = CallBytes((), call.frame_data, times=False) if isinstance(call.frame_data, list) else None
     for side, ch in channels.items():
         for seg in ch.segments:
             seg_off = ((seg.start_ns - t0) * rate + _NS // 2) // _NS
@@ -299,7 +328,7 @@ def render_audio(call: Any, channels: dict[int, Channel], fmt: str, target) -> R
                 off = seg_off + p.ts_offset * rate // seg.clock_rate
                 offsets[id(p)] = off
                 length = -(-p.length * rate // p.codec.sample_rate)
-                tracks[side].append(Track(off, length, partial(_open, call.frame_data, p, rate)))
+                tracks[side].append(Track(off, length, partial(_open, call.frame_data, p, rate, cb)))
     limit = ((last - t0) // _NS + MARGIN_S) * rate
     frames = write_audio(tracks, rate, fmt, target, max_frames=limit)
     return Rendered(rate, t0, frames, offsets) if frames else None
