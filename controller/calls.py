@@ -386,12 +386,7 @@ class CallEngine:
             if ep is not None and ep.call is call:
                 del media[key]
         call.endpoints.clear()   # nor caught as late media once the call is finished
-        for stream in call.streams.values():
-            owners = self._ssrc_owners.get(stream.ssrc)
-            if owners is not None:
-                owners.pop(id(call), None)
-                if not owners:
-                    del self._ssrc_owners[stream.ssrc]
+        self._forget_ssrcs(call)
         call.probe_media = False
         if self._media_corr is not None:
             self._media_corr.forget(call)
@@ -575,6 +570,15 @@ class CallEngine:
         self._expire(now_ns)
         return out
 
+    def _forget_ssrcs(self, call: Call) -> None:
+        """The call's streams no longer name it as a relay candidate."""
+        for stream in call.streams.values():
+            owners = self._ssrc_owners.get(stream.ssrc)
+            if owners is not None:
+                owners.pop(id(call), None)
+                if not owners:
+                    del self._ssrc_owners[stream.ssrc]
+
     def late_due(self, now_ns: int, everything: bool = False) -> list[LateFrames]:
         """Packets of finished calls, ready to be added to their recordings."""
         return self._late.due(now_ns, everything) if self._late or everything else []
@@ -654,12 +658,7 @@ class CallEngine:
             if ep is not None and ep.call is call:
                 rtpmap.update(ep.rtpmap)
         self.table.remove(call)
-        for stream in call.streams.values():
-            owners = self._ssrc_owners.get(stream.ssrc)
-            if owners is not None:
-                owners.pop(id(call), None)
-                if not owners:
-                    del self._ssrc_owners[stream.ssrc]
+        self._forget_ssrcs(call)
         rid = recording_id(call.first_call_id, call.started_ns)
         self._late.register(rid, recording_prefix(prefix_date(call.started_ns), rid), call.linktype,
                             call.call_ids, call.endpoints, now_ns)

@@ -26,7 +26,7 @@ import struct
 from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from controller.streams import RtpStream
@@ -159,50 +159,18 @@ def _copy(src, dst, n: int) -> None:
         n -= len(chunk)
 
 
-class FrameStore(Sequence[bytes]):
-    """Frames of a finished call: the spilled ones from the file, then the tail."""
+class _Spilled(Sequence):
+    """A finished call's per-frame values: the spilled ones read from the file's
+    map, then the in-memory tail (frame i = record i, else tail[i - spilled])."""
 
-    def __init__(self, spill: CallSpill, tail: list[bytes]) -> None:
+    def __init__(self, spill: CallSpill, tail: list) -> None:
         self.spill = spill
         self.tail = tail
         self._n = spill.spilled
         self._mm = spill.view()
 
-    def __len__(self) -> int:
-        return self._n + len(self.tail)
-
-    @overload
-    def __getitem__(self, i: int) -> bytes: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[bytes]: ...
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if i < self._n:
-            off = self.spill.offsets[i]
-            _, n = _REC.unpack_from(self._mm, off)
-            return self._mm[off + 12:off + 12 + n]
-        return self.tail[i - self._n]
-
-    def __iter__(self) -> Iterator[bytes]:
-        mm = self._mm
-        for off in self.spill.offsets:
-            _, n = _REC.unpack_from(mm, off)
-            yield mm[off + 12:off + 12 + n]
-        yield from self.tail
-
-
-class TimeStore(Sequence[int]):
-    """Capture times of a finished call's frames (same indexes as `FrameStore`)."""
-
-    def __init__(self, spill: CallSpill, tail: list[int]) -> None:
-        self.spill = spill
-        self.tail = tail
-        self._n = spill.spilled
-        self._mm = spill.view()
+    def _record(self, off: int):
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return self._n + len(self.tail)
@@ -213,14 +181,29 @@ class TimeStore(Sequence[int]):
         if i < 0:
             i += len(self)
         if i < self._n:
-            return _REC.unpack_from(self._mm, self.spill.offsets[i])[0]
+            return self._record(self.spill.offsets[i])
         return self.tail[i - self._n]
 
-    def __iter__(self) -> Iterator[int]:
-        mm = self._mm
+    def __iter__(self) -> Iterator:
+        record = self._record
         for off in self.spill.offsets:
-            yield _REC.unpack_from(mm, off)[0]
+            yield record(off)
         yield from self.tail
+
+
+class FrameStore(_Spilled):
+    """Frames of a finished call (same indexes as while it was active)."""
+
+    def _record(self, off: int) -> bytes:
+        _, n = _REC.unpack_from(self._mm, off)
+        return self._mm[off + 12:off + 12 + n]
+
+
+class TimeStore(_Spilled):
+    """Capture times of a finished call's frames (same indexes as `FrameStore`)."""
+
+    def _record(self, off: int) -> int:
+        return _REC.unpack_from(self._mm, off)[0]
 
 
 def load_runs(streams: Sequence[RtpStream], spill: CallSpill | None) -> None:

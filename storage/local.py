@@ -38,6 +38,13 @@ class LocalStore:
             raise StorageError(f"{self.url}: {exc}") from None
 
     def put(self, prefix: str, files: dict[str, FileData]) -> str:
+        return self._write(prefix, files, replace=True)
+
+    def add(self, prefix: str, files: dict[str, FileData]) -> str:
+        return self._write(prefix, files, replace=False)
+
+    def _write(self, prefix: str, files: dict[str, FileData], replace: bool) -> str:
+        """Write the files; `replace`: the folder then holds exactly them."""
         folder = self._dir(prefix)
         try:
             names = {valid_name(n) for n in files}
@@ -50,26 +57,9 @@ class LocalStore:
             # Remove what an earlier run left and this one no longer has (e.g.
             # audio.wav when the call turned out to have no media), plus temp
             # files of an interrupted write, so the folder equals the recording.
-            for entry in os.scandir(folder):
+            for entry in os.scandir(folder) if replace else ():
                 if entry.name not in names and entry.is_file(follow_symlinks=False):
                     os.unlink(entry.path)
-            if self.fsync:
-                fsync_path(folder)
-        except OSError as exc:
-            raise StorageError(f"{self.url}: cannot write recording {prefix}: {exc.strerror or exc}") from exc
-        return folder.as_uri()
-
-    def add(self, prefix: str, files: dict[str, FileData]) -> str:
-        folder = self._dir(prefix)
-        try:
-            for n in files:
-                valid_name(n)
-        except ValueError as exc:
-            raise StorageError(f"{self.url}: {exc}") from None
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, data in files.items():
-                self._write_atomic(folder, name, data)
             if self.fsync:
                 fsync_path(folder)
         except OSError as exc:

@@ -21,6 +21,7 @@ from protocols.tunnels import ENCAP_ERSPAN, ENCAP_GRE, ENCAP_IPIP, ENCAP_VXLAN, 
 from sensor.bpf import DEFAULT_BPF
 from tests.conftest import capture, require_tool
 from tests.protocols._tshark import Row, table
+from tests.protocols._build import inet_checksum
 
 GRE_CAPTURE = "erspan_sip_ipv4_udp.pcapng"
 
@@ -94,15 +95,6 @@ MAC = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02"
 MAC2 = b"\x02\x00\x00\x00\x00\x03\x02\x00\x00\x00\x00\x04"
 
 
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def eth(ethertype: int, body: bytes, mac: bytes = MAC, vlan: int | None = None) -> bytes:
     tag = struct.pack("!HH", 0x8100, vlan) if vlan is not None else b""
     return mac + tag + struct.pack("!H", ethertype) + body
@@ -112,7 +104,7 @@ def ipv4(proto: int, body: bytes, src: str = "203.0.113.1", dst: str = "203.0.11
          ip_id: int = 0x1111) -> bytes:
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), ip_id, 0x4000, 64, proto, 0,
                       str_to_ip(src), str_to_ip(dst))
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + body
+    return hdr[:10] + struct.pack("!H", inet_checksum(hdr)) + hdr[12:] + body
 
 
 def ipv6(nh: int, body: bytes, src: str = "2001:db8:1::1", dst: str = "2001:db8:1::2") -> bytes:
@@ -146,7 +138,7 @@ def gre(ptype: int, body: bytes, key: int | None = None, seq: int | None = None,
         opt += struct.pack("!I", seq)
     pkt = struct.pack("!HH", flags, ptype) + opt + body
     if checksum:
-        pkt = pkt[:4] + struct.pack("!H", _csum(pkt)) + pkt[6:]
+        pkt = pkt[:4] + struct.pack("!H", inet_checksum(pkt)) + pkt[6:]
     return pkt
 
 
