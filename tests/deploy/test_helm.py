@@ -1,0 +1,261 @@
+"""The Helm chart (deploy/helm/spanrec) rendered by the real helm binary.
+
+Every rendered manifest is validated against the Kubernetes JSON schemas of a
+fixed version in strict mode (kubernetes-validate: unknown fields refused).
+helm comes from scripts/get-helm (.tools/helm, or `helm` on PATH); without it
+these tests skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "spanrec"
+K8S_VERSION = "1.30.0"
+#: custom resources: no schema in kubernetes-validate; checked by assertions instead
+CRD_KINDS = {"ServiceMonitor"}
+
+
+def _helm() -> str | None:
+    local = ROOT / ".tools" / "helm"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    return shutil.which("helm")
+
+
+HELM = _helm()
+pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary: run scripts/get-helm")
+
+VALUE_SETS: dict[str, dict] = {
+    "defaults": {},
+    "self-contained": {
+        "etcd": {"enabled": True, "replicas": 3},
+        "minio": {"enabled": True},
+        "tls": {"enabled": False},
+    },
+    "production": {
+        "replicas": 3,
+        "tls": {"enabled": True, "existingSecret": "ctl-tls"},
+        "metrics": {"enabled": True, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "otlp": {"endpoint": "http://otel-collector.monitoring:4317"},
+        "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                    "loadBalancerSourceRanges": ["10.0.0.0/8"]},
+        "controller": {"site": "fra1", "advertise": "sbc-rec.example.net:7600",
+                       "recordOnly": ["sip:+4930*"], "env": {"SPANREC_LINGER_S": "5"}},
+        "tolerations": [{"key": "voip", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                                "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "spanrec"}}}}]}},
+    },
+    "existing-secrets": {
+        "s3": {"existingSecret": "s3-keys", "asFiles": True, "endpoint": "https://s3.example.net"},
+        "registry": {"endpoints": "etcd-0:2379,etcd-1:2379",
+                     "auth": {"existingSecret": "etcd-auth"}},
+        "persistence": {"enabled": False},
+        "pdb": {"enabled": False},
+    },
+    "plain-keys": {
+        "s3": {"accessKey": "AKIA", "secretKey": "s3cr3t"},
+        "registry": {"auth": {"user": "spanrec", "password": "pw"}},
+    },
+}
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "HELM_CACHE_HOME": "/tmp/spanrec-helm-cache",
+                               "HELM_CONFIG_HOME": "/tmp/spanrec-helm-config",
+                               "HELM_DATA_HOME": "/tmp/spanrec-helm-data"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def _values_file(tmp_path: Path, values: dict) -> Path:
+    path = tmp_path / "values.json"   # JSON is YAML
+    path.write_text(json.dumps(values))
+    return path
+
+
+def render(tmp_path: Path, values: dict) -> list[dict]:
+    out = helm("template", "rec", str(CHART), "--namespace", "voip",
+               "-f", str(_values_file(tmp_path, values))).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def controller(docs: list[dict]) -> dict:
+    (sts,) = [d for d in by_kind(docs, "StatefulSet") if d["metadata"]["name"] == "rec-spanrec"]
+    return sts
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container["env"]}
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_lint(tmp_path: Path, name: str) -> None:
+    proc = helm("lint", "--strict", str(CHART), "-f", str(_values_file(tmp_path, VALUE_SETS[name])))
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_renders_valid_kubernetes(tmp_path: Path, name: str) -> None:
+    docs = render(tmp_path, VALUE_SETS[name])
+    assert docs
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue   # not in the Kubernetes schemas (see test_production)
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} "
+                                 f"at {list(exc.path)}") from None
+
+
+def test_defaults(tmp_path: Path) -> None:
+    docs = render(tmp_path, {})
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["PodDisruptionBudget", "Service", "Service", "Service",
+                     "ServiceAccount", "StatefulSet"]
+    sts = controller(docs)
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["spanrec", "controller"]
+    assert c["image"] == "spanrec:0.1.0"
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    env = env_of(c)
+    assert env["SPANREC_LISTEN"]["value"] == "0.0.0.0:7600"
+    assert env["SPANREC_STATE_DIR"]["value"] == "/var/lib/spanrec"
+    assert env["SPANREC_CONTROLLER_ID"]["value"] == "$(POD_NAME)"
+    assert env["SPANREC_ADVERTISE"]["value"] == "$(POD_NAME).rec-spanrec-headless.voip.svc.cluster.local:7600"
+    assert env["SPANREC_ETCD"]["value"] == "etcd:2379"
+    assert env["SPANREC_S3_ENDPOINT"]["value"] == "http://minio:9000"
+    assert env["SPANREC_TLS_CA"]["value"] == "/etc/spanrec/tls/ca.crt"
+    assert "SPANREC_INSECURE" not in env
+    assert "SPANREC_METRICS_LISTEN" not in env
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts == {"state": "/var/lib/spanrec", "tmp": "/tmp", "tls": "/etc/spanrec/tls"}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in vols["tmp"]
+    assert vols["tls"]["secret"]["secretName"] == "spanrec-controller-tls"
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    # mTLS on: the kubelet's plain-text gRPC probe cannot pass the handshake
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["tcpSocket"] == {"port": "grpc"}
+    services = {s["metadata"]["name"]: s["spec"] for s in by_kind(docs, "Service")}
+    assert services["rec-spanrec"]["ports"][0]["port"] == 7600
+    assert services["rec-spanrec-admin"]["ports"][0]["port"] == 7600
+    assert services["rec-spanrec-headless"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == "rec-spanrec-headless"
+
+
+def test_self_contained(tmp_path: Path) -> None:
+    docs = render(tmp_path, VALUE_SETS["self-contained"])
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert ("StatefulSet", "rec-etcd") in names and ("Deployment", "rec-minio") in names
+    (etcd,) = [d for d in by_kind(docs, "StatefulSet") if d["metadata"]["name"] == "rec-etcd"]
+    assert etcd["spec"]["replicas"] == 3
+    assert etcd["spec"]["template"]["spec"]["containers"][0]["image"].startswith("quay.io/coreos/etcd:")
+    (c,) = controller(docs)["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    assert env["SPANREC_ETCD"]["value"] == "rec-etcd:2379"
+    assert env["SPANREC_S3_ENDPOINT"]["value"] == "http://rec-minio:9000"
+    assert env["SPANREC_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "rec-minio", "key": "rootUser"}
+    assert env["SPANREC_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "rec-minio", "key": "rootPassword"}
+    assert env["SPANREC_INSECURE"]["value"] == "true"
+    # plain text: the kubelet probes gRPC health (grpc.health.v1) on the port
+    assert c["livenessProbe"]["grpc"] == {"port": 7600, "service": ""}
+    assert c["readinessProbe"]["grpc"] == {"port": 7600, "service": "spanrec.v1.SensorLink"}
+
+
+def test_production(tmp_path: Path) -> None:
+    docs = render(tmp_path, VALUE_SETS["production"])
+    sts = controller(docs)
+    assert sts["spec"]["replicas"] == 3
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    assert env["SPANREC_METRICS_LISTEN"]["value"] == "0.0.0.0:9464"
+    assert env["SPANREC_OTLP_ENDPOINT"]["value"] == "http://otel-collector.monitoring:4317"
+    assert env["SPANREC_ADVERTISE"]["value"] == "sbc-rec.example.net:7600"
+    assert env["SPANREC_RECORD_ONLY"]["value"] == "sip:+4930*"
+    assert env["SPANREC_LINGER_S"]["value"] == "5"
+    assert env["SPANREC_TLS_CERT"]["value"] == "/etc/spanrec/tls/tls.crt"
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    (admin,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "rec-spanrec-admin"]
+    assert {p["name"]: p["port"] for p in admin["spec"]["ports"]} == {"admin": 7600, "metrics": 9464}
+    # the ServiceMonitor selects the admin Service only
+    assert sm["spec"]["selector"]["matchLabels"].items() <= admin["metadata"]["labels"].items()
+
+
+def test_existing_secrets(tmp_path: Path) -> None:
+    docs = render(tmp_path, VALUE_SETS["existing-secrets"])
+    assert not by_kind(docs, "Secret") and not by_kind(docs, "PodDisruptionBudget")
+    sts = controller(docs)
+    assert "volumeClaimTemplates" not in sts["spec"]
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = env_of(c)
+    assert env["SPANREC_S3_ACCESS_KEY_FILE"]["value"] == "/etc/spanrec/s3/access-key"
+    assert "SPANREC_S3_ACCESS_KEY" not in env
+    assert env["SPANREC_ETCD_USER"]["valueFrom"]["secretKeyRef"] == {"name": "etcd-auth", "key": "username"}
+    assert env["SPANREC_ETCD_PASSWORD_FILE"]["value"] == "/etc/spanrec/etcd/password"
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["s3"]["secret"]["secretName"] == "s3-keys"
+    assert vols["etcd-auth"]["secret"]["secretName"] == "etcd-auth"
+    assert "emptyDir" in vols["state"]
+
+
+def test_plain_keys_make_secrets(tmp_path: Path) -> None:
+    docs = render(tmp_path, VALUE_SETS["plain-keys"])
+    secrets = {s["metadata"]["name"] for s in by_kind(docs, "Secret")}
+    assert secrets == {"rec-spanrec-s3", "rec-spanrec-etcd-auth"}
+    (c,) = controller(docs)["spec"]["template"]["spec"]["containers"]
+    assert env_of(c)["SPANREC_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "rec-spanrec-s3", "key": "secret-key"}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"replicas": "two"}, "/replicas"),
+    ({"replicaCount": 2}, "replicaCount"),
+    ({"controller": {"audioFormat": "mp3"}}, "/controller/audioFormat"),
+    ({"tls": {"enabeld": True}}, "enabeld"),
+    ({"etcd": {"enabled": True, "replicas": "3"}}, "/etcd/replicas"),
+    ({"minio": {"persistance": {}}}, "persistance"),
+    ({"controller": {"env": {"LINGER": "5"}}}, "LINGER"),
+    ({"metrics": {"serviceMonitor": {"enabled": True}}}, "needs metrics.enabled"),
+    ({"tls": {"existingSecret": ""}}, "tls.existingSecret"),
+])
+def test_bad_values_refused(tmp_path: Path, values: dict, message: str) -> None:
+    proc = helm("template", "rec", str(CHART), "-f", str(_values_file(tmp_path, values)), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+
+
+def test_notes_tell_spanrecctl_and_sensors() -> None:
+    proc = helm("install", "rec", str(CHART), "--dry-run=client", "--namespace", "voip")
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "port-forward svc/rec-spanrec-admin 7600:7600" in notes
+    assert "spanrecctl fleet --controller 127.0.0.1:7600" in notes
+    assert "--tls-cert" in notes and "--tls-ca" in notes
+    assert "install-sensor.sh --interface" in notes and "--site" in notes and "--etcd" in notes
