@@ -162,6 +162,8 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Folder for the write-ahead log and the storage outbox (default ./spanrec-state).")
 @click.option("--metrics-listen", help="HOST:PORT of a Prometheus scrape endpoint (off by default).")
+@click.option("--health-listen", help="HOST:PORT serving only gRPC health checking in plain text, "
+                                      "for probes that cannot do mTLS (off by default).")
 @click.option("--otlp-endpoint", help="OTLP/gRPC collector for metrics and traces (off by default).")
 @_audio_format_option
 @_with_rules

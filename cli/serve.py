@@ -197,9 +197,11 @@ def run_controller(settings: ControllerSettings) -> None:
     async def main() -> None:
         try:
             server, port = await serve(recorder, settings.listen,
-                                       server_credentials=Security.from_settings(settings).server_credentials())
+                                       server_credentials=Security.from_settings(settings).server_credentials(),
+                                       health_listen=settings.health_listen)
         except (OSError, RuntimeError) as exc:
-            raise Failure(f"cannot listen on {settings.listen}: {exc}") from None
+            raise Failure(f"cannot listen on {settings.listen}"
+                          f"{' or ' + settings.health_listen if settings.health_listen else ''}: {exc}") from None
         log.info("controller listening", extra={"listen": settings.listen, "port": port,
                                                 "storage": store.url})
         registry = start_registry(settings, port, asyncio.get_running_loop())
@@ -213,6 +215,8 @@ def run_controller(settings: ControllerSettings) -> None:
         await stop.wait()
         log.info("controller stopping: finishing active calls")
         await server.stop(grace=2.0)
+        if server._spanrec_health_server is not None:  # type: ignore[attr-defined]
+            await server._spanrec_health_server.stop(grace=0)  # type: ignore[attr-defined]
         if registry is not None:
             await registry.stop_async()
         await asyncio.to_thread(recorder.shutdown)

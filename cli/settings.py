@@ -72,6 +72,7 @@ class ControllerSettings(_Cluster):
     site: str = ""
     state_dir: Path = Path("./spanrec-state")  # write-ahead log and storage outbox
     metrics_listen: str | None = None          # HOST:PORT of the Prometheus scrape endpoint
+    health_listen: str | None = None           # HOST:PORT of plain-text gRPC health only (probes)
     otlp_endpoint: str | None = None           # OTLP/gRPC collector for metrics and traces
     audio_format: Literal["wav", "flac", "opus"] = "wav"   # audio.wav | audio.flac | audio.opus
     # recording rules (controller/rules.py): a table ([controller.record_rules], or JSON in
@@ -83,6 +84,7 @@ class ControllerSettings(_Cluster):
     record_default: Literal["record", "signalling-only"] | None = None
 
     _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
+    _check_health = field_validator("health_listen")(lambda cls, v: v if v is None else _hostport(v))
 
     @field_validator("record_rules", mode="before")
     @classmethod

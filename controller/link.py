@@ -427,13 +427,26 @@ def _files(meta: dict) -> list[str]:
 HEALTH_SERVICES = ("", "spanrec.v1.SensorLink", "spanrec.v1.Admin")
 
 
+async def serve_health(health_servicer: Any, listen: str) -> tuple[grpc.aio.Server, int]:
+    """A plain-text server with only gRPC health checking (no data, no admin), for
+    probes that cannot speak mTLS (Kubernetes' grpc probe)."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    return server, port
+
+
 async def serve(recorder: Recorder, listen: str, *, tick_s: float = 1.0,
                 server_credentials: grpc.ServerCredentials | None = None,
-                registry: Any = None) -> tuple[grpc.aio.Server, int]:
+                registry: Any = None, health_listen: str | None = None) -> tuple[grpc.aio.Server, int]:
     """Starts the server; returns it and the bound port (listen may use port 0).
 
     `server_credentials` None means plain text: the CLI allows that only with
-    --insecure (or on loopback for `spanrec record`)."""
+    --insecure (or on loopback for `spanrec record`).  `health_listen`: also
+    serve gRPC health checking alone, in plain text, there (probes)."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 64 << 20),
@@ -457,6 +470,9 @@ async def serve(recorder: Recorder, listen: str, *, tick_s: float = 1.0,
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server._spanrec_health = health_servicer  # type: ignore[attr-defined]
+    server._spanrec_health_server = None  # type: ignore[attr-defined]
+    if health_listen:
+        server._spanrec_health_server = (await serve_health(health_servicer, health_listen))[0]  # type: ignore[attr-defined]
 
     async def ticker() -> None:
         while True:

@@ -157,9 +157,10 @@ def test_defaults(tmp_path: Path) -> None:
     assert vols["tls"]["secret"]["secretName"] == "spanrec-controller-tls"
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "state"
-    # mTLS on: the kubelet's plain-text gRPC probe cannot pass the handshake
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert c[probe]["tcpSocket"] == {"port": "grpc"}
+    # mTLS on: the kubelet's plain-text gRPC probe goes to the health-only port
+    assert env["SPANREC_HEALTH_LISTEN"]["value"] == "0.0.0.0:7601"
+    assert c["livenessProbe"]["grpc"] == {"port": 7601, "service": ""}
+    assert c["readinessProbe"]["grpc"] == {"port": 7601, "service": "spanrec.v1.SensorLink"}
     services = {s["metadata"]["name"]: s["spec"] for s in by_kind(docs, "Service")}
     assert services["rec-spanrec"]["ports"][0]["port"] == 7600
     assert services["rec-spanrec-admin"]["ports"][0]["port"] == 7600

@@ -53,7 +53,8 @@ class Controller:
     """`spanrec controller` on a free loopback port, ready when its health
     service answers SERVING; `tls` None runs it with --insecure."""
 
-    def __init__(self, workdir: Path, tls: Identity | None, probe: Identity | None = None) -> None:
+    def __init__(self, workdir: Path, tls: Identity | None, probe: Identity | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         (self.port,) = free_ports(1)
         self.target = f"127.0.0.1:{self.port}"
         self.storage = workdir / "recordings"
@@ -61,7 +62,7 @@ class Controller:
         security = tls.flags() if tls else ["--insecure"]
         self.proc = subprocess.Popen(
             [*SPANREC, "controller", "--listen", self.target, "--storage", str(self.storage),
-             "--state-dir", str(workdir / "state"), "--log-format", "text", *security],
+             "--state-dir", str(workdir / "state"), "--log-format", "text", *security, *extra],
             stdin=subprocess.DEVNULL, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.probe = probe

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from proto import admin_pb2, admin_pb2_grpc, sensor_pb2, sensor_pb2_grpc
-from tests.transport.procs import (REPO, SPANRECCTL, Controller, Identity, identity, make_certs,
+from tests.transport.procs import (REPO, free_ports, SPANRECCTL, Controller, Identity, identity, make_certs,
                                    one_error_line, run)
 from transport.tls import Security, TlsError, TlsFiles, load
 
@@ -43,7 +43,10 @@ def pki(tmp_path_factory) -> SimpleNamespace:
 @pytest.fixture(scope="module")
 def controller(pki, tmp_path_factory):
     work = tmp_path_factory.mktemp("mtls-controller")
-    c = Controller(work, identity(pki.good, "controller.local"), probe=identity(pki.good, "ops-alice"))
+    (health_port,) = free_ports(1)
+    c = Controller(work, identity(pki.good, "controller.local"), probe=identity(pki.good, "ops-alice"),
+                   extra=("--health-listen", f"127.0.0.1:{health_port}"))
+    c.health_target = f"127.0.0.1:{health_port}"
     yield c
     assert c.stop() == 0, c.log.read_text()
     assert "Traceback" not in c.log.read_text()
@@ -208,6 +211,22 @@ def test_health_and_reflection_behind_mtls(controller) -> None:
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
         names = {s.name for s in answer.list_services_response.service}
     assert {"spanrec.v1.SensorLink", "spanrec.v1.Admin", "grpc.health.v1.Health"} <= names
+
+
+def test_plain_health_port_for_probes_serves_health_only(controller) -> None:
+    """--health-listen: Kubernetes' grpc probe cannot do mTLS, so health checking alone
+    is served in plain text on its own port; nothing else is reachable there."""
+    with grpc.insecure_channel(controller.health_target) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        for service in ("", "spanrec.v1.SensorLink"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            admin_pb2_grpc.AdminStub(ch).GetStatus(admin_pb2.StatusRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with grpc.insecure_channel(controller.target) as ch:      # the main port stays mTLS only
+        with pytest.raises(grpc.RpcError):
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
 
 
 def test_sensor_refused_for_its_name_fails_fast(controller, pki, tmp_path) -> None:

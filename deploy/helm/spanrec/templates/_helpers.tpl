@@ -64,16 +64,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{- define "spanrec.probeMode" -}}
-{{- if eq .Values.probes.mode "auto" -}}{{ ternary "tcp" "grpc" .Values.tls.enabled }}{{- else -}}{{ .Values.probes.mode }}{{- end -}}
+{{- if eq .Values.probes.mode "auto" -}}grpc{{- else -}}{{ .Values.probes.mode }}{{- end -}}
 {{- end -}}
 
 {{- define "spanrec.probe" -}}
 {{- if eq (include "spanrec.probeMode" .root) "grpc" -}}
 grpc:
-  port: {{ .root.Values.controller.port }}
+  port: {{ include "spanrec.probePort" .root }}
   service: {{ .service | quote }}
 {{- else -}}
 tcpSocket:
   port: grpc
 {{- end }}
+{{- end -}}
+
+{{/* gRPC health for the kubelet: with mTLS on, the controller also serves health
+checking alone in plain text on probes.healthPort (--health-listen); without TLS
+the main port answers it. */}}
+{{- define "spanrec.probePort" -}}
+{{- if .Values.tls.enabled -}}{{ .Values.probes.healthPort }}{{- else -}}{{ .Values.controller.port }}{{- end -}}
 {{- end -}}
