@@ -162,6 +162,9 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Folder for the write-ahead log and the storage outbox (default ./spanrec-state).")
 @click.option("--metrics-listen", help="HOST:PORT of a Prometheus scrape endpoint (off by default).")
+@click.option("--keep-calls-on-stop/--finish-calls-on-stop", "keep_calls_on_stop", default=None,
+              help="On SIGTERM, leave calls in progress in the write-ahead log for the next start "
+                   "(a restart does not split them) instead of writing them now (default).")
 @click.option("--health-listen", help="HOST:PORT serving only gRPC health checking in plain text, "
                                       "for probes that cannot do mTLS (off by default).")
 @click.option("--otlp-endpoint", help="OTLP/gRPC collector for metrics and traces (off by default).")

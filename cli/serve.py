@@ -215,11 +215,12 @@ def run_controller(settings: ControllerSettings) -> None:
         await stop.wait()
         log.info("controller stopping: finishing active calls")
         await server.stop(grace=2.0)
+        server._spanrec_ticker.cancel()      # type: ignore[attr-defined]  # time stops with the packets
         if server._spanrec_health_server is not None:  # type: ignore[attr-defined]
             await server._spanrec_health_server.stop(grace=0)  # type: ignore[attr-defined]
         if registry is not None:
             await registry.stop_async()
-        await asyncio.to_thread(recorder.shutdown)
+        await asyncio.to_thread(recorder.shutdown, settings.keep_calls_on_stop)
         if telemetry is not None:
             telemetry.shutdown()
         if outbox is not None and not await asyncio.to_thread(outbox.drain, 10.0):

@@ -73,6 +73,7 @@ class ControllerSettings(_Cluster):
     state_dir: Path = Path("./spanrec-state")  # write-ahead log and storage outbox
     metrics_listen: str | None = None          # HOST:PORT of the Prometheus scrape endpoint
     health_listen: str | None = None           # HOST:PORT of plain-text gRPC health only (probes)
+    keep_calls_on_stop: bool = False           # SIGTERM leaves active calls to the next start (WAL)
     otlp_endpoint: str | None = None           # OTLP/gRPC collector for metrics and traces
     audio_format: Literal["wav", "flac", "opus"] = "wav"   # audio.wav | audio.flac | audio.opus
     # recording rules (controller/rules.py): a table ([controller.record_rules], or JSON in

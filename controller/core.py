@@ -352,8 +352,22 @@ class Recorder:
         if keep is not None:
             self.wal.delete_before(keep)     # type: ignore[union-attr]
 
-    def shutdown(self) -> None:
-        """Graceful stop: everything pending becomes a recording."""
+    def shutdown(self, keep_active: bool = False) -> None:
+        """Graceful stop: everything pending becomes a recording.
+
+        `keep_active` (with a write-ahead log): calls still in progress are not
+        written: their packets stay in the log and the next start rebuilds them,
+        so a restart (an upgrade) does not cut a call in two recordings.  Calls
+        already over are written first."""
+        if keep_active and self.wal is not None:
+            self.writer.join()
+            with self._lock:
+                active = len(self.engine.table)
+                self.wal.sync()
+                self.wal.close()
+            log.info("active calls continue after the restart (write-ahead log)",
+                     extra={"active_calls": active})
+            return
         with self._lock:
             self._process(self.merger.release(drain=True))
             self._submit(self.engine.finish_all("capture-end"))

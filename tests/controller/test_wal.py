@@ -304,3 +304,36 @@ def test_kinds_in_log(tmp_path: Path) -> None:
     assert kinds.count(BATCH) == len(batches)
     assert END in kinds and STORED in kinds
     assert os.listdir(state)
+
+
+def test_graceful_stop_keeping_active_calls_does_not_split_them(tmp_path: Path) -> None:
+    """`--keep-calls-on-stop` (a rolling upgrade): SIGTERM writes the calls already
+    over, leaves the active ones in the log, and the next start continues them:
+    the recordings equal an uninterrupted run's, byte for byte."""
+    batches = _capture_batches(calls=4, duration=3.0, concurrent=2)
+    expected = _reference(tmp_path, batches)
+    state, out = tmp_path / "state", tmp_path / "rec"
+    rec = Recorder(LocalStore(out, fsync=False), wal=WriteAheadLog(state))
+    rec.recover()
+    rec.sensor_hello("s1", session="A", mode="replay")
+    stop_at = len(batches) // 2
+    _feed(rec, batches, 1, stop_at, tick_every=3)
+    _wait_acked(rec, stop_at)
+    active = len(rec.engine.table)
+    assert active > 0
+    rec.shutdown(keep_active=True)
+    written = set(_recordings(out))
+    assert len(written) <= len(expected) - active           # the active calls were not written
+    again = Recorder(LocalStore(out, fsync=False), wal=WriteAheadLog(state))
+    again.recover()
+    assert again.sensor_hello("s1", session="A", mode="replay") == stop_at
+    # the calls in progress are back (with calls already stored, which the log
+    # replays too and which are not written again)
+    assert len(again.engine.table) >= active
+    _feed(again, batches, stop_at + 1)
+    again.end_of_capture("s1", {}, "")
+    again.shutdown()
+    got = _recordings(out)
+    assert sorted(got) == sorted(expected) and written < set(got)
+    for prefix, (meta, pcap) in expected.items():
+        assert got[prefix] == (meta, pcap), prefix

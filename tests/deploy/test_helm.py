@@ -157,6 +157,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert vols["tls"]["secret"]["secretName"] == "spanrec-controller-tls"
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "state"
+    assert env["SPANREC_KEEP_CALLS_ON_STOP"]["value"] == "true"   # upgrades do not split calls
     # mTLS on: the kubelet's plain-text gRPC probe goes to the health-only port
     assert env["SPANREC_HEALTH_LISTEN"]["value"] == "0.0.0.0:7601"
     assert c["livenessProbe"]["grpc"] == {"port": 7601, "service": ""}
