@@ -262,8 +262,10 @@ class CallEngine:
     def _sip_message(self, ts_ns: int, linktype: int, payload: bytes,
                      truncated_ok: bool, reassembled: bool = False) -> tuple[Call | None, Leg | None]:
         """Apply one SIP message to its call: (the call, its leg), or (None, None) if
-        it belongs to none; a malformed message of a known call gives (that call, None)."""
+        it belongs to none; a malformed message of a known call gives (that call, None).
+        A message of a call already finished sets `_late_hit` (read by `_sip`)."""
         c = self._c
+        self._late_hit = None     # never left over from a TCP message or a reassembled one
         truncated = False
         try:
             msg = parse_sip(payload)

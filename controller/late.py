@@ -29,9 +29,6 @@ class LateFrames:
     frames: list[tuple[int, bytes]] = field(default_factory=list)
     dropped: int = 0
 
-    def release(self) -> None:   # the writer's interface for finished work
-        pass
-
 
 @dataclass
 class _Entry:

@@ -80,7 +80,48 @@ def check_available() -> None:
 
 
 @dataclass
-class NetLab:
+class LabResources:
+    """What a lab made and must undo: processes (stopped by PID), namespaces,
+    links in the root namespace, temporary folders.  Both labs build on it."""
+
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list, kw_only=True)
+    namespaces: list[str] = field(default_factory=list, kw_only=True)
+    root_links: list[str] = field(default_factory=list, kw_only=True)
+    tmpdirs: list[tempfile.TemporaryDirectory[str]] = field(default_factory=list, kw_only=True)
+
+    def teardown(self) -> None:
+        """Kill what we started (by PID), then delete our namespaces and links."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for ns in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for link in self.root_links:
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+        for tmp in self.tmpdirs:
+            tmp.cleanup()
+
+    def run_in(self, ns: str, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside namespace ``ns``; the lab kills it at teardown."""
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **popen_kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def tmpdir(self) -> Path:
+        tmp = tempfile.TemporaryDirectory(prefix="spanrec-netlab-")
+        self.tmpdirs.append(tmp)
+        return Path(tmp.name)
+
+
+@dataclass
+class NetLab(LabResources):
     """Handles of a built lab; created by :func:`netlab_context`."""
 
     prefix: str
@@ -88,9 +129,6 @@ class NetLab:
     sensor_iface: str = SENSOR_IFACE
     phone_a_ip: str = PHONE_A_IP
     phone_b_ip: str = PHONE_B_IP
-    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    tmpdirs: list[tempfile.TemporaryDirectory[str]] = field(default_factory=list)
 
     @property
     def switch_ns(self) -> str:
@@ -153,42 +191,13 @@ class NetLab:
         if self.uplink:
             root_if = self.uplink_root_iface
             _ip("link", "add", root_if, "type", "veth", "peer", "name", "up0", "netns", self.sensor_ns)
+            self.root_links.append(root_if)
             _ip("addr", "add", f"{self.uplink_root_ip}/30", "dev", root_if)
             _ip("link", "set", root_if, "up")
             _ip("-n", self.sensor_ns, "addr", "add", f"{self.uplink_sensor_ip}/30", "dev", "up0")
             _ip("-n", self.sensor_ns, "link", "set", "up0", "up")
 
-    def teardown(self) -> None:
-        """Kill what we started (by PID), then delete our namespaces and links."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        for ns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        if self.uplink:
-            subprocess.run(["ip", "link", "del", self.uplink_root_iface], capture_output=True)
-        for tmp in self.tmpdirs:
-            tmp.cleanup()
-
     # -- running things ---------------------------------------------------
-    def run_in(self, ns: str, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` inside namespace ``ns``; the lab kills it at teardown."""
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **popen_kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def tmpdir(self) -> Path:
-        tmp = tempfile.TemporaryDirectory(prefix="spanrec-netlab-")
-        self.tmpdirs.append(tmp)
-        return Path(tmp.name)
-
     def start_sipp_uas(self, calls: int = 1, timeout_s: int = 60) -> subprocess.Popen[Any]:
         """sipp UAS on phoneB:5060, echoing RTP on port 6000 (two-way media)."""
         return self.run_in(

@@ -34,16 +34,14 @@ execs, so the PID is the command's own) and killed by PID at teardown.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.netlab import NetlabUnavailable, check_available
+from tests.netlab import LabResources, NetlabUnavailable, check_available
 
 __all__ = ["Host", "TwoSiteLab", "two_site_lab", "NetlabUnavailable", "SENSOR_IFACE",
            "SITES", "SIPP_PCAP_DIR"]
@@ -75,15 +73,11 @@ class Host:
 
 
 @dataclass
-class TwoSiteLab:
+class TwoSiteLab(LabResources):
     """Handles of a built two-site lab; created by :func:`two_site_lab`."""
 
     prefix: str
     hosts: dict[str, Host] = field(default_factory=dict)
-    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    root_links: list[str] = field(default_factory=list)
-    tmpdirs: list[tempfile.TemporaryDirectory[str]] = field(default_factory=list)
     sensor_iface: str = SENSOR_IFACE
 
     # -- names ------------------------------------------------------------
@@ -186,37 +180,7 @@ class TwoSiteLab:
         _ip("-n", ns, "link", "set", ifname, "up")
         _ns_cmd(ns, "ethtool", "-K", ifname, "tx", "off")
 
-    def teardown(self) -> None:
-        """Kill what we started (by PID), then delete our namespaces and links."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        for ns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        for link in self.root_links:
-            subprocess.run(["ip", "link", "del", link], capture_output=True)
-        for tmp in self.tmpdirs:
-            tmp.cleanup()
-
     # -- running things -----------------------------------------------------
-    def run_in(self, ns: str, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` inside namespace ``ns``; the lab kills it at teardown."""
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **popen_kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def tmpdir(self) -> Path:
-        tmp = tempfile.TemporaryDirectory(prefix="spanrec-netlab2-")
-        self.tmpdirs.append(tmp)
-        return Path(tmp.name)
-
     def sipp(self, host: str, argv: Sequence[str], *, workdir: Path | None = None,
              log: Path | None = None) -> subprocess.Popen[Any]:
         """Start ``sipp ARGV -i <host ip> -nostdin`` on ``host``.

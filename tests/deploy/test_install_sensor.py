@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import require_tool
+from tests.e2e.test_live import stop
 from tests.netlab import SENSOR_IFACE, NetLab, NetlabUnavailable, netlab_context
 from tests.s3server import free_ports
 from tests.transport.procs import identity, make_certs
@@ -152,17 +153,6 @@ def test_unit_runs_the_sensor_unprivileged_and_verifies(installed, tmp_path: Pat
 
 
 # -- the installed sensor captures ------------------------------------------------------
-def _stop(proc: subprocess.Popen, timeout: float = 15) -> int:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait(5)
-    return proc.returncode
-
-
 @pytest.mark.live
 def test_installed_sensor_captures_a_call_in_a_namespace(installed, tmp_path: Path) -> None:
     require_tool("sipp")
@@ -214,9 +204,9 @@ def test_installed_sensor_captures_a_call_in_a_namespace(installed, tmp_path: Pa
             time.sleep(0.3)
     finally:
         if sensor is not None:
-            _stop(sensor)
+            stop(sensor)
         if controller is not None:
-            _stop(controller)
+            stop(controller)
         ctx.__exit__(None, None, None)
     (meta,) = [json.loads(p.read_text()) for p in out.rglob("call.json")]
     assert meta["status"] == "answered" and meta["sensors"] == [SENSOR_ID]

@@ -4,7 +4,6 @@ within 10 s of a kill -9, and recording goes on while etcd is down."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -4,7 +4,6 @@ shows the sensor's counters."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

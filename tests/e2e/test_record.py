@@ -6,7 +6,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import CALL_CAPTURES, capture, require_tool
 from tests.e2e.conftest import spanrec_record
