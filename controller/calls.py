@@ -119,13 +119,13 @@ class CallEngine:
                 if ep is not None:
                     code = ep.packet(ts_ns, sensor_id, linktype, data, d, True)
                     if code:
-                        self._media_event(code, ep)
+                        self._media_event(code, ep, ts_ns, data, d)
                     return True
                 ep = self._media_map.get((d.src, d.sport))
                 if ep is not None:  # symmetric RTP: sent from where that side receives
                     code = ep.packet(ts_ns, sensor_id, linktype, data, d, False)
                     if code:
-                        self._media_event(code, ep)
+                        self._media_event(code, ep, ts_ns, data, d)
                     return True
                 if d.is_fragment and d.sport == 0 and d.dport == 0:
                     return self._fragment(ts_ns, sensor_id, linktype, data, d)
@@ -174,7 +174,7 @@ class CallEngine:
             self._c["internal_errors"] += 1
             log.exception("duplicate not counted: internal error")
 
-    def _media_event(self, code: int, ep: MediaEndpoint) -> None:
+    def _media_event(self, code: int, ep: MediaEndpoint, ts_ns: int, data: bytes, d: Decoded) -> None:
         """Bookkeeping for the packets `MediaEndpoint.packet` did not just count."""
         c = self._c
         if code == RTP_NEW_STREAM:
@@ -187,8 +187,15 @@ class CallEngine:
             ep.call.rtcp_frames.append(ep.call.frames_held - 1)  # just appended (quality.py)
             c["rtcp_packets"] += 1
         elif code == NOT_RTP:
-            ep.call.media_other += 1
+            call = ep.call
+            call.media_other += 1
             c["media_other"] += 1
+            off = d.payload_offset
+            if d.payload_len >= 12 and data[off] == 0x10 and data[off + 4:off + 8] == b"ZRTP":
+                # RFC 6189 section 5: first byte 0x10, magic cookie 'ZRTP' at offset 4
+                flow = (d.src, d.sport, d.dst, d.dport)
+                if flow not in call.zrtp:
+                    call.zrtp[flow] = ts_ns
         else:
             c["rtp_errors"] += 1
 
@@ -225,7 +232,7 @@ class CallEngine:
         ep = self.table.media[(addr, port)]
         code = ep.packet(ts_ns, sensor_id, linktype, data, d, addr == d.dst and port == d.dport)
         if code:
-            self._media_event(code, ep)
+            self._media_event(code, ep, ts_ns, data, d)
         return True
 
     def _signalling(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded) -> bool:
@@ -331,7 +338,7 @@ class CallEngine:
         was_ended = dialog.ended_ns
         offer = dialog.apply(msg, ts_ns, cseq, cseq_method, repeat)
         if offer is not None:
-            self._register_sdp(call, offer[0], offer[1], leg)
+            self._register_sdp(call, offer[0], offer[1], leg, ts_ns)
             if not repeat and msg.is_request and msg.to_tag is None and cseq_method == "INVITE":
                 call = self._linker.correlate_origin(call, leg, offer[1], ts_ns)
         if dialog.ended_ns is not None and dialog.ended_ns != was_ended:
@@ -470,7 +477,7 @@ class CallEngine:
                 last = ts
         call.last_ns = last
 
-    def _register_sdp(self, call: Call, side: int, body: bytes, leg: Leg) -> None:
+    def _register_sdp(self, call: Call, side: int, body: bytes, leg: Leg, ts_ns: int) -> None:
         if self._not_recorded and self._not_recorded_reason(call) is not None:
             return  # signalling only: its media is never mapped, so no RTP is kept
         try:
@@ -478,8 +485,12 @@ class CallEngine:
         except DecodeError:
             self._c["sdp_errors"] += 1
             return
+        seen: set[str] = set()
         for m in media:
             self.table.add_media(call, side, m, leg.call_id)
+            if m.security is not None and m.kind not in seen:   # the first m= line of a kind
+                seen.add(m.kind)
+                call.security.append((ts_ns, leg.call_id, side, m.kind, m.security))
 
     # -- IP fragments: each fragment is a frame of its call's pcap (the later ones
     # follow the first); the datagram rebuilt from them (protocols.fragments) is parsed --
@@ -703,6 +714,8 @@ class CallEngine:
             frame_data=call.frame_data if call.spill is None else FrameStore(call.spill, call.frame_data),
             other_linktype=call.other_linktype,
             rtcp_frames=call.rtcp_frames,
+            security=call.security,
+            zrtp=call.zrtp,
             streams=streams,
             rtpmap=rtpmap,
             legs=legs,

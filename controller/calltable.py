@@ -15,7 +15,7 @@ from collections.abc import Callable
 from controller.dialogs import Dialog
 from controller.legs import Leg, LegKey
 from controller.spill import CallSpill
-from controller.streams import MediaEndpoint, RtpStream, SdpMedia
+from controller.streams import MediaEndpoint, MediaSecurity, RtpStream, SdpMedia
 
 __all__ = ["Call", "CallTable"]
 
@@ -28,7 +28,8 @@ class Call:
     __slots__ = ("legs", "started_ns", "last_ns", "linktype", "frame_ts", "frame_data",
                  "other_linktype", "sensors", "last_sensor", "streams", "endpoints", "media_addrs",
                  "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done", "tcp_frames",
-                 "aliases", "keys", "copies", "probe_media", "frame_base", "spill", "rtcp_frames")
+                 "aliases", "keys", "copies", "probe_media", "frame_base", "spill", "rtcp_frames",
+                 "security", "zrtp")
 
     def __init__(self, call_id: str, ts_ns: int, linktype: int) -> None:
         self.legs: dict[str, Leg] = {call_id: Leg(call_id, Dialog(), ts_ns)}
@@ -56,6 +57,11 @@ class Call:
         self.probe_media = True               # MediaCorrelator looks at its streams
         self.frame_base = 0                   # frames before the in-memory ones: spilled
         self.spill: CallSpill | None = None   # controller/spill.py, for long calls
+        #: every SDP media line's encryption, in time order: (ts, leg Call-ID, side of the
+        #: SDP's author, media kind, MediaSecurity) - what each side encrypts its media with
+        self.security: list[tuple[int, str, int, str, MediaSecurity]] = []
+        #: media flows (src, sport, dst, dport) that carried ZRTP -> capture time of the first
+        self.zrtp: dict[tuple[bytes, int, bytes, int], int] = {}
 
     def add_frame(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes) -> int:
         """Keep a packet for call.pcap; returns its frame index."""
@@ -149,7 +155,7 @@ class CallTable:
             if media.rtpmap:
                 ep.rtpmap.update(media.rtpmap)
             return
-        self.media[key] = MediaEndpoint(call, side, media.rtcp, dict(media.rtpmap), leg)
+        self.media[key] = MediaEndpoint(call, side, media.rtcp, dict(media.rtpmap), leg, media.kind)
         call.endpoints.append(key)
         call.media_addrs.add(media.addr)
         if ep is None and self.on_new_media is not None:
@@ -224,6 +230,11 @@ class CallTable:
         keep.rtcp_packets += other.rtcp_packets
         keep.rtcp_frames.extend(offset + i for i in other.rtcp_frames)
         keep.media_other += other.media_other
+        keep.security.extend((t, leg, 1 - side if flip else side, kind, sec)
+                             for t, leg, side, kind, sec in other.security)
+        keep.security.sort(key=lambda e: e[0])
+        for flow, t in other.zrtp.items():
+            keep.zrtp[flow] = min(t, keep.zrtp.get(flow, t))
         keep.sip_packets += other.sip_packets
         keep.sip_errors += other.sip_errors
         for sid, n in other.copies.items():

@@ -78,6 +78,18 @@ class FinishedCall:
     recorded: bool = True            # False: recording rules said signalling only (rules.py)
     not_recorded_reason: str | None = None
     rtcp_frames: list[int] = field(default_factory=list)  # frame indexes of RTCP (quality.py)
+    #: (ts, leg Call-ID, side of the SDP's author, media kind, MediaSecurity) of every SDP
+    #: media line in time order (calltable.Call.security): who encrypts with what
+    security: list = field(default_factory=list)
+    #: media flows (src, sport, dst, dport) that carried ZRTP -> capture time of the first
+    zrtp: dict = field(default_factory=dict)
+    #: how much of the call's signalling was seen: "complete" (its INVITE), "mid-call"
+    #: (picked up by a later request: re-INVITE, UPDATE, BYE), "none" (media only)
+    signalling: str = "complete"
+    #: sensor clocks that stepped during the call (controller/clock.py), None if none did
+    clock: dict | None = None
+    #: what the operator must know about this recording, one sentence each (call.json)
+    warnings: list[str] = field(default_factory=list)
 
     def release(self) -> None:
         """The recording is stored (or given up): delete the spill files."""
@@ -155,6 +167,7 @@ def _stream_meta(call: FinishedCall, s: RtpStream, audio: _Audio) -> dict[str, A
         pt = s.first_pt()
     enc = None if pt is None else s.encoding(pt, call.rtpmap)
     return {
+        "kind": s.kind,
         "src": _endpoint(s.src, s.sport),
         "dst": _endpoint(s.dst, s.dport),
         "ssrc": s.ssrc,
@@ -345,6 +358,7 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
         "from": call.from_uri,
         "to": call.to_uri,
         "status": call.status,
+        "signalling": call.signalling,
         "final_response": call.final_response,
         "end_reason": call.end_reason,
         "started_at": iso_time(call.started_ns),
@@ -365,6 +379,8 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
         "pcap": CALL_PCAP,
         "pcap_packets": pcap_packets,
         "pcap_skipped": len(call.other_linktype),
+        "clock": call.clock,
+        "warnings": call.warnings,
     }
     for entry, q in zip(meta["streams"], quality):  # issue #5: quality fields per stream
         entry.update(q)

@@ -73,16 +73,17 @@ class MediaEndpoint:
     lookup to find its stream.
     """
 
-    __slots__ = ("call", "side", "rtcp", "rtpmap", "leg", "c_addr", "c_port", "c_ssrc", "c_by_dst",
-                 "c_sensor", "c_stream")
+    __slots__ = ("call", "side", "rtcp", "rtpmap", "leg", "kind", "c_addr", "c_port", "c_ssrc",
+                 "c_by_dst", "c_sensor", "c_stream")
 
     def __init__(self, call: Call, side: int, rtcp: bool, rtpmap: dict[int, tuple[str, int, int]],
-                 leg: str = "") -> None:
+                 leg: str = "", kind: str = "audio") -> None:
         self.call = call
         self.side = side
         self.rtcp = rtcp
         self.rtpmap = rtpmap
         self.leg = leg          # Call-ID of the leg whose SDP announced it
+        self.kind = kind        # the SDP m= media type: audio, video, image, application...
         self.c_addr = b""
         self.c_port = -1
         self.c_ssrc = -1
@@ -148,6 +149,7 @@ class MediaEndpoint:
                 stream = call.streams[key] = RtpStream(src, sport, dst, dport, ssrc, sender,
                                                        self.rtpmap, ts_ns, seq)
                 stream.leg = self.leg
+                stream.kind = self.kind
                 code = RTP_NEW_STREAM
             stream.sensors.add(sensor_id)
             self.c_addr, self.c_port, self.c_ssrc, self.c_by_dst = addr, port, ssrc, by_dst
@@ -198,7 +200,7 @@ class RtpStream:
     __slots__ = ("src", "sport", "dst", "dport", "ssrc", "sender", "rtpmap", "first_ns",
                  "duplicates", "max_ext", "base_ext", "bits", "bad_seq", "expected_prior",
                  "received_prior", "by_pt", "cur_pt", "cur_run", "leg", "sensors", "copies",
-                 "probe_done", "probe_samples")
+                 "probe_done", "probe_samples", "kind")
 
     def __init__(self, src: bytes, sport: int, dst: bytes, dport: int, ssrc: int,
                  sender: int, rtpmap: dict[int, tuple[str, int, int]], ts_ns: int, seq: int) -> None:
@@ -223,6 +225,7 @@ class RtpStream:
         self.cur_pt = -1
         self.cur_run: PayloadRun | None = None
         self.leg = ""                       # Call-ID of the leg whose SDP it was matched by
+        self.kind = "audio"                 # SDP media type of the m= line it was matched by
         self.sensors: set[str] = set()      # sensors whose copy of a packet was kept
         self.copies: dict[str, int] = {}    # sensor -> mirror copies dropped by dedup
         self.probe_done = False             # legs.MediaCorrelator is done with it
@@ -352,6 +355,21 @@ class RtpStream:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaSecurity:
+    """What one SDP media line says about how its author encrypts what it *sends*
+    (RFC 4568: each side encrypts with the key in its own SDP)."""
+
+    profile: str                                  # m= transport: RTP/AVP, RTP/SAVP, UDP/TLS/RTP/SAVP...
+    crypto: tuple[tuple[int, str, str], ...] = ()  # a=crypto (tag, suite, key params)
+    dtls: bool = False                            # a=fingerprint: keys from a DTLS handshake
+    zrtp: bool = False                            # a=zrtp-hash: keys from an in-band ZRTP handshake
+
+    @property
+    def encrypted(self) -> bool:
+        return "SAVP" in self.profile.upper() or bool(self.crypto)
+
+
+@dataclass(frozen=True, slots=True)
 class SdpMedia:
     """One receive address announced by an SDP media line."""
 
@@ -359,20 +377,23 @@ class SdpMedia:
     port: int
     rtcp: bool
     rtpmap: dict[int, tuple[str, int, int]]
+    kind: str = "audio"                 # m= media type, lower case
+    security: MediaSecurity | None = None
 
 
 def sdp_media(body: bytes) -> list[SdpMedia]:
-    """The audio receive endpoints (RTP and RTCP) of an SDP body; SdpError if malformed.
+    """The receive endpoints (RTP and RTCP) of every media line of an SDP body;
+    SdpError if malformed.
 
     Port 0 (media refused), a null address (hold, c=0.0.0.0 / ::) and non-IP
-    connection addresses announce nothing.  Non-audio media (video, T.38
-    image) are not registered: their packets are not part of the recording
-    unless they share an audio port.
+    connection addresses announce nothing.  Every media type is registered
+    (audio, video, image/T.38, application...): all of the call's media goes
+    to its call.pcap and streams; only audio is decoded.
     """
     sd = parse_sdp(body)
     out: list[SdpMedia] = []
     for md in sd.media:
-        if md.media.lower() != "audio" or md.port == 0 or not md.connection:
+        if md.port == 0 or not md.connection:
             continue
         try:
             addr = str_to_ip(md.connection)
@@ -380,10 +401,15 @@ def sdp_media(body: bytes) -> list[SdpMedia]:
             continue
         if not any(addr):
             continue
-        out.append(SdpMedia(addr, md.port, False, md.rtpmap))
+        kind = md.media.lower()
+        sec = MediaSecurity(md.proto, tuple(md.crypto), md.fingerprint is not None,
+                            md.zrtp_hash is not None)
+        out.append(SdpMedia(addr, md.port, False, md.rtpmap, kind, sec))
+        if "TCP" in md.proto.upper():
+            continue            # BFCP/MSRP over TCP: one port, no RTCP
         rtcp_port = md.rtcp_port if md.rtcp_port is not None else md.port + 1
         if rtcp_port != md.port and rtcp_port <= 0xFFFF:
-            out.append(SdpMedia(addr, rtcp_port, True, md.rtpmap))
+            out.append(SdpMedia(addr, rtcp_port, True, md.rtpmap, kind, sec))
     return out
 
 
@@ -405,6 +431,6 @@ def sdp_body(content_type: str | None, body: bytes) -> bytes | None:
     return None
 
 
-__all__ = ["CALLER", "CALLEE", "SIDE_NAMES", "MediaEndpoint", "PayloadRun", "RtpStream",
-           "SdpMedia", "sdp_media", "sdp_body", "pack_ref", "unpack_ref", "MAX_REF_OFFSET",
+__all__ = ["CALLER", "CALLEE", "SIDE_NAMES", "MediaEndpoint", "MediaSecurity", "PayloadRun",
+           "RtpStream", "SdpMedia", "sdp_media", "sdp_body", "pack_ref", "unpack_ref", "MAX_REF_OFFSET",
            "RTP", "RTP_NEW_STREAM", "RTCP", "NOT_RTP", "BAD_RTP"]

@@ -271,6 +271,8 @@ def plan_audio(call: Any) -> dict[int, Channel]:
     frame_ts = np.fromiter(call.frame_ts, dtype=np.int64, count=len(call.frame_ts))
     by_side: dict[int, list[_Packets]] = {}
     for i, s in enumerate(call.streams):
+        if s.kind != "audio":
+            continue            # video, T.38, application: kept in call.pcap, never decoded
         pk = _packets(i, s, call.rtpmap, frame_ts, call.frame_data)
         if pk is not None:
             by_side.setdefault(s.sender, []).append(pk)

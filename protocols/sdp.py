@@ -22,6 +22,7 @@ STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
 DIRECTIONS = frozenset(("sendrecv", "sendonly", "recvonly", "inactive"))
 
 _LINE_SPLIT = re.compile(r"\r?\n")
+_CRYPTO_RE = re.compile(r"(\d{1,10})\s+([A-Za-z0-9_]{1,64})\s+(\S{1,1024})")
 _RTPMAP_RE = re.compile(r"(\d{1,3})\s+([^/\s]+)/(\d+)(?:/(\d+))?")
 
 
@@ -35,6 +36,17 @@ class MediaDescription:
     rtpmap: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     direction: str = "sendrecv"
     rtcp_port: int | None = None
+    #: SDES keys (RFC 4568): (tag, crypto-suite, key-params text) of each a=crypto line
+    crypto: list[tuple[int, str, str]] = field(default_factory=list)
+    #: DTLS-SRTP certificate fingerprint (RFC 8122 a=fingerprint, media or session level)
+    fingerprint: str | None = None
+    #: ZRTP announced in signalling (RFC 6189 a=zrtp-hash, media or session level)
+    zrtp_hash: str | None = None
+
+    @property
+    def secure(self) -> bool:
+        """Media encrypted by its transport profile (RTP/SAVP, RTP/SAVPF, UDP/TLS/RTP/SAVP...)."""
+        return "SAVP" in self.proto.upper()
 
 
 @dataclass(slots=True)
@@ -43,6 +55,8 @@ class SessionDescription:
     connection: str | None = None  # address of the session-level c=
     direction: str = "sendrecv"
     media: list[MediaDescription] = field(default_factory=list)
+    fingerprint: str | None = None  # session-level a=fingerprint
+    zrtp_hash: str | None = None    # session-level a=zrtp-hash
 
 
 def _int(text: str) -> int | None:
@@ -110,8 +124,17 @@ def parse_sdp(body: bytes | bytearray | memoryview) -> SessionDescription:
                     sd.direction = name
                 else:
                     directions[-1] = name
+            elif name in ("fingerprint", "zrtp-hash"):
+                target = cur if cur is not None else sd
+                setattr(target, name.replace("-", "_"), arg.strip()[:200])
             elif cur is None:
                 continue
+            elif name == "crypto":
+                c = _CRYPTO_RE.match(arg.strip())
+                if c is not None and len(cur.crypto) < 16:
+                    tag = _int(c.group(1))
+                    if tag is not None:
+                        cur.crypto.append((tag, c.group(2).upper(), c.group(3)))
             elif name == "rtpmap":
                 m = _RTPMAP_RE.match(arg.strip())
                 if m is not None:
@@ -126,6 +149,10 @@ def parse_sdp(body: bytes | bytearray | memoryview) -> SessionDescription:
                     cur.rtcp_port = port
     for md, direction in zip(sd.media, directions):
         md.direction = direction or sd.direction
+        if md.fingerprint is None:
+            md.fingerprint = sd.fingerprint
+        if md.zrtp_hash is None:
+            md.zrtp_hash = sd.zrtp_hash
         if md.connection is None:
             md.connection = sd.connection
         for pt in md.formats:
