@@ -358,7 +358,6 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
         "from": call.from_uri,
         "to": call.to_uri,
         "status": call.status,
-        "signalling": call.signalling,
         "final_response": call.final_response,
         "end_reason": call.end_reason,
         "started_at": iso_time(call.started_ns),
@@ -374,6 +373,7 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
                   "sources": _audio_sources(call, audio)} if audio.rendered else None,
         "recorded": call.recorded,                     # recording rules (controller/rules.py)
         "not_recorded_reason": call.not_recorded_reason,
+        "signalling": call.signalling,
         "copies_dropped": sum(call.copies.values()),
         "copies_dropped_by_sensor": dict(sorted(call.copies.items())),
         "pcap": CALL_PCAP,
