@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 # Piped output is read by scripts and people with wide terminals: do not wrap at 80.
@@ -113,8 +114,33 @@ MEMBER_COLUMNS = [("role", "role"), ("id", "id"), ("site", "site"), ("address", 
                   ("version", "version"), ("started_at", "started (UTC)")]
 
 
+def unsignalled_line(u: dict[str, Any]) -> str:
+    """One line about media seen without signalling (an `UnsignalledMedia` as a
+    dict); "" when there is nothing to report."""
+    flows, packets = u.get("flows", 0), u.get("packets", 0)
+    cause = u.get("likely_cause") or ""
+    if flows or packets:
+        line = f"media without signalling: {flows} flow(s), {packets} packet(s)"
+        if u.get("ambiguous_packets"):
+            line += f", {u['ambiguous_packets']} packet(s) several calls could own"
+        return line + (f"; likely cause: {cause}" if cause else "")
+    if u.get("sip_tls_packets") and cause:
+        return f"signalling not recorded: {cause}"
+    return ""
+
+
+def print_unsignalled(status: dict[str, Any]) -> None:
+    """`spanrec record`, at the end: one stderr line when media without
+    signalling (or SIP over TLS) was seen; nothing otherwise."""
+    from controller.unsignalled import summarize
+    line = unsignalled_line(dataclasses.asdict(summarize(status)))
+    if line:
+        warning(line)
+
+
 def print_fleet(fleet: Any, fmt: str = "table") -> None:
-    """`spanrecctl fleet`: one row per sensor, the controller in the title."""
+    """`spanrecctl fleet`: one row per sensor, the controller in the title;
+    media seen without signalling (and SIP over TLS) below it when there is any."""
     fleet = _plain(fleet)
     if fmt == "json":
         print_json(fleet)
@@ -132,12 +158,15 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
     if fleet.get("registry_state"):
         title += f"; etcd registry {fleet['registry_state']}"
     table = Table(title=title, title_justify="left")
-    for key, header in FLEET_COLUMNS:
+    columns = list(FLEET_COLUMNS)
+    if any(s.get("sip_tls_packets") for s in fleet["sensors"]):
+        columns.insert(columns.index(("send_queue", "spool")) + 1, ("sip_tls_packets", "SIP/TLS packets"))
+    for key, header in columns:
         table.add_column(header, overflow="fold",
-                         justify="right" if key.endswith(("_s", "drops", "queue")) else "left")
+                         justify="right" if key.endswith(("_s", "drops", "queue", "packets")) else "left")
     styles = {"up": "green", "stale": "yellow", "gone": "red", "done": "blue"}
     for s in fleet["sensors"]:
-        row = {k: str(s.get(k, "")) for k, _ in FLEET_COLUMNS}
+        row = {k: escape(str(s.get(k, ""))) for k, _ in columns}
         row["last_heartbeat"] = _age(s.get("last_heartbeat") or s.get("last_seen") or "")
         row["captured_per_s"] = _rate(s["captured_per_s"])
         row["forwarded_per_s"] = _rate(s["forwarded_per_s"])
@@ -145,8 +174,11 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
         row["registered"] = ("yes" if s.get("registered") else "no") if fleet.get("registry_state") else "-"
         style = styles.get(s["state"])
         row["state"] = f"[{style}]{s['state']}[/]" if style else s["state"]
-        table.add_row(*(row[k] for k, _ in FLEET_COLUMNS))
+        table.add_row(*(row[k] for k, _ in columns))
     out.print(table)
+    line = unsignalled_line(fleet.get("unsignalled_media") or {})
+    if line:
+        out.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
     if fleet.get("members"):
         members = Table(title="registered in etcd", title_justify="left")
         for _, header in MEMBER_COLUMNS:

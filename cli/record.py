@@ -38,6 +38,13 @@ def run_record(settings: ControllerSettings, files: list[Path], *, fmt: str = "t
     return ok
 
 
+def _naming(path: Path, message: str) -> str:
+    """A sensor's error about its file: errors about the file itself (not found,
+    CaptureFileError) already name it, exactly as it was passed; others (the
+    controller link...) get it in front, so each line names the file once."""
+    return message if str(path) in message else f"{path}: {message}"
+
+
 def _rss_kib() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -110,7 +117,7 @@ async def _record(settings, recorder, files: list[Path], fmt: str, show: bool) -
             ok = False
             lines = [ln for ln in errfile.read_text(errors="replace").splitlines() if ln.strip()]
             last = lines[-1] if lines else f"sensor exited with status {proc.returncode}"
-            output.error(f"{path}: {last.removeprefix('spanrec: error: ')}")
+            output.error(_naming(path, last.removeprefix("spanrec: error: ")))
     if not recorder.all_replays_done.is_set():
         ok = False  # a sensor died before it finished: record what arrived
     await asyncio.to_thread(recorder.shutdown)
@@ -119,6 +126,7 @@ async def _record(settings, recorder, files: list[Path], fmt: str, show: bool) -
     if recorder.writer.errors:
         ok = False
         output.error(f"{recorder.writer.errors} recording(s) could not be written")
+    output.print_unsignalled(recorder.status())   # media seen without signalling, SIP over TLS
     output.print_calls(list(recorder.writer.recent), fmt,
                        title=f"{recorder.writer.written} call(s) recorded to {recorder.writer.store.url}")
     return ok

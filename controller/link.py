@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.core import Recorder
+from controller.unsignalled import summarize as summarize_unsignalled
 from proto import admin_pb2, admin_pb2_grpc, sensor_pb2, sensor_pb2_grpc
 from storage.base import StorageError
 from storage.layout import CALL_JSON, recording_prefix
@@ -289,6 +290,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             duplicates_dropped=st["duplicates_dropped"], packets_in=st.get("packets_in", 0),
             bad_batches=st.get("bad_batches", 0), storage=self.recorder.writer.store.url,
             storage_pending=st.get("storage_pending", 0), storage_retries=st.get("storage_retries", 0))
+        u = summarize_unsignalled(st)
+        out.unsignalled_media.CopyFrom(admin_pb2.UnsignalledMedia(
+            flows=u.flows, packets=u.packets, ambiguous_packets=u.ambiguous_packets,
+            sip_tls_packets=u.sip_tls_packets, sip_tls_flows=u.sip_tls_flows,
+            likely_cause=u.likely_cause))
         members = self._members(out)
         for s in st["sensors"]:
             row = _sensor_status(s, self.links.view(s["sensor_id"]))

@@ -74,7 +74,7 @@ class Member(_message.Message):
     def __init__(self, role: _Optional[str] = ..., id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[str] = ..., interfaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped", "packets_in", "bad_batches", "storage", "registry_state", "members", "storage_pending", "storage_retries")
+    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped", "packets_in", "bad_batches", "storage", "registry_state", "members", "storage_pending", "storage_retries", "unsignalled_media")
     CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class Status(_message.Message):
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_PENDING_FIELD_NUMBER: _ClassVar[int]
     STORAGE_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    UNSIGNALLED_MEDIA_FIELD_NUMBER: _ClassVar[int]
     controller_id: str
     version: str
     sensors: _containers.RepeatedCompositeFieldContainer[SensorStatus]
@@ -105,7 +106,24 @@ class Status(_message.Message):
     members: _containers.RepeatedCompositeFieldContainer[Member]
     storage_pending: int
     storage_retries: int
-    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ..., packets_in: _Optional[int] = ..., bad_batches: _Optional[int] = ..., storage: _Optional[str] = ..., registry_state: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., storage_pending: _Optional[int] = ..., storage_retries: _Optional[int] = ...) -> None: ...
+    unsignalled_media: UnsignalledMedia
+    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ..., packets_in: _Optional[int] = ..., bad_batches: _Optional[int] = ..., storage: _Optional[str] = ..., registry_state: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., storage_pending: _Optional[int] = ..., storage_retries: _Optional[int] = ..., unsignalled_media: _Optional[_Union[UnsignalledMedia, _Mapping]] = ...) -> None: ...
+
+class UnsignalledMedia(_message.Message):
+    __slots__ = ("flows", "packets", "ambiguous_packets", "sip_tls_packets", "sip_tls_flows", "likely_cause")
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    AMBIGUOUS_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    SIP_TLS_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    SIP_TLS_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    LIKELY_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    flows: int
+    packets: int
+    ambiguous_packets: int
+    sip_tls_packets: int
+    sip_tls_flows: int
+    likely_cause: str
+    def __init__(self, flows: _Optional[int] = ..., packets: _Optional[int] = ..., ambiguous_packets: _Optional[int] = ..., sip_tls_packets: _Optional[int] = ..., sip_tls_flows: _Optional[int] = ..., likely_cause: _Optional[str] = ...) -> None: ...
 
 class ListCallsRequest(_message.Message):
     __slots__ = ("active_only", "limit")

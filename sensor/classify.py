@@ -49,6 +49,14 @@ Details worth knowing:
   heartbeats report: metrics counters must not decrease). ``flush()`` at the
   end of a capture drops what is still held. See docs/DECISIONS.md for the
   thresholds.
+* SIP over TLS (counted, never forwarded): a TCP segment on port 5061
+  (``SIP_TLS_PORTS``) whose payload starts with a TLS record header
+  (content type 20-23, version 3.0-3.4) marks its connection (both
+  directions) as SIP over TLS; every later payload segment of it counts in
+  ``sip_tls_packets``, each new connection in ``sip_tls_flows``. Encrypted
+  signalling is useless to the controller, so it is not forwarded; the
+  counters tell the operator why RTP seen in clear has no call. Only TCP
+  not already known as SIP pays for the check (two port compares).
 """
 from __future__ import annotations
 
@@ -84,6 +92,9 @@ _MAX_TS_STEP = 16000             # RTP timestamp advance per step: 0..2 s at 8 k
 _SEQ_TS_SSRC = struct.Struct("!HII")
 _pos_key = itemgetter(0, 1)
 _VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
+# SIP over TLS (RFC 3261 sips: port); other TLS ports are HTTPS & co, not SIP
+SIP_TLS_PORTS = frozenset((5061,))
+_TLS_CONTENT_TYPES = frozenset((20, 21, 22, 23))  # change_cipher_spec, alert, handshake, data
 
 
 @dataclass(slots=True)
@@ -96,9 +107,17 @@ class ClassifierCounters:
     expected_flows: int = 0          # media endpoints added from the controller's Expect
     rtp_heuristic_flows: int = 0     # flows confirmed as RTP by the heuristics
     rtp_heuristic_packets: int = 0   # packets forwarded because of them (RTP and RTCP)
+    sip_tls_flows: int = 0           # TCP connections on a SIP-TLS port carrying TLS records
+    sip_tls_packets: int = 0         # their segments with payload (filtered: encrypted)
     # `filtered` without the packets the heuristics still hold (they may be
     # forwarded later): never decreases; set once per batch (one atomic write)
     filtered_settled: int = 0
+
+
+def _is_tls_record(payload: bytes) -> bool:
+    """Does a TCP payload start with a TLS record header (type 20-23, version 3.0-3.4)?"""
+    return len(payload) >= 5 and payload[0] in _TLS_CONTENT_TYPES and payload[1] == 3 \
+        and payload[2] <= 4
 
 
 def _is_ip_frame(linktype: int, data: bytes) -> bool:
@@ -185,6 +204,8 @@ class Classifier:
         # (src, sport, dst, dport) of SIP TCP connections, both directions -> last seen
         self._flows: dict[tuple[bytes, int, bytes, int], int] = {}
         self._streams: dict[tuple[bytes, int, bytes, int], _Stream] = {}
+        # (src, sport, dst, dport) of SIP-over-TLS connections, both directions -> last seen
+        self._tls: dict[tuple[bytes, int, bytes, int], int] = {}
         # (src, dst, ip id) of datagrams whose first fragment was forwarded
         self._frags: dict[tuple[bytes, bytes, int | None], _Fragments] = {}
         self._last_sweep = 0
@@ -294,6 +315,9 @@ class Classifier:
                     if not known and payload and looks_like_sip(payload):
                         self._add_flow(d.src, d.sport, d.dst, d.dport, ts)
                         known = True
+                    elif not known and payload and (d.dport in SIP_TLS_PORTS
+                                                    or d.sport in SIP_TLS_PORTS):
+                        self._count_tls(fkey, payload, ts)
                     if known and (payload or d.tcp_flags & _TCP_FIN_RST):
                         keep(frame)
                         self._flows[fkey] = ts
@@ -482,6 +506,23 @@ class Classifier:
                 self._media[(addr, port)] = ts
 
     # -- TCP --------------------------------------------------------------
+    def _count_tls(self, key: tuple[bytes, int, bytes, int], payload: bytes, ts: int) -> None:
+        """A payload segment on a SIP-TLS port: counted when its connection is
+        (or this segment shows it is) TLS. Never forwarded."""
+        tls = self._tls
+        if key in tls:
+            if ts - tls[key] > _REFRESH_NS:
+                tls[key] = ts
+        elif _is_tls_record(payload):
+            if len(tls) >= self._max_flows:
+                self._evict(tls, ts)
+            src, sport, dst, dport = key
+            tls[key] = tls[(dst, dport, src, sport)] = ts
+            self.counters.sip_tls_flows += 1
+        else:
+            return
+        self.counters.sip_tls_packets += 1
+
     def _add_flow(self, src: bytes, sport: int, dst: bytes, dport: int, ts: int) -> None:
         if len(self._flows) >= self._max_flows:
             self._evict(self._flows, ts)
@@ -545,7 +586,7 @@ class Classifier:
     def _sweep(self, now: int) -> None:
         self._last_sweep = now
         horizon = now - self._ttl_ns
-        for table in (self._media, self._flows, self._heur, self._heur_rtcp):
+        for table in (self._media, self._flows, self._heur, self._heur_rtcp, self._tls):
             stale = [k for k, seen in table.items() if seen < horizon]
             for k in stale:
                 del table[k]

@@ -183,7 +183,8 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
             kernel_drops=cap.kernel_drops, interface_drops=cap.interface_drops,
             backlog_drops=cap.backlog_drops, expected_flows=c.expected_flows,
             rtp_heuristic_flows=c.rtp_heuristic_flows,
-            rtp_heuristic_packets=c.rtp_heuristic_packets)
+            rtp_heuristic_packets=c.rtp_heuristic_packets,
+            sip_tls_flows=c.sip_tls_flows, sip_tls_packets=c.sip_tls_packets)
 
     mode = "replay" if opts.pcap else "live"
     registry = start_registry(opts)

@@ -61,6 +61,8 @@ class SensorInfo:
     duplicates_dropped: int
     error: str
     registered: bool = False   # has a live record in the etcd registry
+    sip_tls_flows: int = 0     # SIP-over-TLS connections seen (encrypted: not forwarded)
+    sip_tls_packets: int = 0
 
 
 @dataclass
@@ -71,6 +73,17 @@ class MemberInfo:
     version: str
     address: str
     started_at: str
+
+
+@dataclass
+class UnsignalledMediaInfo:
+    """Media the controller saw without signalling (admin.proto UnsignalledMedia)."""
+    flows: int = 0
+    packets: int = 0
+    ambiguous_packets: int = 0
+    sip_tls_flows: int = 0
+    sip_tls_packets: int = 0
+    likely_cause: str = ""
 
 
 @dataclass
@@ -90,6 +103,7 @@ class Fleet:
     registry_state: str = ""   # "" when the controller runs without etcd
     members: list[MemberInfo] = field(default_factory=list)
     storage_pending: int = 0
+    unsignalled_media: UnsignalledMediaInfo = field(default_factory=UnsignalledMediaInfo)
 
 
 @dataclass
@@ -143,7 +157,8 @@ def _sensor(s: admin_pb2.SensorStatus) -> SensorInfo:
         interface_drops=c.interface_drops, backlog_drops=c.backlog_drops,
         queue_drops=c.queue_drops, send_queue=c.send_queue, reconnects=c.reconnects,
         packets_received=s.packets_received, duplicates_dropped=s.duplicates_dropped,
-        error=s.error, registered=s.registered)
+        error=s.error, registered=s.registered,
+        sip_tls_flows=c.sip_tls_flows, sip_tls_packets=c.sip_tls_packets)
 
 
 def _call(c: admin_pb2.CallSummary) -> CallInfo:
@@ -206,6 +221,12 @@ class AdminClient:
             sensors=sorted((_sensor(s) for s in st.sensors), key=lambda s: s.sensor_id),
             registry_state=st.registry_state, storage_pending=st.storage_pending,
             bad_batches=st.bad_batches,
+            unsignalled_media=UnsignalledMediaInfo(
+                flows=st.unsignalled_media.flows, packets=st.unsignalled_media.packets,
+                ambiguous_packets=st.unsignalled_media.ambiguous_packets,
+                sip_tls_flows=st.unsignalled_media.sip_tls_flows,
+                sip_tls_packets=st.unsignalled_media.sip_tls_packets,
+                likely_cause=st.unsignalled_media.likely_cause),
             members=sorted((MemberInfo(m.role, m.id, m.site, m.version, m.address, m.started_at)
                             for m in st.members), key=lambda m: (m.role, m.id)))
 
