@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.calls import CallConfig, CallEngine
+from controller.clock import SensorClock, call_clock
 from controller.dedup import DedupConfig, Deduplicator
 from controller.hints import MediaHints
-from controller.finalize import build_recording
+from controller.finalize import build_recording, iso_time
 from controller.late import LateFrames
 from controller.order import Packet, TimeMerger
 from protocols.errors import DecodeError
@@ -60,6 +61,10 @@ class SensorState:
     clock_ns: int = 0               # newest packet time or heartbeat clock (WAL snapshots)
     durable_seq: int = 0            # highest seq whose write-ahead log record is durable
     unsynced: deque = field(default_factory=deque)   # (wal lsn, seq) not yet durable
+    clock: SensorClock = field(init=False)     # capture clock correction (controller/clock.py)
+
+    def __post_init__(self) -> None:
+        self.clock = SensorClock(self.sensor_id)
 
 
 class RecordingWriter:
@@ -274,17 +279,19 @@ class Recorder:
                     wal.roll(self._snapshot())
                 st.unsynced.append((wal.append_batch(sensor_id, seq, linktype, timestamps,
                                                      lengths, data), seq))
+            # one monotonic-enough clock per sensor before merge and dedup
+            corrected = st.clock.correct(timestamps)
             packets: list[Packet] = []
             append = packets.append
             off = 0
-            for ts, n in zip(timestamps, lengths):
+            for ts, n in zip(corrected, lengths):
                 append((ts, sensor_id, linktype, data[off:off + n]))
                 off += n
             st.packets_received += len(packets)
             st.batches_received += 1
             st.last_seen = time.time()
-            if packets and packets[-1][0] > st.clock_ns:
-                st.clock_ns = packets[-1][0]
+            if packets and st.clock.last is not None and st.clock.last > st.clock_ns:
+                st.clock_ns = st.clock.last
             self.merger.push(sensor_id, packets)
             self._process(self.merger.release())
             st.acked_seq = seq
@@ -394,6 +401,7 @@ class Recorder:
         sites = {sid: st.site for sid, st in self.sensors.items()}
         for call in calls:
             call.sites = {sid: sites.get(sid, "") for sid in call.sensors}
+            self._call_clock(call)
         if self.wal is None:
             self.writer.submit(calls)
             return
@@ -474,6 +482,7 @@ class Recorder:
             "sensor_id": st.sensor_id, "site": st.site, "version": st.version, "mode": st.mode,
             "session": st.session, "acked_seq": st.acked_seq, "connected": st.connected,
             "ended": st.ended, "end_error": st.end_error, "clock_ns": st.clock_ns,
+            "clock": st.clock.sanitizer.state(),
         } for st in self.sensors.values()], "stored": stored}
 
     def _restore(self, snap: dict[str, Any], first: bool) -> None:
@@ -486,6 +495,7 @@ class Recorder:
                                  connected=s["connected"], ended=s["ended"],
                                  end_error=s["end_error"], last_seen=time.time(),
                                  clock_ns=s["clock_ns"])
+                st.clock.sanitizer.restore(s.get("clock", {}))
                 self.sensors[sid] = st
                 if not st.ended:
                     self.merger.add_source(sid)
@@ -547,6 +557,19 @@ class Recorder:
         if batches or self.sensors:
             log.info("write-ahead log replayed", extra=self.recovered)
         return self.recovered
+
+    def _call_clock(self, call) -> None:
+        """call.json `clock` and a warning when a sensor of the call had its
+        capture clock corrected while the call lasted."""
+        end = call.frame_ts[-1] if len(call.frame_ts) else call.started_ns
+        if call.ended_ns is not None and call.ended_ns > end:
+            end = call.ended_ns
+        clocks = {sid: st.clock for sid, st in self.sensors.items()}
+        clock, warning = call_clock(clocks, call.sensors, call.started_ns - _SECOND,
+                                    end + _SECOND, iso_time)
+        if clock is not None:
+            call.clock = clock
+            call.warnings.append(warning)
 
     # -- the packet path ----------------------------------------------
     def _process(self, packets: list[Packet]) -> None:
@@ -619,6 +642,7 @@ class Recorder:
                 "duplicates_dropped": self.dedup.dropped_by_sensor.get(st.sensor_id, 0),
                 "replay_bytes": st.replay_bytes, "replay_total": st.replay_total,
                 "error": st.end_error,
+                "clock_steps": st.clock.steps, "clock_restamped": st.clock.restamped,
             })
         out = {
             "controller_id": self.controller_id,

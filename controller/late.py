@@ -5,11 +5,20 @@ then written.  A packet of it can still come later: a sensor that reconnects
 and sends what it spooled, a retransmission after the linger, a slow site
 behind the watermark.  For `window_ns` after a call is finished, its Call-IDs
 and media endpoints stay known here; packets matching them (and no active
-call) are collected per recording and, once `quiet_ns` of capture time passed
-without another, handed to the writer as `LateFrames`: it adds them to the
-recording as ``late-N.pcap`` and counts them in call.json (``late_packets``,
-``late_files``).  Bounded: at most `max_frames` buffered per recording (the
-rest counted as ``late_dropped``), entries expire with the window.
+call) are collected per recording and handed to the writer as `LateFrames`:
+it adds them to the recording as ``late-N.pcap`` and counts them in call.json
+(``late_packets``, ``late_files``).
+
+Grouping: late packets come in series — a BYE or 200 retransmitted by timer
+E/G (every 4 s at T2) until timer F/H (64·T1 = 32 s), a spool replayed in
+batches — and each file is a store round trip and a call.json rewrite.  So a
+recording's late packets are collected from the first one for `group_ns`
+(32 s, the longest a SIP transaction retransmits) and then until `quiet_ns`
+passed without another, and written as one file; the end of the late window
+writes whatever is held.  A recording therefore gets one late file per window
+of late traffic — one for a retransmission series.  Bounded: at most
+`max_frames` buffered per recording (the rest counted as ``late_dropped``),
+entries expire with the window.
 """
 from __future__ import annotations
 
@@ -35,12 +44,15 @@ class _Entry:
     until_ns: int
     late: LateFrames
     last_ns: int = -1
+    first_ns: int = -1       # capture time of the first late packet now held
 
 
 class LateCatcher:
-    def __init__(self, window_ns: int, quiet_ns: int, max_frames: int = 100_000) -> None:
+    def __init__(self, window_ns: int, quiet_ns: int, max_frames: int = 100_000,
+                 group_ns: int = 32_000_000_000) -> None:
         self.window_ns = window_ns
         self.quiet_ns = quiet_ns
+        self.group_ns = min(group_ns, window_ns)
         self.max_frames = max_frames
         self._by_call_id: dict[str, _Entry] = {}
         self._by_endpoint: dict[tuple[bytes, int], _Entry] = {}
@@ -76,15 +88,20 @@ class LateCatcher:
         else:
             late.frames.append((ts_ns, data))
         entry.last_ns = max(entry.last_ns, ts_ns)
-        self._pending[id(entry)] = entry
+        if id(entry) not in self._pending:
+            entry.first_ns = ts_ns
+            self._pending[id(entry)] = entry
+        elif ts_ns < entry.first_ns:
+            entry.first_ns = ts_ns
 
     def oldest(self) -> int:
         return min((e.late.frames[0][0] for e in self._pending.values() if e.late.frames),
                    default=1 << 62)
 
     def due(self, now_ns: int, everything: bool = False) -> list[LateFrames]:
-        """Late packets quiet for `quiet_ns` (or whose window is over; all of them
-        with `everything`), and forget entries whose window is over."""
+        """Late packets held for `group_ns` and then quiet for `quiet_ns` (or whose
+        window is over; all of them with `everything`), and forget entries whose
+        window is over."""
         out = []
         order = self._order
         while order and (everything or order[0][0] <= now_ns):
@@ -97,7 +114,8 @@ class LateCatcher:
                 if self._by_endpoint.get(ep) is entry:
                     del self._by_endpoint[ep]
         for entry in list(self._pending.values()):
-            if everything or entry.last_ns + self.quiet_ns <= now_ns:
+            if everything or (entry.first_ns + self.group_ns <= now_ns
+                              and entry.last_ns + self.quiet_ns <= now_ns):
                 self._flush(entry, out)
         return out
 

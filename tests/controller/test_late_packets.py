@@ -73,15 +73,20 @@ def test_late_packets_are_added_to_the_stored_recording(tmp_path: Path) -> None:
     (folder,) = [p.parent for p in out.rglob("call.json")]
     pcap_before = (folder / "call.pcap").read_bytes()
     sensor.send(late)                            # e.g. a sensor catching up
-    _tick(sensor, late[-1][0] + 4 * S)           # quiet for the linger: handed to the writer
+    # held 32 s from the first late packet (a retransmission series), then quiet
+    # for the linger: handed to the writer
+    _tick(sensor, late[-1][0] + 4 * S)
+    rec.writer.join()
+    assert not (folder / "late-1.pcap").exists()
+    _tick(sensor, late[0][0] + 34 * S)
     rec.writer.join()
     doc = json.loads((folder / "call.json").read_text())
     assert doc["late_packets"] == len(late) == _count(folder / "late-1.pcap")
     assert doc["late_files"] == ["late-1.pcap"] and doc["late_dropped"] == 0
     assert (folder / "call.pcap").read_bytes() == pcap_before
     assert rec.status()["engine"]["late_packets"] == len(late)
-    # a second batch later: late-2.pcap, counts add up
-    more = [(late[-1][0] + 5 * S, frame(A, 4000, SBC_IN, 5000, rtp(70, 7, speech(4, 1)[0])))]
+    # a second batch later (after that file was written): late-2.pcap, counts add up
+    more = [(late[0][0] + 35 * S, frame(A, 4000, SBC_IN, 5000, rtp(70, 7, speech(4, 1)[0])))]
     sensor.send(more)
     rec.shutdown()
     doc = json.loads((folder / "call.json").read_text())
