@@ -113,7 +113,9 @@ def ctl() -> None:
 @ctl.command()
 @_client_options
 def fleet(fmt: str, **conn: Any) -> None:
-    """Sensors: state, link, last heartbeat, packet rates, drops, spool depth."""
+    """Sensors: state, link, last heartbeat, packet rates, drops, spool depth;
+    media seen without signalling (flows, packets, likely cause such as SIP
+    over TLS) and each sensor's SIP-over-TLS packets when there are any."""
     with _connect(**conn) as admin:
         output.print_fleet(admin.fleet(), fmt)
 
