@@ -5,7 +5,9 @@ the same summary plus each sensor's SIP-over-TLS counters.
 The capture (tests/sensor/test_classify_tls.py) holds a SIP dialog over TLS
 on 5061 and its RTP in clear. Expectations: the TLS segments generated
 (checked there against tshark decoding 5061 as TLS), and the RTP as tshark
-decodes the two media ports as RTP — packets, and streams (src, dst, SSRC).
+decodes the two media ports as RTP — packets, and flows: RTP conversations
+(both directions of one endpoint pair are one flow, as tshark's UDP
+conversations).
 
 The flow and packet counts come from the call engine's `unsignalled_*`
 counters; until the engine reports them they are 0 and the assertions on
@@ -28,10 +30,11 @@ NOT_SEEN = "signalling not seen: on another mirror, or the capture started mid-c
 
 
 def rtp_truth(cap: TlsCapture) -> tuple[int, int]:
-    """(RTP streams, RTP packets) as tshark decodes the media ports."""
-    rows = tshark(cap.path, "rtp", "ip.src", "udp.srcport", "ip.dst", "udp.dstport", "rtp.ssrc")
+    """(RTP flows, RTP packets) as tshark decodes the media ports; a flow is a
+    conversation: the endpoint pair, both directions."""
+    rows = tshark(cap.path, "rtp", "ip.src", "udp.srcport", "ip.dst", "udp.dstport")
     assert rows, "tshark found no RTP: the test would prove nothing"
-    return len({tuple(r) for r in rows}), len(rows)
+    return len({frozenset(((a, p), (b, q))) for a, p, b, q in rows}), len(rows)
 
 
 def warning_lines(stderr: str, prog: str = "spanrec") -> list[str]:
@@ -45,7 +48,7 @@ def cap(tmp_path_factory) -> TlsCapture:
 
 def test_record_names_sip_over_tls_and_counts_unsignalled_media(cap: TlsCapture,
                                                                  tmp_path: Path) -> None:
-    streams, packets = rtp_truth(cap)
+    flows, packets = rtp_truth(cap)
     rec = spanrec_record([cap.path], tmp_path / "rec")
     assert rec.returncode == 0, rec.stderr
     assert "Traceback" not in rec.stderr
@@ -54,7 +57,7 @@ def test_record_names_sip_over_tls_and_counts_unsignalled_media(cap: TlsCapture,
     line = lines[0]
     assert f"SIP over TLS: signalling is encrypted (sensor replay-1 saw {cap.tls_segments} packets)" \
         in line, line
-    assert f"media without signalling: {streams} flow(s), {packets} packet(s)" in line, line
+    assert f"media without signalling: {flows} flow(s), {packets} packet(s)" in line, line
 
 
 def test_record_without_signalling_at_all_says_not_seen(cap: TlsCapture, tmp_path: Path) -> None:
@@ -66,11 +69,11 @@ def test_record_without_signalling_at_all_says_not_seen(cap: TlsCapture, tmp_pat
     with open(only_rtp, "wb") as fh:
         write_pcap(fh, [(ts, data) for ts, lt, data in read_frames(cap.path)
                         if decode(lt, data).proto == 17], 1)
-    streams, packets = rtp_truth(TlsCapture(only_rtp, 0, 0, 0, 0))
+    flows, packets = rtp_truth(TlsCapture(only_rtp, 0, 0, 0, 0))
     rec = spanrec_record([only_rtp], tmp_path / "rec")
     assert rec.returncode == 0, rec.stderr
     lines = [ln for ln in warning_lines(rec.stderr) if "signalling" in ln]
-    assert lines == [f"spanrec: warning: media without signalling: {streams} flow(s), "
+    assert lines == [f"spanrec: warning: media without signalling: {flows} flow(s), "
                      f"{packets} packet(s); likely cause: {NOT_SEEN}"], rec.stderr
 
 
@@ -112,26 +115,26 @@ def settled_fleet(c: Controller) -> dict:
 
 
 def test_fleet_json_shows_tls_and_unsignalled_media(cap: TlsCapture, controller: Controller) -> None:
-    streams, packets = rtp_truth(cap)
+    flows, packets = rtp_truth(cap)
     f = settled_fleet(controller)
     (s,) = f["sensors"]
     assert (s["sip_tls_flows"], s["sip_tls_packets"]) == (cap.tls_flows, cap.tls_segments)
     assert s["forwarded"] == packets                 # the RTP in clear, nothing of the TLS
     assert f["unsignalled_media"] == {
-        "flows": streams, "packets": packets, "ambiguous_packets": 0,
+        "flows": flows, "packets": packets, "ambiguous_packets": 0,
         "sip_tls_flows": cap.tls_flows, "sip_tls_packets": cap.tls_segments,
         "likely_cause": f"SIP over TLS: signalling is encrypted "
                         f"(sensor edge-tls saw {cap.tls_segments} packets)"}
 
 
 def test_fleet_table_shows_tls_and_unsignalled_media(cap: TlsCapture, controller: Controller) -> None:
-    streams, packets = rtp_truth(cap)
+    flows, packets = rtp_truth(cap)
     settled_fleet(controller)
     out = fleet(controller, "table")
     assert "SIP/TLS packets" in out, out
     row = next(ln for ln in out.splitlines() if "edge-tls" in ln and "done" in ln)
     assert re.search(rf"\b{cap.tls_segments}\b", row), row
-    assert (f"media without signalling: {streams} flow(s), {packets} packet(s); likely cause: "
+    assert (f"media without signalling: {flows} flow(s), {packets} packet(s); likely cause: "
             f"SIP over TLS: signalling is encrypted (sensor edge-tls saw {cap.tls_segments} packets)"
             ) in out, out
 
