@@ -33,15 +33,16 @@ from protocols.layers import Decoded
 from protocols.sip import SipMessage, looks_like_sip, parse_sip
 from storage.layout import prefix_date, recording_id, recording_prefix
 
-from controller.calltable import Call, CallTable
+from controller.calltable import AMBIGUOUS, Call, CallTable, SharedEndpoint, all_ended
 from controller.dialogs import Dialog, parse_truncated
 from controller.finalize import FinishedCall, iso_time
 from controller.late import LateCatcher, LateFrames
-from controller.legs import BY_MEDIA, Leg, LegLinker, MediaCorrelator
+from controller.legs import BY_DIRECT_MEDIA, BY_MEDIA, Leg, LegLinker, MediaCorrelator, MediaPairs
+from controller.pickup import MediaOnlyCalls, message_hosts
 from controller.rules import RecordingRules
 from controller.settings import CallConfig
 from controller.spill import CallSpill, FrameStore, TimeStore
-from controller.streams import NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_media
+from controller.streams import NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_body, sdp_media
 from controller.tcpstream import BROKEN, FIN, MESSAGE, RST, SYN, Chunk, TcpLimits, TcpReassembler
 
 __all__ = ["CallConfig", "Call", "CallTable", "CallEngine", "FinishedCall"]
@@ -83,7 +84,8 @@ class CallEngine:
             "sdp_errors", "rtp_packets", "rtp_unmatched", "rtp_errors", "rtcp_packets",
             "media_other", "relay_legs", "fragments", "sip_reassembled", "calls_started", "calls_finished",
             "internal_errors", "legs_merged", "copies_dropped", "calls_not_recorded",
-            "late_packets"), 0)
+            "late_packets", "unsignalled_flows", "unsignalled_packets", "unsignalled_dropped",
+            "calls_picked_up", "media_ambiguous_packets", "requests_ignored"), 0)
         self._late = LateCatcher(int(self.config.late_window_s * _NS), self._linger_ns)
         self._late_hit = None     # set by _sip_message for a message of a finished call
         #: recording rules (controller/rules.py) for calls that start from now on; may be
@@ -100,6 +102,12 @@ class CallEngine:
         self._rtp_finished = 0  # RTP packets of finished calls (active ones: their streams)
         # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
         self._ssrc_owners: dict[int, dict[int, tuple[Call, int, dict, str]]] = {}
+        self._pairs = MediaPairs()           # direct media (legs.py)
+        self._pickup = MediaOnlyCalls(self.table, int(self.config.unsignalled_timeout_s * _NS),
+                                      self.config.unsignalled_min_packets)
+        #: endpoints of calls the recording rules keep signalling-only: their RTP is
+        #: neither kept nor taken for media without signalling; -> until (ns)
+        self._muted: dict[tuple[bytes, int], int] = {}
 
     @property
     def counters(self) -> dict[str, int]:
@@ -153,7 +161,13 @@ class CallEngine:
         try:
             call = None
             if d.proto == 17:
-                ep = self._media_map.get((d.dst, d.dport)) or self._media_map.get((d.src, d.sport))
+                ep = self._media_map.get((d.dst, d.dport))
+                if ep is not None and ep.__class__ is SharedEndpoint:
+                    ep = ep.pick(d.src, d.sport)
+                if ep is None:
+                    ep = self._media_map.get((d.src, d.sport))
+                    if ep is not None and ep.__class__ is SharedEndpoint:
+                        ep = ep.pick(d.dst, d.dport)
                 if ep is not None:
                     call = ep.call
                     off = d.payload_offset
@@ -177,6 +191,13 @@ class CallEngine:
     def _media_event(self, code: int, ep: MediaEndpoint, ts_ns: int, data: bytes, d: Decoded) -> None:
         """Bookkeeping for the packets `MediaEndpoint.packet` did not just count."""
         c = self._c
+        if ep.__class__ is SharedEndpoint:
+            if code == AMBIGUOUS:
+                for m in ep.members:
+                    m.call.ambiguous += 1
+                c["media_ambiguous_packets"] += 1
+                return
+            ep = ep.last
         if code == RTP_NEW_STREAM:
             call = ep.call
             stream = ep.c_stream
@@ -214,23 +235,45 @@ class CallEngine:
             self._c["rtp_unmatched"] += 1
             return False
         owners = self._ssrc_owners.get(_U32.unpack_from(data, off + 8)[0])
-        if owners is None or len(owners) != 1:
-            self._c["rtp_unmatched"] += 1
-            return False
-        call, sender, rtpmap, leg = next(iter(owners.values()))
-        if d.dst in call.media_addrs:
-            addr, port, side = d.dst, d.dport, 1 - sender
-        elif d.src in call.media_addrs:
-            addr, port, side = d.src, d.sport, sender
-        else:
-            self._c["rtp_unmatched"] += 1
-            return False
+        call = None
+        if owners is not None and len(owners) == 1:
+            call, sender, rtpmap, leg = next(iter(owners.values()))
+            if d.dst in call.media_addrs:
+                addr, port, side = d.dst, d.dport, 1 - sender
+            elif d.src in call.media_addrs:
+                addr, port, side = d.src, d.sport, sender
+            else:
+                call = None
+        if call is None:
+            return self._unsignalled(ts_ns, sensor_id, linktype, data, d)
         self.table.add_media(call, side, SdpMedia(addr, port, False, rtpmap), leg)
         if port % 2 == 0 and (addr, port + 1) not in self.table.media:
             self.table.add_media(call, side, SdpMedia(addr, port + 1, True, rtpmap), leg)
         self._c["relay_legs"] += 1
-        ep = self.table.media[(addr, port)]
+        ep = self.table.endpoint_of((addr, port), call)
         code = ep.packet(ts_ns, sensor_id, linktype, data, d, addr == d.dst and port == d.dport)
+        if code:
+            self._media_event(code, ep, ts_ns, data, d)
+        return True
+
+    def _unsignalled(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded) -> bool:
+        """RTP of a flow no SDP announced: a media-only call of its own
+        (controller/pickup.py), unless the recording rules muted that endpoint."""
+        muted = self._muted
+        if muted and ((d.dst, d.dport) in muted or (d.src, d.sport) in muted):
+            self._c["rtp_unmatched"] += 1
+            return False
+        pt = data[d.payload_offset + 1] & 0x7F
+        if not self.config.record_unsignalled or d.sport < 1024 or d.dport < 1024 \
+                or 34 < pt < 96:
+            # RTP never runs on a system port (DNS, NetBIOS... can start with 0x80)
+            self._c["rtp_unmatched"] += 1
+            return False
+        call = self._pickup.start(ts_ns, linktype, d)
+        self._c["unsignalled_flows"] += 1
+        self._schedule(call, ts_ns + self._pickup.idle_ns)
+        ep = self._media_map[(d.dst, d.dport)]
+        code = ep.packet(ts_ns, sensor_id, linktype, data, d, True)
         if code:
             self._media_event(code, ep, ts_ns, data, d)
         return True
@@ -307,9 +350,17 @@ class CallEngine:
                     c["sip_after_end"] += 1
                     self._late_hit = late
                     return None, None
-            if cseq_method not in _CALL_START:
-                c["sip_ignored"] += 1
-                return None, None
+            if cseq_method not in _CALL_START or msg.is_request and msg.method != cseq_method:
+                # only INVITE (or its CANCEL) starts a call - the method of the request
+                # line, not the CSeq's (scanners send "aaaa sip:x SIP/2.0" with CSeq INVITE);
+                # an in-dialog request may pick up media recorded without signalling
+                picked = self._pickup_target(msg, cseq_method) if call is None else None
+                if picked is None:
+                    c["sip_ignored"] += 1
+                    if msg.is_request:
+                        c["requests_ignored"] += 1
+                    return None, None
+                call = picked
             if call_id in self._recent:
                 c["sip_after_end"] += 1
                 return None, None
@@ -319,6 +370,11 @@ class CallEngine:
                 leg = call.legs[call_id]
                 c["calls_started"] += 1
                 self._schedule(call, ts_ns + self._setup_ns)
+            elif call.media_only:  # media recorded without signalling: this dialog is its
+                leg = Leg(call_id, Dialog(), ts_ns)
+                self.table.add_leg(call, leg)
+                self._pickup.joined(call)
+                c["calls_picked_up"] += 1
             else:                  # a leg another leg named (X-Call-ID) before it was seen
                 leg = Leg(call_id, Dialog(), ts_ns)
                 self.table.add_leg(call, leg)
@@ -338,7 +394,7 @@ class CallEngine:
         was_ended = dialog.ended_ns
         offer = dialog.apply(msg, ts_ns, cseq, cseq_method, repeat)
         if offer is not None:
-            self._register_sdp(call, offer[0], offer[1], leg, ts_ns)
+            call = self._register_sdp(call, offer[0], offer[1], leg, ts_ns)
             if not repeat and msg.is_request and msg.to_tag is None and cseq_method == "INVITE":
                 call = self._linker.correlate_origin(call, leg, offer[1], ts_ns)
         if dialog.ended_ns is not None and dialog.ended_ns != was_ended:
@@ -346,9 +402,10 @@ class CallEngine:
         return call, leg
 
     # -- leg merge (controller/legs.py has the rules) -------------------------
-    def _merge(self, a: Call, b: Call, flip: bool) -> Call:
-        """One call from two: the one that started first keeps everything."""
-        keep, other = (a, b) if a.started_ns <= b.started_ns else (b, a)
+    def _merge(self, a: Call, b: Call, flip: bool, keep_first: bool = False) -> Call:
+        """One call from two: the one that started first keeps everything (`a`
+        with `keep_first`: its legs' sides stay, `b`'s are flipped if `flip`)."""
+        keep, other = (a, b) if keep_first or a.started_ns <= b.started_ns else (b, a)
         for stream in other.streams.values():
             owners = self._ssrc_owners.get(stream.ssrc)
             if owners is not None and id(other) in owners:
@@ -389,11 +446,10 @@ class CallEngine:
         kept; finalize leaves what was kept out of the recording."""
         if not call.endpoints or self._not_recorded_reason(call) is None:
             return
-        media = self.table.media
+        until = call.last_ns + self._answered_ns + self._recent_ns
         for key in call.endpoints:
-            ep = media.get(key)
-            if ep is not None and ep.call is call:
-                del media[key]
+            self.table.unmap(key, call)
+            self._muted[key] = until
         call.endpoints.clear()   # nor caught as late media once the call is finished
         self._forget_ssrcs(call)
         call.probe_media = False
@@ -477,20 +533,88 @@ class CallEngine:
                 last = ts
         call.last_ns = last
 
-    def _register_sdp(self, call: Call, side: int, body: bytes, leg: Leg, ts_ns: int) -> None:
+    def _register_sdp(self, call: Call, side: int, body: bytes, leg: Leg, ts_ns: int) -> Call:
+        """Map the media an SDP announces to the call; returns the call, which may
+        have absorbed another (media recorded without signalling, direct media)."""
         if self._not_recorded and self._not_recorded_reason(call) is not None:
-            return  # signalling only: its media is never mapped, so no RTP is kept
+            self._mute(body, ts_ns)
+            return call  # signalling only: its media is never mapped, so no RTP is kept
         try:
             media = sdp_media(body)
         except DecodeError:
             self._c["sdp_errors"] += 1
-            return
+            return call
         seen: set[str] = set()
+        audio: tuple[bytes, int] | None = None
         for m in media:
+            key = (m.addr, m.port)
+            prev = self._media_map.get(key)
+            if prev is not None:
+                call = self._adopt(call, prev, side)
             self.table.add_media(call, side, m, leg.call_id)
             if m.security is not None and m.kind not in seen:   # the first m= line of a kind
                 seen.add(m.kind)
                 call.security.append((ts_ns, leg.call_id, side, m.kind, m.security))
+                if m.kind == "audio" and not m.rtcp:
+                    audio = key
+        if audio is not None:
+            hit = self._pairs.update(leg, side, audio)
+            if hit is not None:
+                call = self._direct_media(call, leg, hit[0], hit[1])
+        return call
+
+    def _adopt(self, call: Call, prev, side: int) -> Call:
+        """An SDP of `call` names an endpoint of a media-only call: it takes it over."""
+        members = prev.members if prev.__class__ is SharedEndpoint else (prev,)
+        for ep in members:
+            other = ep.call
+            if other is not call and other.media_only and not other.done:
+                self._pickup.forget(other)
+                call = self._merge(call, other, ep.side != side, keep_first=True)
+                self._pickup.joined(call)
+                self._c["calls_picked_up"] += 1
+        return call
+
+    def _direct_media(self, call: Call, leg: Leg, other_leg: Leg, flip: bool) -> Call:
+        """Two legs whose final SDPs name the same two endpoints: one call."""
+        other = self.table.get(other_leg.call_id)
+        if other is None or other is call or other.done or all_ended(other):
+            return call
+        later = leg if leg.started_ns >= other_leg.started_ns else other_leg
+        if later.relation is None:
+            earlier = other_leg if later is leg else leg
+            later.relation = (earlier.call_id, BY_DIRECT_MEDIA)
+        return self._merge(call, other, flip)
+
+    def _mute(self, body: bytes, ts_ns: int) -> None:
+        """Endpoints of a call not recorded: its RTP must not become a media-only call."""
+        try:
+            media = sdp_media(body)
+        except DecodeError:
+            return
+        until = ts_ns + self._answered_ns + self._recent_ns
+        for m in media:
+            self._muted[(m.addr, m.port)] = until
+        if len(self._muted) > 65536:
+            for key in [k for k, t in self._muted.items() if t <= ts_ns]:
+                del self._muted[key]
+
+    def _pickup_target(self, msg: SipMessage, cseq_method: str) -> Call | None:
+        """A media-only call an in-dialog request of an unknown Call-ID names: by the
+        endpoints of its SDP, else by the hosts of the request (one candidate only)."""
+        if not msg.is_request or msg.to_tag is None or not self._pickup:
+            return None
+        if msg.body:
+            body = sdp_body(msg.content_type, msg.body)
+            if body is not None:
+                try:
+                    for m in sdp_media(body):
+                        ep = self._media_map.get((m.addr, m.port))
+                        if ep is not None and ep.__class__ is not SharedEndpoint and ep.call.media_only:
+                            return ep.call
+                except DecodeError:
+                    pass
+        return self._pickup.by_hosts(message_hosts(msg))
 
     # -- IP fragments: each fragment is a frame of its call's pcap (the later ones
     # follow the first); the datagram rebuilt from them (protocols.fragments) is parsed --
@@ -539,6 +663,8 @@ class CallEngine:
         """When the call is over unless something happens: every leg ended (plus
         linger) or idle (answered: no packet of the call; not answered: no SIP of
         that leg — or no packet at all for a one-leg call, early media)."""
+        if call.media_only:
+            return call.last_ns + self._pickup.idle_ns
         deadline = 0
         one = len(call.legs) == 1
         for leg in call.legs.values():
@@ -579,7 +705,9 @@ class CallEngine:
             if deadline > now_ns:
                 self._schedule(call, deadline)
                 continue
-            out.append(self._finish(call, now_ns, "timeout"))
+            done = self._finish(call, now_ns, "timeout")
+            if done is not None:
+                out.append(done)
         self._expire(now_ns)
         return out
 
@@ -641,7 +769,9 @@ class CallEngine:
         calls = sorted(self.table.calls(), key=lambda c: c.started_ns)
         out = []
         for call in calls:
-            out.append(self._finish(call, call.last_ns, reason))
+            done = self._finish(call, call.last_ns, reason)
+            if done is not None:
+                out.append(done)
         self._heap.clear()
         self._ssrc_owners.clear()
         self._frags.clear()
@@ -654,6 +784,9 @@ class CallEngine:
             until, cid = order.popleft()
             if self._recent.get(cid) == until:
                 del self._recent[cid]
+        if self._muted and len(self._muted) > 4096:
+            for key in [k for k, t in self._muted.items() if t <= now_ns]:
+                del self._muted[key]
         forder = self._frag_order
         while forder and forder[0][0] <= now_ns:
             _, key = forder.popleft()
@@ -661,17 +794,29 @@ class CallEngine:
             if hit is not None and hit[1] + _FRAG_KEEP_NS <= now_ns:
                 del self._frags[key]
 
-    def _finish(self, call: Call, now_ns: int, reason: str) -> FinishedCall:
+    def _finish(self, call: Call, now_ns: int, reason: str) -> FinishedCall | None:
+        """The call is over: its FinishedCall (None: a media-only call too small to keep)."""
         call.done = True
         if self._media_corr is not None:
             self._media_corr.forget(call)
         rtpmap: dict[int, tuple[str, int, int]] = {}
         for key in call.endpoints:
-            ep = self.table.media.get(key)
-            if ep is not None and ep.call is call:
+            ep = self.table.endpoint_of(key, call)
+            if ep is not None:
                 rtpmap.update(ep.rtpmap)
         self.table.remove(call)
         self._forget_ssrcs(call)
+        self._pairs.forget(call.legs.values())
+        if call.media_only:
+            self._pickup.forget(call)
+            packets = call.frames_held
+            if not self._pickup.looks_like_media(call):
+                self._c["unsignalled_dropped"] += packets
+                self._c["calls_finished"] += 1
+                if call.spill is not None:
+                    call.spill.close()
+                return None
+            self._c["unsignalled_packets"] += packets
         rid = recording_id(call.first_call_id, call.started_ns)
         self._late.register(rid, recording_prefix(prefix_date(call.started_ns), rid), call.linktype,
                             call.call_ids, call.endpoints, now_ns)
@@ -733,6 +878,23 @@ class CallEngine:
                 "media_other": call.media_other,
             },
         )
+        if call.media_only:
+            finished.key = call.first_call_id
+            finished.call_ids, finished.legs = [], []
+            finished.signalling = "none"
+            finished.warnings.append(
+                "No signalling was seen for this media (a capture gap, a sensor restart, SIP on "
+                "another mirror or over TLS): who called whom and the call's outcome are unknown.")
+        elif not any(leg.dialog.have_invite for leg in legs):
+            finished.signalling = "mid-call"
+            finished.warnings.append(
+                "The call's INVITE was not seen (picked up mid-call): its start, answer time and "
+                "the media before the first signalling seen are missing.")
+        if call.ambiguous:
+            finished.counts["media_ambiguous_packets"] = call.ambiguous
+            finished.warnings.append(
+                f"{call.ambiguous} packets to or from a media endpoint this call shared with other "
+                "calls could not be assigned to one call and are in no recording.")
         # the frames now belong to the recording; a TCP stream may still name this call
         # for a while (a late retransmission): it must not keep them alive
         call.frame_ts, call.frame_data, call.tcp_frames, call.spill = [], [], None, None

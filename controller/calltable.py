@@ -17,7 +17,7 @@ from controller.legs import Leg, LegKey
 from controller.spill import CallSpill
 from controller.streams import MediaEndpoint, MediaSecurity, RtpStream, SdpMedia
 
-__all__ = ["Call", "CallTable"]
+__all__ = ["Call", "CallTable", "SharedEndpoint", "AMBIGUOUS", "all_ended"]
 
 _REF_FRAME_SHIFT = 34  # streams.pack_ref: frame index << 34
 
@@ -29,7 +29,7 @@ class Call:
                  "other_linktype", "sensors", "last_sensor", "streams", "endpoints", "media_addrs",
                  "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done", "tcp_frames",
                  "aliases", "keys", "copies", "probe_media", "frame_base", "spill", "rtcp_frames",
-                 "security", "zrtp")
+                 "security", "zrtp", "media_only", "ambiguous")
 
     def __init__(self, call_id: str, ts_ns: int, linktype: int) -> None:
         self.legs: dict[str, Leg] = {call_id: Leg(call_id, Dialog(), ts_ns)}
@@ -62,6 +62,8 @@ class Call:
         self.security: list[tuple[int, str, int, str, MediaSecurity]] = []
         #: media flows (src, sport, dst, dport) that carried ZRTP -> capture time of the first
         self.zrtp: dict[tuple[bytes, int, bytes, int], int] = {}
+        self.media_only = False               # no signalling seen yet (controller/pickup.py)
+        self.ambiguous = 0                    # packets of a shared endpoint it may own, kept by none
 
     def add_frame(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes) -> int:
         """Keep a packet for call.pcap; returns its frame index."""
@@ -107,6 +109,107 @@ class Call:
         return self.root.dialog
 
 
+def all_ended(call: Call) -> bool:
+    """Every dialog of the call ended (BYE, final error): it only lingers now."""
+    return all(leg.dialog.ended_ns is not None for leg in call.legs.values())
+
+
+#: `SharedEndpoint.packet`: several calls could own the packet; it went to none
+AMBIGUOUS = 5
+
+
+class SharedEndpoint:
+    """A receive endpoint announced by several active calls at once: a media
+    server, IVR or gateway that answers every call on one IP:port.
+
+    A packet sent to it (or from it, symmetric RTP) belongs to the call whose
+    SDPs name the packet's *far* end: the far end is announced by the other
+    side of that call (an endpoint of its own in the table); failing that (NAT,
+    latching: the far end sends from elsewhere) the one call whose SDPs named
+    the far end's address; failing that the one call still in its dialog
+    (the others only linger after BYE).  Otherwise the packet is ambiguous:
+    counted in every candidate call, kept in none — one customer's voice is
+    never put into another customer's recording.  A flow's owner is cached.
+    """
+
+    __slots__ = ("members", "media", "flows", "last")
+
+    def __init__(self, media: dict, members: list[MediaEndpoint]) -> None:
+        self.media = media
+        self.members = members
+        self.flows: dict[tuple[bytes, int], MediaEndpoint] = {}
+        self.last: MediaEndpoint | None = None     # the member of the last packet
+
+    def member(self, call: Call) -> MediaEndpoint | None:
+        for m in self.members:
+            if m.call is call:
+                return m
+        return None
+
+    def put(self, ep: MediaEndpoint) -> None:
+        """Add (or replace) the endpoint of ep.call."""
+        self.members = [m for m in self.members if m.call is not ep.call] + [ep]
+        self.flows.clear()
+
+    def drop(self, call: Call) -> MediaEndpoint | SharedEndpoint | None:
+        """Remove the call; returns what the table should hold instead when
+        the endpoint is no longer shared (the last member, or self)."""
+        self.members = [m for m in self.members if m.call is not call]
+        self.flows.clear()
+        if len(self.members) == 1:
+            return self.members[0]
+        if not self.members:
+            raise AssertionError("a shared endpoint lost every member")
+        return None
+
+    def moved(self, old: Call, new: Call, flip: bool) -> MediaEndpoint | None:
+        """`old` was merged into `new`: its member now belongs to `new` (one per call)."""
+        mine = [m for m in self.members if m.call is old]
+        for m in mine:
+            m.call = new
+            if flip:
+                m.side = 1 - m.side
+        if mine:
+            kept = [m for m in self.members if m.call is not new] + [mine[-1]]
+            self.members = kept
+        self.flows.clear()
+        return self.members[0] if len(self.members) == 1 else None
+
+    def pick(self, addr: bytes, port: int) -> MediaEndpoint | None:
+        """The member whose call owns the flow with far end (addr, port), or None."""
+        hit = self.flows.get((addr, port))
+        if hit is not None:
+            return hit
+        members = self.members
+        found: MediaEndpoint | None = None
+        far = self.media.get((addr, port))
+        if far is not None:
+            far_calls = ({id(m.call) for m in far.members} if isinstance(far, SharedEndpoint)
+                         else {id(far.call)})
+            mine = [m for m in members if id(m.call) in far_calls]
+            if len(mine) == 1:
+                found = mine[0]
+        if found is None:
+            mine = [m for m in members if addr in m.call.media_addrs]
+            if len(mine) == 1:
+                found = mine[0]
+            else:
+                live = [m for m in (mine or members) if not all_ended(m.call)]
+                if len(live) == 1:
+                    found = live[0]
+        if found is not None:
+            self.flows[(addr, port)] = found
+        return found
+
+    def packet(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d,
+               by_dst: bool) -> int:
+        m = self.pick(d.src, d.sport) if by_dst else self.pick(d.dst, d.dport)
+        self.last = m
+        if m is None:
+            return AMBIGUOUS
+        return m.packet(ts_ns, sensor_id, linktype, data, d, by_dst)
+
+
 class CallTable:
     """The one place call state is reachable from: by Call-ID, media endpoint and
     correlation key."""
@@ -147,19 +250,50 @@ class CallTable:
             call.keys.add(key)
 
     def add_media(self, call: Call, side: int, media: SdpMedia, leg: str) -> None:
-        """Map a receive endpoint to a call; the latest SDP wins when two calls
-        announce the same address (a port reused by the next call)."""
+        """Map a receive endpoint to a call.  When another active call already
+        announced it (a media server, IVR or gateway answering every call on one
+        IP:port), the endpoint is shared and each packet goes to the call whose
+        SDPs name its far end (`SharedEndpoint`); a call whose dialogs all ended
+        (lingering) gives the endpoint up to the new one (a port reused)."""
         key = (media.addr, media.port)
         ep = self.media.get(key)
-        if ep is not None and ep.call is call and ep.side == side and ep.rtcp == media.rtcp:
-            if media.rtpmap:
-                ep.rtpmap.update(media.rtpmap)
-            return
-        self.media[key] = MediaEndpoint(call, side, media.rtcp, dict(media.rtpmap), leg, media.kind)
-        call.endpoints.append(key)
+        new = MediaEndpoint(call, side, media.rtcp, dict(media.rtpmap), leg, media.kind)
+        if ep is None:
+            self.media[key] = new
+            if self.on_new_media is not None:
+                self.on_new_media(media.addr, media.port)
+        elif isinstance(ep, SharedEndpoint):
+            ep.put(new)
+        elif ep.call is call:
+            if ep.side == side and ep.rtcp == media.rtcp:
+                if media.rtpmap:
+                    ep.rtpmap.update(media.rtpmap)
+                return
+            self.media[key] = new
+        elif ep.call.done or all_ended(ep.call):
+            self.media[key] = new
+        else:
+            self.media[key] = SharedEndpoint(self.media, [ep, new])
+        if key not in call.endpoints:
+            call.endpoints.append(key)
         call.media_addrs.add(media.addr)
-        if ep is None and self.on_new_media is not None:
-            self.on_new_media(media.addr, media.port)
+
+    def endpoint_of(self, key: tuple[bytes, int], call: Call) -> MediaEndpoint | None:
+        """The call's own endpoint at `key` (also when the endpoint is shared)."""
+        ep = self.media.get(key)
+        if isinstance(ep, SharedEndpoint):
+            return ep.member(call)
+        return ep if ep is not None and ep.call is call else None
+
+    def unmap(self, key: tuple[bytes, int], call: Call) -> None:
+        """The call no longer receives at `key` (other calls sharing it still do)."""
+        ep = self.media.get(key)
+        if isinstance(ep, SharedEndpoint):
+            rest = ep.drop(call)
+            if rest is not None:
+                self.media[key] = rest
+        elif ep is not None and ep.call is call:
+            del self.media[key]
 
     def merge(self, keep: Call, other: Call, flip: bool) -> None:
         """Move everything of `other` into `keep` (`other` is then done).
@@ -205,11 +339,15 @@ class CallTable:
             keep.streams[k] = stream
         for key in other.endpoints:
             ep = self.media.get(key)
-            if ep is not None and ep.call is other:
+            if isinstance(ep, SharedEndpoint):
+                rest = ep.moved(other, keep, flip)
+                if rest is not None:
+                    self.media[key] = rest
+            elif ep is not None and ep.call is other:
                 ep.call = keep
                 if flip:
                     ep.side = 1 - ep.side
-        keep.endpoints.extend(other.endpoints)
+        keep.endpoints.extend(k for k in other.endpoints if k not in keep.endpoints)
         keep.media_addrs |= other.media_addrs
         for cid, leg in other.legs.items():
             keep.legs[cid] = leg
@@ -230,6 +368,7 @@ class CallTable:
         keep.rtcp_packets += other.rtcp_packets
         keep.rtcp_frames.extend(offset + i for i in other.rtcp_frames)
         keep.media_other += other.media_other
+        keep.ambiguous += other.ambiguous
         keep.security.extend((t, leg, 1 - side if flip else side, kind, sec)
                              for t, leg, side, kind, sec in other.security)
         keep.security.sort(key=lambda e: e[0])
@@ -250,9 +389,7 @@ class CallTable:
             if self.by_call_id.get(cid) is call:
                 del self.by_call_id[cid]
         for key in call.endpoints:
-            ep = self.media.get(key)
-            if ep is not None and ep.call is call:
-                del self.media[key]
+            self.unmap(key, call)
         for key in call.keys:
             hit = self.keys.get(key)
             if hit is not None and hit[0] is call:

@@ -48,7 +48,7 @@ class Dialog:
     __slots__ = ("caller_tag", "from_uri", "to_uri", "have_invite", "invite_cseq", "reinvites",
                  "cancel_seen", "challenge", "answered_ns", "final_response", "status",
                  "ended_ns", "end_reason", "seen", "phase", "messages", "retransmissions",
-                 "info_log", "media_log")
+                 "info_log", "media_log", "midcall")
 
     def __init__(self) -> None:
         self.caller_tag: str | None = None
@@ -71,6 +71,7 @@ class Dialog:
         # call features (issue #5): small logs read at finalize time
         self.info_log: list[tuple] = []   # DTMF SIP INFO bodies (controller/dtmf.py)
         self.media_log: list[tuple] = []  # SDP directions, rejections (controller/hold.py)
+        self.midcall = False              # first seen: an in-dialog request (INVITE not seen)
 
     # -- identification ---------------------------------------------------
     def is_repeat(self, msg: SipMessage, cseq: int, method: str, count: bool = True) -> bool:
@@ -107,6 +108,12 @@ class Dialog:
         carries SDP.  A repeat only yields its SDP (a proxy hop may rewrite it)."""
         if self.caller_tag is None:
             self._learn_caller(msg)
+            if msg.is_request and msg.to_tag is not None:
+                # picked up mid-call (capture gap, sensor restart): an in-dialog
+                # request proves the dialog was established
+                self.midcall = True
+                self.status = "answered"
+                self.phase = "answered"
         if not repeat:
             if msg.is_request:
                 self._request(msg, ts_ns, cseq)

@@ -62,7 +62,8 @@ _RELAY_JITTER_NS = 30_000_000      # a relay's delay varies less than this betwe
 class Leg:
     """One dialog (one Call-ID) of a call."""
 
-    __slots__ = ("call_id", "dialog", "started_ns", "last_ns", "sensors", "relation", "sip_packets")
+    __slots__ = ("call_id", "dialog", "started_ns", "last_ns", "sensors", "relation", "sip_packets",
+                 "media_now", "pair")
 
     def __init__(self, call_id: str, dialog: Dialog, ts_ns: int) -> None:
         self.call_id = call_id
@@ -72,6 +73,9 @@ class Leg:
         self.sensors: set[str] = set()       # sensors whose copy of its SIP was kept
         self.relation: tuple[str, str] | None = None  # (Call-ID it was linked to, by what)
         self.sip_packets = 0
+        #: audio endpoint each side's latest SDP announced (direct media, `MediaPairs`)
+        self.media_now: list[tuple[bytes, int] | None] = [None, None]
+        self.pair: frozenset | None = None
 
 
 def _session_id_key(values: list[str]) -> LegKey | None:
@@ -353,3 +357,45 @@ class MediaCorrelator:
             hit = index.get(h)
             if hit is not None and hit[2] == ts:
                 del index[h]
+
+
+#: leg relation of two legs whose final SDPs name the same two media endpoints
+BY_DIRECT_MEDIA = "direct-media"
+
+
+class MediaPairs:
+    """Legs whose latest offer/answer names the same two media endpoints.
+
+    A B2BUA (Asterisk with direct media, an SBC that steps out of the media
+    path) re-INVITEs both phones to talk to each other: afterwards the
+    caller's leg and the callee's leg each name the two phones' endpoints, and
+    all RTP flows between the phones, past the PBX.  Two legs in that state at
+    the same time are one call (`BY_DIRECT_MEDIA`).  `update` is called with
+    the audio endpoint each SDP announces; it returns the other leg (and
+    whether its sides run the other way) when the pair is already a live
+    leg's, else None.  Hold (a null address) changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self._by_pair: dict[frozenset, Leg] = {}
+
+    def update(self, leg: Leg, side: int, endpoint: tuple[bytes, int]) -> tuple[Leg, bool] | None:
+        leg.media_now[side] = endpoint
+        a, b = leg.media_now
+        if a is None or b is None or a == b:
+            return None
+        pair = frozenset((a, b))
+        old = leg.pair
+        if old is not None and old != pair and self._by_pair.get(old) is leg:
+            del self._by_pair[old]
+        leg.pair = pair
+        other = self._by_pair.get(pair)
+        self._by_pair[pair] = leg
+        if other is None or other is leg or other.pair != pair:
+            return None
+        return other, other.media_now[0] != leg.media_now[0]
+
+    def forget(self, legs) -> None:
+        for leg in legs:
+            if leg.pair is not None and self._by_pair.get(leg.pair) is leg:
+                del self._by_pair[leg.pair]

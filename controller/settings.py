@@ -51,6 +51,14 @@ class CallConfig:
 
     ``record_rules``: which calls get their media recorded (controller/rules.py);
     the engine's ``rules`` attribute starts from it and may be replaced at run time.
+
+    ``record_unsignalled``: RTP of a flow whose signalling was never seen (a
+    sensor restart, a capture started mid-call, SIP on another mirror or over
+    TLS) becomes a media-only recording (controller/pickup.py); it ends after
+    ``unsignalled_timeout_s`` without a packet (longer than a hold without RTP
+    is not knowable without signalling; 20 s rides out short gaps), and one
+    with fewer than ``unsignalled_min_packets`` packets (under half a second of
+    20 ms packets: stray datagrams) is counted, not written.
     """
 
     answered_timeout_s: float = 300.0
@@ -63,3 +71,6 @@ class CallConfig:
     spill_dir: Path | None = None
     late_window_s: float = 60.0
     record_rules: RecordingRules = field(default_factory=RecordingRules)
+    record_unsignalled: bool = True
+    unsignalled_timeout_s: float = 20.0
+    unsignalled_min_packets: int = 25
