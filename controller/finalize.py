@@ -15,6 +15,14 @@ in time (SSRC change, transfer) continue the channel.  Those used are marked
 cannot be decoded is ``"decoded": false`` and silent; with no decodable
 direction there is no audio file.  The file is audio.wav (16-bit PCM) unless
 ``audio_format`` asks for audio.flac or audio.opus.
+
+Encrypted media (controller/encrypted.py, srtp.py): SRTP whose keys the
+signalling showed (SDES) is decrypted first and decoded like RTP; media
+encrypted with keys the recorder cannot see (DTLS-SRTP, ZRTP, unsupported
+suites) is ``"encrypted": true, "decoded": false`` with the reason in
+``streams[].encryption`` and ``warnings``, and never decoded.  A decoded
+channel that is statistically random noise (controller/noise.py) is flagged in
+``audio.sources`` and ``warnings``.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from protocols.errors import DecodeError
@@ -35,6 +44,7 @@ from storage.layout import (CALL_JSON, CALL_PCAP, audio_file_name, prefix_date, 
                             recording_prefix)
 
 from controller.dtmf import call_dtmf
+from controller.encrypted import SecureMedia, StreamSecurity, secure_media
 from controller.hold import call_hold
 from controller.legs import Leg
 from controller.quality import call_quality
@@ -129,13 +139,16 @@ class _Audio:
     rendered: Rendered | None = None    # None: nothing decodable, no audio file
     name: str | None = None
     data: bytes | Path | None = None
-    used: set[int] = field(default_factory=set)     # id() of the streams heard in the file
+    used: set[int] = field(default_factory=set)     # indexes of the streams heard in the file
 
 
-def _audio(call: FinishedCall, fmt: str) -> _Audio:
+def _audio(call: FinishedCall, fmt: str, media: SecureMedia) -> _Audio:
     """Decode and write the call's audio (channel 0 caller, 1 callee) as `fmt`: into
-    memory, or for a long call (spilled) into a file beside its spill files."""
-    out = _Audio(plan_audio(call))
+    memory, or for a long call (spilled) into a file beside its spill files.  The
+    streams and frames are `media`'s: SRTP decrypted, what stays encrypted left out."""
+    clear = SimpleNamespace(streams=media.streams, rtpmap=call.rtpmap, frame_ts=media.frame_ts,
+                            frame_data=media.frame_data)
+    out = _Audio(plan_audio(clear))
     if not out.channels:
         return out
     name = audio_file_name(fmt)
@@ -143,11 +156,11 @@ def _audio(call: FinishedCall, fmt: str) -> _Audio:
         if call.spill is not None:
             path = call.spill.path.with_suffix(Path(name).suffix)
             call.spill.outputs.append(path)
-            out.rendered = render_audio(call, out.channels, fmt, str(path))
+            out.rendered = render_audio(clear, out.channels, fmt, str(path))
             out.data = path
         else:
             buf = io.BytesIO()
-            out.rendered = render_audio(call, out.channels, fmt, buf)
+            out.rendered = render_audio(clear, out.channels, fmt, buf)
             out.data = buf.getvalue()
     except Exception:  # noqa: BLE001 - the call is still recorded, without audio
         log.exception("audio not written", extra={"call_id": call.call_ids[0]})
@@ -156,12 +169,13 @@ def _audio(call: FinishedCall, fmt: str) -> _Audio:
         out.data = None
     else:
         out.name = name
-        out.used = {id(call.streams[i]) for ch in out.channels.values() for i in ch.decoded_streams()}
+        out.used = {i for ch in out.channels.values() for i in ch.decoded_streams()}
     return out
 
 
-def _stream_meta(call: FinishedCall, s: RtpStream, audio: _Audio) -> dict[str, Any]:
-    used = id(s) in audio.used
+def _stream_meta(call: FinishedCall, i: int, s: RtpStream, audio: _Audio,
+                 sec: StreamSecurity) -> dict[str, Any]:
+    used = i in audio.used
     pt = s.audio_pt(call.rtpmap)
     if pt is None:
         pt = s.first_pt()
@@ -181,6 +195,8 @@ def _stream_meta(call: FinishedCall, s: RtpStream, audio: _Audio) -> dict[str, A
         "used_for_audio": used,
         "call_id": s.leg or None,
         "sensors": sorted(s.sensors),
+        "encrypted": sec.encrypted,
+        "encryption": sec.as_json(),
         "copies_dropped": sum(s.copies.values()),
         "copies_dropped_by_sensor": dict(sorted(s.copies.items())),
     }
@@ -232,6 +248,7 @@ def _audio_sources(call: FinishedCall, audio: _Audio) -> dict[str, Any]:
             "reason": reason,
             "segments": segments[:_MAX_SEGMENTS],
         }
+            "noise": r.noise[side].verdict() if side in r.noise else None,
         if len(segments) > _MAX_SEGMENTS:
             out[SIDE_NAMES[side]]["segments_not_listed"] = len(segments) - _MAX_SEGMENTS
     return out
@@ -239,6 +256,37 @@ def _audio_sources(call: FinishedCall, audio: _Audio) -> dict[str, Any]:
 
 def _legs_meta(call: FinishedCall) -> list[dict[str, Any]]:
     out = []
+def _media_warnings(call: FinishedCall, media: SecureMedia, audio: _Audio) -> list[str]:
+    """What the operator must know about encrypted or noise-like media, one sentence each."""
+    out: list[str] = []
+    hidden: dict[str, list[int]] = {}
+    for i, sec in enumerate(media.security):
+        if sec.encrypted and sec.not_decrypted:
+            hidden.setdefault(sec.method or "unknown", []).append(i)
+    for method, idx in sorted(hidden.items()):
+        out.append(f"Stream(s) {', '.join(map(str, idx))} are encrypted ({method}) with keys "
+                   "the recorder cannot use: their encrypted packets are not decoded.")
+    failed = [(i, sec.auth_failures) for i, sec in enumerate(media.security) if sec.auth_failures]
+    if failed:
+        out.append("SRTP authentication failed for " + ", ".join(
+            f"{n} packet(s) of stream {i}" for i, n in failed) + "; they are not decoded.")
+    if media.rtcp_dropped:
+        out.append(f"{media.rtcp_dropped} SRTCP packet(s) could not be decrypted and are left "
+                   "out of the RTCP figures.")
+    audio_streams = [i for i, s in enumerate(call.streams) if s.kind == "audio" and s.packets]
+    if audio.rendered is None and audio_streams and \
+            all(media.security[i].encrypted and not media.security[i].decrypted for i in audio_streams):
+        out.append("No audio file: all of the call's audio is encrypted with keys the recorder "
+                   "cannot use.")
+    if audio.rendered is not None:
+        for side, meter in sorted(audio.rendered.noise.items()):
+            if meter.noise_like:
+                out.append(f"The {SIDE_NAMES[side]} audio channel is statistically random noise "
+                           f"for {meter.seconds:.1f} s, as encrypted media decoded as audio is: "
+                           "do not trust it.")
+    return out
+
+
     for leg in call.legs:
         d = leg.dialog
         out.append({
@@ -342,14 +390,20 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
     if not call.recorded:
         _signalling_only(call)
     load_runs(call.streams, call.spill)
-    audio = _audio(call, audio_format)
+    # encrypted media: SRTP/SRTCP decrypted where keys were visible, the rest left out
+    # of audio and DTMF (controller/encrypted.py); call.pcap stays as captured
+    media = secure_media(call)
+    try:
+        audio = _audio(call, audio_format, media)
+        dtmf = call_dtmf(call.started_ns, media.frame_ts, media.frame_data, media.streams,
+                         call.rtpmap, call.legs) if call.recorded else []
+    finally:
+        media.close()
     pcap, pcap_packets = _pcap(call) if call.spill is None else _pcap_file(call)
     # call features (issue #5): quality per stream, DTMF, hold — controller/{quality,dtmf,hold}.py
     quality = call_quality(call.frame_ts, call.frame_data, call.streams, call.rtpmap,
                            call.rtcp_frames if call.recorded else [], call.linktype,
-                           call.other_linktype)
-    dtmf = call_dtmf(call.started_ns, call.frame_ts, call.frame_data, call.streams, call.rtpmap,
-                     call.legs) if call.recorded else []
+                           call.other_linktype, media.rtcp)
     hold = call_hold(call.started_ns, call.ended_ns if call.ended_ns is not None else call.started_ns,
                      call.legs)
     meta: dict[str, Any] = {
@@ -366,13 +420,15 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
         "sensors": list(call.sensors),
         "sites": sorted({site for site in call.sites.values() if site}),
         "legs": _legs_meta(call),
-        "streams": [_stream_meta(call, s, audio) for s in call.streams],
+        "streams": [_stream_meta(call, i, s, audio, media.security[i])
+                    for i, s in enumerate(call.streams)],
         "dtmf": dtmf,
         "hold": hold,
         "audio": {"file": audio.name, "sample_rate": audio.rendered.rate, "channels": 2,
                   "sources": _audio_sources(call, audio)} if audio.rendered else None,
         "recorded": call.recorded,                     # recording rules (controller/rules.py)
         "not_recorded_reason": call.not_recorded_reason,
+        "encrypted": media.encrypted,                  # controller/encrypted.py
         "signalling": call.signalling,
         "copies_dropped": sum(call.copies.values()),
         "copies_dropped_by_sensor": dict(sorted(call.copies.items())),
@@ -380,7 +436,7 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
         "pcap_packets": pcap_packets,
         "pcap_skipped": len(call.other_linktype),
         "clock": call.clock,
-        "warnings": call.warnings,
+        "warnings": call.warnings + _media_warnings(call, media, audio),
     }
     for entry, q in zip(meta["streams"], quality):  # issue #5: quality fields per stream
         entry.update(q)

@@ -28,7 +28,7 @@ G.113 Appendix I), Id from the RTCP round-trip time when one was measured
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,8 @@ from protocols.rtcp import RR, SR, ntp_middle, parse_rtcp
 from controller.jitter import CallBytes, analyse_arrays, stream_arrays
 from controller.streams import RtpStream
 
-__all__ = ["stream_packets", "analyse", "stream_quality", "rtcp_reports", "rtcp_summary",
+__all__ = ["stream_packets", "rtp_header_offset", "analyse", "stream_quality", "rtcp_reports",
+           "rtcp_summary",
            "r_factor", "mos_from_r", "CODEC_IMPAIRMENT"]
 
 _NS_PER_MS = 1_000_000
@@ -91,6 +92,9 @@ def _rtp_header(data: bytes, start: int, ssrc: int) -> int:
         if x + 4 <= start and x + 4 + 4 * int.from_bytes(data[x + 2:x + 4], "big") == start:
             return p
     return -1
+
+
+rtp_header_offset = _rtp_header
 
 
 def stream_packets(frame_ts: Sequence[int], frame_data: Sequence[bytes], stream: RtpStream
@@ -281,18 +285,25 @@ def stream_quality(frame_ts: Sequence[int], frame_data: Sequence[bytes], stream:
 # -- RTCP -------------------------------------------------------------------------------
 
 def rtcp_reports(frame_ts: Sequence[int], frame_data: Sequence[bytes], indexes: Sequence[int],
-                 linktype: int, skip: set[int] | frozenset = frozenset()) -> tuple[list, int]:
+                 linktype: int, skip: set[int] | frozenset = frozenset(),
+                 clear: Mapping[int, bytes | None] | None = None) -> tuple[list, int]:
     """The RTCP packets of a call: ([(capture ns, src ip, dst ip, parts)], malformed).
-    Frames of another link type (``skip``) cannot be decoded and are left out."""
+    Frames of another link type (``skip``) cannot be decoded and are left out.
+    ``clear``: SRTCP decrypted (controller/encrypted.py), frame index -> the RTCP in
+    clear, or None for SRTCP no visible key opens (left out)."""
     out = []
     bad = 0
+    clear = clear or {}
     for idx in indexes:
         if idx in skip:
             continue
         data = frame_data[idx]
+        plain = clear.get(idx, b"")
+        if plain is None:
+            continue
         try:
             d = decode(linktype, data)
-            parts = parse_rtcp(data[d.payload_offset:d.payload_offset + d.payload_len])
+            parts = parse_rtcp(plain or data[d.payload_offset:d.payload_offset + d.payload_len])
         except DecodeError:
             bad += 1
             continue
@@ -370,8 +381,10 @@ def rtcp_summary(reports: list, streams: Sequence[RtpStream], clock_of_ssrc: dic
 
 def call_quality(frame_ts: Sequence[int], frame_data: Sequence[bytes], streams: Sequence[RtpStream],
                  rtpmap: dict, rtcp_frames: Sequence[int], linktype: int,
-                 other_linktype: Sequence[int]) -> list[dict[str, Any]]:
-    """The quality fields of every stream of a call, in ``streams`` order."""
+                 other_linktype: Sequence[int], clear_rtcp: Mapping[int, bytes | None] | None = None
+                 ) -> list[dict[str, Any]]:
+    """The quality fields of every stream of a call, in ``streams`` order (``clear_rtcp``:
+    SRTCP in clear, see `rtcp_reports`)."""
     clock_of_ssrc: dict[int, int] = {}
     for s in streams:
         pt = s.audio_pt(rtpmap)
@@ -381,7 +394,7 @@ def call_quality(frame_ts: Sequence[int], frame_data: Sequence[bytes], streams: 
     rtcp: dict[int, dict[str, Any]] = {}
     if rtcp_frames:
         reports, _bad = rtcp_reports(frame_ts, frame_data, rtcp_frames, linktype,
-                                     set(other_linktype))
+                                     set(other_linktype), clear_rtcp)
         rtcp = rtcp_summary(reports, streams, clock_of_ssrc)
     rtts = [r["rtt_ms"] for r in rtcp.values() if r.get("rtt_ms") is not None]
     call_rtt = sum(rtts) / len(rtts) if rtts else None

@@ -25,11 +25,13 @@ Channel 0 is what the caller sent, channel 1 what the callee sent.  The rules
    piece is decoded by its own decoder at its codec's rate.
 
 Everything here works on numpy arrays of a stream's packets; payload bytes
-are only fetched (by reference into the call's frames) while rendering.
+are only fetched (by reference into the call's frames) while rendering.  Each
+channel's decoded samples are also judged by controller/noise.py on the way
+(at the codec's rate): audio made from ciphertext is flagged, never trusted.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +41,7 @@ import numpy as np
 from controller.audio import PacketReader, ResampledReader, Track, output_rate, write_audio
 from controller.codecs import CodecInfo, codec_for
 from controller.jitter import CallBytes
+from controller.noise import NoiseMeter
 from controller.streams import MAX_REF_OFFSET, RtpStream
 
 __all__ = ["Piece", "Segment", "Channel", "plan_audio", "render_audio", "Rendered"]
@@ -298,11 +301,29 @@ class Rendered:
     t0_ns: int
     frames: int
     offsets: dict[int, int]         # id(piece) -> output sample where it starts
+    noise: dict[int, NoiseMeter] = field(default_factory=dict)   # side -> its verdict
 
 
-def _open(frames, piece: Piece, rate: int, cb: CallBytes | None = None):
+class _Tap:
+    """A piece's reader whose samples also go to its channel's `NoiseMeter`."""
+
+    def __init__(self, reader: PacketReader, meter: NoiseMeter, rate: int) -> None:
+        self.reader = reader
+        self.meter = meter
+        self.rate = rate
+
+    def read(self, n: int) -> np.ndarray:
+        out = self.reader.read(n)
+        self.meter.feed(out, self.rate)
+        return out
+
+
+def _open(frames, piece: Piece, rate: int, cb: CallBytes | None = None,
+          meter: NoiseMeter | None = None):
     reader = PacketReader(piece.codec.new_decoder(), piece.positions,
                           partial(_fetch, frames, piece.refs, cb=cb))
+    if meter is not None:
+        reader = _Tap(reader, meter, piece.codec.sample_rate)
     if piece.codec.sample_rate != rate:
         reader = ResampledReader(reader, piece.length, piece.codec.sample_rate, rate)
     return reader
@@ -321,6 +342,7 @@ def render_audio(call: Any, channels: dict[int, Channel], fmt: str, target) -> R
     tracks: list[list[Track]] = [[], []]
     # a call in memory: its frames in one buffer, payloads gathered with numpy
     cb = CallBytes((), call.frame_data, times=False) if isinstance(call.frame_data, list) else None
+    meters = {side: NoiseMeter() for side in channels}
     for side, ch in channels.items():
         for seg in ch.segments:
             seg_off = ((seg.start_ns - t0) * rate + _NS // 2) // _NS
@@ -330,7 +352,8 @@ def render_audio(call: Any, channels: dict[int, Channel], fmt: str, target) -> R
                 off = seg_off + p.ts_offset * rate // seg.clock_rate
                 offsets[id(p)] = off
                 length = -(-p.length * rate // p.codec.sample_rate)
-                tracks[side].append(Track(off, length, partial(_open, call.frame_data, p, rate, cb)))
+                tracks[side].append(Track(off, length, partial(_open, call.frame_data, p, rate, cb,
+                                                               meters[side])))
     limit = ((last - t0) // _NS + MARGIN_S) * rate
     frames = write_audio(tracks, rate, fmt, target, max_frames=limit)
-    return Rendered(rate, t0, frames, offsets) if frames else None
+    return Rendered(rate, t0, frames, offsets, meters) if frames else None
