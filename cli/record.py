@@ -45,6 +45,16 @@ def _naming(path: Path, message: str) -> str:
     return message if str(path) in message else f"{path}: {message}"
 
 
+def _clock_warnings(status: dict, paths: dict[str, Path]) -> None:
+    """One line per file whose capture clock was corrected (controller/clock.py)."""
+    for s in status["sensors"]:
+        steps, restamped = s.get("clock_steps", 0), s.get("clock_restamped", 0)
+        if steps or restamped:
+            output.warning(f"{paths.get(s['sensor_id'], s['sensor_id'])}: capture clock stepped "
+                           f"back {steps} time(s) and {restamped} packet(s) off the clock were "
+                           "restamped; recordings use the corrected times (call.json clock)")
+
+
 def _rss_kib() -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -127,6 +137,7 @@ async def _record(settings, recorder, files: list[Path], fmt: str, show: bool) -
         ok = False
         output.error(f"{recorder.writer.errors} recording(s) could not be written")
     output.print_unsignalled(recorder.status())   # media seen without signalling, SIP over TLS
+    _clock_warnings(recorder.status(), {sid: path for sid, path, _, _ in procs})
     output.print_calls(list(recorder.writer.recent), fmt,
                        title=f"{recorder.writer.written} call(s) recorded to {recorder.writer.store.url}")
     return ok

@@ -158,11 +158,18 @@ class ClockSanitizer:
     def _pending(self, raw: np.ndarray, out: np.ndarray, i: int, provisional: list[int],
                  events: list[ClockEvent]) -> None:
         """One packet while a candidate waits: it agrees with the candidate, with the
-        old clock (the candidate was an outlier), or with neither (a new candidate)."""
+        old clock (the candidate was an outlier), or with neither (a new candidate).
+        Agreeing allows time to move on from the candidate (an idle gap after it),
+        as long as it does not come back to the old clock."""
         v = int(out[i])
         last = self.last
         assert last is not None
-        if self._cand_last - self.back_ns <= v <= self._cand_last + self.fwd_ns:
+        near_old = last - self.back_ns <= v <= last + self.fwd_ns
+        if self._cand_first > last:     # ahead of the old clock
+            agrees = not near_old and v >= self._cand_last - self.back_ns
+        else:                           # behind it
+            agrees = self._cand_last - self.back_ns <= v < last - self.back_ns
+        if agrees:
             self._cand_n += 1
             if v > self._cand_last:
                 self._cand_last = v
@@ -173,7 +180,7 @@ class ClockSanitizer:
             return
         self._outliers(events)
         provisional.clear()
-        if last - self.back_ns <= v <= last + self.fwd_ns:
+        if near_old:
             if v > last:
                 self.last = v
             return
@@ -256,6 +263,17 @@ class SensorClock:
                                 "steps": self.steps, "packets_restamped": self.restamped})
                 self._logged, self._unlogged = now, 0
         return corrected.tolist()
+
+    def heartbeat(self, clock_ns: int) -> int | None:
+        """A heartbeat's clock on the corrected scale, or None when it is more
+        than `max_gap_s` ahead of the packets (a replay's heartbeat is the
+        newest record read, which may be an outlier; a live one is the sensor's
+        clock, stepped with it)."""
+        san = self.sanitizer
+        v = clock_ns + san.offset
+        if san.last is not None and v > san.last + san.max_gap_ns:
+            return None
+        return v
 
     def during(self, lo_ns: int, hi_ns: int) -> tuple[list[ClockEvent], int]:
         """Steps, and packets restamped, between two corrected times."""

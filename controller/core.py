@@ -318,6 +318,9 @@ class Recorder:
             st.counters = counters
             st.last_seen = time.time()
             st.replay_bytes, st.replay_total = replay_bytes, replay_total
+            corrected = st.clock.heartbeat(clock_ns)
+            # a clock far ahead of the packets moves nothing, but the sensor is heard
+            clock_ns = st.clock_ns if corrected is None else corrected
             if clock_ns > st.clock_ns:
                 st.clock_ns = clock_ns
             self.merger.heartbeat(sensor_id, clock_ns)

@@ -6,6 +6,8 @@ reorderings, and the events must say what happened.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,49 @@ def test_snapshot_state_restores_the_offset() -> None:
 def test_confirm_must_be_meaningful() -> None:
     with pytest.raises(ValueError):
         ClockSanitizer(confirm=1)
+
+
+def test_heartbeat_clock_follows_the_offset_and_ignores_years_ahead() -> None:
+    from controller.clock import SensorClock
+    clock = SensorClock("s1")
+    clock.correct(np.concatenate([steady(10), steady(10, T0 - YEAR)]))
+    assert clock.heartbeat(int(T0 - YEAR + 5 * S)) == T0 - YEAR + 5 * S + clock.sanitizer.offset
+    assert clock.sanitizer.offset > 0
+    assert clock.heartbeat(int(T0 + 5 * YEAR)) is None
+
+
+def test_real_captures_have_no_clock_event(captures_dir: Path) -> None:
+    """Every public capture, fed in the sensor's batches of 256 records: nothing to
+    correct. (What a sensor forwards is a subset in the same order, so it cannot
+    show a jump back that the whole file does not.)"""
+    from protocols.pcapfile import CaptureFileError, read_frames
+    files = [p for p in sorted(captures_dir.iterdir()) if p.is_file() and p.name != "SOURCES.md"]
+    assert files
+    for path in files:
+        san = ClockSanitizer()
+        ts = []
+        try:
+            ts = [t for t, _, _ in read_frames(path)]
+        except CaptureFileError:
+            pass
+        assert len(ts) > 10, path.name
+        found = [san.correct(ts[i:i + 256])[1] for i in range(0, len(ts), 256)]
+        assert [e for batch in found for e in batch] == [], path.name
+        assert (san.steps, san.restamped) == (0, 0)
+
+
+def test_idle_gaps_one_after_another_are_real_time() -> None:
+    """SIP INFO every few seconds (DTMFsipinfo.pcap's pattern): gaps after gaps."""
+    ts = np.array([T0, T0 + 20 * MS, T0 + 6800 * MS, T0 + 6850 * MS, T0 + 10_500 * MS,
+                   T0 + 10_520 * MS, T0 + 30_000 * MS, T0 + 60_000 * MS, T0 + 60_010 * MS],
+                  dtype=np.int64)
+    out, events = ClockSanitizer().correct(ts)
+    assert np.array_equal(out, ts) and events == []
+
+
+def test_step_back_followed_by_idle_gaps_is_still_one_step() -> None:
+    ts = np.concatenate([steady(10), T0 - YEAR + np.array([0, 5, 9, 30, 31], dtype=np.int64) * S])
+    san = ClockSanitizer()
+    out, events = san.correct(ts)
+    assert [e.kind for e in events] == ["step"] and san.restamped == 0
+    assert np.array_equal(np.diff(out[10:]), np.diff(ts[10:]))
