@@ -103,6 +103,7 @@ class CallEngine:
         # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
         self._ssrc_owners: dict[int, dict[int, tuple[Call, int, dict, str]]] = {}
         self._pairs = MediaPairs()           # direct media (legs.py)
+        self._msg_addrs: tuple = ()          # IP addresses of the packet carrying the SIP message
         self._pickup = MediaOnlyCalls(self.table, int(self.config.unsignalled_timeout_s * _NS),
                                       self.config.unsignalled_min_packets)
         #: endpoints of calls the recording rules keep signalling-only: their RTP is
@@ -291,6 +292,7 @@ class CallEngine:
     def _sip(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded,
              payload: bytes) -> bool:
         """One SIP datagram (UDP, or the first IP fragment of one)."""
+        self._msg_addrs = (d.src, d.dst)
         call, leg = self._sip_message(ts_ns, linktype, payload, d.is_fragment)
         if call is None:
             late = self._late_hit
@@ -496,6 +498,7 @@ class CallEngine:
         for ch in chunks:
             if ch.kind == MESSAGE:
                 linktype = ch.frames[0][3] if ch.frames else 1
+                self._msg_addrs = ()      # (a TCP message: its hosts are in its headers)
                 call, leg = self._sip_message(ch.ts_ns, linktype, ch.data, False)
                 if call is not None:
                     ch.owner = call
@@ -614,7 +617,7 @@ class CallEngine:
                             return ep.call
                 except DecodeError:
                     pass
-        return self._pickup.by_hosts(message_hosts(msg))
+        return self._pickup.by_hosts(message_hosts(msg).union(self._msg_addrs))
 
     # -- IP fragments: each fragment is a frame of its call's pcap (the later ones
     # follow the first); the datagram rebuilt from them (protocols.fragments) is parsed --
@@ -632,6 +635,7 @@ class CallEngine:
             payload = data[off:off + n]
             if not looks_like_sip(payload):
                 return False
+            self._msg_addrs = (d.src, d.dst)
             call, _leg = self._sip_message(ts_ns, linktype, payload, False, True)
             if call is None:
                 return False
