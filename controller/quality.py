@@ -41,8 +41,7 @@ from controller.jitter import CallBytes, analyse_arrays, stream_arrays
 from controller.streams import RtpStream
 
 __all__ = ["stream_packets", "rtp_header_offset", "analyse", "stream_quality", "rtcp_reports",
-           "rtcp_summary",
-           "r_factor", "mos_from_r", "CODEC_IMPAIRMENT"]
+           "rtcp_summary", "r_factor", "mos_from_r", "CODEC_IMPAIRMENT"]
 
 _NS_PER_MS = 1_000_000
 _REF_MASK = (1 << 17) - 1

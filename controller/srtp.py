@@ -40,7 +40,7 @@ SUITES: dict[str, _Suite] = {
     "AEAD_AES_256_GCM": _Suite(Policy.SRTP_PROFILE_AEAD_AES_256_GCM, 44, 16, 16),
 }
 _REPLAY_WINDOW = 1024       # reordering tolerated by libsrtp's replay check (packets)
-_MAX_PACKET = 1500 - 148    # pylibsrtp's buffer less its trailer room
+_MAX_PACKET = 1500          # pylibsrtp unprotects into a 1500-byte buffer
 
 
 class SdesKeyError(ValueError):
