@@ -209,3 +209,30 @@ def test_long_call_spilled_to_disk_is_decrypted(tmp_path: Path) -> None:
 def test_unusable_keys_say_why(suite: str, params: str, why: str) -> None:
     with pytest.raises(SdesKeyError, match=why):
         sdes_keys(1, suite, params)
+
+
+def test_dtmf_events_inside_srtp_are_read_after_decryption() -> None:
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    call, pa, pb = sdes_call(suite)
+    two_way(call, 2.2, 50, {0: pa, 1: pb})
+    # RFC 4733 event '7' from the caller: three updates, then three end packets
+    for k, (dur, end) in enumerate([(160, 0), (320, 0), (480, 0), (640, 1), (640, 1), (640, 1)]):
+        ev = struct.pack("!BBH", 7, (end << 7) | 10, dur)
+        call.send(3.3 + k * 0.02, 0, pa.protect(rtp(2000 + k, 90000, 0xA, 101, ev, marker=k == 0)), None)
+    _, rec = call.finish(5)
+    assert [(d["digit"], d["direction"], d["duration_ms"]) for d in rec.metadata["dtmf"]] == \
+        [("7", "caller", 80)]
+
+
+def test_spilled_call_without_usable_keys_is_not_decoded(tmp_path: Path) -> None:
+    fp = "a=fingerprint:sha-256 " + ":".join(["AB"] * 32)
+    call = SrtpCall(sdp(CALLER_IP, CALLER_PORT, "UDP/TLS/RTP/SAVP", (fp,)),
+                    sdp(CALLEE_IP, CALLEE_PORT, "UDP/TLS/RTP/SAVP", (fp,)),
+                    CallConfig(spill_frames=100, spill_dir=tmp_path / "spill"))
+    s80 = "AES_CM_128_HMAC_SHA1_80"
+    two_way(call, 2.2, 400, {0: protector(s80, key_of(1)), 1: protector(s80, key_of(2))})
+    finished, rec = call.finish(12)
+    assert finished.spill is not None and rec.metadata["audio"] is None
+    assert all(s["encryption"]["not_decrypted"] == 400 and not s["decoded"]
+               for s in rec.metadata["streams"])
+    finished.release()
