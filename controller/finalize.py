@@ -193,10 +193,10 @@ def _stream_meta(call: FinishedCall, i: int, s: RtpStream, audio: _Audio,
         "duplicates": s.duplicates,
         "decoded": used,
         "used_for_audio": used,
-        "call_id": s.leg or None,
-        "sensors": sorted(s.sensors),
         "encrypted": sec.encrypted,
         "encryption": sec.as_json(),
+        "call_id": s.leg or None,
+        "sensors": sorted(s.sensors),
         "copies_dropped": sum(s.copies.values()),
         "copies_dropped_by_sensor": dict(sorted(s.copies.items())),
     }
@@ -246,16 +246,14 @@ def _audio_sources(call: FinishedCall, audio: _Audio) -> dict[str, Any]:
             "lost": s.lost,
             "candidates": n,
             "reason": reason,
+            "noise": r.noise[side].verdict() if side in r.noise else None,
             "segments": segments[:_MAX_SEGMENTS],
         }
-            "noise": r.noise[side].verdict() if side in r.noise else None,
         if len(segments) > _MAX_SEGMENTS:
             out[SIDE_NAMES[side]]["segments_not_listed"] = len(segments) - _MAX_SEGMENTS
     return out
 
 
-def _legs_meta(call: FinishedCall) -> list[dict[str, Any]]:
-    out = []
 def _media_warnings(call: FinishedCall, media: SecureMedia, audio: _Audio) -> list[str]:
     """What the operator must know about encrypted or noise-like media, one sentence each."""
     out: list[str] = []
@@ -287,6 +285,8 @@ def _media_warnings(call: FinishedCall, media: SecureMedia, audio: _Audio) -> li
     return out
 
 
+def _legs_meta(call: FinishedCall) -> list[dict[str, Any]]:
+    out = []
     for leg in call.legs:
         d = leg.dialog
         out.append({
@@ -426,9 +426,9 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
         "hold": hold,
         "audio": {"file": audio.name, "sample_rate": audio.rendered.rate, "channels": 2,
                   "sources": _audio_sources(call, audio)} if audio.rendered else None,
+        "encrypted": media.encrypted,                  # controller/encrypted.py
         "recorded": call.recorded,                     # recording rules (controller/rules.py)
         "not_recorded_reason": call.not_recorded_reason,
-        "encrypted": media.encrypted,                  # controller/encrypted.py
         "signalling": call.signalling,
         "copies_dropped": sum(call.copies.values()),
         "copies_dropped_by_sensor": dict(sorted(call.copies.items())),
