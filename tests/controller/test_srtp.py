@@ -236,3 +236,22 @@ def test_spilled_call_without_usable_keys_is_not_decoded(tmp_path: Path) -> None
     assert all(s["encryption"]["not_decrypted"] == 400 and not s["decoded"]
                for s in rec.metadata["streams"])
     finished.release()
+
+
+def test_reinvite_from_srtp_to_plain_rtp() -> None:
+    # re-INVITE at packet 85 drops SRTP (RTP/AVP both ways); the senders switch 3 packets later
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    call, pa, pb = sdes_call(suite)
+    pay = {0: voice(160, 1), 1: voice(160, 2)}
+    for i in range(160):
+        t = 2.2 + i * 0.02
+        if i == 85:
+            call.reinvite(t - 0.001, 2, sdp(CALLER_IP, CALLER_PORT), sdp(CALLEE_IP, CALLEE_PORT))
+        for side, ssrc, s in ((0, 0xA, pa), (1, 0xB, pb)):
+            pkt = rtp(100 + i, i * 160, ssrc, 0, pay[side][i])
+            call.send(t, side, s.protect(pkt) if i < 88 else pkt, pay[side][i])
+    _, rec = call.finish(7)
+    check_audio(rec, call)
+    for s in rec.metadata["streams"]:
+        assert (s["encryption"]["decrypted"], s["encryption"]["auth_failures"]) == (88, 0)
+        assert s["encrypted"] and s["decoded"]
