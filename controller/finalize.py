@@ -93,6 +93,8 @@ class FinishedCall:
     security: list = field(default_factory=list)
     #: media flows (src, sport, dst, dport) that carried ZRTP -> capture time of the first
     zrtp: dict = field(default_factory=dict)
+    #: recording id key of a media-only call (no Call-ID): its synthetic flow name
+    key: str | None = None
     #: how much of the call's signalling was seen: "complete" (its INVITE), "mid-call"
     #: (picked up by a later request: re-INVITE, UPDATE, BYE), "none" (media only)
     signalling: str = "complete"
@@ -163,7 +165,7 @@ def _audio(call: FinishedCall, fmt: str, media: SecureMedia) -> _Audio:
             out.rendered = render_audio(clear, out.channels, fmt, buf)
             out.data = buf.getvalue()
     except Exception:  # noqa: BLE001 - the call is still recorded, without audio
-        log.exception("audio not written", extra={"call_id": call.call_ids[0]})
+        log.exception("audio not written", extra={"call_id": (call.call_ids or [call.key])[0]})
         out.rendered = None
     if out.rendered is None:
         out.data = None
@@ -385,7 +387,7 @@ def _signalling_only(call: FinishedCall) -> None:
 
 def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
     """call.json + call.pcap (+ audio.wav, .flac or .opus when a direction was decoded)."""
-    rid = recording_id(call.call_ids[0], call.started_ns)
+    rid = recording_id(call.call_ids[0] if call.call_ids else call.key or "", call.started_ns)
     started_at = prefix_date(call.started_ns)
     if not call.recorded:
         _signalling_only(call)
