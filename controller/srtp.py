@@ -66,6 +66,13 @@ def sdes_keys(tag: int, suite: str, params: str) -> list[SdesKey]:
     info = SUITES.get(suite.upper())
     if info is None:
         raise SdesKeyError(f"crypto suite {suite} is not supported")
+    params, *session = params.split()
+    for p in session:
+        # RFC 4568 6.3: UNENCRYPTED_SRTP/SRTCP, UNAUTHENTICATED_SRTP, KDR, FEC_ORDER,
+        # FEC_KEY change what the packets are; decrypting them with the default policy
+        # would turn clear audio into noise that authenticates. WSH (a window hint) is harmless.
+        if not p.upper().startswith("WSH="):
+            raise SdesKeyError(f"session parameter {p[:40]} is not supported")
     out = []
     for part in params.split(";"):
         method, _, rest = part.partition(":")

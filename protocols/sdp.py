@@ -22,7 +22,9 @@ STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int, int]] = {
 DIRECTIONS = frozenset(("sendrecv", "sendonly", "recvonly", "inactive"))
 
 _LINE_SPLIT = re.compile(r"\r?\n")
-_CRYPTO_RE = re.compile(r"(\d{1,10})\s+([A-Za-z0-9_]{1,64})\s+(\S{1,1024})")
+#: a=crypto:<tag> <crypto-suite> <key-params> [<session-params>] (RFC 4568 9.1); the
+#: key-params and session-params text is kept as one string (session params after a space)
+_CRYPTO_RE = re.compile(r"(\d{1,10})\s+([A-Za-z0-9_]{1,64})\s+(\S{1,1024}(?:\s+\S{1,256}){0,8})")
 _RTPMAP_RE = re.compile(r"(\d{1,3})\s+([^/\s]+)/(\d+)(?:/(\d+))?")
 
 
@@ -36,7 +38,7 @@ class MediaDescription:
     rtpmap: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     direction: str = "sendrecv"
     rtcp_port: int | None = None
-    #: SDES keys (RFC 4568): (tag, crypto-suite, key-params text) of each a=crypto line
+    #: SDES keys (RFC 4568): (tag, crypto-suite, key-params text [+ " " session params])
     crypto: list[tuple[int, str, str]] = field(default_factory=list)
     #: DTLS-SRTP certificate fingerprint (RFC 8122 a=fingerprint, media or session level)
     fingerprint: str | None = None

@@ -205,10 +205,21 @@ def test_long_call_spilled_to_disk_is_decrypted(tmp_path: Path) -> None:
     ("AES_CM_128_HMAC_SHA1_80", "inline:QUJD", "needs a 30-byte"),
     ("AES_CM_128_HMAC_SHA1_80", "inline:%%%", "base64"),
     ("AES_CM_128_HMAC_SHA1_80", "uri:http://x", "only inline"),
+    # RFC 4568 session parameters that change what the packets are (clear payload,
+    # another key derivation rate): decrypting with the default policy would make noise
+    ("AES_CM_128_HMAC_SHA1_80", "inline:" + "QUJD" * 10 + " UNENCRYPTED_SRTP", "UNENCRYPTED_SRTP"),
+    ("AES_CM_128_HMAC_SHA1_80", "inline:" + "QUJD" * 10 + " KDR=1", "KDR=1"),
 ])
 def test_unusable_keys_say_why(suite: str, params: str, why: str) -> None:
     with pytest.raises(SdesKeyError, match=why):
         sdes_keys(1, suite, params)
+
+
+def test_window_size_hint_is_harmless() -> None:
+    key = bytes(range(30))
+    import base64
+    (k,) = sdes_keys(1, "AES_CM_128_HMAC_SHA1_80", "inline:" + base64.b64encode(key).decode() + " WSH=128")
+    assert k.key == key
 
 
 def test_dtmf_events_inside_srtp_are_read_after_decryption() -> None:

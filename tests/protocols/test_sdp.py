@@ -98,3 +98,21 @@ def test_lf_only_and_defaults() -> None:
 def test_not_sdp_or_malformed(body: bytes) -> None:
     with pytest.raises(SdpError):
         parse_sdp(body)
+
+
+def test_security_attributes() -> None:
+    """RFC 4568 a=crypto (key and session params), RFC 8122 a=fingerprint and RFC 6189
+    a=zrtp-hash, at media or session level, and the transport profile."""
+    sd = parse_sdp(b"v=0\r\nc=IN IP4 10.0.0.1\r\na=fingerprint:sha-256 AB:CD:EF\r\nt=0 0\r\n"
+                   b"m=audio 4000 RTP/SAVP 0\r\n"
+                   b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:32\r\n"
+                   b"a=crypto:2 AEAD_AES_128_GCM inline:x1z2 UNENCRYPTED_SRTP KDR=3\r\n"
+                   b"m=audio 4002 UDP/TLS/RTP/SAVPF 0\r\na=setup:actpass\r\n"
+                   b"m=audio 4004 RTP/AVP 0\r\na=zrtp-hash:1.10 fe30efd0\r\n")
+    sdes, dtls, zrtp = sd.media
+    assert sdes.crypto == [(1, "AES_CM_128_HMAC_SHA1_80",
+                            "inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:32"),
+                           (2, "AEAD_AES_128_GCM", "inline:x1z2 UNENCRYPTED_SRTP KDR=3")]
+    assert sdes.secure and dtls.secure and not zrtp.secure
+    assert dtls.fingerprint == "sha-256 AB:CD:EF" and dtls.crypto == []
+    assert zrtp.zrtp_hash == "1.10 fe30efd0" and zrtp.fingerprint == "sha-256 AB:CD:EF"
