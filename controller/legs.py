@@ -63,7 +63,7 @@ class Leg:
     """One dialog (one Call-ID) of a call."""
 
     __slots__ = ("call_id", "dialog", "started_ns", "last_ns", "sensors", "relation", "sip_packets",
-                 "media_now", "pair")
+                 "media_now", "pair", "sip_by_sensor", "seen_by", "bye_by")
 
     def __init__(self, call_id: str, dialog: Dialog, ts_ns: int) -> None:
         self.call_id = call_id
@@ -73,6 +73,11 @@ class Leg:
         self.sensors: set[str] = set()       # sensors whose copy of its SIP was kept
         self.relation: tuple[str, str] | None = None  # (Call-ID it was linked to, by what)
         self.sip_packets = 0
+        # provenance (controller/provenance.py): SIP packets kept per sensor; sensors that
+        # saw any of its SIP (kept or dropped as a mirror copy); sensors that saw its BYE
+        self.sip_by_sensor: dict[str, int] = {}
+        self.seen_by: set[str] = set()
+        self.bye_by: set[str] = set()
         #: audio endpoint each side's latest SDP announced (direct media, `MediaPairs`)
         self.media_now: list[tuple[bytes, int] | None] = [None, None]
         self.pair: frozenset | None = None
