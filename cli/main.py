@@ -45,6 +45,9 @@ _cluster_options = [
     click.option("--etcd", help="etcd endpoints, comma separated host:port (registry and runtime "
                                 "config). Credentials only from SPANREC_ETCD_USER/_PASSWORD."),
     click.option("--etcd-prefix", help="Key prefix in etcd (default /spanrec/)."),
+    click.option("--file-mode", help="Mode of recordings, spool, outbox, write-ahead log and "
+                                     "spill files: 0600 (default; folders 0700), or 0640/0660 to "
+                                     "let the group read (folders 0750/0770). Umask is ignored."),
 ]
 
 
@@ -124,6 +127,7 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
         "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
         "listen": "127.0.0.1:0", **rules})
     _setup_logs(settings)
+    _file_modes(settings)
     # Exempt from mTLS: the controller listens on 127.0.0.1 only and the sensors
     # are this process's own children, which inherit this environment.
     for name in ("SPANREC_TLS_CERT", "SPANREC_TLS_KEY", "SPANREC_TLS_CA"):
@@ -161,13 +165,17 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
 @click.option("--site", help="Site name of this controller in the registry.")
 @click.option("--state-dir", type=click.Path(file_okay=False),
               help="Folder for the write-ahead log and the storage outbox (default ./spanrec-state).")
-@click.option("--metrics-listen", help="HOST:PORT of a Prometheus scrape endpoint (off by default).")
+@click.option("--metrics-listen", help="[HOST]:PORT of a Prometheus scrape endpoint (off by default); "
+                                      "':9464' is 127.0.0.1:9464, give 0.0.0.0:9464 for every interface.")
 @click.option("--keep-calls-on-stop/--finish-calls-on-stop", "keep_calls_on_stop", default=None,
               help="On SIGTERM, leave calls in progress in the write-ahead log for the next start "
                    "(a restart does not split them) instead of writing them now (default).")
 @click.option("--health-listen", help="HOST:PORT serving only gRPC health checking in plain text, "
                                       "for probes that cannot do mTLS (off by default).")
 @click.option("--otlp-endpoint", help="OTLP/gRPC collector for metrics and traces (off by default).")
+@click.option("--require-site/--no-require-site", default=None,
+              help="Refuse sensors whose certificate names no site (make-certs client --site); "
+                   "a certificate that names one always binds the sensor to it (default off).")
 @_audio_format_option
 @_with_rules
 @_with_cluster
@@ -178,6 +186,7 @@ def controller(config_file: str | None, **flags: Any) -> None:
     settings = load(ControllerSettings, "controller", config_file, flags)
     _setup_logs(settings)
     _check_security(settings)
+    _file_modes(settings)
     from cli.serve import run_controller
     run_controller(settings)
 
@@ -220,6 +229,7 @@ def sensor(config_file: str | None, **flags: Any) -> None:
         raise ConfigError("give --controller HOST:PORT or --etcd to find the controller")
     _setup_logs(settings)
     _check_security(settings)
+    _file_modes(settings)
     from sensor.pipeline import SensorFailed, SensorOptions, run_sensor
     connect_timeout = settings.connect_timeout_s
     if connect_timeout is None and settings.pcap:
@@ -259,6 +269,12 @@ def _check_security(settings: Any) -> None:
     if security.insecure:
         import logging
         logging.getLogger("spanrec.security").warning(INSECURE_WARNING)
+
+
+def _file_modes(settings: Any) -> None:
+    """Files this process creates get --file-mode whatever the umask (storage/files.py)."""
+    from storage.files import configure, parse_mode
+    configure(parse_mode(settings.file_mode))
 
 
 def _setup_logs(settings: Any) -> None:

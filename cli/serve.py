@@ -12,16 +12,19 @@ import socket
 from pathlib import Path
 
 from cli.settings import ControllerSettings, Failure
+from controller.authz import Authorizer
 from controller.calls import CallConfig
 from controller.core import Recorder
 from controller.dedup import DedupConfig
 from controller.rules import RecordingRules, RulesError
 from controller.link import serve
 from controller.wal import WalError, WriteAheadLog
+from storage import files as filemodes
 from storage import open_store
 from storage.base import RecordingStore, StorageError
 from storage.local import LocalStore
 from storage.outbox import OutboxStore
+from transport.limits import FdWatch, raise_nofile
 from transport.tls import Security
 
 log = logging.getLogger("spanrec.controller")
@@ -73,8 +76,8 @@ def build_recorder(settings: ControllerSettings, store: RecordingStore,
 def lock_state_dir(state_dir: Path) -> int:
     """One controller per state folder: two writing one log would corrupt it."""
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        filemodes.private_dir(state_dir)
+        fd = filemodes.open_fd(state_dir / "lock", os.O_RDWR)
     except OSError as exc:
         raise Failure(f"state folder {state_dir}: {exc.strerror or exc}") from None
     try:
@@ -193,12 +196,19 @@ def run_controller(settings: ControllerSettings) -> None:
     tune_gc()
 
     telemetry = start_telemetry(settings, recorder)
+    nofile = raise_nofile()
+    log.info("open-files limit", extra={"before": nofile.before, "limit": nofile.soft,
+                                        "hard": nofile.hard,
+                                        "max_connections": nofile.max_connections})
+    authorizer = Authorizer(require_site=settings.require_site)
 
     async def main() -> None:
         try:
             server, port = await serve(recorder, settings.listen,
                                        server_credentials=Security.from_settings(settings).server_credentials(),
-                                       health_listen=settings.health_listen)
+                                       health_listen=settings.health_listen,
+                                       authorizer=authorizer,
+                                       max_connections=nofile.max_connections)
         except (OSError, RuntimeError) as exc:
             raise Failure(f"cannot listen on {settings.listen}"
                           f"{' or ' + settings.health_listen if settings.health_listen else ''}: {exc}") from None
@@ -208,12 +218,21 @@ def run_controller(settings: ControllerSettings) -> None:
         server._spanrec_admin.registry = registry  # type: ignore[attr-defined]
         if registry is not None:
             watch_record_rules(registry, recorder, settings.recording_rules())
+        fds = FdWatch(nofile)
+
+        async def watch_fds() -> None:
+            while True:
+                fds.check()
+                await asyncio.sleep(5.0)
+        fd_task = asyncio.get_running_loop().create_task(watch_fds())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("controller stopping: finishing active calls")
+        fd_task.cancel()
+        log.info("controller stopping: finishing active calls",
+                 extra={"refused": authorizer.counts(), "open_files_peak": fds.peak})
         await server.stop(grace=2.0)
         server._spanrec_ticker.cancel()      # type: ignore[attr-defined]  # time stops with the packets
         if server._spanrec_health_server is not None:  # type: ignore[attr-defined]

@@ -51,6 +51,13 @@ class _Cluster(_Base):
     etcd_prefix: str = "/spanrec/"
     etcd_user: str | None = None
     etcd_password: SecretStr | None = None
+    file_mode: str = "0600"             # recordings, outbox, spool, WAL, spill (storage/files.py)
+
+    @field_validator("file_mode")
+    @classmethod
+    def _check_file_mode(cls, v: str) -> str:
+        from storage.files import parse_mode
+        return f"{parse_mode(v):04o}"
 
 
 class ControllerSettings(_Cluster):
@@ -84,7 +91,19 @@ class ControllerSettings(_Cluster):
     record_exclude: Annotated[tuple[str, ...], NoDecode] = ()  # exclude (comma list in the env)
     record_default: Literal["record", "signalling-only"] | None = None
 
+    require_site: bool = False                 # refuse sensor certificates that name no site
+
     _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_loopback(cls, v: str | None) -> str | None:
+        """`:9464` means loopback (127.0.0.1:9464): every interface only when
+        written out (`0.0.0.0:9464`, `[::]:9464`)."""
+        if v is None:
+            return v
+        v = _hostport(v) if not v.startswith(":") else _hostport("127.0.0.1" + v)
+        return v
     _check_health = field_validator("health_listen")(lambda cls, v: v if v is None else _hostport(v))
 
     @field_validator("record_rules", mode="before")

@@ -34,6 +34,9 @@ from proto import admin_pb2, admin_pb2_grpc, sensor_pb2, sensor_pb2_grpc
 from storage.base import StorageError
 from storage.layout import CALL_JSON, recording_prefix
 from transport.channels import add_port
+from transport.limits import HANDSHAKE_TIMEOUT_MS
+from controller.authz import Authorizer, AuthzInterceptor
+from transport.roles import PeerIdentity, peer_identity
 from transport.tls import peer_common_name
 
 log = logging.getLogger("spanrec.controller.link")
@@ -167,10 +170,11 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
     sensor's key cannot feed (or take over the session of) another sensor."""
 
     def __init__(self, recorder: Recorder, links: LinkTable | None = None,
-                 registry: Any = None) -> None:
+                 registry: Any = None, authorizer: Authorizer | None = None) -> None:
         self.recorder = recorder
         self.links = links or LinkTable()
         self.registry = registry    # registry.Registry or None (no etcd)
+        self.authorizer = authorizer or Authorizer()
 
     async def Stream(self, request_iterator: AsyncIterator[sensor_pb2.SensorMessage],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[sensor_pb2.ControllerMessage]:
@@ -223,6 +227,11 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                         await context.abort(
                             grpc.StatusCode.PERMISSION_DENIED,
                             f"certificate CN {identity!r} does not match sensor_id {h.sensor_id!r}")
+                    peer = peer_identity(context)
+                    refusal = self.authorizer.check_site(peer, h.sensor_id, h.site)
+                    if refusal is not None:
+                        self.authorizer.refused(peer or _PLAIN, "site", refusal, context.peer())
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
                     if not sensor_id:
                         self.links.opened(h.sensor_id, context.peer(), identity or "")
                     sensor_id = h.sensor_id
@@ -247,6 +256,7 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                 rec.sensor_disconnected(sensor_id)
 
 
+_PLAIN = PeerIdentity("", "")
 _RECORDING_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{12}$")
 CHUNK = 256 << 10
 
@@ -447,18 +457,32 @@ async def serve_health(health_servicer: Any, listen: str) -> tuple[grpc.aio.Serv
 
 async def serve(recorder: Recorder, listen: str, *, tick_s: float = 1.0,
                 server_credentials: grpc.ServerCredentials | None = None,
-                registry: Any = None, health_listen: str | None = None) -> tuple[grpc.aio.Server, int]:
+                registry: Any = None, health_listen: str | None = None,
+                authorizer: Authorizer | None = None,
+                max_connections: int | None = None) -> tuple[grpc.aio.Server, int]:
     """Starts the server; returns it and the bound port (listen may use port 0).
 
     `server_credentials` None means plain text: the CLI allows that only with
     --insecure (or on loopback for `spanrec record`).  `health_listen`: also
-    serve gRPC health checking alone, in plain text, there (probes)."""
-    server = grpc.aio.server(options=[
+    serve gRPC health checking alone, in plain text, there (probes).
+    `authorizer`: certificate roles and sites (controller/authz.py); checked
+    on every RPC by an interceptor whenever the peer has a certificate.
+    `max_connections`: TCP connections accepted at once (transport/limits.py);
+    a connection that has not finished its TLS handshake in
+    HANDSHAKE_TIMEOUT_MS is closed either way."""
+    authorizer = authorizer or Authorizer()
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 64 << 20),
-    ])
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+    ]
+    if max_connections:
+        options.append(("grpc.max_allowed_incoming_connections", max_connections))
+    server = grpc.aio.server(interceptors=[AuthzInterceptor(authorizer)], options=options)
     links = LinkTable()
-    sensor_pb2_grpc.add_SensorLinkServicer_to_server(SensorLinkServicer(recorder, links), server)
+    sensor_pb2_grpc.add_SensorLinkServicer_to_server(
+        SensorLinkServicer(recorder, links, authorizer=authorizer), server)
+    server._spanrec_authz = authorizer  # type: ignore[attr-defined]
     admin = AdminServicer(recorder, links, registry)
     admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
     server._spanrec_admin = admin  # type: ignore[attr-defined]  # registry attached after start

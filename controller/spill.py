@@ -28,6 +28,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from storage import files as filemodes
+
 if TYPE_CHECKING:
     from controller.streams import RtpStream
 
@@ -41,11 +43,11 @@ class CallSpill:
     """The spill files of one call (frames, payload references)."""
 
     def __init__(self, directory: Path, name: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        filemodes.private_dir(directory)
         self.path = directory / f"{name}.frames"
         self.runs_path = directory / f"{name}.runs"
-        self._fh = open(self.path, "w+b")          # noqa: SIM115 - lives as long as the call
-        self._runs = open(self.runs_path, "w+b")   # noqa: SIM115
+        self._fh = filemodes.open_file(self.path, "w+b")          # lives as long as the call
+        self._runs = filemodes.open_file(self.runs_path, "w+b")
         self._count = 0                            # frames spilled
         self._offsets: array | None = None         # file offset of each, built at finalize
         self._end = 0

@@ -50,7 +50,8 @@ class Telemetry:
             from prometheus_client import start_http_server
             host, _, port = prometheus_listen.rpartition(":")
             all_readers.append(PrometheusMetricReader())
-            server, _thread = start_http_server(int(port), addr=host or "0.0.0.0")
+            # no host: loopback; every interface only when asked (0.0.0.0)
+            server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
             self.prometheus_port = server.server_port
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter

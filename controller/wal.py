@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from storage import files as filemodes
 from storage.local import fsync_path
 
 log = logging.getLogger("spanrec.controller.wal")
@@ -127,7 +128,7 @@ class WriteAheadLog:
         self.max_bytes = max_bytes
         self.fsync = fsync
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            filemodes.private_dir(self.dir)
         except OSError as exc:
             raise WalError(f"write-ahead log {self.dir}: {exc.strerror or exc}") from None
         self.segments: list[Segment] = [
@@ -272,7 +273,7 @@ class WriteAheadLog:
                 self._fd = None
                 self.durable_lsn = self.appended_lsn
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+                fd = filemodes.open_fd(path, os.O_WRONLY | os.O_EXCL | os.O_APPEND)
             except OSError as exc:
                 raise WalError(f"write-ahead log {path}: {exc.strerror or exc}") from None
             self._fd = fd

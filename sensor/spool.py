@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from storage import files as filemodes
+
 __all__ = ["Spool", "SpoolError", "SpoolFull", "SpoolRecord"]
 
 _REC = struct.Struct("<II")          # body length, crc32(body)
@@ -129,7 +131,7 @@ class Spool:
         self._dirty = False
         self._closed = False
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            filemodes.private_dir(self.dir)
             self._lock_fd = self._take_lock()
         except OSError as exc:
             raise SpoolError(f"spool folder {self.dir}: {exc.strerror or exc}") from exc
@@ -143,7 +145,7 @@ class Spool:
     def _take_lock(self) -> int:
         path = self.dir / "lock"
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = filemodes.open_fd(path, os.O_RDWR | os.O_CLOEXEC)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -168,7 +170,7 @@ class Spool:
             self._lock_fd = -1
 
     def _recover(self) -> None:
-        self._ack_fd = os.open(self.dir / "ack", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._ack_fd = filemodes.open_fd(self.dir / "ack", os.O_RDWR | os.O_CLOEXEC)
         acked, cursor = self._read_ack()
         self.acked_seq = acked
         self.cursor = cursor
@@ -278,7 +280,8 @@ class Spool:
                 path.unlink(missing_ok=True)
             else:
                 tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(source, sort_keys=True))
+                with filemodes.open_file(tmp, "wb") as fh:
+                    fh.write(json.dumps(source, sort_keys=True).encode())
                 os.replace(tmp, path)
             self.cursor = 0
             self._write_ack()
@@ -362,7 +365,7 @@ class Spool:
         if self._active is not None:
             self._sync()
         path = self.dir / f"{self.next_seq:020d}.seg"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = filemodes.open_fd(path, os.O_RDWR | os.O_TRUNC | os.O_CLOEXEC)
         seg = _Segment(path, self.next_seq, fd, array("Q"), array("I"))
         self._segments.append(seg)
         self._active = seg

@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from storage import files as filemodes
 from storage.base import FileData, StorageError, write_data
 from storage.layout import valid_name, valid_prefix
 
@@ -51,7 +52,7 @@ class LocalStore:
         except ValueError as exc:
             raise StorageError(f"{self.url}: {exc}") from None
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            filemodes.make_dirs(folder)
             for name, data in files.items():
                 self._write_atomic(folder, name, data)
             # Remove what an earlier run left and this one no longer has (e.g.
@@ -74,7 +75,7 @@ class LocalStore:
                 if self.fsync:
                     fh.flush()
                     os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; recordings are meant to be read.
+            filemodes.fix_mode(tmp)  # 0600 unless --file-mode grants the group (storage/files.py)
             os.replace(tmp, folder / name)
         except BaseException:
             try:
@@ -113,7 +114,7 @@ class LocalStore:
     def check(self) -> None:
         """Create the root if needed and prove it is writable with a probe file."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            filemodes.make_dirs(self.root)
             fd, probe = tempfile.mkstemp(prefix=_TMP_PREFIX + "check.", dir=self.root)
             os.close(fd)
             os.unlink(probe)

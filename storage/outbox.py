@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
+from storage import files as filemodes
 from storage.base import FileData, RecordingStore, StorageError, write_data
 from storage.layout import valid_name, valid_prefix
 
@@ -60,7 +61,7 @@ class OutboxStore:
         self._busy = 0
         self._stop = threading.Event()
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            filemodes.private_dir(self.dir)
         except OSError as exc:
             raise StorageError(f"outbox {self.dir}: {exc.strerror or exc}") from None
         self._threads = [threading.Thread(target=self._run, name=f"spanrec-upload-{i}", daemon=True)
@@ -124,9 +125,10 @@ class OutboxStore:
             raise StorageError(f"outbox {self.dir}: {exc}") from None
         entry = self.dir.joinpath(*prefix.split("/"))
         try:
-            entry.parent.mkdir(parents=True, exist_ok=True)
+            filemodes.make_dirs(entry.parent)
             tmp = entry.parent / f"{_TMP}{entry.name}.{secrets.token_hex(4)}"
-            tmp.mkdir()
+            tmp.mkdir(mode=filemodes.DIR_MODE)
+            os.chmod(tmp, filemodes.DIR_MODE)
             for name, data in files.items():
                 _write_synced(tmp / name, data)
             if _add:
@@ -269,7 +271,7 @@ class OutboxStore:
 
 
 def _write_synced(path: Path, data: FileData) -> None:
-    with open(path, "wb") as fh:
+    with filemodes.open_file(path, "wb") as fh:
         write_data(fh, data)
         fh.flush()
         os.fsync(fh.fileno())

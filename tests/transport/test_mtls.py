@@ -33,10 +33,10 @@ def pki(tmp_path_factory) -> SimpleNamespace:
     make_certs(good, "ca")
     make_certs(good, "server", "controller.local", "--san", "127.0.0.1,localhost")
     make_certs(good, "client", "branch-7")
-    make_certs(good, "client", "ops-alice")
+    make_certs(good, "client", "ops-alice", "--role", "operator")
     make_certs(other, "ca", "--name", "rogue CA")
     make_certs(other, "client", "branch-7")
-    make_certs(other, "client", "ops-alice")
+    make_certs(other, "client", "ops-alice", "--role", "operator")
     return SimpleNamespace(good=good, other=other)
 
 
@@ -163,16 +163,16 @@ def test_spanrec_sensor_of_another_pki_or_plain_text_fails(controller, pki, tmp_
 
 
 def test_certificate_must_name_the_sensor(controller, pki) -> None:
-    """A valid certificate of the cluster, but for another identity: refused at Hello."""
-    alice = identity(pki.good, "ops-alice")
-    with grpc.secure_channel(controller.target, alice.channel_credentials()) as ch:
+    """A valid sensor certificate of the cluster, but for another sensor: refused at Hello."""
+    b7 = identity(pki.good, "branch-7")
+    with grpc.secure_channel(controller.target, b7.channel_credentials()) as ch:
         with pytest.raises(grpc.RpcError) as exc:
             _hello(ch, "branch-8")
     assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "'ops-alice' does not match sensor_id 'branch-8'" in exc.value.details()
+    assert "'branch-7' does not match sensor_id 'branch-8'" in exc.value.details()
     assert "branch-8" not in _sensor_ids(controller)
-    with grpc.secure_channel(controller.target, alice.channel_credentials()) as ch:
-        assert _hello(ch, "ops-alice").WhichOneof("kind") == "ack"   # CN = sensor_id: accepted
+    with grpc.secure_channel(controller.target, b7.channel_credentials()) as ch:
+        assert _hello(ch, "branch-7").WhichOneof("kind") == "ack"   # CN = sensor_id: accepted
 
 
 # -- spanrecctl ----------------------------------------------------------------------
@@ -231,9 +231,9 @@ def test_plain_health_port_for_probes_serves_health_only(controller) -> None:
 
 def test_sensor_refused_for_its_name_fails_fast(controller, pki, tmp_path) -> None:
     """A refusal is not an outage: the sensor stops at once with one line, not after retrying."""
-    alice = identity(pki.good, "ops-alice")
+    b7 = identity(pki.good, "branch-7")
     t0 = time.monotonic()
-    proc = controller.replay(SAMPLE, "branch-9", alice, "--connect-timeout", "60",
+    proc = controller.replay(SAMPLE, "branch-9", b7, "--connect-timeout", "60",
                              workdir=tmp_path, timeout=60)
     assert proc.returncode == 1, proc.stderr
     line = one_error_line(proc, "spanrec", only=False)
