@@ -14,12 +14,14 @@ Controller::
     reg.start()
 """
 from .members import DEFAULT_PREFIX, EventKind, MemberEvent, MemberRecord, RegistryState
+from .schema import SchemaError
+from .security import EtcdSecurity, EtcdSecurityError
 from .service import Registry
 from .watch import ConfigWatcher, ControllerLocator, MembersWatch
 
 __all__ = [
-    "DEFAULT_PREFIX", "ConfigWatcher", "ControllerLocator", "EventKind", "MemberEvent", "MemberRecord",
-    "MembersWatch", "Registry", "RegistryState",
+    "DEFAULT_PREFIX", "ConfigWatcher", "ControllerLocator", "EtcdSecurity", "EtcdSecurityError", "EventKind",
+    "MemberEvent", "MemberRecord", "MembersWatch", "Registry", "RegistryState", "SchemaError",
 ]
 
 

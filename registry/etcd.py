@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -32,6 +34,7 @@ from etcd3aio import Etcd3Client
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from .members import MemberRecord, RegistryState, normalize_prefix
+from .security import EtcdSecurity, split_hostport
 
 log = logging.getLogger("spanrec.registry")
 
@@ -43,6 +46,14 @@ class SessionLost(Exception):
 class Watcher(Protocol):
     async def run(self, client: Etcd3Client, op_timeout: float) -> None:
         """Sync and watch with ``client`` until cancelled (or raise to be restarted)."""
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def _short(exc: BaseException | None) -> str:
@@ -64,8 +75,7 @@ class RegistryCore:
         member: MemberRecord | None,
         *,
         ttl: int = 5,
-        user: str | None = None,
-        password: str | None = None,
+        security: EtcdSecurity | None = None,
         op_timeout: float = 2.0,
         retry_max: float = 5.0,
         update_interval: float = 2.0,
@@ -78,7 +88,8 @@ class RegistryCore:
         self.prefix = normalize_prefix(prefix)
         self.member = member
         self.ttl = max(1, int(ttl))
-        self._user, self._password = user, password
+        self.security = security if security is not None else EtcdSecurity().check(self.endpoints)
+        self._user, self._password = self.security.user, self.security.password
         self.op_timeout = op_timeout
         self.retry_max = retry_max
         self.update_interval = update_interval
@@ -156,7 +167,7 @@ class RegistryCore:
 
     # ---- one session -----------------------------------------------------------------
     async def _session(self) -> None:
-        client = self._new_client()
+        client = await self._new_client()
         await client.connect()
         established = False
         try:
@@ -193,8 +204,27 @@ class RegistryCore:
             with contextlib.suppress(Exception):
                 await client.close()
 
-    def _new_client(self) -> Etcd3Client:
-        client = Etcd3Client(self.endpoints, rpc_max_attempts=1)
+    async def _resolve(self) -> list[str]:
+        """etcd3aio dials ``ipv4:`` addresses only: names (``etcd:2379`` in Kubernetes) are
+        resolved here, once per session, so a moved etcd is found again."""
+        loop = asyncio.get_running_loop()
+        out: list[str] = []
+        for endpoint in self.endpoints:
+            host, port = split_hostport(endpoint)
+            if host == "localhost" or _is_ip(host):
+                out.append(f"{host}:{port}")
+                continue
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, family=socket.AF_INET), self.op_timeout)
+            out.extend(sorted({f"{info[4][0]}:{port}" for info in infos}))
+        return out
+
+    async def _new_client(self) -> Etcd3Client:
+        server_name = self.security.server_name
+        if server_name is None and self.security.tls:
+            # verify etcd's certificate against the name the operator wrote, not the address
+            server_name = split_hostport(self.endpoints[0])[0]
+        client = Etcd3Client(await self._resolve(), rpc_max_attempts=1, tls_server_name=server_name,
+                             **self.security.channel_args())
         # gRPC shares subchannels between channels process-wide: without a local pool a
         # "fresh" channel inherits the old one's reconnect back-off (seconds to 2 min) and
         # keeps failing although etcd is back.  etcd3aio 0.3 builds its options here.

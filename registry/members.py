@@ -100,6 +100,9 @@ class MemberRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MemberRecord:
+        """Checked (``registry.schema``): wrong types, bounds or address are a ``ValueError``."""
+        from .schema import check_member
+        data = check_member(data)
         live = data.get("live") or {}
         return cls(
             id=str(data["id"]), role=str(data["role"]), site=str(data.get("site", "")),

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .etcd import RegistryCore, Watcher
+from .security import EtcdSecurity
 from .members import DEFAULT_PREFIX, MemberEvent, MemberRecord, RegistryState, config_key, normalize_prefix
 from .watch import ConfigWatcher, ControllerLocator, MembersWatch
 
@@ -43,6 +44,7 @@ class Registry:
         user: str | None = None,
         password: str | None = None,
         *,
+        security: EtcdSecurity | None = None,
         ttl: int = 5,
         watch_members: bool | None = None,
         op_timeout: float = 2.0,
@@ -53,8 +55,12 @@ class Registry:
         self.member = member
         self._state_cond = threading.Condition()
         self._state_callbacks: list[Callable[[RegistryState], None]] = []
+        if security is None:  # plain text: refused for a password or a remote etcd (EtcdSecurityError)
+            security = EtcdSecurity(user=user, password=password).check(endpoints)
+        elif user is not None or password is not None:
+            raise ValueError("give the etcd user and password inside security=EtcdSecurity(...)")
         self._core = RegistryCore(
-            endpoints, self.prefix, member, ttl=ttl, user=user, password=password, op_timeout=op_timeout,
+            endpoints, self.prefix, member, ttl=ttl, security=security, op_timeout=op_timeout,
             retry_max=retry_max, update_interval=update_interval, on_state=self._state_changed,
         )
         self._members = MembersWatch(self.prefix)
@@ -198,6 +204,16 @@ class Registry:
         self._watch_members()
         return self._members.wait_synced(timeout)
 
+    def refusals(self) -> dict[str, int]:
+        """Values refused so far (each was logged): member records, config, failed controllers."""
+        out = {"member_records": self._members.refused}
+        if self._locator is not None:
+            out["member_records"] += self._locator._watch.refused  # noqa: SLF001
+            out["controller_failures"] = self._locator.failures
+        for key, watcher in self._configs.items():
+            out[f"config:{key}"] = watcher.refused
+        return out
+
     def update(self, **live_fields: Any) -> None:
         """Merge fields into the record's ``live`` part; written at most every ``update_interval``."""
         if self.member is None:
@@ -216,7 +232,7 @@ class Registry:
         """Watch ``<prefix>config/<name>`` (``sensor``, ``controller``) or a full key."""
         key = config_key(self.prefix, name)
         if key not in self._configs:
-            self._configs[key] = ConfigWatcher(key)
+            self._configs[key] = ConfigWatcher(key, name if not name.startswith("/") else "")
             self._add(self._configs[key])
         return self._configs[key]
 

@@ -14,6 +14,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
@@ -22,6 +23,7 @@ from etcd3aio import Etcd3Client, prefix_range_end
 from etcd3aio._protobuf import WatchCreateRequest, WatchRequest
 
 from .members import EventKind, MemberEvent, MemberRecord, members_prefix
+from .schema import check_config
 
 log = logging.getLogger("spanrec.registry")
 T = TypeVar("T")
@@ -98,6 +100,7 @@ class MembersWatch(_Notifier[MemberEvent]):
         self.key = members_prefix(prefix, role)
         self._root = members_prefix(prefix)
         self._members: dict[str, MemberRecord] = {}
+        self.refused = 0  # records refused by the schema (logged each)
 
     def __repr__(self) -> str:
         return f"MembersWatch({self.key!r})"
@@ -122,9 +125,14 @@ class MembersWatch(_Notifier[MemberEvent]):
 
     def _parse(self, key: str, raw: bytes) -> MemberRecord | None:
         try:
-            return MemberRecord.from_json(raw)
+            rec = MemberRecord.from_json(raw)
+            if self._name(key) != f"{rec.role}/{rec.id}":
+                raise ValueError(f"it names {rec.role}/{rec.id}")
+            return rec
         except ValueError as exc:
-            log.warning("registry: ignoring bad member record at %s (%s)", key, exc)
+            with self._cond:
+                self.refused += 1
+            log.warning("registry: refusing member record at %s: %s", key, str(exc)[:200])
             return None
 
     def _name(self, key: str) -> str:
@@ -182,9 +190,12 @@ class MembersWatch(_Notifier[MemberEvent]):
         self._publish(event)
 
 
-def choose_controller(controllers: dict[str, MemberRecord]) -> str | None:
-    """The address of the most recently started controller that has one."""
-    best = max((c for c in controllers.values() if c.address), key=lambda c: (c.started_at, c.id), default=None)
+def choose_controller(controllers: dict[str, MemberRecord], avoid: frozenset[str] = frozenset()) -> str | None:
+    """The address of the most recently started controller that has one, preferring
+    addresses not in ``avoid`` (those that just failed) while another exists."""
+    usable = [c for c in controllers.values() if c.address]
+    preferred = [c for c in usable if c.address not in avoid] or usable
+    best = max(preferred, key=lambda c: (c.started_at, c.id), default=None)
     return best.address if best else None
 
 
@@ -197,10 +208,33 @@ class ControllerLocator(_Notifier["str | None"]):
     becomes None until one registers again.
     """
 
+    #: how long an address that failed (handshake refused, unreachable) is passed over
+    AVOID_S = 30.0
+
     def __init__(self, prefix: str) -> None:
         super().__init__(None)
         self._watch = MembersWatch(prefix, "controller")
         self._watch.on_change(self._changed)
+        self._failed: dict[str, float] = {}  # address -> monotonic time of its last failure
+        self.failures = 0
+
+    def report_failure(self, address: str, reason: str = "") -> str | None:
+        """A sensor could not use ``address`` (TLS handshake refused: its certificate is not
+        from our CA; or unreachable).  It is passed over for ``AVOID_S`` while another
+        controller is registered; returns the address to try next."""
+        with self._cond:
+            self.failures += 1
+            self._failed[address] = time.monotonic()
+        log.warning("registry: controller %s refused or unreachable (%s); trying another registered "
+                    "controller if there is one", address, reason[:300] or "?")
+        self._changed(None)
+        return self.current()
+
+    def _avoid(self) -> frozenset[str]:
+        now = time.monotonic()
+        with self._cond:
+            self._failed = {a: t for a, t in self._failed.items() if now - t < self.AVOID_S}
+            return frozenset(self._failed)
 
     def __repr__(self) -> str:
         return f"ControllerLocator({self._watch.key!r})"
@@ -222,10 +256,18 @@ class ControllerLocator(_Notifier["str | None"]):
             self._cond.wait_for(lambda: self._value != ref, timeout)
             return self._value
 
-    def _changed(self, _event: MemberEvent) -> None:
-        address = choose_controller(self._watch.members())
-        if address != self.current():
-            log.info("registry: controller address now %s", address or "unknown")
+    def _changed(self, _event: MemberEvent | None) -> None:
+        members = self._watch.members()
+        address = choose_controller(members, self._avoid())
+        old = self.current()
+        if address != old:
+            if old and address:  # sensors follow this: say it loudly, with who claims it
+                who = [f"{c.id} (site {c.site or '-'}, started {c.started_at})"
+                       for c in members.values() if c.address == address]
+                log.warning("registry: controller MOVED from %s to %s, registered by %s", old, address,
+                            ", ".join(who) or "?")
+            else:
+                log.info("registry: controller address now %s", address or "unknown")
             self._publish(address)
 
     async def run(self, client: Etcd3Client, op_timeout: float) -> None:
@@ -239,9 +281,26 @@ class ConfigWatcher(_Notifier[dict]):
     object is logged and ignored (the previous config stays).
     """
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, name: str = "",
+                 validate: Callable[[dict[str, Any]], object] | None = None) -> None:
         super().__init__({})
         self.key = key
+        self.name = name  # "sensor", "controller": its schema (registry.schema)
+        self._validators: list[Callable[[dict[str, Any]], object]] = [validate] if validate else []
+        self.refused = 0  # values refused (logged each); the last good config stayed
+
+    def add_validator(self, validate: Callable[[dict[str, Any]], object]) -> None:
+        """``validate(config)`` raises ``ValueError`` to refuse a new value (the last good
+        one stays).  Also applied to the value in force now: if that one fails, it is
+        refused too and the defaults apply."""
+        with self._cond:
+            self._validators.append(validate)
+            current = dict(self._value)
+        try:
+            validate(current)
+        except ValueError as exc:
+            self._refuse(f"{exc}")
+            self._publish({})
 
     def __repr__(self) -> str:
         return f"ConfigWatcher({self.key!r})"
@@ -267,16 +326,29 @@ class ConfigWatcher(_Notifier[dict]):
             try:
                 value = json.loads(raw)
             except ValueError as exc:
-                log.warning("registry: ignoring config at %s: not JSON (%s)", self.key, exc)
+                self._refuse(f"not JSON ({exc})")
                 return
             if not isinstance(value, dict):
-                log.warning("registry: ignoring config at %s: not a JSON object", self.key)
+                self._refuse("not a JSON object")
+                return
+            try:
+                check_config(self.name, value)
+                for validate in list(self._validators):
+                    validate(value)
+            except ValueError as exc:
+                self._refuse(str(exc))
                 return
         if value != self.current():
             log.info("registry: config %s changed: %s", self.key, sorted(value))
             self._publish(value)
         else:
             self._mark_synced()
+
+    def _refuse(self, why: str) -> None:
+        with self._cond:
+            self.refused += 1
+        self._mark_synced()
+        log.warning("registry: refusing config at %s: %s; keeping the last good config", self.key, why[:300])
 
     async def run(self, client: Etcd3Client, op_timeout: float) -> None:
         resp = await client.kv.get(self.key, timeout=op_timeout)

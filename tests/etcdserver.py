@@ -47,8 +47,16 @@ def find_etcd() -> str | None:
 class EtcdServer:
     """One etcd member serving clients on ``endpoint`` (``127.0.0.1:port``)."""
 
-    def __init__(self, binary: str, workdir: Path | None = None, *, startup_timeout: float = 15.0) -> None:
+    def __init__(self, binary: str, workdir: Path | None = None, *, startup_timeout: float = 15.0,
+                 tls: Pki | None = None) -> None:
+        """With ``tls`` the client port speaks TLS only, with a server certificate of that
+        CA (SANs 127.0.0.1, localhost) and ``--client-cert-auth``: clients must present a
+        certificate of the same CA (``self.client_cert``/``client_key``, CN ``root``)."""
         self.binary = binary
+        self.tls = tls
+        if tls is not None:
+            self.server_cert, self.server_key = tls.server("etcd-server")
+            self.client_cert, self.client_key = tls.client("root")
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="spanrec-etcd-"))
         self.startup_timeout = startup_timeout
@@ -60,7 +68,7 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     def command(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -76,11 +84,19 @@ class EtcdServer:
             "--heartbeat-interval", "10",
             "--election-timeout", "100",
             "--log-level", "warn",
-        ]
+        ] + ([] if self.tls is None else [
+            "--cert-file", str(self.server_cert), "--key-file", str(self.server_key),
+            "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth",
+        ])
 
     def healthy(self, timeout: float = 0.5) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout) as resp:
+            context = None
+            if self.tls is not None:
+                import ssl
+                context = ssl.create_default_context(cafile=str(self.tls.ca))
+                context.load_cert_chain(str(self.client_cert), str(self.client_key))
+            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout, context=context) as resp:
                 return json.loads(resp.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -136,3 +152,71 @@ class EtcdServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---- TLS for a test etcd -----------------------------------------------------------------
+class Pki:
+    """A throw-away CA in ``dir`` (python ``cryptography``, ECDSA P-256), independent of
+    scripts/make-certs: ``server(name, sans)`` and ``client(name)`` write
+    ``NAME.crt``/``NAME.key`` signed by this CA and return their paths."""
+
+    def __init__(self, directory: Path, name: str = "test-ca") -> None:
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        self._x509, self._hashes, self._ser, self._ec, self._oid = x509, hashes, serialization, ec, NameOID
+        self._now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+        self._until = self._now + dt.timedelta(days=2)
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self._subject = subject
+        self._ca = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                    .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+                    .not_valid_before(self._now).not_valid_after(self._until)
+                    .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                    .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                                   critical=True)
+                    .sign(self._key, hashes.SHA256()))
+        self.ca = self.dir / "ca.crt"
+        self.ca.write_bytes(self._ca.public_bytes(serialization.Encoding.PEM))
+
+    def _leaf(self, name: str, sans: list[str], server: bool) -> tuple[Path, Path]:
+        import ipaddress
+        x509, oid = self._x509, self._oid
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        alt: list[x509.GeneralName] = []
+        for san in sans:
+            try:
+                alt.append(x509.IPAddress(ipaddress.ip_address(san)))
+            except ValueError:
+                alt.append(x509.DNSName(san))
+        usage = x509.oid.ExtendedKeyUsageOID
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(oid.COMMON_NAME, name)]))
+                   .issuer_name(self._subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(self._now).not_valid_after(self._until)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage(
+                       [usage.SERVER_AUTH, usage.CLIENT_AUTH] if server else [usage.CLIENT_AUTH]),
+                       critical=False))
+        if alt:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        cert = builder.sign(self._key, self._hashes.SHA256())
+        crt, pem_key = self.dir / f"{name}.crt", self.dir / f"{name}.key"
+        crt.write_bytes(cert.public_bytes(self._ser.Encoding.PEM))
+        pem_key.write_bytes(key.private_bytes(self._ser.Encoding.PEM, self._ser.PrivateFormat.PKCS8,
+                                              self._ser.NoEncryption()))
+        pem_key.chmod(0o600)
+        return crt, pem_key
+
+    def server(self, name: str, sans: list[str] | None = None) -> tuple[Path, Path]:
+        return self._leaf(name, sans if sans is not None else ["127.0.0.1", "localhost"], True)
+
+    def client(self, name: str) -> tuple[Path, Path]:
+        return self._leaf(name, [], False)

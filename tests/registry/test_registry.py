@@ -170,16 +170,16 @@ def test_config_watcher(etcd_server: EtcdServer, caplog: pytest.LogCaptureFixtur
     assert cfg.wait_synced(5) and cfg.current() == {"bpf": "udp"}
 
     t0 = time.monotonic()
-    put(etcd_server.endpoint, "/spanrec/config/sensor", json.dumps({"bpf": "udp port 5060", "x": 1}))
+    put(etcd_server.endpoint, "/spanrec/config/sensor", json.dumps({"bpf": "udp port 5060"}))
     assert wait_for(lambda: cfg.get("bpf") == "udp port 5060", 5)
     timing("config put -> ConfigWatcher", time.monotonic() - t0)
     with caplog.at_level(logging.WARNING, "spanrec.registry"):
         put(etcd_server.endpoint, "/spanrec/config/sensor", "{broken")  # ignored, previous kept
         assert wait_for(lambda: "not JSON" in caplog.text, 5)
-    assert cfg.current() == {"bpf": "udp port 5060", "x": 1}
+    assert cfg.current() == {"bpf": "udp port 5060"}
     etcd_call(etcd_server.endpoint, lambda c: c.kv.delete("/spanrec/config/sensor", timeout=5))
     assert wait_for(lambda: cfg.current() == {}, 5)
-    assert changes == [{"bpf": "udp"}, {"bpf": "udp port 5060", "x": 1}, {}]
+    assert changes == [{"bpf": "udp"}, {"bpf": "udp port 5060"}, {}]
     sen.stop()
 
 
@@ -240,27 +240,44 @@ def test_start_with_etcd_down_never_blocks(etcd_server: EtcdServer) -> None:
     assert time.monotonic() - t0 < 2
 
 
-def test_credentials(etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_credentials(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """user/password go over TLS only (a password in plain text is refused: test_etcd_tls.py)."""
+    from etcd3aio import Etcd3Client
+
+    from registry import EtcdSecurity
+    from tests.etcdserver import Pki, find_etcd
+    import asyncio
     secret = "pw-Zq81-never-logged"
+    srv = EtcdServer(find_etcd(), tls=Pki(tmp_path / "pki"))
+    srv.start()
+    try:
+        async def enable_auth() -> None:
+            async with Etcd3Client([srv.endpoint], ca_cert=srv.tls.ca.read_bytes(),
+                                   cert_chain=srv.client_cert.read_bytes(),
+                                   cert_key=srv.client_key.read_bytes()) as c:
+                await c.auth.user_add("root", secret, timeout=5)
+                await c.auth.user_grant_role("root", "root", timeout=5)
+                await c.auth.auth_enable(timeout=5)
+        asyncio.run(enable_auth())
+        crt, key = srv.tls.client("nobody")  # a CN that is no etcd user: the password decides
 
-    async def enable_auth(c):
-        await c.auth.user_add("root", secret, timeout=5)
-        await c.auth.user_grant_role("root", "root", timeout=5)
-        await c.auth.auth_enable(timeout=5)
-    etcd_call(etcd_server.endpoint, enable_auth)
-
-    caplog.set_level(logging.DEBUG)
-    bad = registry(etcd_server, sensor("bad"), user="root", password="wrong-" + secret)
-    good = registry(etcd_server, controller(), user="root", password=secret)
-    bad.start()
-    assert good.start(wait=5)
-    assert wait_for(lambda: "sensor/bad" not in good.members() and "controller/c1" in good.members(), 5)
-    assert bad.wait_state(RegistryState.DEGRADED, 5)
-    assert secret not in repr(good) and secret not in repr(bad)
-    bad.stop()
-    good.stop()
-    assert secret not in caplog.text
-    assert "root" not in caplog.text or "password" not in caplog.text.lower()
+        def sec(password: str) -> EtcdSecurity:
+            return EtcdSecurity(ca=srv.tls.ca, cert=crt, key=key, user="root", password=password
+                                ).check([srv.endpoint])
+        caplog.set_level(logging.DEBUG)
+        bad = registry(srv, sensor("bad"), security=sec("wrong-" + secret))
+        good = registry(srv, controller(), security=sec(secret))
+        bad.start()
+        assert good.start(wait=5)
+        assert wait_for(lambda: "sensor/bad" not in good.members() and "controller/c1" in good.members(), 5)
+        assert bad.wait_state(RegistryState.DEGRADED, 5)
+        assert secret not in repr(good) and secret not in repr(bad)
+        bad.stop()
+        good.stop()
+        assert secret not in caplog.text
+        assert "root" not in caplog.text or "password" not in caplog.text.lower()
+    finally:
+        srv.close()
 
 
 def test_on_the_callers_loop(etcd_server: EtcdServer) -> None:
