@@ -45,6 +45,16 @@ _cluster_options = [
     click.option("--etcd", help="etcd endpoints, comma separated host:port (registry and runtime "
                                 "config). Credentials only from SPANREC_ETCD_USER/_PASSWORD."),
     click.option("--etcd-prefix", help="Key prefix in etcd (default /spanrec/)."),
+    click.option("--etcd-ca", type=click.Path(dir_okay=False),
+                 help="PEM CA of etcd's certificate: TLS to etcd (env SPANREC_ETCD_CA)."),
+    click.option("--etcd-cert", type=click.Path(dir_okay=False),
+                 help="PEM client certificate for etcd (env SPANREC_ETCD_CERT)."),
+    click.option("--etcd-key", type=click.Path(dir_okay=False),
+                 help="PEM private key of --etcd-cert (env SPANREC_ETCD_KEY)."),
+    click.option("--etcd-server-name", help="Name to verify in etcd's certificate (default: the "
+                                            "--etcd host)."),
+    click.option("--etcd-insecure", is_flag=True, default=None,
+                 help="Allow plain text to an etcd on another host (warned); never with a password."),
     click.option("--file-mode", help="Mode of recordings, spool, outbox, write-ahead log and "
                                      "spill files: 0600 (default; folders 0700), or 0640/0660 to "
                                      "let the group read (folders 0750/0770). Umask is ignored."),
@@ -186,6 +196,8 @@ def controller(config_file: str | None, **flags: Any) -> None:
     settings = load(ControllerSettings, "controller", config_file, flags)
     _setup_logs(settings)
     _check_security(settings)
+    if settings.etcd:
+        settings.etcd_security().warn()  # TLS/plain-text rules for etcd: exit 2 before anything runs
     _file_modes(settings)
     from cli.serve import run_controller
     run_controller(settings)
@@ -242,7 +254,10 @@ def sensor(config_file: str | None, **flags: Any) -> None:
         spool_dir=str(settings.spool_dir), spool_max_bytes=int(settings.spool_max_mb * (1 << 20)),
         realtime=settings.realtime, etcd=settings.etcd, etcd_prefix=settings.etcd_prefix,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_ca=settings.tls_ca,
-        insecure=settings.insecure, rtp_heuristics=settings.rtp_heuristics)
+        insecure=settings.insecure, rtp_heuristics=settings.rtp_heuristics,
+        etcd_security=settings.etcd_security() if settings.etcd else None)
+    if opts.etcd_security is not None:
+        opts.etcd_security.warn()
     import signal
     import threading
     stop = threading.Event()

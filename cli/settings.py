@@ -51,6 +51,23 @@ class _Cluster(_Base):
     etcd_prefix: str = "/spanrec/"
     etcd_user: str | None = None
     etcd_password: SecretStr | None = None
+    etcd_ca: Path | None = None         # CA that signs etcd's certificate: TLS to etcd
+    etcd_cert: Path | None = None       # client certificate for etcd (--client-cert-auth)
+    etcd_key: Path | None = None
+    etcd_insecure: bool = False         # plain text to a non-loopback etcd (warned)
+    etcd_server_name: str | None = None  # name in etcd's certificate (default: the endpoint host)
+
+    def etcd_security(self) -> Any:
+        """registry.EtcdSecurity from these settings (the password file from the environment);
+        raises ConfigError with one line when unsafe or wrong."""
+        from registry import EtcdSecurity, EtcdSecurityError, parse_endpoints
+        try:
+            return EtcdSecurity.from_options(
+                parse_endpoints(self.etcd or ""), ca=self.etcd_ca, cert=self.etcd_cert, key=self.etcd_key,
+                insecure=self.etcd_insecure, server_name=self.etcd_server_name, user=self.etcd_user,
+                password=self.etcd_password.get_secret_value() if self.etcd_password else None)
+        except EtcdSecurityError as exc:
+            raise ConfigError(str(exc)) from None
     file_mode: str = "0600"             # recordings, outbox, spool, WAL, spill (storage/files.py)
 
     @field_validator("file_mode")

@@ -189,6 +189,17 @@ class RecordingRules:
                 "include": list(self.include), "exclude": list(self.exclude),
                 "default": self.effective_default}
 
+    def records_nothing(self) -> bool:
+        """True when no call can have its media recorded: an exclude pattern that
+        matches every URI (``*``, ``from:*``), or no include pattern and the default
+        signalling-only.  A change to such rules is logged as a warning."""
+        for text in self.exclude:
+            head, sep, rest = text.partition(":")
+            body = rest if sep and head.lower() in _SIDES else text
+            if body and set(body) <= {"*"}:
+                return True
+        return not self.include and self.effective_default == SIGNALLING_ONLY
+
     # -- deciding -----------------------------------------------------------------
     @property
     def effective_default(self) -> str:

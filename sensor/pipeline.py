@@ -18,6 +18,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from proto import sensor_pb2
 from protocols.pcapfile import CaptureFileError
@@ -53,6 +54,7 @@ class SensorOptions:
     tls_ca: Path | None = None
     insecure: bool = False
     rtp_heuristics: bool = True           # forward RTP recognised without SDP (sensor.classify)
+    etcd_security: Any = None             # registry.EtcdSecurity (TLS, credentials) for --etcd
 
 
 class SensorFailed(Exception):
@@ -106,15 +108,15 @@ def start_registry(opts: SensorOptions):
     etcd being away never stops the capture: the registry reports 'degraded'."""
     if not opts.etcd:
         return None
-    from registry import MemberRecord, Registry, credentials_from_env, parse_endpoints
+    from registry import EtcdSecurity, EtcdSecurityError, MemberRecord, Registry, parse_endpoints
     endpoints = parse_endpoints(opts.etcd)
     try:
-        user, password = credentials_from_env()
-    except OSError as exc:
-        raise SensorFailed(f"etcd password file: {exc}") from None
+        security = opts.etcd_security or EtcdSecurity.from_options(endpoints)
+    except EtcdSecurityError as exc:
+        raise SensorFailed(str(exc)) from None
     reg = Registry(endpoints, opts.etcd_prefix, MemberRecord(
         id=opts.sensor_id, role="sensor", site=opts.site, version=VERSION,
-        interfaces=(opts.interface,) if opts.interface else ()), user=user, password=password)
+        interfaces=(opts.interface,) if opts.interface else ()), security=security)
     reg.start(wait=2.0)
     return reg
 
@@ -193,6 +195,7 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     sender = Sender(
         opts.controller or "", opts.sensor_id, site=opts.site, mode=mode,
         resolve=registry.locator().current if registry is not None and not opts.controller else None,
+        on_unusable=registry.locator().report_failure if registry is not None and not opts.controller else None,
         interfaces=(opts.interface,) if opts.interface else (),
         connect_timeout_s=opts.connect_timeout_s, max_batches=opts.max_batches,
         stats=stats, progress=(lambda: (replay_bytes[0], replay_total)) if opts.pcap else None,

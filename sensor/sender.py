@@ -68,6 +68,16 @@ def batch_message(seq: int, payload: bytes) -> bytes:
     return b"".join((b"\x12", _varint(len(seq_field) + len(payload)), seq_field, payload))
 
 
+def _connect_error(channel: grpc.Channel) -> str:
+    """Why a channel is not ready, in gRPC's words (e.g. ``CERTIFICATE_VERIFY_FAILED`` for
+    a controller whose certificate our CA did not sign): one unary call that fails fast."""
+    try:
+        channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=1.0, wait_for_ready=False)
+    except grpc.RpcError as exc:
+        return (exc.details() or exc.code().name)[:400]  # type: ignore[attr-defined]
+    return "not ready within 2 s"
+
+
 class LinkDown(Exception):
     """The stream to the controller broke or could not be opened."""
 
@@ -261,6 +271,7 @@ class Sender:
         channel_credentials: grpc.ChannelCredentials | None = None,
         spool: Spool | None = None,
         resolve: Callable[[], str | None] | None = None,
+        on_unusable: Callable[[str, str], object] | None = None,
         on_expect: Callable[[list[tuple[bytes, int]]], None] | None = None,
     ) -> None:
         self.target = target
@@ -270,6 +281,9 @@ class Sender:
         # With a registry, the controller's address is looked up before each
         # (re)connect, so a sensor follows a controller that moved or restarted.
         self._resolve = resolve
+        # ... and told when an address could not be used (no TLS handshake: a certificate our
+        # CA does not vouch for, or nobody there), so it can offer another registered one.
+        self._on_unusable = on_unusable
         self.sensor_id = sensor_id
         self.site = site
         self.mode = mode
@@ -423,7 +437,10 @@ class Sender:
             try:
                 grpc.channel_ready_future(channel).result(timeout=2.0)
             except grpc.FutureTimeoutError as exc:
-                raise LinkDown(f"cannot connect to {self.target}") from exc
+                reason = _connect_error(channel)
+                if self._on_unusable is not None:
+                    self._on_unusable(self.target, reason)
+                raise LinkDown(f"cannot connect to {self.target}: {reason}") from exc
             connected = True
             if self._stop.is_set():
                 return
