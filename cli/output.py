@@ -270,8 +270,9 @@ def print_downloads(files: Any, fmt: str = "table", title: str = "") -> None:
 
 
 def error(message: str) -> None:
-    """One line on stderr, never wrapped (scripts grep it)."""
-    sys.stderr.write(f"{PROGRAM}: error: " + " ".join(message.split()) + "\n")
+    """One line on stderr, never wrapped (scripts grep it); secrets masked."""
+    from storage.redact import redact
+    sys.stderr.write(f"{PROGRAM}: error: " + " ".join(redact(message).split()) + "\n")
     sys.stderr.flush()
 
 

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 from storage.base import RecordingStore, StorageError
 from storage.layout import recording_id, recording_prefix
 from storage.local import LocalStore
+from storage.redact import redact_url
 from storage.s3 import RetryPolicy, S3Store
 
 __all__ = [
@@ -101,7 +102,7 @@ def open_store(
     scheme = parts.scheme.lower()
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path:
-            raise StorageError(f"file URL must be file:///absolute/path, got {url!r}")
+            raise StorageError(f"file URL must be file:///absolute/path, got {redact_url(url)!r}")
         return LocalStore(Path(unquote(parts.path)))
     if scheme != "s3":
         raise StorageError(f"unsupported storage URL scheme {scheme!r}: use a path, file:///path or s3://bucket/prefix")
