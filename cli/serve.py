@@ -11,7 +11,7 @@ import signal
 import socket
 from pathlib import Path
 
-from cli.settings import ControllerSettings, Failure
+from cli.settings import ConfigError, ControllerSettings, Failure
 from controller.authz import Authorizer
 from controller.calls import CallConfig
 from controller.core import Recorder
@@ -21,6 +21,7 @@ from controller.link import serve
 from controller.wal import WalError, WriteAheadLog
 from storage import files as filemodes
 from storage import open_store
+from storage.redact import redact
 from storage.base import RecordingStore, StorageError
 from storage.local import LocalStore
 from storage.outbox import OutboxStore
@@ -38,7 +39,8 @@ def open_storage(settings: ControllerSettings) -> RecordingStore:
             secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None)
         store.check()
     except StorageError as exc:
-        raise Failure(f"storage {settings.storage}: {exc}") from None
+        keys = [s.get_secret_value() for s in (settings.s3_access_key, settings.s3_secret_key) if s]
+        raise Failure(redact(f"storage {settings.storage}: {exc}", keys)) from None
     return store
 
 
@@ -132,18 +134,16 @@ def start_registry(settings: ControllerSettings, port: int, loop: asyncio.Abstra
     the state just reads 'degraded'."""
     if not settings.etcd:
         return None
-    from registry import MemberRecord, Registry, credentials_from_env, parse_endpoints
+    from registry import MemberRecord, Registry, parse_endpoints
     from sensor.sender import VERSION
     endpoints = parse_endpoints(settings.etcd)
     try:
-        env_user, env_password = credentials_from_env()
-    except OSError as exc:
-        raise Failure(f"etcd password file: {exc}") from None
+        security = settings.etcd_security()   # TLS to etcd; a password never in plain text
+    except ConfigError as exc:
+        raise Failure(str(exc)) from None
     reg = Registry(endpoints, settings.etcd_prefix, MemberRecord(
         id=settings.controller_id, role="controller", site=settings.site, version=VERSION,
-        address=advertised(settings, port)),
-        user=settings.etcd_user or env_user,
-        password=settings.etcd_password.get_secret_value() if settings.etcd_password else env_password)
+        address=advertised(settings, port)), security=security)
     reg.start(loop=loop)
     log.info("registering in etcd", extra={"address": advertised(settings, port)})
     return reg
@@ -155,6 +155,12 @@ def watch_record_rules(registry, recorder: Recorder, base: RecordingRules) -> No
     on (calls already started keep their decision). No key, or no record_rules
     in it: the rules of the flags, environment and file (`base`). An invalid
     object is logged and ignored: the rules in force stay."""
+    def check(config: dict) -> None:  # refused values never reach apply(): the last good stays
+        try:
+            RecordingRules.from_dict(config.get("record_rules") or {})
+        except RulesError as exc:
+            raise ValueError(f"recording rules from etcd ignored, the rules in force stay: {exc}") from None
+
     def apply(config: dict) -> None:
         raw = config.get("record_rules")
         try:
@@ -162,12 +168,21 @@ def watch_record_rules(registry, recorder: Recorder, base: RecordingRules) -> No
         except RulesError as exc:
             log.warning("recording rules from etcd ignored, the rules in force stay: %s", exc)
             return
-        if rules != recorder.engine.rules:
+        old = recorder.engine.rules
+        if rules != old:
             recorder.engine.rules = rules   # read once per new leg: no lock needed
-            log.info("recording rules changed", extra={
-                "source": "etcd" if raw is not None else "settings", "rules": rules.to_dict()})
+            before, after = old.to_dict(), rules.to_dict()
+            changed = {k: {"from": before[k], "to": v} for k, v in after.items() if before[k] != v}
+            extra = {"source": "etcd" if raw is not None else "settings", "rules": after,
+                     "changed": changed}
+            if rules.records_nothing() and not old.records_nothing():
+                log.warning("recording rules changed: NO CALL WILL HAVE ITS MEDIA RECORDED from now on "
+                            "(audio off): %s", changed, extra=extra)
+            else:
+                log.info("recording rules changed", extra=extra)
 
     watcher = registry.config("controller")
+    watcher.add_validator(check)
     watcher.on_change(apply)
     apply(watcher.current())
 
