@@ -53,13 +53,14 @@ class _Config(Exception):
 
 def _from_etcd(etcd: str, prefix: str, timeout_s: float) -> str:
     """Address of the most recently started controller registered in etcd."""
-    from registry import Registry, credentials_from_env, parse_endpoints
+    from registry import EtcdSecurity, EtcdSecurityError, Registry, parse_endpoints
     endpoints = parse_endpoints(etcd)
-    try:
-        user, password = credentials_from_env()
-    except OSError as exc:
-        raise _Config(f"etcd password file: {exc}") from None
-    reg = Registry(endpoints, prefix, None, user=user, password=password, watch_members=True)
+    try:  # TLS to etcd from SPANREC_ETCD_CA/_CERT/_KEY (or _INSECURE), as the daemons
+        security = EtcdSecurity.from_options(endpoints)
+    except EtcdSecurityError as exc:
+        raise _Config(str(exc)) from None
+    security.warn()
+    reg = Registry(endpoints, prefix, None, security=security, watch_members=True)
     try:
         if not reg.start(wait=timeout_s):
             raise AdminLookupFailed(f"etcd {etcd} unreachable ({reg.state.value})")
