@@ -17,7 +17,11 @@ from controller.legs import Leg, LegKey
 from controller.spill import CallSpill
 from controller.streams import MediaEndpoint, MediaSecurity, RtpStream, SdpMedia
 
-__all__ = ["Call", "CallTable", "SharedEndpoint", "AMBIGUOUS", "all_ended"]
+__all__ = ["Call", "CallTable", "SharedEndpoint", "AMBIGUOUS", "all_ended", "MAX_CALL_ENDPOINTS"]
+
+#: media endpoints one call may map (SDPs of all its legs and re-INVITEs); more
+#: are refused and counted (`Call.endpoints_refused`, `CallTable.endpoints_refused`)
+MAX_CALL_ENDPOINTS = 128
 
 _REF_FRAME_SHIFT = 34  # streams.pack_ref: frame index << 34
 
@@ -29,7 +33,8 @@ class Call:
                  "other_linktype", "sensors", "last_sensor", "streams", "endpoints", "media_addrs",
                  "rtcp_packets", "media_other", "sip_packets", "sip_errors", "done", "tcp_frames",
                  "aliases", "keys", "copies", "probe_media", "frame_base", "spill", "rtcp_frames",
-                 "security", "zrtp", "media_only", "ambiguous")
+                 "security", "zrtp", "media_only", "ambiguous", "endpoints_refused",
+                 "media_refused")
 
     def __init__(self, call_id: str, ts_ns: int, linktype: int) -> None:
         self.legs: dict[str, Leg] = {call_id: Leg(call_id, Dialog(), ts_ns)}
@@ -64,6 +69,16 @@ class Call:
         self.zrtp: dict[tuple[bytes, int, bytes, int], int] = {}
         self.media_only = False               # no signalling seen yet (controller/pickup.py)
         self.ambiguous = 0                    # packets of a shared endpoint it may own, kept by none
+        self.endpoints_refused = 0            # SDP endpoints over MAX_CALL_ENDPOINTS or on refused ports
+        self.media_refused = 0                # non-RTP datagrams on an RTP endpoint: not kept
+
+    def drop_last_frame(self) -> None:
+        """Forget the frame just added (a datagram on a media port that is not media)."""
+        idx = self.frame_base + len(self.frame_data) - 1
+        self.frame_data.pop()
+        self.frame_ts.pop()
+        if self.other_linktype and self.other_linktype[-1] == idx:
+            self.other_linktype.pop()
 
     def add_frame(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes) -> int:
         """Keep a packet for call.pcap; returns its frame index."""
@@ -220,6 +235,8 @@ class CallTable:
         self.keys: dict[LegKey, tuple[Call, str, str, int]] = {}  # key -> (call, leg, extra, ts)
         #: called with (addr, port) when an endpoint is mapped for the first time
         self.on_new_media: Callable[[bytes, int], None] | None = None
+        self.max_call_endpoints = MAX_CALL_ENDPOINTS
+        self.endpoints_refused = 0    # over a call's bound (every call)
 
     def __len__(self) -> int:
         return len({id(c) for c in self.by_call_id.values()})
@@ -256,6 +273,10 @@ class CallTable:
         SDPs name its far end (`SharedEndpoint`); a call whose dialogs all ended
         (lingering) gives the endpoint up to the new one (a port reused)."""
         key = (media.addr, media.port)
+        if len(call.endpoints) >= self.max_call_endpoints and key not in call.endpoints:
+            call.endpoints_refused += 1
+            self.endpoints_refused += 1
+            return
         ep = self.media.get(key)
         new = MediaEndpoint(call, side, media.rtcp, dict(media.rtpmap), leg, media.kind)
         if ep is None:
@@ -369,6 +390,8 @@ class CallTable:
         keep.rtcp_frames.extend(offset + i for i in other.rtcp_frames)
         keep.media_other += other.media_other
         keep.ambiguous += other.ambiguous
+        keep.endpoints_refused += other.endpoints_refused
+        keep.media_refused += other.media_refused
         keep.security.extend((t, leg, 1 - side if flip else side, kind, sec)
                              for t, leg, side, kind, sec in other.security)
         keep.security.sort(key=lambda e: e[0])

@@ -9,13 +9,18 @@ stream (controller/link.py) remembers the generation it has sent and sends
 `add` is on the controller's packet path (under the recorder's lock, once per
 new endpoint, not per packet): a lock, a deque append and a counter. The log
 is bounded; a stream that fell further behind than the bound gets what is
-left.
+left.  What reaches it is bounded upstream (at most 16 m= lines of an SDP,
+`MAX_CALL_ENDPOINTS` per call: controller/streams.py, controller/calltable.py),
+and an endpoint on a port no SDP may name (protocols/mediaports.py) is never
+logged, whoever adds it: counted in `refused`.
 """
 from __future__ import annotations
 
 import threading
 from collections import deque
 from itertools import islice
+
+from protocols.mediaports import media_port_ok
 
 __all__ = ["MediaHints"]
 
@@ -33,6 +38,7 @@ class MediaHints:
         self._log: deque[Endpoint] = deque(maxlen=max_entries)
         self._gen = 0
         self._lock = threading.Lock()
+        self.refused = 0        # endpoints on refused ports (never sent to sensors)
 
     @property
     def generation(self) -> int:
@@ -43,6 +49,9 @@ class MediaHints:
 
     def add(self, addr: bytes, port: int) -> None:
         """Log one endpoint (packed 4 or 16 byte address, UDP port)."""
+        if not media_port_ok(port):
+            self.refused += 1
+            return
         with self._lock:
             self._log.append((addr, port))
             self._gen += 1

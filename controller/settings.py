@@ -74,3 +74,5 @@ class CallConfig:
     record_unsignalled: bool = True
     unsignalled_timeout_s: float = 20.0
     unsignalled_min_packets: int = 25
+    max_pending_calls: int = 10_000        # unanswered calls without media held (admission.py)
+    attempts_per_source: int = 120         # failed attempts written per source per minute

@@ -24,6 +24,14 @@ Details worth knowing:
   (src, dst, IP id). Fragments arriving before their first fragment are
   filtered (mirror ports deliver in order in practice). Forwarded fragments
   are re-assembled here so SDP inside large INVITEs is learned.
+* SDP cannot steer capture (protocols/mediaports.py): ports below 1024 and
+  well-known service ports are never learned (nor taken from Expect), only
+  the first 16 m= lines count (``sdp_endpoints_refused``), and an endpoint of
+  an RTP m= line forwards only RTP (version 2, a static or dynamic payload
+  type or one its SDP named), RTCP,
+  and STUN/ZRTP/DTLS (RFC 7983); other datagrams go on through the rules
+  below (``media_not_rtp``). UDPTL (T.38) endpoints forward every datagram;
+  Expect carries no kind: RTP-shaped only.
 * Learned state expires by capture time (frame timestamps, so replays behave
   like live capture): media endpoints and TCP flows after ``ttl_s`` without
   traffic (2 h), fragments after 30 s; each table is bounded.
@@ -68,6 +76,7 @@ from typing import Any, Iterable
 
 from protocols.errors import DecodeError
 from protocols.layers import Decoded, decode, str_to_ip
+from protocols.mediaports import MAX_MEDIA_LINES, media_port_ok, rtp_shaped
 from protocols.sdp import parse_sdp
 from protocols.sip import looks_like_sip, parse_sip, split_stream
 from sensor.bpf import DEFAULT_BPF, default_bpf  # the live prefilter (see sensor.bpf)
@@ -95,6 +104,10 @@ _VLAN_TYPES = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
 # SIP over TLS (RFC 3261 sips: port); other TLS ports are HTTPS & co, not SIP
 SIP_TLS_PORTS = frozenset((5061,))
 _TLS_CONTENT_TYPES = frozenset((20, 21, 22, 23))  # change_cipher_spec, alert, handshake, data
+# RTP payload types taken on an RTP endpoint: the static ones (0-34) and the dynamic
+# range (96-127), whatever the receiver's SDP named (senders use the offer's types:
+# sipp answers PCMU and receives PCMA), plus any other its SDP named
+_ALL_PTS = frozenset(range(35)) | frozenset(range(96, 128))
 
 
 @dataclass(slots=True)
@@ -109,6 +122,8 @@ class ClassifierCounters:
     rtp_heuristic_packets: int = 0   # packets forwarded because of them (RTP and RTCP)
     sip_tls_flows: int = 0           # TCP connections on a SIP-TLS port carrying TLS records
     sip_tls_packets: int = 0         # their segments with payload (filtered: encrypted)
+    sdp_endpoints_refused: int = 0   # SDP media endpoints refused: system/service port, too many m= lines
+    media_not_rtp: int = 0           # datagrams on an RTP endpoint that were not RTP-shaped (filtered)
     # `filtered` without the packets the heuristics still hold (they may be
     # forwarded later): never decreases; set once per batch (one atomic write)
     filtered_settled: int = 0
@@ -201,6 +216,9 @@ class Classifier:
         self._max_fragments = max_fragments
         # (address bytes, port) -> last seen capture time (ns)
         self._media: dict[tuple[bytes, int], int] = {}
+        # (address bytes, port) -> RTP payload types its SDP named (_ALL_PTS for the
+        # controller's Expect): only RTP-shaped datagrams match; absent: any datagram (T.38)
+        self._media_pts: dict[tuple[bytes, int], frozenset[int]] = {}
         # (src, sport, dst, dport) of SIP TCP connections, both directions -> last seen
         self._flows: dict[tuple[bytes, int, bytes, int], int] = {}
         self._streams: dict[tuple[bytes, int, bytes, int], _Stream] = {}
@@ -244,6 +262,8 @@ class Classifier:
         keep = out.append
         media = self._media
         media_get = media.get
+        pts_get = self._media_pts.get
+        not_rtp = 0
         flows_get = self._flows.get
         heur = self._heur
         heur_get = heur.get
@@ -271,6 +291,15 @@ class Classifier:
                 if last is None:
                     key = (d.src, d.sport)
                     last = media_get(key)
+                if last is not None:
+                    pts = pts_get(key)
+                    if pts is not None:     # an RTP endpoint: RTP/RTCP-shaped datagrams only
+                        off = d.payload_offset
+                        if d.payload_len < 12 or data[off] >> 6 != 2 or not (
+                                (data[off + 1] & 0x7F) in pts or 200 <= data[off + 1] <= 207):
+                            if not rtp_shaped(data[off:off + d.payload_len], pts):
+                                last = None
+                                not_rtp += 1
                 if last is not None:
                     if ts - last > _REFRESH_NS:
                         media[key] = ts
@@ -337,6 +366,7 @@ class Classifier:
         # held packets released now were counted as filtered when they came
         c.filtered += n - len(out) - errors
         c.rtp_heuristic_packets += hpackets
+        c.media_not_rtp += not_rtp
         if n:
             self._last_ts = ts
         if ts - self._last_sweep > _SWEEP_NS:
@@ -359,12 +389,17 @@ class Classifier:
     def _add_expected(self, ts: int) -> None:
         media = self._media
         inbox = self._expected_in
+        pts = self._media_pts
         while inbox:
             for key in inbox.popleft():
+                if not media_port_ok(key[1]):
+                    self.counters.sdp_endpoints_refused += 1
+                    continue
                 if key not in media:
                     self.counters.expected_flows += 1
                     if len(media) >= self._max_media:
                         self._evict(media, ts)
+                    pts[key] = _ALL_PTS     # kind unknown: RTP-shaped only
                 media[key] = ts
 
     def _probe(self, d: Decoded, payload: bytes, frame: tuple[int, bytes], ts: int,
@@ -488,6 +523,8 @@ class Classifier:
             sdp = parse_sdp(body)
         except DecodeError:
             return
+        lines = 0
+        c = self.counters
         for md in sdp.media:
             if not md.port or not md.connection:
                 continue
@@ -498,12 +535,28 @@ class Classifier:
             if addr in (b"\0\0\0\0", bytes(16)):  # hold (c=0.0.0.0)
                 continue
             rtcp = md.rtcp_port or md.port + 1
+            lines += 1
+            if lines > MAX_MEDIA_LINES:        # protocols/mediaports.py
+                c.sdp_endpoints_refused += 2
+                continue
+            # RTP transports (RTP/AVP, RTP/SAVPF, UDP/TLS/RTP/SAVP...): RTP/RTCP-shaped
+            # datagrams of the named payload types; UDPTL (T.38) and others: any datagram
+            pts = _ALL_PTS.union(md.formats) if "RTP" in md.proto.upper() else None
             for port in (md.port, rtcp):
-                if (addr, port) not in self._media:
-                    self.counters.media_learned += 1
+                if not media_port_ok(port):
+                    c.sdp_endpoints_refused += 1
+                    continue
+                key = (addr, port)
+                if key not in self._media:
+                    c.media_learned += 1
                     if len(self._media) >= self._max_media:
                         self._evict(self._media, ts)
-                self._media[(addr, port)] = ts
+                self._media[key] = ts
+                if pts is None:
+                    self._media_pts.pop(key, None)
+                else:
+                    old = self._media_pts.get(key)
+                    self._media_pts[key] = pts if old is None or old is _ALL_PTS else old | pts
 
     # -- TCP --------------------------------------------------------------
     def _count_tls(self, key: tuple[bytes, int, bytes, int], payload: bytes, ts: int) -> None:
@@ -595,6 +648,8 @@ class Classifier:
             self._held -= len(self._probes.pop(k))
         for k in [k for k in self._streams if k not in self._flows]:
             del self._streams[k]
+        for k in [k for k in self._media_pts if k not in self._media]:
+            del self._media_pts[k]
         self._evict_frags(now)
 
     def _evict(self, table: dict[Any, int], now: int) -> None:
@@ -605,6 +660,9 @@ class Classifier:
             stale = sorted(table, key=table.__getitem__)[: max(1, len(table) // 10)]
         for k in stale:
             del table[k]
+        if table is self._media:
+            for k in stale:
+                self._media_pts.pop(k, None)
 
     def _evict_frags(self, now: int) -> None:
         horizon = now - _FRAG_TTL_NS
