@@ -67,6 +67,18 @@ VALUE_SETS: dict[str, dict] = {
         "s3": {"accessKey": "AKIA", "secretKey": "s3cr3t"},
         "registry": {"auth": {"user": "spanrec", "password": "pw"}},
     },
+    "etcd-tls": {
+        "registry": {"endpoints": "etcd-0.etcd:2379,etcd-1.etcd:2379",
+                     "tls": {"existingSecret": "etcd-client", "serverName": "etcd.example.net"},
+                     "auth": {"existingSecret": "etcd-auth"}},
+    },
+    "etcd-ca-only": {
+        "registry": {"tls": {"existingSecret": "etcd-ca", "clientCert": False, "caKey": "root.pem"},
+                     "auth": {"existingSecret": "etcd-auth"}},
+    },
+    "etcd-insecure": {
+        "registry": {"endpoints": "etcd.infra:2379", "tls": {"enabled": False}, "insecure": True},
+    },
 }
 
 
@@ -151,10 +163,17 @@ def test_defaults(tmp_path: Path) -> None:
     assert "SPANREC_INSECURE" not in env
     assert "SPANREC_METRICS_LISTEN" not in env
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert mounts == {"state": "/var/lib/spanrec", "tmp": "/tmp", "tls": "/etc/spanrec/tls"}
+    assert mounts == {"state": "/var/lib/spanrec", "tmp": "/tmp", "tls": "/etc/spanrec/tls",
+                      "etcd-tls": "/etc/spanrec/etcd-tls"}
     vols = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in vols["tmp"]
     assert vols["tls"]["secret"]["secretName"] == "spanrec-controller-tls"
+    # etcd over TLS by default (a plain-text remote etcd makes the controller exit 2)
+    assert vols["etcd-tls"]["secret"]["secretName"] == "spanrec-etcd-tls"
+    assert env["SPANREC_ETCD_CA"]["value"] == "/etc/spanrec/etcd-tls/ca.crt"
+    assert env["SPANREC_ETCD_CERT"]["value"] == "/etc/spanrec/etcd-tls/tls.crt"
+    assert env["SPANREC_ETCD_KEY"]["value"] == "/etc/spanrec/etcd-tls/tls.key"
+    assert "SPANREC_ETCD_INSECURE" not in env and "SPANREC_ETCD_SERVER_NAME" not in env
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "state"
     assert env["SPANREC_KEEP_CALLS_ON_STOP"]["value"] == "true"   # upgrades do not split calls
@@ -183,6 +202,10 @@ def test_self_contained(tmp_path: Path) -> None:
     assert env["SPANREC_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "rec-minio", "key": "rootUser"}
     assert env["SPANREC_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "rec-minio", "key": "rootPassword"}
     assert env["SPANREC_INSECURE"]["value"] == "true"
+    # the in-chart etcd is plain text: the opt-in is set for it, no etcd TLS files
+    assert env["SPANREC_ETCD_INSECURE"]["value"] == "true"
+    assert "SPANREC_ETCD_CA" not in env
+    assert "etcd-tls" not in {v["name"] for v in controller(docs)["spec"]["template"]["spec"]["volumes"]}
     # plain text: the kubelet probes gRPC health (grpc.health.v1) on the port
     assert c["livenessProbe"]["grpc"] == {"port": 7600, "service": ""}
     assert c["readinessProbe"]["grpc"] == {"port": 7600, "service": "spanrec.v1.SensorLink"}
@@ -237,6 +260,88 @@ def test_plain_keys_make_secrets(tmp_path: Path) -> None:
         "name": "rec-spanrec-s3", "key": "secret-key"}
 
 
+def test_etcd_tls_mounts_and_env(tmp_path: Path) -> None:
+    docs = render(tmp_path, VALUE_SETS["etcd-tls"])
+    pod = controller(docs)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = env_of(c)
+    assert env["SPANREC_ETCD"]["value"] == "etcd-0.etcd:2379,etcd-1.etcd:2379"
+    assert env["SPANREC_ETCD_CA"]["value"] == "/etc/spanrec/etcd-tls/ca.crt"
+    assert env["SPANREC_ETCD_CERT"]["value"] == "/etc/spanrec/etcd-tls/tls.crt"
+    assert env["SPANREC_ETCD_KEY"]["value"] == "/etc/spanrec/etcd-tls/tls.key"
+    assert env["SPANREC_ETCD_SERVER_NAME"]["value"] == "etcd.example.net"
+    assert env["SPANREC_ETCD_USER"]["valueFrom"]["secretKeyRef"] == {"name": "etcd-auth", "key": "username"}
+    assert "SPANREC_ETCD_INSECURE" not in env
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "etcd-tls"]
+    assert mount == {"name": "etcd-tls", "mountPath": "/etc/spanrec/etcd-tls", "readOnly": True}
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "etcd-tls"]
+    assert vol["secret"]["secretName"] == "etcd-client"
+    assert vol["secret"]["defaultMode"] == 0o440
+    assert vol["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"},
+                                      {"key": "tls.crt", "path": "tls.crt"},
+                                      {"key": "tls.key", "path": "tls.key"}]
+
+
+def test_etcd_ca_only_and_insecure(tmp_path: Path) -> None:
+    pod = controller(render(tmp_path, VALUE_SETS["etcd-ca-only"]))["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert env["SPANREC_ETCD_CA"]["value"] == "/etc/spanrec/etcd-tls/ca.crt"
+    assert "SPANREC_ETCD_CERT" not in env and "SPANREC_ETCD_KEY" not in env
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "etcd-tls"]
+    assert vol["secret"]["items"] == [{"key": "root.pem", "path": "ca.crt"}]
+    pod = controller(render(tmp_path, VALUE_SETS["etcd-insecure"]))["spec"]["template"]["spec"]
+    env = env_of(pod["containers"][0])
+    assert env["SPANREC_ETCD_INSECURE"]["value"] == "true"
+    assert not [k for k in env if k in ("SPANREC_ETCD_CA", "SPANREC_ETCD_CERT", "SPANREC_ETCD_KEY")]
+    assert "etcd-tls" not in {v["name"] for v in pod["volumes"]}
+
+
+@pytest.fixture(scope="module")
+def etcd_pki(tmp_path_factory) -> Path:
+    from tests.transport.procs import make_certs
+    root = tmp_path_factory.mktemp("etcd-pki")
+    make_certs(root, "ca")
+    make_certs(root, "client", "rec-spanrec-0")
+    (root / "password").write_text("pw\n")
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_rendered_etcd_settings_let_the_controller_start(tmp_path: Path, name: str, etcd_pki: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller's own start-up check (cli.settings -> registry.EtcdSecurity) accepts
+    the rendered environment: no exit 2. Files named in it are mounted from a Secret
+    item; here they are certificates from scripts/make-certs."""
+    from cli.settings import ControllerSettings, load
+    pod = controller(render(tmp_path, VALUE_SETS[name]))["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounted = {}
+    for m in c["volumeMounts"]:
+        for item in vols.get(m["name"], {}).get("secret", {}).get("items", []):
+            mounted[f"{m['mountPath']}/{item['path']}"] = item["key"]
+    local = {"ca.crt": "ca.crt", "tls.crt": "rec-spanrec-0.crt", "tls.key": "rec-spanrec-0.key",
+             "root.pem": "ca.crt", "password": "password"}
+    for key in list(os.environ):
+        if key.startswith("SPANREC_"):
+            monkeypatch.delenv(key)
+    for e in c["env"]:
+        if "valueFrom" in e:
+            value = "spanrec"                          # a Secret's value (user, S3 keys)
+        else:
+            value = e["value"].replace("$(POD_NAME)", "rec-spanrec-0")
+        if e["name"].startswith("SPANREC_ETCD_") and value.startswith("/etc/spanrec/"):
+            assert value in mounted, f"{e['name']}={value} is not a mounted Secret item"
+            value = str(etcd_pki / local[mounted[value]])
+        monkeypatch.setenv(e["name"], value)
+    settings = load(ControllerSettings, "controller", None, {})
+    sec = settings.etcd_security()                   # raises ConfigError (exit 2) when refused
+    expect_tls = not VALUE_SETS[name].get("etcd", {}).get("enabled") and \
+        VALUE_SETS[name].get("registry", {}).get("tls", {}).get("enabled", True)
+    assert sec.tls is bool(expect_tls)
+    assert sec.insecure is (not expect_tls)
+
+
 @pytest.mark.parametrize("values, message", [
     ({"replicas": "two"}, "/replicas"),
     ({"replicaCount": 2}, "replicaCount"),
@@ -247,6 +352,14 @@ def test_plain_keys_make_secrets(tmp_path: Path) -> None:
     ({"controller": {"env": {"LINGER": "5"}}}, "LINGER"),
     ({"metrics": {"serviceMonitor": {"enabled": True}}}, "needs metrics.enabled"),
     ({"tls": {"existingSecret": ""}}, "tls.existingSecret"),
+    ({"registry": {"tls": {"existingSecret": ""}}}, "registry.tls.existingSecret"),
+    ({"registry": {"tls": {"enabled": False}}}, "needs registry.insecure=true"),
+    ({"registry": {"insecure": True}}, "exclude each other"),
+    ({"registry": {"insecure": "yes"}}, "/registry/insecure"),
+    ({"registry": {"tls": {"enabled": False}, "insecure": True, "auth": {"existingSecret": "etcd-auth"}}},
+     "refusing to send the etcd user and password in plain text"),
+    ({"registry": {"auth": {"user": "spanrec", "password": "pw"}}, "etcd": {"enabled": True}},
+     "the in-chart etcd is plain text without auth"),
 ])
 def test_bad_values_refused(tmp_path: Path, values: dict, message: str) -> None:
     proc = helm("template", "rec", str(CHART), "-f", str(_values_file(tmp_path, values)), check=False)
@@ -261,3 +374,8 @@ def test_notes_tell_spanrecctl_and_sensors() -> None:
     assert "spanrecctl fleet --controller 127.0.0.1:7600" in notes
     assert "--tls-cert" in notes and "--tls-ca" in notes
     assert "install-sensor.sh --interface" in notes and "--site" in notes and "--etcd" in notes
+    assert "etcd:2379 over TLS (Secret spanrec-etcd-tls" in notes and "--etcd-ca" in notes
+    proc = helm("install", "rec", str(CHART), "--dry-run=client", "--namespace", "voip",
+                "--set", "etcd.enabled=true", "--set", "tls.enabled=false")
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "plain text without auth (SPANREC_ETCD_INSECURE=true)" in notes and "tests only" in notes

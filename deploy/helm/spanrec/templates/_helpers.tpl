@@ -57,6 +57,36 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "spanrec.etcdEndpoints" -}}
 {{- if .Values.etcd.enabled -}}{{ printf "%s-etcd:2379" .Release.Name }}{{- else -}}{{ .Values.registry.endpoints }}{{- end -}}
 {{- end -}}
+{{/* Hosts of registry.endpoints that are not loopback (comma list; "" = all on
+the pod itself): plain text is allowed to loopback only (registry/security.py). */}}
+{{- define "spanrec.etcdRemoteHosts" -}}
+{{- $remote := list -}}
+{{- range $e := splitList "," (include "spanrec.etcdEndpoints" .) -}}
+{{- $e = regexReplaceAll "^[A-Za-z][A-Za-z0-9+.-]*://" (trim $e) "" | trimSuffix "/" -}}
+{{- if $e -}}
+{{- $host := regexReplaceAll ":[0-9]*$" $e "" | trimPrefix "[" | trimSuffix "]" -}}
+{{- if not (or (eq (lower $host) "localhost") (hasPrefix "127." $host) (eq $host "::1")) -}}
+{{- $remote = append $remote $host -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $remote -}}
+{{- end -}}
+
+{{/* How the controller reaches etcd: "" (no registry), "tls" (SPANREC_ETCD_CA...),
+"insecure" (plain text, SPANREC_ETCD_INSECURE: registry.insecure or the in-chart
+etcd), "loopback" (plain text on the pod itself) or "refused" (plain text to a
+remote etcd without the opt-in: the controller would exit 2). */}}
+{{- define "spanrec.etcdMode" -}}
+{{- if not (include "spanrec.etcdEndpoints" .) -}}
+{{- else if .Values.etcd.enabled -}}insecure
+{{- else if .Values.registry.tls.enabled -}}tls
+{{- else if .Values.registry.insecure -}}insecure
+{{- else if not (include "spanrec.etcdRemoteHosts" .) -}}loopback
+{{- else -}}refused
+{{- end -}}
+{{- end -}}
+
 {{- define "spanrec.etcdSecret" -}}
 {{- if .Values.registry.auth.existingSecret -}}{{ .Values.registry.auth.existingSecret }}
 {{- else if .Values.registry.auth.user -}}{{ include "spanrec.fullname" . }}-etcd-auth
