@@ -124,14 +124,23 @@ def fleet(fmt: str, **conn: Any) -> None:
 @ctl.command()
 @click.option("--active", is_flag=True, help="Only calls in progress.")
 @click.option("--limit", type=click.IntRange(min=0), default=0,
-              help="At most this many calls (0 = all the controller keeps).")
+              help="At most this many calls (0 = all the controller keeps); with --page, the page size.")
+@click.option("--page", "page", default=None, metavar="TOKEN",
+              help="One page only: '' (or 'first') for the first, then the token printed after it.")
 @_client_options
-def calls(active: bool, limit: int, fmt: str, **conn: Any) -> None:
+def calls(active: bool, limit: int, page: str | None, fmt: str, **conn: Any) -> None:
     """Active calls, then recent recordings with their storage location."""
+    token = ""
     with _connect(**conn) as admin:
-        found = admin.calls(active_only=active, limit=limit)
+        if page is None:
+            found = admin.calls(active_only=active, limit=limit)
+        else:
+            found, token = admin.calls_page(active_only=active, limit=limit,
+                                            page_token="" if page == "first" else page)
     title = f"{len(found)} {'active ' if active else ''}call(s) on {conn['controller']}"
     output.print_call_list(found, fmt, title=title)
+    if token:
+        output.note(f"next page: spanrecctl calls --page {token}")
 
 
 @ctl.command()

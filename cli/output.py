@@ -279,3 +279,9 @@ def error(message: str) -> None:
 def warning(message: str) -> None:
     sys.stderr.write(f"{PROGRAM}: warning: " + " ".join(message.split()) + "\n")
     sys.stderr.flush()
+
+
+def note(message: str) -> None:
+    """One informational line on stderr (stdout stays the table or JSON)."""
+    sys.stderr.write(f"{PROGRAM}: " + " ".join(message.split()) + "\n")
+    sys.stderr.flush()

@@ -28,6 +28,7 @@ from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controller.callpages import PageError, call_page, find_active
 from controller.core import Recorder
 from controller.unsignalled import summarize as summarize_unsignalled
 from proto import admin_pb2, admin_pb2_grpc, sensor_pb2, sensor_pb2_grpc
@@ -292,7 +293,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     async def GetStatus(self, request: admin_pb2.StatusRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Status:
-        st = self.recorder.status()
+        st = await asyncio.to_thread(self._status)    # walks every call: off the loop
         out = admin_pb2.Status(
             controller_id=st["controller_id"], version="0.1.0",
             active_calls=st["active_calls"], recordings_written=st["recordings_written"],
@@ -333,24 +334,29 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     async def ListCalls(self, request: admin_pb2.ListCallsRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.CallList:
-        out = admin_pb2.CallList()
-        for c in self.recorder.engine.active():
-            out.calls.append(_summary(c, active=True))
-        if not request.active_only:
-            for c in reversed(list(self.recorder.writer.recent)):
-                out.calls.append(_summary(c, active=False))
-        if request.limit:
-            del out.calls[request.limit:]
+        try:   # off the loop, one bounded page (controller/callpages.py)
+            rows, token, total = await asyncio.to_thread(
+                call_page, self.recorder, request.limit, request.page_token, request.active_only)
+        except PageError as exc:
+            await _abort(context, AdminError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+            raise AssertionError("unreachable") from None
+        out = admin_pb2.CallList(next_page_token=token, active_total=total)
+        for c, active in rows:
+            out.calls.append(_summary(c, active=active))
         return out
+
+    def _status(self) -> dict:
+        with self.recorder._lock:   # consistent counters; the packet path waits ms, not the loop
+            return self.recorder.status()
 
     async def GetCall(self, request: admin_pb2.GetCallRequest,
                       context: grpc.aio.ServicerContext) -> admin_pb2.CallDetail:
         try:
             prefix = recording_prefix_of(request.id)
-            for c in self.recorder.engine.active():
-                if c.get("id") == request.id:
-                    return admin_pb2.CallDetail(summary=_summary(c, active=True),
-                                                call_json=json.dumps(c, default=str))
+            c = await asyncio.to_thread(find_active, self.recorder, request.id)
+            if c is not None:
+                return admin_pb2.CallDetail(summary=_summary(c, active=True),
+                                            call_json=json.dumps(c, default=str))
             raw = await self._read(prefix, request.id, CALL_JSON)
             try:
                 meta = json.loads(raw)

@@ -126,12 +126,14 @@ class UnsignalledMedia(_message.Message):
     def __init__(self, flows: _Optional[int] = ..., packets: _Optional[int] = ..., ambiguous_packets: _Optional[int] = ..., sip_tls_packets: _Optional[int] = ..., sip_tls_flows: _Optional[int] = ..., likely_cause: _Optional[str] = ...) -> None: ...
 
 class ListCallsRequest(_message.Message):
-    __slots__ = ("active_only", "limit")
+    __slots__ = ("active_only", "limit", "page_token")
     ACTIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     active_only: bool
     limit: int
-    def __init__(self, active_only: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, active_only: _Optional[bool] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class CallSummary(_message.Message):
     __slots__ = ("id", "call_ids", "from_uri", "to_uri", "status", "started_at", "ended_at", "active", "location", "answered_at", "end_reason", "final_response", "packets")
@@ -164,10 +166,14 @@ class CallSummary(_message.Message):
     def __init__(self, id: _Optional[str] = ..., call_ids: _Optional[_Iterable[str]] = ..., from_uri: _Optional[str] = ..., to_uri: _Optional[str] = ..., status: _Optional[str] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., active: _Optional[bool] = ..., location: _Optional[str] = ..., answered_at: _Optional[str] = ..., end_reason: _Optional[str] = ..., final_response: _Optional[int] = ..., packets: _Optional[int] = ...) -> None: ...
 
 class CallList(_message.Message):
-    __slots__ = ("calls",)
+    __slots__ = ("calls", "next_page_token", "active_total")
     CALLS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_TOTAL_FIELD_NUMBER: _ClassVar[int]
     calls: _containers.RepeatedCompositeFieldContainer[CallSummary]
-    def __init__(self, calls: _Optional[_Iterable[_Union[CallSummary, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    active_total: int
+    def __init__(self, calls: _Optional[_Iterable[_Union[CallSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., active_total: _Optional[int] = ...) -> None: ...
 
 class GetCallRequest(_message.Message):
     __slots__ = ("id",)

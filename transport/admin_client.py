@@ -230,10 +230,24 @@ class AdminClient:
             members=sorted((MemberInfo(m.role, m.id, m.site, m.version, m.address, m.started_at)
                             for m in st.members), key=lambda m: (m.role, m.id)))
 
+    def calls_page(self, *, active_only: bool = False, limit: int = 0,
+                   page_token: str = "") -> tuple[list[CallInfo], str]:
+        """One page (at most `limit`, the server caps it at 1000) and the token of
+        the next page ("" after the last)."""
+        lst = self._unary(self._stub.ListCalls, admin_pb2.ListCallsRequest(
+            active_only=active_only, limit=limit, page_token=page_token))
+        return [_call(c) for c in lst.calls], lst.next_page_token
+
     def calls(self, *, active_only: bool = False, limit: int = 0) -> list[CallInfo]:
-        lst = self._unary(self._stub.ListCalls,
-                          admin_pb2.ListCallsRequest(active_only=active_only, limit=limit))
-        return [_call(c) for c in lst.calls]
+        """At most `limit` calls (0: every one), following the pages."""
+        out: list[CallInfo] = []
+        token = ""
+        while True:
+            want = limit - len(out) if limit else 0
+            page, token = self.calls_page(active_only=active_only, limit=want, page_token=token)
+            out += page
+            if not token or not page or (limit and len(out) >= limit):
+                return out[:limit] if limit else out
 
     def call(self, recording_id: str) -> CallDetail:
         d = self._unary(self._stub.GetCall, admin_pb2.GetCallRequest(id=recording_id))
