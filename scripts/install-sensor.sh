@@ -12,7 +12,7 @@ usage() {
   cat <<'EOF'
 Usage: scripts/install-sensor.sh [OPTIONS]
 Installs the spanrec sensor: a virtual environment (/opt/spanrec/venv), the config
-/etc/spanrec/sensor.toml, TLS files in /etc/spanrec/tls/, the spool
+/etc/spanrec/sensor.toml, TLS files in /etc/spanrec/tls/ (etcd: /etc/spanrec/etcd/), the spool
 /var/lib/spanrec/spool, the system user `spanrec` and the systemd unit
 spanrec-sensor.service (started when systemd runs). Re-running upgrades in place:
 the config is rewritten only with the settings given (the others are kept).
@@ -28,6 +28,14 @@ Sensor settings (written to /etc/spanrec/sensor.toml):
   --tls-key FILE           its private key (installed 0600, owner spanrec)  } /etc/spanrec/tls/
   --tls-ca FILE            CA certificate that signs the controller         }
   --insecure               plain-text gRPC without TLS (labs only)
+  --etcd-ca FILE           CA that signs etcd's certificate (TLS to etcd)  } copied to
+  --etcd-cert FILE         client certificate for etcd's --client-cert-auth } /etc/spanrec/etcd/
+  --etcd-key FILE          its private key (installed 0600, owner spanrec)  }
+  --etcd-server-name NAME  name to check in etcd's certificate (default: the --etcd host)
+  --etcd-insecure          plain text to an etcd on another host: anyone on the path can
+                           read and change the registry and the recording rules (labs only).
+                           With --etcd a first install needs --etcd-ca or this (loopback
+                           etcd excepted); an etcd password is never sent in plain text
 
 Installation:
   --source PATH            project checkout, wheel or sdist to install
@@ -66,6 +74,7 @@ UNINSTALL=0
 PURGE=0
 declare -A SET=()          # config keys given on this run
 TLS_CERT="" TLS_KEY="" TLS_CA=""
+ETCD_CA="" ETCD_CERT="" ETCD_KEY=""
 
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
@@ -81,6 +90,11 @@ while [ $# -gt 0 ]; do
     --tls-key) need "$@"; TLS_KEY="$2"; shift 2 ;;
     --tls-ca) need "$@"; TLS_CA="$2"; shift 2 ;;
     --insecure) SET[insecure]=true; shift ;;
+    --etcd-ca) need "$@"; ETCD_CA="$2"; shift 2 ;;
+    --etcd-cert) need "$@"; ETCD_CERT="$2"; shift 2 ;;
+    --etcd-key) need "$@"; ETCD_KEY="$2"; shift 2 ;;
+    --etcd-server-name) need "$@"; SET[etcd_server_name]="$2"; shift 2 ;;
+    --etcd-insecure) SET[etcd_insecure]=true; shift ;;
     --source) need "$@"; SOURCE="$2"; shift 2 ;;
     --python) need "$@"; PYTHON_BIN="$2"; shift 2 ;;
     --find-links) need "$@"; FIND_LINKS="$2"; shift 2 ;;
@@ -111,6 +125,7 @@ VENV="$PREFIX/venv"
 ETC="/etc/spanrec"
 CONFIG="$ETC/sensor.toml"
 TLSDIR="$ETC/tls"
+ETCDDIR="$ETC/etcd"
 STATE="/var/lib/spanrec"
 SPOOL="$STATE/spool"
 UNIT_NAME="spanrec-sensor.service"
@@ -167,6 +182,23 @@ if [ -n "$TLS_CERT$TLS_KEY$TLS_CA" ]; then
   [ -n "$TLS_CERT" ] && [ -n "$TLS_KEY" ] && [ -n "$TLS_CA" ] || die "give all of --tls-cert, --tls-key and --tls-ca"
   for f in "$TLS_CERT" "$TLS_KEY" "$TLS_CA"; do [ -r "$f" ] || die "cannot read $f"; done
   [ -z "${SET[insecure]:-}" ] || die "--insecure and --tls-* exclude each other"
+fi
+if [ -n "$ETCD_CERT$ETCD_KEY" ]; then
+  [ -n "$ETCD_CERT" ] && [ -n "$ETCD_KEY" ] || die "give --etcd-cert and --etcd-key together"
+  [ -n "$ETCD_CA" ] || die "--etcd-cert needs --etcd-ca (the CA that signs etcd's certificate)"
+fi
+for f in "$ETCD_CA" "$ETCD_CERT" "$ETCD_KEY"; do [ -z "$f" ] || [ -r "$f" ] || die "cannot read $f"; done
+if [ -n "$ETCD_CA" ] && [ -n "${SET[etcd_insecure]:-}" ]; then
+  die "--etcd-insecure and --etcd-ca exclude each other"
+fi
+if [ "$FIRST" = 1 ] && [ -n "${SET[etcd]:-}" ] && [ -z "$ETCD_CA" ] && [ -z "${SET[etcd_insecure]:-}" ]; then
+  remote=""
+  IFS=',' read -r -a endpoints <<<"${SET[etcd]}"
+  for e in "${endpoints[@]}"; do
+    e="${e#*://}"; h="${e%:*}"; h="${h#[}"; h="${h%]}"; h="${h// /}"
+    case "$h" in localhost|127.*|::1|"") ;; *) remote="$remote${remote:+,}$h" ;; esac
+  done
+  [ -z "$remote" ] || die "etcd $remote is not on this host: give --etcd-ca (and --etcd-cert/--etcd-key) for TLS, or --etcd-insecure to accept plain text"
 fi
 if [ -n "${SET[controller]:-}" ]; then
   [[ "${SET[controller]}" =~ ^.+:[0-9]{1,5}$ ]] || die "--controller must be HOST:PORT, got ${SET[controller]}"
@@ -282,6 +314,24 @@ if [ -n "$TLS_CERT" ]; then
 elif [ -n "${SET[insecure]:-}" ]; then
   SET[tls_cert]=""; SET[tls_key]=""; SET[tls_ca]=""     # "" = remove the key
 fi
+# etcd TLS files: like the gRPC ones, in their own folder (another CA, usually)
+if [ -n "$ETCD_CA" ]; then
+  install -d -m 0750 "$D$ETCDDIR"
+  install -m 0644 "$ETCD_CA" "$D$ETCDDIR/ca.crt"
+  host chown "root:$USER_NAME" "$ETCDDIR"
+  SET[etcd_ca]="$ETCDDIR/ca.crt"
+  if [ -n "$ETCD_CERT" ]; then
+    install -m 0644 "$ETCD_CERT" "$D$ETCDDIR/client.crt"
+    install -m 0600 "$ETCD_KEY" "$D$ETCDDIR/client.key"
+    host chown "$USER_NAME:$USER_NAME" "$ETCDDIR/client.key"
+    SET[etcd_cert]="$ETCDDIR/client.crt"; SET[etcd_key]="$ETCDDIR/client.key"
+  fi
+  SET[etcd_insecure]=false
+elif [ -n "${SET[etcd_insecure]:-}" ]; then
+  SET[etcd_ca]=""; SET[etcd_cert]=""; SET[etcd_key]=""  # plain text: no TLS files kept
+  rm -f "$D$ETCDDIR/ca.crt" "$D$ETCDDIR/client.crt" "$D$ETCDDIR/client.key"
+  [ ! -d "$D$ETCDDIR" ] || rmdir "$D$ETCDDIR" 2>/dev/null || true
+fi
 if [ "$FIRST" = 1 ]; then
   [ -n "${SET[sensor_id]:-}" ] || SET[sensor_id]="$(hostname -s 2>/dev/null || hostname)"
   [[ "${SET[sensor_id]}" =~ ^[A-Za-z0-9_.:-]{1,128}$ ]] || die "host name ${SET[sensor_id]} is no valid sensor id: give --sensor-id"
@@ -302,14 +352,15 @@ if os.path.exists(path):
     values = dict(data.get("sensor", data))
 for pair in pairs:
     key, _, value = pair.partition("=")
-    if key == "insecure":
+    if key in ("insecure", "etcd_insecure"):
         values[key] = value == "true"
     elif value == "":
         values.pop(key, None)
     else:
         values[key] = value
-order = ["sensor_id", "site", "interface", "bpf", "controller", "etcd", "tls_cert", "tls_key",
-         "tls_ca", "insecure", "spool_dir"]
+order = ["sensor_id", "site", "interface", "bpf", "controller", "etcd", "etcd_ca", "etcd_cert",
+         "etcd_key", "etcd_server_name", "etcd_insecure", "tls_cert", "tls_key", "tls_ca", "insecure",
+         "spool_dir"]
 keys = [k for k in order if k in values] + sorted(k for k in values if k not in order)
 lines = ["# spanrec sensor: written by scripts/install-sensor.sh; re-running it with flags",
          "# changes only the settings given. Flags and SPANREC_* variables beat this file.",
@@ -329,11 +380,20 @@ else
 fi
 chmod 0640 "$D$CONFIG"
 host chown "root:$USER_NAME" "$CONFIG"
-# the config must load as the service will read it
+# the config must load as the service will read it, and pass the etcd rules
+# (TLS files read from under --destdir)
 "$PY" -c "
 import sys
-from cli.settings import SensorSettings, load
-load(SensorSettings, 'sensor', sys.argv[1], {})" "$D$CONFIG" 2>"$WORK/check.log" \
+from pathlib import Path
+from cli.settings import ConfigError, SensorSettings, load
+try:
+    s = load(SensorSettings, 'sensor', sys.argv[1], {})
+    if s.etcd:
+        moved = {k: Path(sys.argv[2] + str(getattr(s, k))) for k in ('etcd_ca', 'etcd_cert', 'etcd_key')
+                 if getattr(s, k) is not None}
+        s.model_copy(update=moved).etcd_security()
+except ConfigError as exc:
+    sys.exit(str(exc))" "$D$CONFIG" "$D" 2>"$WORK/check.log" \
   || { tail -n 1 "$WORK/check.log" >&2; die "the config $D$CONFIG does not load"; }
 
 # the service user can run it (an interpreter under /root, say, would not do)

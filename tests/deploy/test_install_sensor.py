@@ -91,6 +91,16 @@ def test_help_and_errors_are_one_line(tmp_path: Path) -> None:
          "HOST:PORT"),
         (["--destdir", str(tmp_path), "--interface", "eth1", "--controller", "c:1",
           "--tls-cert", "/nonexistent"], "give all of --tls-cert"),
+        (["--destdir", str(tmp_path), "--interface", "eth1", "--etcd", "etcd.example.net:2379",
+          "--insecure"], "etcd etcd.example.net is not on this host: give --etcd-ca"),
+        (["--destdir", str(tmp_path), "--interface", "eth1", "--etcd", "10.0.0.5:2379", "--insecure",
+          "--etcd-cert", str(SCRIPT)], "give --etcd-cert and --etcd-key together"),
+        (["--destdir", str(tmp_path), "--interface", "eth1", "--etcd", "10.0.0.5:2379", "--insecure",
+          "--etcd-cert", str(SCRIPT), "--etcd-key", str(SCRIPT)], "--etcd-cert needs --etcd-ca"),
+        (["--destdir", str(tmp_path), "--interface", "eth1", "--etcd", "10.0.0.5:2379", "--insecure",
+          "--etcd-ca", str(SCRIPT), "--etcd-insecure"], "--etcd-insecure and --etcd-ca exclude each other"),
+        (["--destdir", str(tmp_path), "--interface", "eth1", "--etcd", "10.0.0.5:2379", "--insecure",
+          "--etcd-ca", "/nonexistent"], "cannot read /nonexistent"),
         (["--purge"], "--purge only goes with --uninstall"),
         (["--site"], "--site needs a value"),
     ]:
@@ -235,6 +245,63 @@ def test_rerun_upgrades_in_place_and_keeps_config_and_spool(installed) -> None:
     assert mode(config) == 0o640 and mode(root / "etc/spanrec/tls/sensor.key") == 0o600
     assert marker.read_bytes() == b"unacknowledged"
     assert (root / VENV / "lib/stale-marker").exists()   # upgraded in place, not recreated
+
+
+def test_etcd_tls_flags_copy_files_and_write_config(installed, tmp_path: Path) -> None:
+    root = installed.root
+    config = root / CONFIG
+    etcd_pki = tmp_path / "etcd-pki"                     # etcd has its own CA
+    etcd_pki.mkdir()
+    make_certs(etcd_pki, "ca")
+    make_certs(etcd_pki, "client", SENSOR_ID)
+    client = identity(etcd_pki, SENSOR_ID)
+    res = install("--destdir", str(root), "--deps-from", sys.prefix, "--no-apt",
+                  "--etcd", "10.0.0.5:2379,10.0.0.6:2379", "--etcd-ca", str(client.ca),
+                  "--etcd-cert", str(client.cert), "--etcd-key", str(client.key),
+                  "--etcd-server-name", "etcd.example.net")
+    assert res.returncode == 0, res.stderr
+    etcd_dir = root / "etc/spanrec/etcd"
+    assert mode(etcd_dir) == 0o750
+    assert mode(etcd_dir / "client.key") == 0o600
+    assert mode(etcd_dir / "client.crt") == 0o644 and mode(etcd_dir / "ca.crt") == 0o644
+    assert (etcd_dir / "client.key").read_bytes() == client.key.read_bytes()
+    assert (etcd_dir / "ca.crt").read_bytes() == client.ca.read_bytes()
+    settings = tomllib.loads(config.read_text())["sensor"]
+    assert {k: v for k, v in settings.items() if k.startswith("etcd")} == {
+        "etcd": "10.0.0.5:2379,10.0.0.6:2379", "etcd_ca": "/etc/spanrec/etcd/ca.crt",
+        "etcd_cert": "/etc/spanrec/etcd/client.crt", "etcd_key": "/etc/spanrec/etcd/client.key",
+        "etcd_server_name": "etcd.example.net", "etcd_insecure": False}
+    assert settings["tls_key"] == "/etc/spanrec/tls/sensor.key"          # gRPC TLS kept
+    assert 'etcd_ca = "/etc/spanrec/etcd/ca.crt"' in config.read_text().splitlines()
+    postinst = (root / "opt/spanrec/postinst.sh").read_text()
+    assert "chown spanrec:spanrec /etc/spanrec/etcd/client.key" in postinst
+    assert "chown root:spanrec /etc/spanrec/etcd" in postinst
+    # the installed sensor's own check accepts it (files under DESTDIR)
+    check = subprocess.run(
+        [str(root / VENV / "bin/python"), "-c",
+         "import sys; from pathlib import Path; from cli.settings import SensorSettings, load;"
+         "s = load(SensorSettings, 'sensor', sys.argv[1], {}); d = sys.argv[2];"
+         "s = s.model_copy(update={k: Path(d + str(getattr(s, k))) for k in ('etcd_ca', 'etcd_cert', 'etcd_key')});"
+         "print(s.etcd_security().tls)", str(config), str(root)],
+        capture_output=True, text=True, cwd="/")
+    assert check.stdout.strip() == "True", check.stderr
+    # a key that is not the certificate's is refused by the install's config check
+    other = tmp_path / "other"
+    other.mkdir()
+    make_certs(other, "ca")
+    make_certs(other, "client", SENSOR_ID)
+    res = install("--destdir", str(root), "--deps-from", sys.prefix, "--no-apt",
+                  "--etcd-ca", str(client.ca), "--etcd-cert", str(client.cert),
+                  "--etcd-key", str(other / f"{SENSOR_ID}.key"))
+    assert res.returncode == 1 and "is not the private key of --etcd-cert" in res.stderr, res.stderr
+    # --etcd-insecure: plain text, the TLS keys and files go
+    res = install("--destdir", str(root), "--deps-from", sys.prefix, "--no-apt", "--etcd-insecure")
+    assert res.returncode == 0, res.stderr
+    settings = tomllib.loads(config.read_text())["sensor"]
+    assert settings["etcd_insecure"] is True
+    assert not {"etcd_ca", "etcd_cert", "etcd_key"} & settings.keys()
+    assert not etcd_dir.exists()
+    assert "etcd_insecure = true" in config.read_text().splitlines()
 
 
 def test_uninstall_keeps_the_spool_unless_purge(installed) -> None:
