@@ -12,6 +12,7 @@ partial copy of one whose first packets were in a segment already deleted.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import queue
@@ -21,8 +22,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.admission import PriorityLanes
 from controller.calls import CallConfig, CallEngine
 from controller.clock import SensorClock, call_clock
+from controller.sensortime import WallOffset
 from controller.dedup import DedupConfig, Deduplicator
 from controller.hints import MediaHints
 from controller.finalize import build_recording, iso_time
@@ -63,8 +66,11 @@ class SensorState:
     unsynced: deque = field(default_factory=deque)   # (wal lsn, seq) not yet durable
     clock: SensorClock = field(init=False)     # capture clock correction (controller/clock.py)
 
+    wall: WallOffset = field(init=False)       # live sensors: offset onto the controller clock
+
     def __post_init__(self) -> None:
         self.clock = SensorClock(self.sensor_id)
+        self.wall = WallOffset(self.sensor_id)
 
 
 class RecordingWriter:
@@ -83,7 +89,7 @@ class RecordingWriter:
         self.written = 0
         self.errors = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue = PriorityLanes()   # real calls before failed attempts
         self._count_lock = threading.Lock()
         for i in range(threads):
             threading.Thread(target=self._run, name=f"spanrec-writer-{i}", daemon=True).start()
@@ -176,6 +182,10 @@ class RecordingWriter:
                 self._queue.task_done()
 
 
+#: CallEngine.advance takes `elsewhere` (sensors on another timeline) once calls.py has it
+_ADVANCE_APART = "elsewhere" in inspect.signature(CallEngine.advance).parameters
+
+
 class Recorder:
     """Turns packets from sensors into recordings."""
 
@@ -189,6 +199,7 @@ class Recorder:
         controller_id: str = "controller",
         wal: WriteAheadLog | None = None,
         wal_horizon_s: float = 10.0,
+        wall_clock: bool = False,
     ) -> None:
         self.controller_id = controller_id
         self.hints = MediaHints()
@@ -206,6 +217,10 @@ class Recorder:
         self.packets_in = 0
         self.peak_active_calls = 0
         self._next_advance = 0
+        # live sensors put on the controller's clock, live calls timed out on it
+        # (the controller process; transport-free tests feed captures as "live")
+        self.wall_clock = wall_clock
+        self._next_by_sensor: dict[str, int] = {}   # advances of other timelines
         self._lock = threading.Lock()
         self.all_replays_done = threading.Event()
         # write-ahead log bookkeeping (all unused without a log)
@@ -273,6 +288,13 @@ class Recorder:
             st = self.sensors[sensor_id]
             if seq <= st.acked_seq:
                 return self._ack(st)         # a resend of what we already have
+            if self.wall_clock and st.mode == "live" and timestamps and not self._replaying:
+                # onto the controller's clock before the log: a replay of the log
+                # then sees the same times without the wall clock
+                shift = st.wall.batch(max(timestamps), len(timestamps))
+                if shift:
+                    timestamps = [t + shift for t in timestamps]
+                timestamps, lengths, data = st.wall.refuse(timestamps, lengths, data)
             wal = self.wal
             if wal is not None and not self._replaying:
                 if wal.needs_roll():
@@ -293,7 +315,7 @@ class Recorder:
             if packets and st.clock.last is not None and st.clock.last > st.clock_ns:
                 st.clock_ns = st.clock.last
             self.merger.push(sensor_id, packets)
-            self._process(self.merger.release())
+            self._release()
             st.acked_seq = seq
             ack = self._ack(st)
         if self.telemetry is not None:
@@ -318,6 +340,12 @@ class Recorder:
             st.counters = counters
             st.last_seen = time.time()
             st.replay_bytes, st.replay_total = replay_bytes, replay_total
+            if self.wall_clock and st.mode == "live" and not self._replaying:
+                onto = st.wall.heartbeat(clock_ns)     # None: implausible, refused
+                if onto is None:
+                    self.merger.heartbeat(sensor_id, st.clock_ns)    # heard, not advanced
+                    return
+                clock_ns = onto
             corrected = st.clock.heartbeat(clock_ns)
             # a clock far ahead of the packets moves nothing, but the sensor is heard
             clock_ns = st.clock_ns if corrected is None else corrected
@@ -349,14 +377,26 @@ class Recorder:
         """Called about once a second: moves time on when traffic is idle."""
         keep = None
         with self._lock:
-            self._process(self.merger.release())
+            self._release()
             mark = self.merger.released_until
             if 0 < mark < (1 << 62):
                 # legs are matched by media only at packet-driven advances, so the
                 # result (and call.pcap's order of equal timestamps) never depends
                 # on wall-clock timing
-                self._submit(self.engine.advance(mark, correlate=False))
+                self._submit(self._advance(mark, correlate=False,
+                                                 elsewhere=self.merger.apart(mark)))
                 self.writer.submit(self.engine.late_due(mark))
+            if self.wall_clock and not self._replaying and \
+                    any(st.mode == "live" for st in self.sensors.values()):
+                # live calls end on the controller's clock even when no sensor
+                # sends anything (live sensors are on it: sensortime.py); the
+                # grace covers packets still on their way or held for ordering.
+                # Calls on other timelines (replays) are left alone.
+                now = time.time_ns() - int(self.merger.stale_after_s * _SECOND) - _SECOND
+                if now > mark:
+                    live = {sid for sid, st in self.sensors.items() if st.mode == "live"}
+                    self._submit(self._advance(now, correlate=False,
+                                                     elsewhere=self.merger.apart(now) - live))
             if self.wal is not None:
                 keep = self._keep_ts()
         if keep is not None:
@@ -575,6 +615,30 @@ class Recorder:
             call.warnings.append(warning)
 
     # -- the packet path ----------------------------------------------
+    def _advance(self, now_ns: int, correlate: bool = True,
+                 elsewhere: frozenset[str] = frozenset()) -> list:
+        if _ADVANCE_APART:
+            return self.engine.advance(now_ns, correlate, elsewhere=elsewhere)
+        return self.engine.advance(now_ns, correlate)
+
+    def _release(self) -> None:
+        """Packets the merge lets go, and a logged count when its bound forced it."""
+        before = self.merger.overflow_packets
+        self._process(self.merger.release())
+        if self.merger.overflow_packets != before:
+            log.warning("too many packets held for ordering: oldest released early", extra={
+                "packets": self.merger.overflow_packets - before,
+                "overflow_packets": self.merger.overflow_packets,
+                "max_held": self.merger.max_held, "max_held_bytes": self.merger.max_held_bytes})
+
+    def _other_timeline(self, ts: int, sid: str) -> None:
+        """A packet far behind the main timeline (an old capture replayed beside
+        live traffic): that sensor's calls advance on its own clock."""
+        nxt = self._next_by_sensor.get(sid, 0)
+        if ts >= nxt or ts < nxt - 2 * _SECOND:
+            self._next_by_sensor[sid] = ts + _SECOND
+            self._submit(self._advance(ts, elsewhere=self.merger.apart(ts)))
+
     def _process(self, packets: list[Packet]) -> None:
         if not packets:
             return
@@ -582,6 +646,7 @@ class Recorder:
         is_dup = self.dedup.is_duplicate
         engine_duplicate = self.engine.duplicate
         next_advance = self._next_advance
+        lag = self.merger.max_lag_ns
         errors = 0
         for ts, sid, linktype, data in packets:
             try:
@@ -598,13 +663,15 @@ class Recorder:
             engine_process(ts, sid, linktype, data, d)
             if d.is_fragment:
                 self._fragment(ts, sid, linktype, data, d)
-            if ts >= next_advance:
+            if ts < next_advance - lag:
+                self._other_timeline(ts, sid)
+            elif ts >= next_advance:
                 next_advance = ts + _SECOND
-                self._submit(self.engine.advance(ts))
+                self._submit(self._advance(ts, elsewhere=self.merger.apart(ts)))
                 late = self.engine.late_due(ts)
                 if late:
                     self.writer.submit(late)
-                active = len(self.engine.active())
+                active = len(self.engine.table)
                 if active > self.peak_active_calls:
                     self.peak_active_calls = active
         self._next_advance = next_advance
@@ -646,17 +713,25 @@ class Recorder:
                 "replay_bytes": st.replay_bytes, "replay_total": st.replay_total,
                 "error": st.end_error,
                 "clock_steps": st.clock.steps, "clock_restamped": st.clock.restamped,
+                # time per sensor (issue #11): offset onto the controller clock,
+                # packets shifted, heartbeats refused, merge exclusions
+                "clock_offset_ns": st.wall.offset, "clock_corrected": st.wall.corrected,
+                "heartbeats_refused": st.wall.refused_heartbeats,
+                "packets_refused": st.wall.refused_packets,
+                **self.merger.source_state(st.sensor_id),
             })
         out = {
             "controller_id": self.controller_id,
             "sensors": sensors,
-            "active_calls": len(self.engine.active()),
+            "active_calls": len(self.engine.table),
             "recordings_written": self.writer.written,
             "storage_errors": self.writer.errors,
             "decode_errors": self.decode_errors,
             "bad_batches": self.bad_batches,
             "duplicates_dropped": self.dedup.dropped,
             "packets_in": self.packets_in,
+            "merge_held": self.merger.held, "merge_held_bytes": self.merger.held_bytes,
+            "merge_overflow_packets": self.merger.overflow_packets,
             "engine": dict(self.engine.counters),
             "fragments": dict(self.fragments.counters),
         }

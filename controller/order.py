@@ -14,6 +14,18 @@ a source that ended (EndOfCapture) is removed.
 
 Packets that arrive older than what was already released (a late live packet)
 are released on the next call, out of order by at most that lateness.
+
+No source holds the others back for long (issue #11):
+* a source whose watermark has not *advanced* for `stale_after_s` of wall time
+  is cut out of the merge (`stalled`), even if it keeps heartbeating the same
+  clock (a stopped or zero clock), until it advances again;
+* a source more than `max_lag_s` of capture time behind the newest active
+  source is not waited for (`lagging`): it is on another timeline (an old
+  capture replayed beside live traffic) and its packets are released as they
+  come, in its own order;
+* packets held are bounded (`max_held` packets, `max_held_bytes` bytes): past
+  that, the oldest are released regardless of the watermark, counted in
+  `overflow_packets` and logged by the caller.
 """
 from __future__ import annotations
 
@@ -35,15 +47,28 @@ class _Source:
     start: int = 0               # index of the first unreleased packet in `pending`
     watermark: int = -1
     last_heard: float = 0.0      # monotonic wall time
+    advanced: float = 0.0        # monotonic wall time the watermark last moved forward
+    held_bytes: int = 0          # bytes of pending[start:]
+    stalls: int = 0              # times cut out of the merge for not advancing
+    lags: int = 0                # times not waited for: too far behind the others
+    excluded: str = ""           # "" / "stalled" / "lagging" (as of the last watermark())
 
 
 class TimeMerger:
     """Releases packets in capture-time order across sources."""
 
     def __init__(self, *, stale_after_s: float = 5.0, expected_sources: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_lag_s: float = 300.0,
+                 max_held: int = 200_000, max_held_bytes: int = 64 << 20) -> None:
         self._sources: dict[str, _Source] = {}
         self.stale_after_s = stale_after_s
+        self.max_lag_ns = int(max_lag_s * 1e9)
+        self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
+        self.held = 0                # packets held, all sources
+        self.held_bytes = 0
+        self.overflow_packets = 0    # released early because the bound was reached
+        self.overflows = 0           # times the bound was reached
         # Hold everything until this many sources said hello (spanrec record
         # starts all its replays at once and knows how many there are).
         self.expected_sources = expected_sources
@@ -52,7 +77,8 @@ class TimeMerger:
         self.released_until = -1
 
     def add_source(self, sid: str) -> None:
-        self._sources.setdefault(sid, _Source(last_heard=self._clock()))
+        now = self._clock()
+        self._sources.setdefault(sid, _Source(last_heard=now, advanced=now))
         self._seen_sources.add(sid)
 
     def remove_source(self, sid: str) -> None:
@@ -70,36 +96,113 @@ class TimeMerger:
             self.add_source(sid)
             src = self._sources[sid]
         src.pending.extend(packets)
+        size = 0
+        for p in packets:
+            size += len(p[3])
+        src.held_bytes += size
+        self.held += len(packets)
+        self.held_bytes += size
         last = packets[-1][0]
+        now = self._clock()
         if last > src.watermark:
             src.watermark = last
-        src.last_heard = self._clock()
+            src.advanced = now
+        src.last_heard = now
 
     def heartbeat(self, sid: str, clock_ns: int) -> None:
         src = self._sources.get(sid)
         if src is None:
             return
+        now = self._clock()
         if clock_ns > src.watermark:
             src.watermark = clock_ns
-        src.last_heard = self._clock()
+            src.advanced = now
+        src.last_heard = now
 
     def pending(self) -> int:
         return sum(len(s.pending) - s.start for s in self._sources.values())
+
+    def source_state(self, sid: str) -> dict[str, int | str]:
+        """What the merge does with a source: excluded ("", stalled, lagging), counts."""
+        src = self._sources.get(sid)
+        if src is None:
+            return {"merge": "", "merge_stalls": 0, "merge_lags": 0, "held": 0}
+        return {"merge": src.excluded, "merge_stalls": src.stalls, "merge_lags": src.lags,
+                "held": len(src.pending) - src.start}
 
     def watermark(self) -> int:
         if len(self._seen_sources) < self.expected_sources:
             return -1
         now = self._clock()
-        marks = [s.watermark for s in self._sources.values()
-                 if now - s.last_heard <= self.stale_after_s]
-        if not marks:
-            # every source is stale or ended: nothing more is coming soon
-            marks = [s.watermark for s in self._sources.values()]
+        stale = self.stale_after_s
+        active = []
+        for s in self._sources.values():
+            if now - s.last_heard > stale:
+                s.excluded = ""     # silent: stale as before (not a stall)
+                continue
+            if now - s.advanced > stale and s.watermark < (1 << 62):
+                if s.excluded != "stalled":
+                    s.stalls += 1
+                    s.excluded = "stalled"
+                continue
+            active.append(s)
+        if active:
+            lead = max(s.watermark for s in active)
+            if lead < (1 << 62):
+                marks = []
+                for s in active:
+                    if lead - s.watermark > self.max_lag_ns:
+                        if s.excluded != "lagging":
+                            s.lags += 1
+                            s.excluded = "lagging"
+                        continue
+                    s.excluded = ""
+                    marks.append(s.watermark)
+                if marks:
+                    return min(marks)
+            else:
+                for s in active:
+                    s.excluded = ""
+                return min(s.watermark for s in active)
+        # every source is stale, stalled or ended: nothing more is coming soon
+        marks = [s.watermark for s in self._sources.values()]
         return min(marks) if marks else -1
+
+    def apart(self, now_ns: int) -> frozenset[str]:
+        """Sources whose clock is more than `max_lag_s` away from `now_ns`: a time
+        taken from another timeline must not end their calls."""
+        lag = self.max_lag_ns
+        return frozenset(sid for sid, s in self._sources.items()
+                         if 0 <= s.watermark < (1 << 62) and abs(s.watermark - now_ns) > lag)
+
+    def _overflow_limit(self) -> int:
+        """A capture time up to which releasing brings the held packets back under
+        both bounds (the oldest go first), or -1 when within bounds."""
+        if self.held <= self.max_held and self.held_bytes <= self.max_held_bytes:
+            return -1
+        over_n = self.held - self.max_held // 2
+        over_b = self.held_bytes - self.max_held_bytes // 2
+        ts: list[int] = []
+        for src in self._sources.values():
+            ts.extend(p[0] for p in src.pending[src.start:])
+        ts.sort()
+        # the n oldest packets hold about n * mean bytes: release enough for both
+        mean = max(1, self.held_bytes // max(1, self.held))
+        k = max(over_n, -(-over_b // mean), 1)
+        return ts[min(k, len(ts)) - 1]
 
     def release(self, drain: bool = False) -> list[Packet]:
         """Packets with ts <= watermark (all of them with `drain`), in time order."""
         limit = (1 << 63) if drain else self.watermark()
+        forced = -1 if drain else self._overflow_limit()
+        if forced > limit:
+            before = self.held
+            self.overflows += 1
+            limit_forced = forced
+        else:
+            limit_forced = -1
+        if limit_forced >= 0:
+            limit = limit_forced
         if limit < 0:
             return []
         chunks: list[list[Packet]] = []
@@ -121,7 +224,14 @@ class TimeMerger:
                         hi = mid
                 cut = lo
             if cut > src.start:
-                chunks.append(pending[src.start:cut])
+                chunk = pending[src.start:cut]
+                chunks.append(chunk)
+                size = 0
+                for p in chunk:
+                    size += len(p[3])
+                src.held_bytes -= size
+                self.held -= len(chunk)
+                self.held_bytes -= size
                 src.start = cut
             if src.start == len(pending):
                 pending.clear()
@@ -131,6 +241,8 @@ class TimeMerger:
                 src.start = 0
             if src.watermark >= (1 << 62) and not pending:
                 del self._sources[sid]
+        if limit_forced >= 0:
+            self.overflow_packets += before - self.held
         if limit > self.released_until:
             self.released_until = limit
         if not chunks:

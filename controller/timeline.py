@@ -31,6 +31,8 @@ channel's decoded samples are also judged by controller/noise.py on the way
 """
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from collections.abc import Sequence
@@ -333,6 +335,20 @@ def render_audio(call: Any, channels: dict[int, Channel], fmt: str, target) -> R
     """Write both channels into ``target`` (path or binary file) as ``fmt``; None when
     no side has decodable audio (nothing written)."""
     segs = [seg for ch in channels.values() for seg in ch.segments if seg.decodable]
+    # the start bound: audio never begins more than MARGIN_S before the call's
+    # signalled start (a packet stamped at the epoch or an hour early must not
+    # make hours of silence); such segments stay in call.pcap, not in the audio
+    start = getattr(call, "started_ns", None)
+    if segs and start is not None:
+        lo = start - MARGIN_S * _NS
+        early = [seg for seg in segs if seg.last_ns < lo]
+        if early:
+            logging.getLogger("spanrec.controller").warning(
+                "audio segments before the call's start left out of the audio", extra={
+                    "segments": len(early), "earliest_ns": min(seg.start_ns for seg in early)})
+            segs = [seg for seg in segs if seg.last_ns >= lo]
+            for ch in channels.values():
+                ch.segments = [seg for seg in ch.segments if seg.last_ns >= lo or not seg.decodable]
     if not segs:
         return None
     rate = output_rate([p.codec.sample_rate for seg in segs for p in seg.pieces if p.codec], fmt)

@@ -1,0 +1,132 @@
+"""A live sensor's clock against the controller's: offset estimate and correction.
+
+A live sensor's capture timestamps are its host clock. A host one hour behind,
+one in the future, or one that heartbeats `clock_ns=0` must not delay, end or
+split calls seen by other sensors, so each live sensor's timestamps are put on
+the controller's clock before anything else sees them.
+
+Samples: `wall_ns - sensor_clock_ns`, taken from each heartbeat (the sensor's
+clock when it sent it) and each batch (its newest packet). A sample is the
+sensor's offset plus a delay (network, batching, a spool backlog), never less:
+so the estimate is the *smallest* recent batch sample (heartbeat samples only
+while no batch came), and a heartbeat whose sample is
+more than `tolerance_s` *above* the smallest batch sample is a lie (it claims
+the clock is behind packets the sensor already sent: `clock_ns=0`, a stuck
+clock) and is refused (counted). Heartbeats dated before 2000-01-01 are refused
+outright.
+
+Correction: the first sample sets the offset (before packets flow, so a
+call is not cut in two by a later change); after that it changes only when at least `confirm` recent
+samples agree on an estimate more than `tolerance_s` away from it (so one
+late batch or one odd heartbeat changes nothing); an offset within
+`tolerance_s` of zero is zero (a well-synchronised sensor's timestamps are
+never touched). Replays are never corrected: they keep capture time.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, Callable
+
+__all__ = ["WallOffset", "MIN_PLAUSIBLE_NS", "REFUSE_BEYOND_S"]
+
+log = logging.getLogger("spanrec.controller")
+
+_S = 1_000_000_000
+MIN_PLAUSIBLE_NS = 946_684_800 * _S     # 2000-01-01: a clock before that is not a clock
+#: a live packet further than this from the controller's clock (its sensor's
+#: offset applied) is refused: no spool backlog is that old, no clock that wrong
+#: once corrected (ClockSanitizer's max_gap_s is the same day)
+REFUSE_BEYOND_S = 86_400
+
+
+class WallOffset:
+    """One live sensor's offset onto the controller clock (ns to add)."""
+
+    def __init__(self, sensor_id: str, *, tolerance_s: float = 2.0, window: int = 16,
+                 confirm: int = 3, wall: Callable[[], int] | None = None) -> None:
+        self.sensor_id = sensor_id
+        self.tol = int(tolerance_s * _S)
+        self.confirm = confirm
+        self.wall = wall or (lambda: time.time_ns())
+        self.offset = 0                 # applied: added to every timestamp of the sensor
+        self.estimate: int | None = None
+        self.changes = 0                # times the applied offset changed
+        self.corrected = 0              # packets whose timestamps were shifted
+        self.refused_heartbeats = 0     # implausible heartbeat clocks ignored
+        self.refused_packets = 0        # packets stamped beyond REFUSE_BEYOND_S, dropped
+        self._batch: deque[int] = deque(maxlen=window)
+        self._beat: deque[int] = deque(maxlen=window)
+
+    def state(self) -> dict[str, Any]:
+        return {"offset": self.offset, "changes": self.changes, "corrected": self.corrected,
+                "refused_heartbeats": self.refused_heartbeats,
+                "refused_packets": self.refused_packets}
+
+    def batch(self, newest_ns: int, count: int) -> int:
+        """A batch whose newest packet is `newest_ns` arrived: the offset to add."""
+        if newest_ns >= MIN_PLAUSIBLE_NS:
+            self._batch.append(self.wall() - newest_ns)
+            self._update()
+        if self.offset:
+            self.corrected += count
+        return self.offset
+
+    def refuse(self, timestamps: list[int], lengths: list[int],
+               data: bytes) -> tuple[list[int], list[int], bytes]:
+        """The batch (offset applied) without packets stamped more than
+        REFUSE_BEYOND_S from the controller's clock; counted and logged."""
+        now = self.wall()
+        lo, hi = now - REFUSE_BEYOND_S * _S, now + REFUSE_BEYOND_S * _S
+        if lo <= min(timestamps) and max(timestamps) <= hi:
+            return timestamps, lengths, data
+        ts_out, len_out, parts = [], [], []
+        off = 0
+        for t, n in zip(timestamps, lengths):
+            if lo <= t <= hi:
+                ts_out.append(t)
+                len_out.append(n)
+                parts.append(data[off:off + n])
+            off += n
+        refused = len(timestamps) - len(ts_out)
+        self.refused_packets += refused
+        log.warning("packets stamped far from the controller's clock refused", extra={
+            "sensor_id": self.sensor_id, "packets": refused, "total": self.refused_packets,
+            "bound_s": REFUSE_BEYOND_S})
+        return ts_out, len_out, b"".join(parts)
+
+    def heartbeat(self, clock_ns: int) -> int | None:
+        """The heartbeat's clock on the controller's scale, or None when refused."""
+        if clock_ns < MIN_PLAUSIBLE_NS:
+            self.refused_heartbeats += 1
+            return None
+        sample = self.wall() - clock_ns
+        if self._batch and sample > min(self._batch) + self.tol:
+            self.refused_heartbeats += 1     # behind the packets it already sent
+            return None
+        self._beat.append(sample)
+        self._update()
+        return clock_ns + self.offset
+
+    def _update(self) -> None:
+        # packet times are what is merged: heartbeats only until batches come
+        samples = list(self._batch) or list(self._beat)
+        first = self.changes == 0 and self.offset == 0
+        if not samples or (len(samples) < self.confirm and not first):
+            return
+        est = min(samples)
+        self.estimate = est
+        if abs(est - self.offset) <= self.tol:
+            return
+        # `confirm` samples must agree with the new estimate (one odd sample moves nothing)
+        near = sum(1 for s in samples if s - est <= self.tol)
+        if near < min(self.confirm, len(samples)) or (not first and near < self.confirm):
+            return
+        new = 0 if abs(est) <= self.tol else est
+        if new != self.offset:
+            log.warning("sensor clock differs from the controller's: timestamps corrected",
+                        extra={"sensor_id": self.sensor_id, "offset_s": round(new / _S, 3),
+                               "previous_s": round(self.offset / _S, 3)})
+            self.offset = new
+            self.changes += 1

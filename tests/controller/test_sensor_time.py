@@ -1,0 +1,195 @@
+"""Time is per sensor (issue #11): no sensor's clock delays, ends or splits the
+calls of the others; live calls end on the controller's clock; a packet stamped
+far from its call costs nothing. Transport-free: Recorder with wall_clock=True
+(as the controller process builds it) and the wall clock simulated."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from controller.calls import CallConfig
+from controller.core import Recorder
+from scripts.gencalls import frames as gen_frames
+from storage.local import LocalStore
+
+SEC = 1_000_000_000
+HOUR = 3600 * SEC
+
+
+class Wall:
+    """The controller's wall clock in the test: follows the traffic fed."""
+
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+@pytest.fixture
+def wall(monkeypatch) -> Wall:
+    w = Wall(time.time_ns())
+    monkeypatch.setattr(time, "time_ns", w)
+    return w
+
+
+def _calls(seed: int, start_ns: int, calls: int = 2, duration: float = 6.0):
+    return list(gen_frames(calls=calls, duration=duration, concurrent=calls, seed=seed,
+                           start_ns=start_ns))
+
+
+def _ingest(rec: Recorder, sid: str, seqs: dict, frames) -> None:
+    seqs[sid] = seqs.get(sid, 0) + 1
+    rec.ingest(sid, seqs[sid], 1, [f[0] for f in frames], [len(f[1]) for f in frames],
+               b"".join(f[1] for f in frames))
+
+
+def _call_ids(frames) -> int:
+    """Distinct Call-IDs in generated traffic: the recordings to expect."""
+    return len({d[d.find(b"Call-ID:"):].split(b"\r\n")[0] for _, d in frames
+                if b"Call-ID:" in d})
+
+
+def _written(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("call.json"))]
+
+
+def _recorder(tmp_path: Path, answered_timeout_s: float = 5.0) -> Recorder:
+    return Recorder(LocalStore(tmp_path / "rec", fsync=False), wall_clock=True,
+                    call_config=CallConfig(answered_timeout_s=answered_timeout_s))
+
+
+def _live(rec: Recorder, wall: Wall, feeds: dict[str, tuple[int, list]], step: int = 16,
+          seqs: dict | None = None) -> dict:
+    """Feeds each sensor's frames as a live sensor would: in true time order, the
+    controller's wall clock 20 ms after the packets' true time; a heartbeat
+    (the sensor's own clock) every simulated second; ticks every second."""
+    seqs = {} if seqs is None else seqs
+    events = []
+    for sid, (skew, frames) in feeds.items():
+        rec.sensor_hello(sid, session="x", mode="live")
+        for i in range(0, len(frames), step):
+            chunk = frames[i:i + step]
+            events.append((chunk[-1][0], sid, [(ts + skew, d) for ts, d in chunk]))
+    events.sort(key=lambda e: e[0])
+    next_tick = events[0][0]
+    for true_ns, sid, chunk in events:
+        wall.ns = true_ns + 20_000_000
+        _ingest(rec, sid, seqs, chunk)
+        if true_ns >= next_tick:
+            next_tick = true_ns + SEC
+            for s, (skew, _) in feeds.items():
+                rec.heartbeat(s, true_ns + skew, {})
+            rec.tick()
+    return seqs
+
+
+@pytest.mark.parametrize("skew", [0, 5 * SEC, -10 * 60 * SEC, -HOUR, HOUR])
+def test_skewed_sensor_beside_a_correct_one(tmp_path: Path, wall: Wall, skew: int) -> None:
+    """A live sensor whose clock is off by `skew` beside a correct live sensor:
+    every call of both is recorded whole while traffic flows (not at stop), and
+    the offset is shown in status."""
+    t0 = wall.ns
+    good, odd = _calls(1, t0), _calls(7, t0 + 3_300_000_000)
+    # the expectation: distinct Call-IDs in the traffic generated
+    expected = _call_ids(good + odd)
+    rec = _recorder(tmp_path)
+    _live(rec, wall, {"good": (0, good), "odd": (skew, odd)})
+    # the traffic is over: 30 s of controller time pass with nobody sending
+    for _ in range(30):
+        wall.ns += SEC
+        rec.tick()
+    rec.writer.join()
+    docs = _written(tmp_path / "rec")
+    assert len(docs) == expected, [d.get("end_reason") for d in docs]
+    assert all(d["status"] != "incomplete" for d in docs)
+    st = {s["sensor_id"]: s for s in rec.status()["sensors"]}
+    assert abs(st["odd"]["clock_offset_ns"] + skew) < 2 * SEC
+    assert st["good"]["clock_offset_ns"] == 0
+    assert (st["odd"]["clock_corrected"] > 0) == (skew != 0)
+    # the corrected call is dated on the controller's clock, like the good one
+    starts = sorted(d["started_at"] for d in docs)
+    assert starts[0][:16] == starts[-1][:16]
+    rec.shutdown()
+
+
+def test_zero_clock_heartbeats_hold_nobody(tmp_path: Path, wall: Wall) -> None:
+    """A connected sensor heartbeating clock_ns=0 and sending nothing: the other
+    sensor's calls are written while it is still connected; refusals counted."""
+    good = _calls(1, wall.ns)
+    rec = _recorder(tmp_path)
+    rec.sensor_hello("zero", session="z", mode="live")
+    seqs: dict[str, int] = {}
+    rec.sensor_hello("good", session="g", mode="live")
+    nxt = good[0][0]
+    for i in range(0, len(good), 16):
+        chunk = good[i:i + 16]
+        wall.ns = chunk[-1][0] + 20_000_000
+        _ingest(rec, "good", seqs, chunk)
+        if chunk[-1][0] >= nxt:
+            nxt += SEC
+            rec.heartbeat("zero", 0, {})
+            rec.heartbeat("good", chunk[-1][0], {})
+            rec.tick()
+    for _ in range(30):
+        wall.ns += SEC
+        rec.heartbeat("zero", 0, {})
+        rec.tick()
+    rec.writer.join()
+    assert len(_written(tmp_path / "rec")) == 2
+    zero = next(s for s in rec.status()["sensors"] if s["sensor_id"] == "zero")
+    assert zero["heartbeats_refused"] > 0
+    rec.shutdown()
+
+
+def test_only_sensor_dies_calls_end_on_controller_clock(tmp_path: Path, wall: Wall) -> None:
+    """The only sensor goes silent mid-call: with a 5 s answered timeout the
+    calls are written within seconds of controller time, ended by timeout."""
+    frames = _calls(1, wall.ns, duration=20.0)
+    half = [f for f in frames if f[0] < frames[0][0] + 10 * SEC]
+    rec = _recorder(tmp_path)
+    _live(rec, wall, {"only": (0, half)})
+    for _ in range(20):           # 20 s of controller time, no packet, no heartbeat
+        wall.ns += SEC
+        rec.tick()
+    rec.writer.join()
+    docs = _written(tmp_path / "rec")
+    assert len(docs) == _call_ids(half) and {d["end_reason"] for d in docs} == {"timeout"}
+    rec.shutdown()
+
+
+@pytest.mark.parametrize("stamp", ["epoch", "hour-early"])
+def test_far_stamped_packet_costs_nothing(tmp_path: Path, wall: Wall, stamp: str) -> None:
+    """One RTP packet of a live call, stamped 1 ns after the epoch or one hour
+    early by another sensor: the call's audio stays as long as the call."""
+    frames = _calls(1, wall.ns, calls=1, duration=6.0)
+    mid = frames[0][0] + 4 * SEC            # answered at ~2.3 s: media flowing
+    rec = _recorder(tmp_path)
+    seqs: dict = {}
+    _live(rec, wall, {"s1": (0, [f for f in frames if f[0] < mid])}, seqs=seqs)
+    # a packet of the call's media not sent yet (its own RTP sequence number),
+    # from another sensor, stamped far from the call
+    k = next(i for i, (ts, d) in enumerate(frames) if len(d) > 150 and ts > mid + SEC)
+    rtp = frames[k][1]
+    ts = 1 if stamp == "epoch" else mid - HOUR
+    rec.sensor_hello("evil", session="e", mode="live")
+    rec.ingest("evil", 1, 1, [ts], [len(rtp)], rtp)
+    _live(rec, wall, {"s1": (0, [f for i, f in enumerate(frames) if f[0] >= mid and i != k])},
+          seqs=seqs)
+    for _ in range(30):
+        wall.ns += SEC
+        rec.tick()
+    rec.writer.join()
+    evil = next(s for s in rec.status()["sensors"] if s["sensor_id"] == "evil")
+    # the epoch stamp is refused at ingest (counted); the hour-early one reaches
+    # the call but not its audio (the audio's start bound)
+    assert evil["packets_refused"] == (1 if stamp == "epoch" else 0)
+    rec.shutdown()
+    wavs = list((tmp_path / "rec").rglob("audio.wav"))
+    assert len(wavs) == 1
+    info = soundfile.info(str(wavs[0]))
+    assert info.duration < 6.0 + 30 + 5
