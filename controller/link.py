@@ -420,7 +420,12 @@ def _sensor_status(s: dict, link: dict) -> admin_pb2.SensorStatus:
         last_heartbeat_ns=_ns(link["last_heartbeat"]),
         captured_per_s=link["captured_per_s"], forwarded_per_s=link["forwarded_per_s"],
         packets_received=s.get("packets_received", 0), replay_bytes=s.get("replay_bytes", 0),
-        replay_total=s.get("replay_total", 0), error=s.get("error") or "")
+        replay_total=s.get("replay_total", 0), error=s.get("error") or "",
+        clock_offset_ns=s.get("clock_offset_ns", 0), clock_corrected=s.get("clock_corrected", 0),
+        heartbeats_refused=s.get("heartbeats_refused", 0),
+        packets_refused=s.get("packets_refused", 0), merge=s.get("merge", ""),
+        merge_stalls=s.get("merge_stalls", 0), merge_held=s.get("held", 0),
+        clock_steps=s.get("clock_steps", 0), clock_restamped=s.get("clock_restamped", 0))
 
 
 def _summary(c: dict, active: bool) -> admin_pb2.CallSummary:
