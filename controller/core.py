@@ -362,8 +362,15 @@ class Recorder:
             self._log(END, {"sensor_id": sensor_id, "counters": counters, "error": error})
             st.counters, st.ended, st.end_error = counters, True, error
             st.replay_bytes = st.replay_total
+            apart = sensor_id in self.merger.apart(self.merger.released_until)
             self.merger.remove_source(sensor_id)
             self._process(self.merger.release())
+            if apart and st.clock_ns:
+                # a replay on a timeline of its own (beside live traffic): no other
+                # clock will end its calls, so its own end does (BYE + linger)
+                others = frozenset(sid for sid in self.sensors if sid != sensor_id)
+                end = st.clock_ns + int((self.call_config.linger_s + 1) * _SECOND)
+                self._submit(self._advance(end, correlate=False, elsewhere=others))
             if all(s.ended or not s.connected for s in self.sensors.values()) and \
                     len(self.sensors) >= self.merger.expected_sources:
                 self._process(self.merger.release(drain=True))

@@ -193,3 +193,99 @@ def test_far_stamped_packet_costs_nothing(tmp_path: Path, wall: Wall, stamp: str
     assert len(wavs) == 1
     info = soundfile.info(str(wavs[0]))
     assert info.duration < 6.0 + 30 + 5
+
+
+def _replay(rec: Recorder, feeds: dict[str, list], step: int = 64) -> None:
+    """Replays side by side, batches interleaved by arrival (not by capture time):
+    each replay goes at its own pace, as `spanrec record` or a replaying sensor."""
+    seqs: dict[str, int] = {}
+    for sid in feeds:
+        rec.sensor_hello(sid, session=sid, mode="replay")
+    chunks = {sid: [f[i:i + step] for i in range(0, len(f), step)] for sid, f in feeds.items()}
+    for k in range(max(len(c) for c in chunks.values())):
+        for sid, c in chunks.items():
+            if k < len(c):
+                _ingest(rec, sid, seqs, c[k])
+                rec.heartbeat(sid, c[k][-1][0], {})
+    for sid in feeds:
+        rec.end_of_capture(sid, {}, "")
+
+
+def _dt(y: int) -> int:
+    from datetime import datetime, timezone
+    return int(datetime(y, 3, 1, 12, tzinfo=timezone.utc).timestamp()) * SEC
+
+
+def test_2010_replay_beside_2025_replay(tmp_path: Path) -> None:
+    """Two replaying sensors fifteen years apart; the 2010 one pauses 6 s (wall)
+    mid-call while the 2025 one sends everything: each call is recorded whole
+    with its own capture times (not ended by the other capture's clock, no late
+    files)."""
+    old, new = _calls(1, _dt(2010), calls=1, duration=8.0), _calls(7, _dt(2025), calls=1,
+                                                                   duration=8.0)
+    rec = Recorder(LocalStore(tmp_path / "rec", fsync=False))
+    mono = [1000.0]
+    rec.merger._clock = lambda: mono[0]
+    seqs: dict[str, int] = {}
+    for sid in ("old", "new"):
+        rec.sensor_hello(sid, session=sid, mode="replay")
+    half = len(old) // 2
+    for i in range(0, half, 32):
+        _ingest(rec, "old", seqs, old[i:min(i + 32, half)])
+    mono[0] += 6.0                          # the old replay pauses
+    for i in range(0, len(new), 32):
+        _ingest(rec, "new", seqs, new[i:i + 32])
+        rec.heartbeat("new", new[min(i + 31, len(new) - 1)][0], {})
+        rec.tick()
+    for i in range(half, len(old), 32):
+        _ingest(rec, "old", seqs, old[i:i + 32])
+    rec.end_of_capture("old", {}, "")
+    rec.end_of_capture("new", {}, "")
+    rec.writer.join()
+    docs = {d["started_at"][:4]: d for d in _written(tmp_path / "rec")}
+    assert sorted(docs) == ["2010", "2025"]
+    for year, frames in (("2010", old), ("2025", new)):
+        d = docs[year]
+        assert d["end_reason"] == "bye" and not d.get("late_files"), d["end_reason"]
+        pcap = next(p for p in (tmp_path / "rec").rglob("call.pcap") if d["id"] in str(p))
+        # every frame of the call is in its call.pcap (16-byte record headers)
+        assert pcap.stat().st_size == 24 + sum(16 + len(f[1]) for f in frames)
+    rec.shutdown()
+
+
+def test_old_replay_beside_live_traffic(tmp_path: Path, wall: Wall) -> None:
+    """A sensor replaying a 2010 capture into a live controller: its call is
+    whole, and the live sensor's calls are written while the replay runs."""
+    old = _calls(1, _dt(2010), calls=1, duration=8.0)
+    live = _calls(7, wall.ns, calls=2, duration=4.0)
+    rec = _recorder(tmp_path)
+    rec.sensor_hello("old", session="o", mode="replay")
+    seqs: dict[str, int] = {}
+    rec.sensor_hello("live", session="l", mode="live")
+    old_chunks = [old[i:i + 8] for i in range(0, len(old), 8)]
+    nxt = live[0][0]
+    for i in range(0, len(live), 16):
+        chunk = live[i:i + 16]
+        wall.ns = chunk[-1][0] + 20_000_000
+        _ingest(rec, "live", seqs, chunk)
+        if old_chunks:                      # the replay goes at its own (slow) pace
+            c = old_chunks.pop(0)
+            _ingest(rec, "old", seqs, c)
+            rec.heartbeat("old", c[-1][0], {})
+        if chunk[-1][0] >= nxt:
+            nxt += SEC
+            rec.heartbeat("live", chunk[-1][0], {})
+            rec.tick()
+    for _ in range(15):
+        wall.ns += SEC
+        rec.heartbeat("live", wall.ns, {})
+        rec.tick()
+    rec.writer.join()
+    assert len(_written(tmp_path / "rec")) == _call_ids(live)     # while the replay is not over
+    for c in old_chunks:
+        _ingest(rec, "old", seqs, c)
+    rec.end_of_capture("old", {}, "")
+    rec.writer.join()
+    docs = [d for d in _written(tmp_path / "rec") if d["started_at"].startswith("2010")]
+    assert len(docs) == 1 and docs[0]["end_reason"] == "bye" and not docs[0].get("late_files")
+    rec.shutdown()
