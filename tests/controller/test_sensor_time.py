@@ -289,3 +289,57 @@ def test_old_replay_beside_live_traffic(tmp_path: Path, wall: Wall) -> None:
     docs = [d for d in _written(tmp_path / "rec") if d["started_at"].startswith("2010")]
     assert len(docs) == 1 and docs[0]["end_reason"] == "bye" and not docs[0].get("late_files")
     rec.shutdown()
+
+
+def test_merge_cuts_out_a_source_whose_clock_stops() -> None:
+    """A connected source that keeps heartbeating the same clock (stopped) no
+    longer holds the others after stale_after_s; visible, counted; it is waited
+    for again once it advances."""
+    from controller.order import TimeMerger
+    now = [0.0]
+    m = TimeMerger(clock=lambda: now[0], stale_after_s=5)
+    m.add_source("stuck")
+    m.heartbeat("stuck", 100 * SEC)
+    m.push("live", [(t * SEC, "live", 1, b"x") for t in range(101, 111)])
+    assert m.release() == []                     # held behind the stuck clock
+    for _ in range(6):
+        now[0] += 1.0
+        m.heartbeat("stuck", 100 * SEC)          # heard, not advancing
+        m.push("live", [(int((111 + now[0]) * SEC), "live", 1, b"x")])
+    out = m.release()
+    assert len(out) == 16 and [p[0] for p in out] == sorted(p[0] for p in out)
+    assert m.source_state("stuck")["merge"] == "stalled"
+    assert m.source_state("stuck")["merge_stalls"] == 1
+    m.heartbeat("stuck", 200 * SEC)              # advances: waited for again
+    m.release()
+    assert m.source_state("stuck")["merge"] == ""
+
+
+def test_held_packets_are_bounded() -> None:
+    """A source far ahead of a slow one: packets held for ordering never exceed
+    the bound; the oldest go first, counted."""
+    from controller.order import TimeMerger
+    m = TimeMerger(max_held=1000, max_held_bytes=1 << 30)
+    m.add_source("slow")
+    m.heartbeat("slow", 0)
+    released = []
+    for k in range(50):
+        m.push("fast", [((k * 100 + i) * 1000, "fast", 1, b"y" * 200) for i in range(100)])
+        released += m.release()
+        assert m.held <= 1000
+    # (the packet at ts 0 is within the slow source's clock: released normally)
+    assert m.overflow_packets == len(released) - 1 > 0
+    assert [p[0] for p in released] == sorted(p[0] for p in released)
+    assert len(released) + m.held == 5000
+
+
+def test_merge_bound_in_bytes() -> None:
+    from controller.order import TimeMerger
+    m = TimeMerger(max_held=10**9, max_held_bytes=100_000)
+    m.add_source("slow")
+    m.heartbeat("slow", 0)
+    for k in range(100):
+        m.push("fast", [(k * 10 + i + 1, "fast", 1, b"z" * 1000) for i in range(10)])
+        m.release()
+        assert m.held_bytes <= 100_000
+    assert m.overflows > 0
