@@ -90,6 +90,16 @@ class ClockSanitizer:
         self.restamped = int(state.get("restamped", 0))
         self._cand_n = 0
 
+    def rebase(self, delta_ns: int) -> None:
+        """The raw timestamps moved by `delta_ns` on purpose (a live sensor put on
+        the controller's clock, controller/sensortime.py): the running clock
+        moves with them, so the change is neither a step nor outliers."""
+        if self.last is not None:
+            self.last += delta_ns
+        if self._cand_n:
+            self._cand_first += delta_ns
+            self._cand_last += delta_ns
+
     # -- the batch ------------------------------------------------------------
     def correct(self, timestamps: Iterable[int] | np.ndarray) -> tuple[np.ndarray, list[ClockEvent]]:
         """Corrected timestamps (int64, same length and order) and the events found."""

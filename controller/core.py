@@ -291,7 +291,10 @@ class Recorder:
             if self.wall_clock and st.mode == "live" and timestamps and not self._replaying:
                 # onto the controller's clock before the log: a replay of the log
                 # then sees the same times without the wall clock
-                shift = st.wall.batch(max(timestamps), len(timestamps))
+                before = st.wall.offset
+                shift = st.wall.batch(max(timestamps), len(timestamps), min(timestamps))
+                if shift != before:
+                    st.clock.sanitizer.rebase(shift - before)
                 if shift:
                     timestamps = [t + shift for t in timestamps]
                 timestamps, lengths, data = st.wall.refuse(timestamps, lengths, data)
@@ -341,7 +344,10 @@ class Recorder:
             st.last_seen = time.time()
             st.replay_bytes, st.replay_total = replay_bytes, replay_total
             if self.wall_clock and st.mode == "live" and not self._replaying:
+                before = st.wall.offset
                 onto = st.wall.heartbeat(clock_ns)     # None: implausible, refused
+                if st.wall.offset != before:
+                    st.clock.sanitizer.rebase(st.wall.offset - before)
                 if onto is None:
                     self.merger.heartbeat(sensor_id, st.clock_ns)    # heard, not advanced
                     return

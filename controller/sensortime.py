@@ -15,11 +15,15 @@ the clock is behind packets the sensor already sent: `clock_ns=0`, a stuck
 clock) and is refused (counted). Heartbeats dated before 2000-01-01 are refused
 outright.
 
-Correction: the first sample sets the offset (before packets flow, so a
-call is not cut in two by a later change); after that it changes only when at least `confirm` recent
-samples agree on an estimate more than `tolerance_s` away from it (so one
-late batch or one odd heartbeat changes nothing); an offset within
-`tolerance_s` of zero is zero (a well-synchronised sensor's timestamps are
+Correction: the offset changes only when at least `confirm` recent samples
+(heartbeats and batches) lie within `tolerance_s` of the estimate and it is
+more than `tolerance_s` away from the offset in force (so one late batch, one
+odd heartbeat or a spool backlog draining changes nothing; heartbeats, sent
+every second with the sensor's current clock, decide within a few seconds).
+Until that first decision, a heartbeat off the controller's clock moves no
+watermark, and a batch entirely in the future decides at once (delays only
+make packets older). An offset within `tolerance_s` of zero is zero (a
+well-synchronised sensor's timestamps are
 never touched). Replays are never corrected: they keep capture time.
 """
 from __future__ import annotations
@@ -58,17 +62,28 @@ class WallOffset:
         self.refused_packets = 0        # packets stamped beyond REFUSE_BEYOND_S, dropped
         self._batch: deque[int] = deque(maxlen=window)
         self._beat: deque[int] = deque(maxlen=window)
+        self._logged = float("-inf")
+        self.decided = False            # confirm samples agreed once (or a batch from the future)
 
     def state(self) -> dict[str, Any]:
         return {"offset": self.offset, "changes": self.changes, "corrected": self.corrected,
                 "refused_heartbeats": self.refused_heartbeats,
                 "refused_packets": self.refused_packets}
 
-    def batch(self, newest_ns: int, count: int) -> int:
-        """A batch whose newest packet is `newest_ns` arrived: the offset to add."""
+    def batch(self, newest_ns: int, count: int, oldest_ns: int | None = None) -> int:
+        """A batch whose newest packet is `newest_ns` arrived: the offset to add.
+        Before the first decision, a batch whose *oldest* packet is more than
+        `tolerance_s` in the controller's future decides at once: delays only
+        make packets older, so the sensor's clock is ahead."""
         if newest_ns >= MIN_PLAUSIBLE_NS:
-            self._batch.append(self.wall() - newest_ns)
-            self._update()
+            now = self.wall()
+            self._batch.append(now - newest_ns)
+            if not self.decided and oldest_ns is not None and \
+                    now - oldest_ns < self.offset - self.tol:
+                self._set(now - newest_ns)
+                self.decided = True
+            else:
+                self._update()
         if self.offset:
             self.corrected += count
         return self.offset
@@ -107,26 +122,33 @@ class WallOffset:
             return None
         self._beat.append(sample)
         self._update()
+        if not self.decided and abs(sample - self.offset) > self.tol:
+            return None     # not on the controller's clock yet: moves no watermark
         return clock_ns + self.offset
 
     def _update(self) -> None:
-        # packet times are what is merged: heartbeats only until batches come
-        samples = list(self._batch) or list(self._beat)
-        first = self.changes == 0 and self.offset == 0
-        if not samples or (len(samples) < self.confirm and not first):
+        samples = list(self._beat) + list(self._batch)
+        if len(samples) < self.confirm:
             return
         est = min(samples)
         self.estimate = est
-        if abs(est - self.offset) <= self.tol:
+        # the floor must be hit by `confirm` samples: a spool backlog draining
+        # (each batch fresher than the last) or one odd sample moves nothing
+        if sum(1 for x in samples if x - est <= self.tol) < self.confirm:
             return
-        # `confirm` samples must agree with the new estimate (one odd sample moves nothing)
-        near = sum(1 for s in samples if s - est <= self.tol)
-        if near < min(self.confirm, len(samples)) or (not first and near < self.confirm):
-            return
+        self.decided = True
+        self._set(est)
+
+    def _set(self, est: int) -> None:
         new = 0 if abs(est) <= self.tol else est
-        if new != self.offset:
+        if abs(new - self.offset) <= self.tol:
+            return
+        self.changes += 1
+        now = time.monotonic()
+        if now - self._logged >= 10.0:
+            self._logged = now
             log.warning("sensor clock differs from the controller's: timestamps corrected",
                         extra={"sensor_id": self.sensor_id, "offset_s": round(new / _S, 3),
-                               "previous_s": round(self.offset / _S, 3)})
-            self.offset = new
-            self.changes += 1
+                               "previous_s": round(self.offset / _S, 3),
+                               "changes": self.changes})
+        self.offset = new

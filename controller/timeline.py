@@ -43,6 +43,8 @@ import numpy as np
 from controller.audio import PacketReader, ResampledReader, Track, output_rate, write_audio
 from controller.codecs import CodecInfo, codec_for
 from controller.jitter import CallBytes
+
+_log = logging.getLogger("spanrec.controller")
 from controller.noise import NoiseMeter
 from controller.streams import MAX_REF_OFFSET, RtpStream
 
@@ -127,7 +129,7 @@ class _Packets:
 
 
 def _packets(index: int, s: RtpStream, rtpmap: dict, frame_ts: np.ndarray,
-             frames: Any) -> _Packets | None:
+             frames: Any, lo_ns: int | None = None) -> _Packets | None:
     ts_parts, pt_parts, ref_parts = [], [], []
     encodings: dict[int, tuple[str, int, int] | None] = {}
     for pt, run in s.by_pt.items():
@@ -151,8 +153,18 @@ def _packets(index: int, s: RtpStream, rtpmap: dict, frame_ts: np.ndarray,
     rates = np.array([(e[1] if e and e[1] > 0 else 8000)
                       for e in (encodings[int(k)] for k in kinds)], dtype=np.int64)
     clock = rates[np.searchsorted(kinds, pt)]
-    return _Packets(index, s, np.concatenate(ts_parts)[order] & 0xFFFFFFFF, pt, refs,
-                    frame_ts[refs >> (2 * _SHIFT)], clock, encodings, frames)
+    rtp_ts = np.concatenate(ts_parts)[order] & 0xFFFFFFFF
+    cap = frame_ts[refs >> (2 * _SHIFT)]
+    if lo_ns is not None and int(cap.min()) < lo_ns:
+        # the start bound: packets stamped more than MARGIN_S before the call's
+        # signalled start are not audio (they stay in call.pcap)
+        keep = cap >= lo_ns
+        _log.warning("audio packets stamped before the call's start left out of the audio",
+                     extra={"stream": index, "packets": int((~keep).sum())})
+        if not keep.any():
+            return None
+        rtp_ts, pt, refs, cap, clock = rtp_ts[keep], pt[keep], refs[keep], cap[keep], clock[keep]
+    return _Packets(index, s, rtp_ts, pt, refs, cap, clock, encodings, frames)
 
 
 def _copies(a: _Packets, b: _Packets) -> bool:
@@ -274,11 +286,13 @@ def plan_audio(call: Any) -> dict[int, Channel]:
     """The streams, segments and pieces of each side (0 caller, 1 callee) that has audio
     packets; ``call`` is a finalize.FinishedCall (streams, rtpmap, frame_ts, frame_data)."""
     frame_ts = np.fromiter(call.frame_ts, dtype=np.int64, count=len(call.frame_ts))
+    start = getattr(call, "started_ns", None)
+    lo = None if start is None else start - MARGIN_S * _NS
     by_side: dict[int, list[_Packets]] = {}
     for i, s in enumerate(call.streams):
         if s.kind != "audio":
             continue            # video, T.38, application: kept in call.pcap, never decoded
-        pk = _packets(i, s, call.rtpmap, frame_ts, call.frame_data)
+        pk = _packets(i, s, call.rtpmap, frame_ts, call.frame_data, lo)
         if pk is not None:
             by_side.setdefault(s.sender, []).append(pk)
     channels: dict[int, Channel] = {}
@@ -335,20 +349,6 @@ def render_audio(call: Any, channels: dict[int, Channel], fmt: str, target) -> R
     """Write both channels into ``target`` (path or binary file) as ``fmt``; None when
     no side has decodable audio (nothing written)."""
     segs = [seg for ch in channels.values() for seg in ch.segments if seg.decodable]
-    # the start bound: audio never begins more than MARGIN_S before the call's
-    # signalled start (a packet stamped at the epoch or an hour early must not
-    # make hours of silence); such segments stay in call.pcap, not in the audio
-    start = getattr(call, "started_ns", None)
-    if segs and start is not None:
-        lo = start - MARGIN_S * _NS
-        early = [seg for seg in segs if seg.last_ns < lo]
-        if early:
-            logging.getLogger("spanrec.controller").warning(
-                "audio segments before the call's start left out of the audio", extra={
-                    "segments": len(early), "earliest_ns": min(seg.start_ns for seg in early)})
-            segs = [seg for seg in segs if seg.last_ns >= lo]
-            for ch in channels.values():
-                ch.segments = [seg for seg in ch.segments if seg.last_ns >= lo or not seg.decodable]
     if not segs:
         return None
     rate = output_rate([p.codec.sample_rate for seg in segs for p in seg.pieces if p.codec], fmt)
