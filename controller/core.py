@@ -292,12 +292,14 @@ class Recorder:
                 # onto the controller's clock before the log: a replay of the log
                 # then sees the same times without the wall clock
                 before = st.wall.offset
-                shift = st.wall.batch(max(timestamps), len(timestamps), min(timestamps))
+                oldest, newest = min(timestamps), max(timestamps)
+                shift = st.wall.batch(newest, len(timestamps), oldest)
                 if shift != before:
                     st.clock.sanitizer.rebase(shift - before)
                 if shift:
                     timestamps = [t + shift for t in timestamps]
-                timestamps, lengths, data = st.wall.refuse(timestamps, lengths, data)
+                timestamps, lengths, data = st.wall.refuse(timestamps, lengths, data,
+                                                           oldest + shift, newest + shift)
             wal = self.wal
             if wal is not None and not self._replaying:
                 if wal.needs_roll():
@@ -317,7 +319,7 @@ class Recorder:
             st.last_seen = time.time()
             if packets and st.clock.last is not None and st.clock.last > st.clock_ns:
                 st.clock_ns = st.clock.last
-            self.merger.push(sensor_id, packets)
+            self.merger.push(sensor_id, packets, len(data))
             self._release()
             st.acked_seq = seq
             ack = self._ack(st)

@@ -88,7 +88,8 @@ class TimeMerger:
             src.watermark = 1 << 62
             src.last_heard = float("inf")
 
-    def push(self, sid: str, packets: list[Packet]) -> None:
+    def push(self, sid: str, packets: list[Packet], nbytes: int | None = None) -> None:
+        """`nbytes`: the packets' total size when the caller knows it (a batch)."""
         if not packets:
             return
         src = self._sources.get(sid)
@@ -96,9 +97,11 @@ class TimeMerger:
             self.add_source(sid)
             src = self._sources[sid]
         src.pending.extend(packets)
-        size = 0
-        for p in packets:
-            size += len(p[3])
+        if nbytes is None:
+            nbytes = 0
+            for p in packets:
+                nbytes += len(p[3])
+        size = nbytes
         src.held_bytes += size
         self.held += len(packets)
         self.held_bytes += size
@@ -226,9 +229,10 @@ class TimeMerger:
             if cut > src.start:
                 chunk = pending[src.start:cut]
                 chunks.append(chunk)
-                size = 0
-                for p in chunk:
-                    size += len(p[3])
+                # bytes released: the source's mean held size (exact when all go)
+                left = len(pending) - cut
+                size = src.held_bytes if not left else \
+                    src.held_bytes * len(chunk) // (len(pending) - src.start)
                 src.held_bytes -= size
                 self.held -= len(chunk)
                 self.held_bytes -= size

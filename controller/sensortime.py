@@ -88,13 +88,14 @@ class WallOffset:
             self.corrected += count
         return self.offset
 
-    def refuse(self, timestamps: list[int], lengths: list[int],
-               data: bytes) -> tuple[list[int], list[int], bytes]:
-        """The batch (offset applied) without packets stamped more than
-        REFUSE_BEYOND_S from the controller's clock; counted and logged."""
+    def refuse(self, timestamps: list[int], lengths: list[int], data: bytes,
+               oldest_ns: int, newest_ns: int) -> tuple[list[int], list[int], bytes]:
+        """The batch (offset applied; its oldest and newest times) without packets
+        stamped more than REFUSE_BEYOND_S from the controller's clock; counted
+        and logged."""
         now = self.wall()
         lo, hi = now - REFUSE_BEYOND_S * _S, now + REFUSE_BEYOND_S * _S
-        if lo <= min(timestamps) and max(timestamps) <= hi:
+        if lo <= oldest_ns and newest_ns <= hi:
             return timestamps, lengths, data
         ts_out, len_out, parts = [], [], []
         off = 0
