@@ -661,7 +661,7 @@ class Recorder:
         is_dup = self.dedup.is_duplicate
         engine_duplicate = self.engine.duplicate
         next_advance = self._next_advance
-        lag = self.merger.max_lag_ns
+        lag = self.merger.max_lag_ns if self.merger.timelines else 1 << 62
         errors = 0
         for ts, sid, linktype, data in packets:
             try:

@@ -65,6 +65,10 @@ class TimeMerger:
         self.max_lag_ns = int(max_lag_s * 1e9)
         self.max_held = max_held
         self.max_held_bytes = max_held_bytes
+        # `spanrec record` (expected_sources > 0) knows its sources, all finite
+        # replays merged by capture time: it waits for every one of them as
+        # before (no stall, lag or timeline rules), so its results do not change
+        self.timelines = expected_sources == 0
         self.held = 0                # packets held, all sources
         self.held_bytes = 0
         self.overflow_packets = 0    # released early because the bound was reached
@@ -143,7 +147,7 @@ class TimeMerger:
             if now - s.last_heard > stale:
                 s.excluded = ""     # silent: stale as before (not a stall)
                 continue
-            if now - s.advanced > stale and s.watermark < (1 << 62):
+            if self.timelines and now - s.advanced > stale and s.watermark < (1 << 62):
                 if s.excluded != "stalled":
                     s.stalls += 1
                     s.excluded = "stalled"
@@ -151,7 +155,7 @@ class TimeMerger:
             active.append(s)
         if active:
             lead = max(s.watermark for s in active)
-            if lead < (1 << 62):
+            if lead < (1 << 62) and self.timelines:
                 marks = []
                 for s in active:
                     if lead - s.watermark > self.max_lag_ns:
@@ -174,6 +178,8 @@ class TimeMerger:
     def apart(self, now_ns: int) -> frozenset[str]:
         """Sources whose clock is more than `max_lag_s` away from `now_ns`: a time
         taken from another timeline must not end their calls."""
+        if not self.timelines:
+            return frozenset()
         lag = self.max_lag_ns
         return frozenset(sid for sid, s in self._sources.items()
                          if 0 <= s.watermark < (1 << 62) and abs(s.watermark - now_ns) > lag)
