@@ -33,16 +33,20 @@ from protocols.layers import Decoded
 from protocols.sip import SipMessage, looks_like_sip, parse_sip
 from storage.layout import prefix_date, recording_id, recording_prefix
 
+from controller.admission import Admission
 from controller.calltable import AMBIGUOUS, Call, CallTable, SharedEndpoint, all_ended
 from controller.dialogs import Dialog, parse_truncated
 from controller.finalize import FinishedCall, iso_time
 from controller.late import LateCatcher, LateFrames
 from controller.legs import BY_DIRECT_MEDIA, BY_MEDIA, Leg, LegLinker, MediaCorrelator, MediaPairs
 from controller.pickup import MediaOnlyCalls, message_hosts
+from controller.provenance import note_copy, note_sip
 from controller.rules import RecordingRules
 from controller.settings import CallConfig
 from controller.spill import CallSpill, FrameStore, TimeStore
-from controller.streams import NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_body, sdp_media
+from controller.streams import (NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_body, sdp_media,
+                                sdp_media_checked)
+from protocols.mediaports import rtp_shaped
 from controller.tcpstream import BROKEN, FIN, MESSAGE, RST, SYN, Chunk, TcpLimits, TcpReassembler
 
 __all__ = ["CallConfig", "Call", "CallTable", "CallEngine", "FinishedCall"]
@@ -58,6 +62,8 @@ _FRAG_KEEP_NS = 5 * _NS     # how long a fragmented datagram's later fragments a
 #: CANCEL of it (same CSeq number) seen before any other message of the INVITE.
 _CALL_START = frozenset(("INVITE", "CANCEL"))
 _SYN_FIN_RST = SYN | FIN | RST
+#: m= kinds whose transport is RTP: only RTP-shaped datagrams on their ports are media
+_RTP_KINDS = frozenset(("audio", "video", "text"))
 
 
 class CallEngine:
@@ -85,7 +91,8 @@ class CallEngine:
             "media_other", "relay_legs", "fragments", "sip_reassembled", "calls_started", "calls_finished",
             "internal_errors", "legs_merged", "copies_dropped", "calls_not_recorded",
             "late_packets", "unsignalled_flows", "unsignalled_packets", "unsignalled_dropped",
-            "calls_picked_up", "media_ambiguous_packets", "requests_ignored"), 0)
+            "calls_picked_up", "media_ambiguous_packets", "requests_ignored",
+            "sdp_endpoints_refused", "media_refused"), 0)
         self._late = LateCatcher(int(self.config.late_window_s * _NS), self._linger_ns)
         self._late_hit = None     # set by _sip_message for a message of a finished call
         #: recording rules (controller/rules.py) for calls that start from now on; may be
@@ -109,6 +116,9 @@ class CallEngine:
         #: endpoints of calls the recording rules keep signalling-only: their RTP is
         #: neither kept nor taken for media without signalling; -> until (ns)
         self._muted: dict[tuple[bytes, int], int] = {}
+        #: INVITE floods: pending calls bounded, failed attempts summarised (admission.py)
+        self._admission = Admission(self.config.max_pending_calls,
+                                    self.config.attempts_per_source)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -116,7 +126,10 @@ class CallEngine:
         c["rtp_packets"] = self._rtp_finished + sum(
             s.packets for call in self.table.calls() for s in call.streams.values())
         c["active_calls"] = len(self.table)
+        c["sdp_endpoints_refused"] += self.table.endpoints_refused
         c.update(self._tcp.stats())
+        c.update(self._admission.counters)
+        c["pending_calls"] = len(self._admission)
         return c
 
     # -- the packet path ------------------------------------------------------
@@ -181,7 +194,11 @@ class CallEngine:
                     off = d.payload_offset
                     m = _CALL_ID_RE.search(data, off, off + d.payload_len)
                     if m is not None:
-                        call = self.table.get(m.group(1).decode("utf-8", "replace"))
+                        cid = m.group(1).decode("utf-8", "replace")
+                        call = self.table.get(cid)
+                        leg = call.legs.get(cid) if call is not None else None
+                        if leg is not None:
+                            note_copy(leg, sensor_id, data[off:off + 4])
             if call is not None:
                 call.copies[sensor_id] = call.copies.get(sensor_id, 0) + 1
                 self._c["copies_dropped"] += 1
@@ -201,6 +218,7 @@ class CallEngine:
             ep = ep.last
         if code == RTP_NEW_STREAM:
             call = ep.call
+            self._admission.settle(call)      # media: not a pending attempt
             stream = ep.c_stream
             self._ssrc_owners.setdefault(stream.ssrc, {})[id(call)] = (call, stream.sender, ep.rtpmap,
                                                                        ep.leg)
@@ -210,9 +228,15 @@ class CallEngine:
             c["rtcp_packets"] += 1
         elif code == NOT_RTP:
             call = ep.call
+            off = d.payload_offset
+            if ep.kind in _RTP_KINDS and not rtp_shaped(data[off:off + d.payload_len]):
+                # an RTP port's SDP does not make other datagrams media (T.38 on m=image is)
+                call.drop_last_frame()
+                call.media_refused += 1
+                c["media_refused"] += 1
+                return
             call.media_other += 1
             c["media_other"] += 1
-            off = d.payload_offset
             if d.payload_len >= 12 and data[off] == 0x10 and data[off + 4:off + 8] == b"ZRTP":
                 # RFC 6189 section 5: first byte 0x10, magic cookie 'ZRTP' at offset 4
                 flow = (d.src, d.sport, d.dst, d.dport)
@@ -309,6 +333,7 @@ class CallEngine:
             call.sip_packets += 1
             leg.sip_packets += 1
             leg.sensors.add(sensor_id)
+            note_sip(leg, sensor_id, payload)
         return True
 
     def _sip_message(self, ts_ns: int, linktype: int, payload: bytes,
@@ -372,6 +397,9 @@ class CallEngine:
                 leg = call.legs[call_id]
                 c["calls_started"] += 1
                 self._schedule(call, ts_ns + self._setup_ns)
+                for victim in self._admission.admit(call, self._msg_addrs[0] if self._msg_addrs else b"",
+                                                    msg.to_uri or ""):
+                    self._drop_pending(victim, ts_ns)
             elif call.media_only:  # media recorded without signalling: this dialog is its
                 leg = Leg(call_id, Dialog(), ts_ns)
                 self.table.add_leg(call, leg)
@@ -394,7 +422,13 @@ class CallEngine:
             c["sip_messages"] += 1
             call = self._linker.correlate(call, leg, msg, ts_ns)
         was_ended = dialog.ended_ns
+        was_answered = dialog.answered_ns
         offer = dialog.apply(msg, ts_ns, cseq, cseq_method, repeat)
+        if dialog.answered_ns is not None:
+            self._admission.settle(call)
+            if was_answered is None and self._answered_ns < self._setup_ns:
+                # a short answered timeout is due before the setup deadline scheduled
+                self._schedule(call, ts_ns + self._answered_ns)
         if offer is not None:
             call = self._register_sdp(call, offer[0], offer[1], leg, ts_ns)
             if not repeat and msg.is_request and msg.to_tag is None and cseq_method == "INVITE":
@@ -414,6 +448,7 @@ class CallEngine:
                 entry = owners.pop(id(other))
                 owners[id(keep)] = (keep, 1 - entry[1] if flip else entry[1], entry[2], entry[3])
         self.table.merge(keep, other, flip)
+        self._admission.forget(other)
         if self._media_corr is not None:
             self._media_corr.forget(other)
         if self._not_recorded:
@@ -532,6 +567,7 @@ class CallEngine:
             if leg is not None:
                 leg.sip_packets += 1
                 leg.sensors.add(sensor_id)
+                note_sip(leg, sensor_id, b"")    # (a segment: no start line to read)
             if ts > last:
                 last = ts
         call.last_ns = last
@@ -543,10 +579,13 @@ class CallEngine:
             self._mute(body, ts_ns)
             return call  # signalling only: its media is never mapped, so no RTP is kept
         try:
-            media = sdp_media(body)
+            media, refused = sdp_media_checked(body)
         except DecodeError:
             self._c["sdp_errors"] += 1
             return call
+        if refused:
+            call.endpoints_refused += refused
+            self._c["sdp_endpoints_refused"] += refused
         seen: set[str] = set()
         audio: tuple[bytes, int] | None = None
         for m in media:
@@ -683,9 +722,12 @@ class CallEngine:
                 deadline = t
         return deadline
 
-    def advance(self, now_ns: int, correlate: bool = True) -> list[FinishedCall]:
+    def advance(self, now_ns: int, correlate: bool = True,
+                elsewhere: frozenset[str] = frozenset()) -> list[FinishedCall]:
         """Calls whose linger or inactivity deadline is at or before `now_ns`;
-        `correlate`: also look for legs carrying the same relayed media."""
+        `correlate`: also look for legs carrying the same relayed media;
+        `elsewhere`: sensors on another timeline than `now_ns` (order.py
+        `apart`): a call seen only by them is not ended by this time."""
         if self._tcp.streams:
             chunks = self._tcp.advance(now_ns)
             if chunks:
@@ -700,6 +742,7 @@ class CallEngine:
                 self._merge(first, second, flip)
         self._spill()
         out: list[FinishedCall] = []
+        kept: list[Call] = []
         heap = self._heap
         while heap and heap[0][0] <= now_ns:
             _, _, call = heapq.heappop(heap)
@@ -709,9 +752,14 @@ class CallEngine:
             if deadline > now_ns:
                 self._schedule(call, deadline)
                 continue
+            if elsewhere and call.sensors and call.sensors <= elsewhere:
+                kept.append(call)
+                continue
             done = self._finish(call, now_ns, "timeout")
             if done is not None:
                 out.append(done)
+        for call in kept:
+            self._schedule(call, self._deadline(call))
         self._expire(now_ns)
         return out
 
@@ -777,6 +825,7 @@ class CallEngine:
             if done is not None:
                 out.append(done)
         self._heap.clear()
+        self._admission.flush()
         self._ssrc_owners.clear()
         self._frags.clear()
         self._frag_order.clear()
@@ -800,6 +849,17 @@ class CallEngine:
 
     def _finish(self, call: Call, now_ns: int, reason: str) -> FinishedCall | None:
         """The call is over: its FinishedCall (None: a media-only call too small to keep)."""
+        low_priority = False
+        if self._admission.is_pending(call) and not call.streams and not call.media_only:
+            # never answered, no media: a failed attempt (admission.py): summarised
+            # beyond its source's budget, else written after the real calls
+            src, dest = self._admission.source_of(call)
+            self._admission.forget(call)
+            if self._admission.failed_attempt(call, src, dest, now_ns):
+                self._drop_pending(call, now_ns, summarise=False)
+                return None
+            low_priority = True
+        self._admission.forget(call)
         call.done = True
         if self._media_corr is not None:
             self._media_corr.forget(call)
@@ -894,6 +954,9 @@ class CallEngine:
             finished.warnings.append(
                 "The call's INVITE was not seen (picked up mid-call): its start, answer time and "
                 "the media before the first signalling seen are missing.")
+        if call.endpoints_refused or call.media_refused:
+            finished.counts["sdp_endpoints_refused"] = call.endpoints_refused
+            finished.counts["media_refused"] = call.media_refused
         if call.ambiguous:
             finished.counts["media_ambiguous_packets"] = call.ambiguous
             finished.warnings.append(
@@ -902,7 +965,37 @@ class CallEngine:
         # the frames now belong to the recording; a TCP stream may still name this call
         # for a while (a late retransmission): it must not keep them alive
         call.frame_ts, call.frame_data, call.tcp_frames, call.spill = [], [], None, None
+        finished.low_priority = low_priority    # the writer takes real calls first
         return finished
+
+    def _drop_pending(self, call: Call, now_ns: int, summarise: bool = True) -> None:
+        """A pending call evicted by the flood bound (`summarise`: counted into the
+        attempt summary), or a failed attempt summarised: gone, never written."""
+        if summarise:
+            src, dest = self._admission.source_of(call)
+            self._admission.summarise(src, dest)
+        self._admission.forget(call)
+        call.done = True
+        if self._media_corr is not None:
+            self._media_corr.forget(call)
+        self.table.remove(call)
+        self._forget_ssrcs(call)
+        self._pairs.forget(call.legs.values())
+        until = now_ns + self._recent_ns
+        for cid in call.call_ids:       # its later messages are not a new call
+            self._recent[cid] = until
+            self._recent_order.append((until, cid))
+            self._not_recorded.pop(cid, None)
+            self._provisional.discard(cid)
+        if call.spill is not None:
+            call.spill.close()
+        self._c["calls_finished"] += 1
+        # the heap still names it until its deadline: keep only the shell
+        call.frame_ts, call.frame_data, call.streams, call.tcp_frames, call.spill = [], [], {}, None, None
+        call.legs = {}
+        if len(self._heap) > 4 * len(self.table) + 4096:
+            self._heap = [e for e in self._heap if not e[2].done]
+            heapq.heapify(self._heap)
 
     # -- status ---------------------------------------------------------------
     def active(self) -> list[dict]:

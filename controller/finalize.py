@@ -47,6 +47,7 @@ from controller.dtmf import call_dtmf
 from controller.encrypted import SecureMedia, StreamSecurity, secure_media
 from controller.hold import call_hold
 from controller.legs import Leg
+from controller.provenance import call_conflicts, conflict_warnings
 from controller.quality import call_quality
 from controller.spill import CallSpill, load_runs
 from controller.streams import SIDE_NAMES, RtpStream
@@ -149,7 +150,7 @@ def _audio(call: FinishedCall, fmt: str, media: SecureMedia) -> _Audio:
     memory, or for a long call (spilled) into a file beside its spill files.  The
     streams and frames are `media`'s: SRTP decrypted, what stays encrypted left out."""
     clear = SimpleNamespace(streams=media.streams, rtpmap=call.rtpmap, frame_ts=media.frame_ts,
-                            frame_data=media.frame_data)
+                            frame_data=media.frame_data, started_ns=call.started_ns)
     out = _Audio(plan_audio(clear))
     if not out.channels:
         return out
@@ -199,6 +200,7 @@ def _stream_meta(call: FinishedCall, i: int, s: RtpStream, audio: _Audio,
         "encryption": sec.as_json(),
         "call_id": s.leg or None,
         "sensors": sorted(s.sensors),
+        "packets_by_sensor": dict(sorted(s.by_sensor.items())),
         "copies_dropped": sum(s.copies.values()),
         "copies_dropped_by_sensor": dict(sorted(s.copies.items())),
     }
@@ -304,6 +306,7 @@ def _legs_meta(call: FinishedCall) -> list[dict[str, Any]]:
             "sensors": sorted(leg.sensors),
             "sites": sorted({call.sites[s] for s in leg.sensors if call.sites.get(s)}),
             "sip_packets": leg.sip_packets,
+            "sip_packets_by_sensor": dict(sorted(leg.sip_by_sensor.items())),
             "relation": None if leg.relation is None else {"to": leg.relation[0], "by": leg.relation[1]},
         })
     return out
@@ -408,6 +411,7 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
                            call.other_linktype, media.rtcp)
     hold = call_hold(call.started_ns, call.ended_ns if call.ended_ns is not None else call.started_ns,
                      call.legs)
+    conflicts = call_conflicts(call.frame_data, call.streams, call.legs, call.sites)
     meta: dict[str, Any] = {
         "id": rid,
         "call_ids": list(call.call_ids),
@@ -438,7 +442,8 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
         "pcap_packets": pcap_packets,
         "pcap_skipped": len(call.other_linktype),
         "clock": call.clock,
-        "warnings": call.warnings + _media_warnings(call, media, audio),
+        "conflicts": conflicts,                         # controller/provenance.py
+        "warnings": call.warnings + _media_warnings(call, media, audio) + conflict_warnings(conflicts),
     }
     for entry, q in zip(meta["streams"], quality):  # issue #5: quality fields per stream
         entry.update(q)

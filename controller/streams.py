@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from protocols.layers import Decoded, str_to_ip
+from protocols.mediaports import MAX_MEDIA_LINES, media_port_ok
 from protocols.sdp import STATIC_PAYLOAD_TYPES, parse_sdp
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ CALLER = 0
 CALLEE = 1
 SIDE_NAMES = ("caller", "callee")
 
+MAX_DUPS_KEPT = 256      # duplicates remembered per stream for the conflict check
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
 SEQ_MOD = 1 << 16
@@ -152,10 +154,13 @@ class MediaEndpoint:
                 stream.kind = self.kind
                 code = RTP_NEW_STREAM
             stream.sensors.add(sensor_id)
+            if sensor_id not in stream.by_sensor:
+                stream.by_sensor[sensor_id] = 0
             self.c_addr, self.c_port, self.c_ssrc, self.c_by_dst = addr, port, ssrc, by_dst
             self.c_sensor = sensor_id
             self.c_stream = stream
         ref = (idx << 34) | (start << 17) | end if end <= MAX_REF_OFFSET else -1  # = pack_ref()
+        stream.by_sensor[sensor_id] += 1          # provenance: kept packets per sensor
         pt = b1 & 0x7F
         max_ext = stream.max_ext
         if (seq - max_ext) & 0xFFFF == 1 and pt == stream.cur_pt:  # next in order
@@ -164,7 +169,7 @@ class MediaEndpoint:
             run.timestamps.append(rtp_ts)
             run.refs.append(ref)
         else:
-            stream.add(ts_ns, pt, seq, rtp_ts, ref)
+            stream.add(ts_ns, pt, seq, rtp_ts, ref, sensor_id)
         return code
 
 
@@ -200,7 +205,7 @@ class RtpStream:
     __slots__ = ("src", "sport", "dst", "dport", "ssrc", "sender", "rtpmap", "first_ns",
                  "duplicates", "max_ext", "base_ext", "bits", "bad_seq", "expected_prior",
                  "received_prior", "by_pt", "cur_pt", "cur_run", "leg", "sensors", "copies",
-                 "probe_done", "probe_samples", "kind")
+                 "probe_done", "probe_samples", "kind", "by_sensor", "dups")
 
     def __init__(self, src: bytes, sport: int, dst: bytes, dport: int, ssrc: int,
                  sender: int, rtpmap: dict[int, tuple[str, int, int]], ts_ns: int, seq: int) -> None:
@@ -228,10 +233,14 @@ class RtpStream:
         self.kind = "audio"                 # SDP media type of the m= line it was matched by
         self.sensors: set[str] = set()      # sensors whose copy of a packet was kept
         self.copies: dict[str, int] = {}    # sensor -> mirror copies dropped by dedup
+        self.by_sensor: dict[str, int] = {}  # sensor -> packets of it kept (provenance)
+        #: (seq, payload ref, sensor) of duplicates (same sequence number again), bounded:
+        #: a copy whose payload differs is a conflict (controller/provenance.py)
+        self.dups: list[tuple[int, int, str]] = []
         self.probe_done = False             # legs.MediaCorrelator is done with it
         self.probe_samples = 0
 
-    def add(self, ts_ns: int, pt: int, seq: int, rtp_ts: int, ref: int) -> None:
+    def add(self, ts_ns: int, pt: int, seq: int, rtp_ts: int, ref: int, sensor: str = "") -> None:
         """Count one packet and remember where its payload is (all cases)."""
         max_ext = self.max_ext
         udelta = (seq - max_ext) & 0xFFFF
@@ -239,6 +248,8 @@ class RtpStream:
             self.max_ext = max_ext + 1
         elif udelta == 0:
             self.duplicates += 1
+            if len(self.dups) < MAX_DUPS_KEPT:
+                self.dups.append((seq, ref, sensor))
             return
         elif udelta < MAX_DROPOUT:            # a gap (loss): mark the missing ones
             self._sync()
@@ -262,6 +273,8 @@ class RtpStream:
                 i = 0
             elif self.bits[i]:
                 self.duplicates += 1
+                if len(self.dups) < MAX_DUPS_KEPT:
+                    self.dups.append((seq, ref, sensor))
                 return
             self.bits[i] = 1
         self._store(ts_ns, pt, rtp_ts, ref)
@@ -382,16 +395,27 @@ class SdpMedia:
 
 
 def sdp_media(body: bytes) -> list[SdpMedia]:
-    """The receive endpoints (RTP and RTCP) of every media line of an SDP body;
-    SdpError if malformed.
+    """The receive endpoints (RTP and RTCP) of an SDP body (`sdp_media_checked`
+    without the count of what was refused); SdpError if malformed."""
+    return sdp_media_checked(body)[0]
+
+
+def sdp_media_checked(body: bytes) -> tuple[list[SdpMedia], int]:
+    """(the receive endpoints (RTP and RTCP) of every media line of an SDP body,
+    the number of endpoints refused); SdpError if malformed.
 
     Port 0 (media refused), a null address (hold, c=0.0.0.0 / ::) and non-IP
     connection addresses announce nothing.  Every media type is registered
     (audio, video, image/T.38, application...): all of the call's media goes
-    to its call.pcap and streams; only audio is decoded.
+    to its call.pcap and streams; only audio is decoded.  An SDP cannot steer
+    capture into other services (protocols/mediaports.py): ports below 1024
+    and well-known service ports are refused, and only the first
+    `MAX_MEDIA_LINES` m= lines count; the refused endpoints are counted.
     """
     sd = parse_sdp(body)
     out: list[SdpMedia] = []
+    refused = 0
+    lines = 0
     for md in sd.media:
         if md.port == 0 or not md.connection:
             continue
@@ -401,16 +425,22 @@ def sdp_media(body: bytes) -> list[SdpMedia]:
             continue
         if not any(addr):
             continue
+        tcp = "TCP" in md.proto.upper()
+        rtcp_port = md.rtcp_port if md.rtcp_port is not None else md.port + 1
+        ports = [md.port] if tcp or rtcp_port == md.port or rtcp_port > 0xFFFF else [md.port, rtcp_port]
+        lines += 1
+        if lines > MAX_MEDIA_LINES:
+            refused += len(ports)
+            continue
         kind = md.media.lower()
         sec = MediaSecurity(md.proto, tuple(md.crypto), md.fingerprint is not None,
                             md.zrtp_hash is not None)
-        out.append(SdpMedia(addr, md.port, False, md.rtpmap, kind, sec))
-        if "TCP" in md.proto.upper():
-            continue            # BFCP/MSRP over TCP: one port, no RTCP
-        rtcp_port = md.rtcp_port if md.rtcp_port is not None else md.port + 1
-        if rtcp_port != md.port and rtcp_port <= 0xFFFF:
-            out.append(SdpMedia(addr, rtcp_port, True, md.rtpmap, kind, sec))
-    return out
+        for i, port in enumerate(ports):   # BFCP/MSRP over TCP: one port, no RTCP
+            if not media_port_ok(port):
+                refused += 1
+                continue
+            out.append(SdpMedia(addr, port, i == 1, md.rtpmap, kind, sec))
+    return out, refused
 
 
 def sdp_body(content_type: str | None, body: bytes) -> bytes | None:
@@ -432,5 +462,5 @@ def sdp_body(content_type: str | None, body: bytes) -> bytes | None:
 
 
 __all__ = ["CALLER", "CALLEE", "SIDE_NAMES", "MediaEndpoint", "MediaSecurity", "PayloadRun",
-           "RtpStream", "SdpMedia", "sdp_media", "sdp_body", "pack_ref", "unpack_ref", "MAX_REF_OFFSET",
+           "RtpStream", "SdpMedia", "sdp_media", "sdp_media_checked", "sdp_body", "pack_ref", "unpack_ref", "MAX_REF_OFFSET",
            "RTP", "RTP_NEW_STREAM", "RTCP", "NOT_RTP", "BAD_RTP"]

@@ -276,10 +276,11 @@ def test_malformed_input_is_counted_never_raised() -> None:
     bad_sdp = sip("SIP/2.0 200 OK", to_tag="tt", body="v=0\r\nm=audio x RTP/AVP 0\r\n")
     assert f.send(3.6, CALLEE_IP, 5060, CALLER_IP, 5060, bad_sdp)
     c = f.engine.counters
-    assert c["sip_errors"] >= 3 and c["media_other"] == 1 and c["rtp_errors"] == 2
+    # garbage on an audio (RTP) port is not media: counted as refused, not kept
+    assert c["sip_errors"] >= 3 and c["media_refused"] == 1 and c["rtp_errors"] == 2
     assert c["sdp_errors"] == 1 and c["internal_errors"] == 0
     (meta,) = f.done()
-    assert meta["sip_errors"] == 1 and meta["media_other"] == 1 and meta["status"] == "answered"
+    assert meta["sip_errors"] == 1 and meta["media_refused"] == 1 and meta["status"] == "answered"
 
 
 @settings(max_examples=300, deadline=None)

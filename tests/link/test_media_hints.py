@@ -41,15 +41,16 @@ SEC = 1_000_000_000
 def test_media_hints_log_generations_and_bound() -> None:
     hints = MediaHints(max_entries=5)
     assert hints.since(0) == (0, [])
-    for port in range(1, 4):
+    P = 20000           # media ports (ports < 1024 and service ports are refused: test_sdp_steering)
+    for port in range(P + 1, P + 4):
         hints.add(b"\x0a\x00\x00\x01", port)
     gen, flows = hints.since(0)
-    assert gen == 3 and [p for _, p in flows] == [1, 2, 3]
+    assert gen == 3 and [p for _, p in flows] == [P + 1, P + 2, P + 3]
     assert hints.since(3) == (3, [])
-    for port in range(4, 10):
+    for port in range(P + 4, P + 10):
         hints.add(bytes(16), port)
-    assert hints.since(3) == (9, [(bytes(16), p) for p in range(5, 10)])   # trimmed: what is left
-    assert hints.since(7) == (9, [(bytes(16), 8), (bytes(16), 9)])
+    assert hints.since(3) == (9, [(bytes(16), P + p) for p in range(5, 10)])   # trimmed: what is left
+    assert hints.since(7) == (9, [(bytes(16), P + 8), (bytes(16), P + 9)])
     assert len(hints) == 5 and hints.generation == 9
 
 
@@ -70,7 +71,7 @@ def test_media_hints_are_thread_safe() -> None:
     th = threading.Thread(target=reader)
     th.start()
     writers = [threading.Thread(target=lambda k=k: [hints.add(bytes([k, 0, 0, 1]), p)
-                                                     for p in range(10_000)]) for k in range(4)]
+                                                     for p in range(30_000, 40_000)]) for k in range(4)]
     for w in writers:
         w.start()
     for w in writers:
