@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 __all__ = ["LateCatcher", "LateFrames"]
 
@@ -31,6 +32,10 @@ __all__ = ["LateCatcher", "LateFrames"]
 @dataclass
 class LateFrames:
     """Late packets of one stored recording, to append to it."""
+
+    #: the writer's queue (admission.PriorityLanes) takes them in its low lane: after every
+    #: call submitted before them in either lane, so never before their own recording
+    low_priority: ClassVar[bool] = True
 
     recording_id: str
     prefix: str

@@ -132,8 +132,9 @@ _INSECURE: list[bool] = []
 def without_sensor_names(doc):
     """call.json without what names the sensors (the runs compared use other sensor ids)."""
     if isinstance(doc, dict):
-        return {k: without_sensor_names(v) for k, v in doc.items()
-                if k not in ("sensors", "copies_dropped_by_sensor")}
+        # per-sensor counts keep their values, not the names (provenance fields)
+        return {k: sorted(v.values()) if k.endswith("_by_sensor") and isinstance(v, dict)
+                else without_sensor_names(v) for k, v in doc.items() if k != "sensors"}
     if isinstance(doc, list):
         return [without_sensor_names(v) for v in doc]
     return doc
