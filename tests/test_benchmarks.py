@@ -1,0 +1,71 @@
+"""Benchmarks are code: each benchmark script runs once on a tiny input, so a
+changed flag, interface or default cannot silently break one.  Nothing here
+judges speed (the figures are the scripts' output, never asserted); what is
+checked is that each script runs to the end and reports what it promises:
+spanrec beside tcpdump on the same capture, every generated call recorded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CAPTURES, REPO, require_tool
+
+PY = sys.executable
+
+
+def _run(argv: list[str], timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_bench_records_every_call_beside_tcpdump() -> None:
+    require_tool("tcpdump")
+    out = _run([PY, "scripts/bench", "--calls", "3", "--duration", "1", "--json"])
+    fig = json.loads(out.stdout)
+    rec = fig["spanrec_record"]
+    assert rec["exit_status"] == 0 and rec["recordings"] == 3 and rec["peak_active_calls"] == 3
+    assert rec["controller_packets_per_cpu_s"] > 0 and rec["controller_mib_per_concurrent_call"] > 0
+    assert fig["tcpdump"]["packets_per_s"] > 0          # the reference, on the same file
+
+
+def test_bench_cluster_mode_runs() -> None:
+    require_tool("tcpdump")
+    out = _run([PY, "scripts/bench", "--calls", "2", "--duration", "1", "--json", "--cluster"], timeout=300)
+    fig = json.loads(out.stdout)
+    assert fig["spanrec_record"]["recordings"] == 2
+    assert any("cluster" in k for k in fig), sorted(fig)
+
+
+def test_bench_dedup_tiny() -> None:
+    out = _run([PY, "scripts/bench-dedup", "--rate", "2000", "--seconds", "0.5",
+                "--repeat-seconds", "1"])
+    assert "decode + dedup" in out.stdout and "table entries" in out.stdout
+
+
+def test_bench_spool_tiny() -> None:
+    out = _run([PY, "-m", "tests.link.bench_spool", "--batches", "20"])
+    assert "acked 20" in out.stdout
+
+
+def test_bench_capture_classifier_offline() -> None:
+    if not CAPTURES.is_dir():
+        pytest.skip(f"public captures not available at {CAPTURES}")
+    out = _run([PY, "scripts/bench-capture", "--classifier"])
+    assert out.stdout.count("µs/packet") >= 3
+
+
+@pytest.mark.live
+def test_bench_capture_live_tiny() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    require_tool("tcpdump")
+    out = _run([PY, "scripts/bench-capture", "--seconds", "0.5", "--rates", "2000",
+                "--tools", "tcpdump,live,classify,sensor"], timeout=300)
+    for tool in ("tcpdump", "live", "classify", "sensor"):
+        assert tool in out.stdout, out.stdout
