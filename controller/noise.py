@@ -15,7 +15,12 @@ A judged window is *noise-like* when its µ-law code entropy is at least
 least ``FLATNESS`` and |lag-1 autocorrelation| at most ``CORRELATION``.  A channel
 is flagged when at least ``MIN_WINDOWS`` windows and ``MIN_FRACTION`` of the judged
 ones are noise-like.  Figures behind the thresholds: docs/DECISIONS.md
-("Encrypted media").  Cost: ~0.1 ms per window (0.26 s of 8 kHz audio).
+("Encrypted media").  Cost: ~0.1 ms per window (0.26 s of 8 kHz audio); so that
+it stays a small part of finalizing a long call, the first ``FULL_WINDOWS``
+windows of a channel are all judged and after them one in ``STRIDE`` (each
+standing for ``STRIDE`` windows in ``noise_s``): ciphertext makes every window
+noise-like, so sampling changes no verdict, and it measured 35 % of finalize
+CPU (200 calls x 10 s) before.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ FLATNESS = 0.6
 CORRELATION = 0.25
 MIN_WINDOWS = 2
 MIN_FRACTION = 0.25
+FULL_WINDOWS = 16
+STRIDE = 4
 _HANN = np.hanning(_SEG)
 
 
@@ -67,6 +74,7 @@ class NoiseMeter:
         self.noisy = 0
         self.seconds = 0.0          # of noise-like audio
         self._carry: dict[int, np.ndarray] = {}   # rate -> samples short of a window
+        self._index = 0                           # windows seen so far (judged or not)
 
     def feed(self, samples: np.ndarray, rate: int) -> None:
         carry = self._carry.get(rate)
@@ -75,13 +83,17 @@ class NoiseMeter:
         self._carry[rate] = buf[whole:].copy()
         if not whole:
             return
-        rms, ent, flat, r1 = window_stats(buf[:whole].reshape(-1, WINDOW))
+        windows = buf[:whole].reshape(-1, WINDOW)
+        idx = self._index + np.arange(windows.shape[0])
+        self._index += windows.shape[0]
+        pick = (idx < FULL_WINDOWS) | (idx % STRIDE == 0)
+        weight = np.where(idx[pick] < FULL_WINDOWS, 1, STRIDE)
+        rms, ent, flat, r1 = window_stats(windows[pick])
         loud = rms >= QUIET_RMS
         noisy = loud & (ent >= ENTROPY_BITS) & (flat >= FLATNESS) & (np.abs(r1) <= CORRELATION)
         self.judged += int(loud.sum())
-        n = int(noisy.sum())
-        self.noisy += n
-        self.seconds += n * WINDOW / rate
+        self.noisy += int(noisy.sum())
+        self.seconds += int(weight[noisy].sum()) * WINDOW / rate
 
     @property
     def noise_like(self) -> bool:
