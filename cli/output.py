@@ -110,6 +110,65 @@ FLEET_COLUMNS = [
     ("kernel_drops", "kernel drops"), ("queue_drops", "queue drops"), ("send_queue", "spool"),
     ("identity", "certificate"), ("registered", "etcd"),
 ]
+# Shown only when some sensor has a non-zero value (placed before "certificate").
+REFUSED_PARTS = (("packets_refused", "packets"), ("heartbeats_refused", "heartbeats"),
+                 ("sdp_endpoints_refused", "SDP endpoints"))
+OPTIONAL_FLEET_COLUMNS = [
+    ("refused", "refused"), ("media_not_rtp", "not RTP"),
+    ("clock_offset_ns", "offset"), ("clock_merge", "clock/merge"),
+]
+
+
+def _offset(ns: int) -> str:
+    """A clock offset, signed, in a readable unit ("-" when none)."""
+    if not ns:
+        return "-"
+    if abs(ns) >= 1_000_000_000:
+        return f"{ns / 1e9:+.3f} s"
+    if abs(ns) >= 1_000_000:
+        return f"{ns / 1e6:+.1f} ms"
+    return f"{ns / 1e3:+.0f} us"
+
+
+def _refused(s: dict[str, Any]) -> str:
+    """Total refusals of a sensor, with the non-zero parts: "7 (packets 5, SDP endpoints 2)"."""
+    parts = [(what, s.get(k, 0)) for k, what in REFUSED_PARTS if s.get(k, 0)]
+    if not parts:
+        return "0"
+    return f"{sum(n for _, n in parts)} (" + ", ".join(f"{w} {n}" for w, n in parts) + ")"
+
+
+def _clock_merge(s: dict[str, Any]) -> str:
+    """The non-zero clock and merge counters of a sensor, compactly ("-" when none)."""
+    parts = [f"{what} {s[k]}" for k, what in (
+        ("clock_corrected", "corrected"), ("clock_steps", "steps"),
+        ("clock_restamped", "restamped")) if s.get(k)]
+    if s.get("merge"):
+        parts.append(s["merge"])
+    parts += [f"{what} {s[k]}" for k, what in (("merge_stalls", "stalls"), ("merge_held", "held"))
+              if s.get(k)]
+    return ", ".join(parts) or "-"
+
+
+def _fleet_columns(sensors: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    columns = list(FLEET_COLUMNS)
+    at = columns.index(("send_queue", "spool")) + 1
+    if any(s.get("sip_tls_packets") for s in sensors):
+        columns.insert(at, ("sip_tls_packets", "SIP/TLS packets"))
+        at += 1
+    shown = {
+        "refused": any(s.get(k) for s in sensors for k, _ in REFUSED_PARTS),
+        "media_not_rtp": any(s.get("media_not_rtp") for s in sensors),
+        "clock_offset_ns": any(s.get("clock_offset_ns") for s in sensors),
+        "clock_merge": any(_clock_merge(s) != "-" for s in sensors),
+    }
+    for col in OPTIONAL_FLEET_COLUMNS:
+        if shown[col[0]]:
+            columns.insert(at, col)
+            at += 1
+    return columns
+
+
 MEMBER_COLUMNS = [("role", "role"), ("id", "id"), ("site", "site"), ("address", "address"),
                   ("version", "version"), ("started_at", "started (UTC)")]
 
@@ -158,12 +217,11 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
     if fleet.get("registry_state"):
         title += f"; etcd registry {fleet['registry_state']}"
     table = Table(title=title, title_justify="left")
-    columns = list(FLEET_COLUMNS)
-    if any(s.get("sip_tls_packets") for s in fleet["sensors"]):
-        columns.insert(columns.index(("send_queue", "spool")) + 1, ("sip_tls_packets", "SIP/TLS packets"))
+    columns = _fleet_columns(fleet["sensors"])
+    right = ("_s", "drops", "queue", "packets", "_ns", "refused", "not_rtp")
     for key, header in columns:
         table.add_column(header, overflow="fold",
-                         justify="right" if key.endswith(("_s", "drops", "queue", "packets")) else "left")
+                         justify="right" if key.endswith(right) else "left")
     styles = {"up": "green", "stale": "yellow", "gone": "red", "done": "blue"}
     for s in fleet["sensors"]:
         row = {k: escape(str(s.get(k, ""))) for k, _ in columns}
@@ -171,6 +229,9 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
         row["captured_per_s"] = _rate(s["captured_per_s"])
         row["forwarded_per_s"] = _rate(s["forwarded_per_s"])
         row["identity"] = s.get("identity") or "-"
+        row["refused"] = _refused(s)
+        row["clock_offset_ns"] = _offset(s.get("clock_offset_ns", 0))
+        row["clock_merge"] = _clock_merge(s)
         row["registered"] = ("yes" if s.get("registered") else "no") if fleet.get("registry_state") else "-"
         style = styles.get(s["state"])
         row["state"] = f"[{style}]{s['state']}[/]" if style else s["state"]
@@ -179,6 +240,9 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
     line = unsignalled_line(fleet.get("unsignalled_media") or {})
     if line:
         out.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
+    if fleet.get("authz_refused"):
+        out.print(f"[yellow]{fleet['authz_refused']} request(s) refused by certificate role or site "
+                  "(controller log: 'refused:')[/]", soft_wrap=True)
     if fleet.get("members"):
         members = Table(title="registered in etcd", title_justify="left")
         for _, header in MEMBER_COLUMNS:

@@ -286,10 +286,11 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     through the recorder's store, off the event loop)."""
 
     def __init__(self, recorder: Recorder, links: LinkTable | None = None,
-                 registry: Any = None) -> None:
+                 registry: Any = None, authorizer: Authorizer | None = None) -> None:
         self.recorder = recorder
         self.links = links or LinkTable()
         self.registry = registry    # registry.Registry or None (no etcd)
+        self.authorizer = authorizer   # its refusal counts go into the status
 
     async def GetStatus(self, request: admin_pb2.StatusRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Status:
@@ -300,7 +301,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             storage_errors=st["storage_errors"], decode_errors=st["decode_errors"],
             duplicates_dropped=st["duplicates_dropped"], packets_in=st.get("packets_in", 0),
             bad_batches=st.get("bad_batches", 0), storage=self.recorder.writer.store.url,
-            storage_pending=st.get("storage_pending", 0), storage_retries=st.get("storage_retries", 0))
+            storage_pending=st.get("storage_pending", 0), storage_retries=st.get("storage_retries", 0),
+            authz_refused=sum(self.authorizer.counts().values()) if self.authorizer else 0)
         u = summarize_unsignalled(st)
         out.unsignalled_media.CopyFrom(admin_pb2.UnsignalledMedia(
             flows=u.flows, packets=u.packets, ambiguous_packets=u.ambiguous_packets,
@@ -494,7 +496,7 @@ async def serve(recorder: Recorder, listen: str, *, tick_s: float = 1.0,
     sensor_pb2_grpc.add_SensorLinkServicer_to_server(
         SensorLinkServicer(recorder, links, authorizer=authorizer), server)
     server._spanrec_authz = authorizer  # type: ignore[attr-defined]
-    admin = AdminServicer(recorder, links, registry)
+    admin = AdminServicer(recorder, links, registry, authorizer=authorizer)
     admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
     server._spanrec_admin = admin  # type: ignore[attr-defined]  # registry attached after start
     health_servicer = health.aio.HealthServicer()

@@ -55,7 +55,7 @@ class Batch(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., sensor_id: _Optional[str] = ..., linktype: _Optional[int] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., wire_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Counters(_message.Message):
-    __slots__ = ("captured", "forwarded", "filtered", "decode_errors", "kernel_drops", "interface_drops", "queue_drops", "send_queue", "batches_sent", "batches_acked", "reconnects", "backlog_drops", "expected_flows", "rtp_heuristic_flows", "rtp_heuristic_packets", "sip_tls_flows", "sip_tls_packets")
+    __slots__ = ("captured", "forwarded", "filtered", "decode_errors", "kernel_drops", "interface_drops", "queue_drops", "send_queue", "batches_sent", "batches_acked", "reconnects", "backlog_drops", "expected_flows", "rtp_heuristic_flows", "rtp_heuristic_packets", "sip_tls_flows", "sip_tls_packets", "sdp_endpoints_refused", "media_not_rtp")
     CAPTURED_FIELD_NUMBER: _ClassVar[int]
     FORWARDED_FIELD_NUMBER: _ClassVar[int]
     FILTERED_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,8 @@ class Counters(_message.Message):
     RTP_HEURISTIC_PACKETS_FIELD_NUMBER: _ClassVar[int]
     SIP_TLS_FLOWS_FIELD_NUMBER: _ClassVar[int]
     SIP_TLS_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    SDP_ENDPOINTS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_NOT_RTP_FIELD_NUMBER: _ClassVar[int]
     captured: int
     forwarded: int
     filtered: int
@@ -90,7 +92,9 @@ class Counters(_message.Message):
     rtp_heuristic_packets: int
     sip_tls_flows: int
     sip_tls_packets: int
-    def __init__(self, captured: _Optional[int] = ..., forwarded: _Optional[int] = ..., filtered: _Optional[int] = ..., decode_errors: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., queue_drops: _Optional[int] = ..., send_queue: _Optional[int] = ..., batches_sent: _Optional[int] = ..., batches_acked: _Optional[int] = ..., reconnects: _Optional[int] = ..., backlog_drops: _Optional[int] = ..., expected_flows: _Optional[int] = ..., rtp_heuristic_flows: _Optional[int] = ..., rtp_heuristic_packets: _Optional[int] = ..., sip_tls_flows: _Optional[int] = ..., sip_tls_packets: _Optional[int] = ...) -> None: ...
+    sdp_endpoints_refused: int
+    media_not_rtp: int
+    def __init__(self, captured: _Optional[int] = ..., forwarded: _Optional[int] = ..., filtered: _Optional[int] = ..., decode_errors: _Optional[int] = ..., kernel_drops: _Optional[int] = ..., interface_drops: _Optional[int] = ..., queue_drops: _Optional[int] = ..., send_queue: _Optional[int] = ..., batches_sent: _Optional[int] = ..., batches_acked: _Optional[int] = ..., reconnects: _Optional[int] = ..., backlog_drops: _Optional[int] = ..., expected_flows: _Optional[int] = ..., rtp_heuristic_flows: _Optional[int] = ..., rtp_heuristic_packets: _Optional[int] = ..., sip_tls_flows: _Optional[int] = ..., sip_tls_packets: _Optional[int] = ..., sdp_endpoints_refused: _Optional[int] = ..., media_not_rtp: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sensor_id", "clock_ns", "counters", "replay_bytes", "replay_total")

@@ -154,6 +154,21 @@ def open_source(opts: SensorOptions, fast_frames: int = 0) -> PacketSource:
         raise SensorFailed(str(exc)) from exc
 
 
+def heartbeat_counters(c: Any, cap: Any) -> sensor_pb2.Counters:
+    """A heartbeat's Counters from the classifier's counters `c` and the
+    capture's stats `cap` (kernel, interface and backlog drops)."""
+    return sensor_pb2.Counters(
+        # filtered_settled: packets held for RTP probing are not counted
+        # yet (they may be forwarded), so the counter never goes down
+        captured=c.seen, filtered=c.filtered_settled, decode_errors=c.decode_errors,
+        kernel_drops=cap.kernel_drops, interface_drops=cap.interface_drops,
+        backlog_drops=cap.backlog_drops, expected_flows=c.expected_flows,
+        rtp_heuristic_flows=c.rtp_heuristic_flows,
+        rtp_heuristic_packets=c.rtp_heuristic_packets,
+        sip_tls_flows=c.sip_tls_flows, sip_tls_packets=c.sip_tls_packets,
+        sdp_endpoints_refused=c.sdp_endpoints_refused, media_not_rtp=c.media_not_rtp)
+
+
 def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     """Run until the source ends (replay) or `stop` is set (live).
 
@@ -176,17 +191,7 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     replay_bytes = [0]
 
     def stats() -> sensor_pb2.Counters:
-        cap = source.stats()
-        c = classifier.counters
-        return sensor_pb2.Counters(
-            # filtered_settled: packets held for RTP probing are not counted
-            # yet (they may be forwarded), so the counter never goes down
-            captured=c.seen, filtered=c.filtered_settled, decode_errors=c.decode_errors,
-            kernel_drops=cap.kernel_drops, interface_drops=cap.interface_drops,
-            backlog_drops=cap.backlog_drops, expected_flows=c.expected_flows,
-            rtp_heuristic_flows=c.rtp_heuristic_flows,
-            rtp_heuristic_packets=c.rtp_heuristic_packets,
-            sip_tls_flows=c.sip_tls_flows, sip_tls_packets=c.sip_tls_packets)
+        return heartbeat_counters(classifier.counters, source.stats())
 
     mode = "replay" if opts.pcap else "live"
     registry = start_registry(opts)

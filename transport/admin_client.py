@@ -63,6 +63,18 @@ class SensorInfo:
     registered: bool = False   # has a live record in the etcd registry
     sip_tls_flows: int = 0     # SIP-over-TLS connections seen (encrypted: not forwarded)
     sip_tls_packets: int = 0
+    sdp_endpoints_refused: int = 0   # SDP media endpoints the sensor refused (port 53, too many m=)
+    media_not_rtp: int = 0           # datagrams on SDP media ports that were not RTP-shaped
+    # time per sensor (admin.proto SensorStatus 21-29)
+    clock_offset_ns: int = 0         # controller clock - sensor clock
+    clock_corrected: int = 0         # packets shifted by that offset
+    packets_refused: int = 0         # packets over a day off, dropped
+    heartbeats_refused: int = 0      # heartbeat clocks ignored
+    merge: str = ""                  # "" / stalled / lagging
+    merge_stalls: int = 0
+    merge_held: int = 0
+    clock_steps: int = 0
+    clock_restamped: int = 0
 
 
 @dataclass
@@ -103,6 +115,8 @@ class Fleet:
     registry_state: str = ""   # "" when the controller runs without etcd
     members: list[MemberInfo] = field(default_factory=list)
     storage_pending: int = 0
+    storage_retries: int = 0
+    authz_refused: int = 0     # RPCs refused by certificate role or site, all certificates
     unsignalled_media: UnsignalledMediaInfo = field(default_factory=UnsignalledMediaInfo)
 
 
@@ -158,7 +172,12 @@ def _sensor(s: admin_pb2.SensorStatus) -> SensorInfo:
         queue_drops=c.queue_drops, send_queue=c.send_queue, reconnects=c.reconnects,
         packets_received=s.packets_received, duplicates_dropped=s.duplicates_dropped,
         error=s.error, registered=s.registered,
-        sip_tls_flows=c.sip_tls_flows, sip_tls_packets=c.sip_tls_packets)
+        sip_tls_flows=c.sip_tls_flows, sip_tls_packets=c.sip_tls_packets,
+        sdp_endpoints_refused=c.sdp_endpoints_refused, media_not_rtp=c.media_not_rtp,
+        clock_offset_ns=s.clock_offset_ns, clock_corrected=s.clock_corrected,
+        packets_refused=s.packets_refused, heartbeats_refused=s.heartbeats_refused,
+        merge=s.merge, merge_stalls=s.merge_stalls, merge_held=s.merge_held,
+        clock_steps=s.clock_steps, clock_restamped=s.clock_restamped)
 
 
 def _call(c: admin_pb2.CallSummary) -> CallInfo:
@@ -220,7 +239,8 @@ class AdminClient:
             packets_in=st.packets_in,
             sensors=sorted((_sensor(s) for s in st.sensors), key=lambda s: s.sensor_id),
             registry_state=st.registry_state, storage_pending=st.storage_pending,
-            bad_batches=st.bad_batches,
+            bad_batches=st.bad_batches, storage_retries=st.storage_retries,
+            authz_refused=st.authz_refused,
             unsignalled_media=UnsignalledMediaInfo(
                 flows=st.unsignalled_media.flows, packets=st.unsignalled_media.packets,
                 ambiguous_packets=st.unsignalled_media.ambiguous_packets,
