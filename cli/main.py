@@ -186,6 +186,9 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
 @click.option("--require-site/--no-require-site", default=None,
               help="Refuse sensors whose certificate names no site (make-certs client --site); "
                    "a certificate that names one always binds the sensor to it (default off).")
+@click.option("--site-networks", help="TOML/JSON file of site = [CIDR, ...]: a sensor's packets whose "
+                                      "source and destination are both outside its site's ranges "
+                                      "are dropped and counted (default off).")
 @_audio_format_option
 @_with_rules
 @_with_cluster

@@ -70,7 +70,7 @@ def build_recorder(settings: ControllerSettings, store: RecordingStore,
                                  media_window_ms=settings.media_dedup_window_ms),
         expected_sensors=expected_sensors,
         controller_id=settings.controller_id,
-        wal=wal, wall_clock=True)
+        wal=wal, wall_clock=True, site_networks=settings.site_ranges())
     recorder.writer.audio_format = settings.audio_format
     return recorder
 

@@ -109,6 +109,9 @@ class ControllerSettings(_Cluster):
     record_default: Literal["record", "signalling-only"] | None = None
 
     require_site: bool = False                 # refuse sensor certificates that name no site
+    # address ranges per site (controller/sitefilter.py): a table ([controller.site_networks]),
+    # JSON (SPANREC_SITE_NETWORKS), or the path of a TOML/JSON file (--site-networks PATH)
+    site_networks: Annotated[dict[str, Any] | str | None, NoDecode] = None
 
     _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
 
@@ -149,6 +152,26 @@ class ControllerSettings(_Cluster):
         except RulesError as exc:
             raise ValueError(str(exc)) from None
         return self
+
+    @model_validator(mode="after")
+    def _check_site_networks(self) -> ControllerSettings:
+        from controller.sitefilter import SiteNetworks, SiteNetworksError, load_site_networks
+        v = self.site_networks
+        if v is None or v == "":
+            self.site_networks = None
+            return self
+        try:
+            if isinstance(v, str):
+                v = json.loads(v) if v.lstrip().startswith("{") else load_site_networks(v)
+            self.site_networks = SiteNetworks.from_dict(v).as_dict()
+        except ValueError as exc:    # SiteNetworksError, bad JSON
+            raise ValueError(str(exc).splitlines()[0]) from None
+        return self
+
+    def site_ranges(self) -> Any:
+        """controller.sitefilter.SiteNetworks, or None when no site has ranges."""
+        from controller.sitefilter import SiteNetworks
+        return SiteNetworks.from_dict(self.site_networks) if self.site_networks else None
 
     def recording_rules(self) -> RecordingRules:
         """The rules: the record_rules table with the single settings over it."""
@@ -212,7 +235,7 @@ def _read_file(path: str | None, section: str) -> dict[str, Any]:
 
 
 #: settings that are tables in the config file ([controller.record_rules])
-_TABLES = {"controller": ("record_rules",)}
+_TABLES = {"controller": ("record_rules", "site_networks")}
 
 
 def load(cls: type[_Base], section: str, config_file: str | None, flags: dict[str, Any]) -> Any:

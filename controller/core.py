@@ -30,6 +30,7 @@ from controller.dedup import DedupConfig, Deduplicator
 from controller.hints import MediaHints
 from controller.finalize import build_recording, iso_time
 from controller.late import LateFrames
+from controller.sitefilter import SiteNetworks
 from controller.order import Packet, TimeMerger
 from protocols.errors import DecodeError
 from protocols.layers import decode
@@ -200,6 +201,7 @@ class Recorder:
         wal: WriteAheadLog | None = None,
         wal_horizon_s: float = 10.0,
         wall_clock: bool = False,
+        site_networks: SiteNetworks | None = None,
     ) -> None:
         self.controller_id = controller_id
         self.hints = MediaHints()
@@ -235,6 +237,12 @@ class Recorder:
         self.replay_suppressed = 0  # calls not written again: stored before a crash
         self._replay_until = -1     # newest capture time in the replayed log
         self.recovered: dict[str, Any] = {}
+        # address ranges per site (issue #11, controller/sitefilter.py): configuration
+        # only, so a replay of the log drops what the live path dropped
+        self.site_networks = site_networks
+        self._site_ranges: dict = {}                 # sensor id -> SiteRanges of its site
+        self.outside_site: dict[str, int] = {}       # sensor id -> packets dropped
+        self._outside_warned: dict[str, tuple[float, int]] = {}   # sensor id -> (time, count)
 
     @property
     def telemetry(self):
@@ -260,6 +268,7 @@ class Recorder:
             st.connected = True
             st.ended = False
             st.last_seen = time.time()
+            self._bind_site(st)
             self.merger.add_source(sensor_id)
             if self.wal is not None and not self._replaying:
                 self.wal.sync()      # everything received so far is acknowledged as durable
@@ -326,6 +335,30 @@ class Recorder:
         if self.telemetry is not None:
             self.telemetry.batch_acked(time.monotonic() - t0, sensor_id)
         return ack
+
+    def _bind_site(self, st: SensorState) -> None:
+        """The address ranges a sensor's packets must touch: its site's, if any."""
+        ranges = self.site_networks.for_site(st.site) if self.site_networks else None
+        if ranges is None:
+            self._site_ranges.pop(st.sensor_id, None)
+        else:
+            self._site_ranges[st.sensor_id] = ranges
+
+    def _outside_warning(self, dropped: dict[str, int]) -> None:
+        """Counts packets outside their sensor's site; a WARNING per sensor at most
+        once a minute (with the count since the last one)."""
+        now = time.monotonic()
+        for sid, n in dropped.items():
+            total = self.outside_site.get(sid, 0) + n
+            self.outside_site[sid] = total
+            last, at = self._outside_warned.get(sid, (-1e18, 0))
+            if now - last >= 60.0:
+                self._outside_warned[sid] = (now, total)
+                ranges = self._site_ranges.get(sid)
+                log.warning("packets outside the sensor's site ranges dropped", extra={
+                    "sensor_id": sid, "site": ranges.site if ranges else "",
+                    "packets": total - at, "outside_site": total,
+                    "networks": [str(n) for n in ranges.networks][:8] if ranges else []})
 
     def _ack(self, st: SensorState) -> int:
         if self.wal is None or self._replaying:
@@ -555,6 +588,7 @@ class Recorder:
                                  clock_ns=s["clock_ns"])
                 st.clock.sanitizer.restore(s.get("clock", {}))
                 self.sensors[sid] = st
+                self._bind_site(st)
                 if not st.ended:
                     self.merger.add_source(sid)
                     if st.clock_ns:
@@ -663,12 +697,21 @@ class Recorder:
         next_advance = self._next_advance
         lag = self.merger.max_lag_ns if self.merger.timelines else 1 << 62
         errors = 0
+        site_ranges = self._site_ranges      # empty unless some site has address ranges
+        outside: dict[str, int] | None = None
         for ts, sid, linktype, data in packets:
             try:
                 d = decode(linktype, data)
             except DecodeError:
                 errors += 1
                 continue
+            if site_ranges:
+                ranges = site_ranges.get(sid)
+                if ranges is not None and not ranges.keeps(d.src, d.dst):
+                    if outside is None:
+                        outside = {}
+                    outside[sid] = outside.get(sid, 0) + 1
+                    continue
             off = d.payload_offset
             # SIP starts with an ASCII letter, RTP/RTCP with version bits 10 (0x80..0xBF).
             is_sip = d.payload_len > 0 and 0x41 <= data[off] < 0x80
@@ -691,6 +734,8 @@ class Recorder:
                     self.peak_active_calls = active
         self._next_advance = next_advance
         self.decode_errors += errors
+        if outside:
+            self._outside_warning(outside)
         self.packets_in += len(packets)
 
     def _fragment(self, ts: int, sid: str, linktype: int, data: bytes, d) -> None:
@@ -733,6 +778,8 @@ class Recorder:
                 "clock_offset_ns": st.wall.offset, "clock_corrected": st.wall.corrected,
                 "heartbeats_refused": st.wall.refused_heartbeats,
                 "packets_refused": st.wall.refused_packets,
+                # site address ranges (issue #11): packets neither from nor to the site
+                "outside_site": self.outside_site.get(st.sensor_id, 0),
                 **self.merger.source_state(st.sensor_id),
             })
         out = {
@@ -744,6 +791,7 @@ class Recorder:
             "decode_errors": self.decode_errors,
             "bad_batches": self.bad_batches,
             "duplicates_dropped": self.dedup.dropped,
+            "outside_site": sum(self.outside_site.values()),
             "packets_in": self.packets_in,
             "merge_held": self.merger.held, "merge_held_bytes": self.merger.held_bytes,
             "merge_overflow_packets": self.merger.overflow_packets,
