@@ -112,7 +112,7 @@ FLEET_COLUMNS = [
 ]
 # Shown only when some sensor has a non-zero value (placed before "certificate").
 REFUSED_PARTS = (("packets_refused", "packets"), ("heartbeats_refused", "heartbeats"),
-                 ("sdp_endpoints_refused", "SDP endpoints"))
+                 ("sdp_endpoints_refused", "SDP endpoints"), ("outside_site", "outside site"))
 OPTIONAL_FLEET_COLUMNS = [
     ("refused", "refused"), ("media_not_rtp", "not RTP"),
     ("clock_offset_ns", "offset"), ("clock_merge", "clock/merge"),

@@ -427,7 +427,8 @@ def _sensor_status(s: dict, link: dict) -> admin_pb2.SensorStatus:
         heartbeats_refused=s.get("heartbeats_refused", 0),
         packets_refused=s.get("packets_refused", 0), merge=s.get("merge", ""),
         merge_stalls=s.get("merge_stalls", 0), merge_held=s.get("held", 0),
-        clock_steps=s.get("clock_steps", 0), clock_restamped=s.get("clock_restamped", 0))
+        clock_steps=s.get("clock_steps", 0), clock_restamped=s.get("clock_restamped", 0),
+        outside_site=s.get("outside_site", 0))
 
 
 def _summary(c: dict, active: bool) -> admin_pb2.CallSummary:

@@ -12,7 +12,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SensorStatus(_message.Message):
-    __slots__ = ("sensor_id", "site", "version", "state", "last_seen_ns", "counters", "duplicates_dropped", "mode", "link", "peer", "identity", "connected_since_ns", "last_heartbeat_ns", "captured_per_s", "forwarded_per_s", "packets_received", "replay_bytes", "replay_total", "error", "registered", "clock_offset_ns", "clock_corrected", "heartbeats_refused", "packets_refused", "merge", "merge_stalls", "merge_held", "clock_steps", "clock_restamped")
+    __slots__ = ("sensor_id", "site", "version", "state", "last_seen_ns", "counters", "duplicates_dropped", "mode", "link", "peer", "identity", "connected_since_ns", "last_heartbeat_ns", "captured_per_s", "forwarded_per_s", "packets_received", "replay_bytes", "replay_total", "error", "registered", "clock_offset_ns", "clock_corrected", "heartbeats_refused", "packets_refused", "merge", "merge_stalls", "merge_held", "clock_steps", "clock_restamped", "outside_site")
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class SensorStatus(_message.Message):
     MERGE_HELD_FIELD_NUMBER: _ClassVar[int]
     CLOCK_STEPS_FIELD_NUMBER: _ClassVar[int]
     CLOCK_RESTAMPED_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_SITE_FIELD_NUMBER: _ClassVar[int]
     sensor_id: str
     site: str
     version: str
@@ -71,7 +72,8 @@ class SensorStatus(_message.Message):
     merge_held: int
     clock_steps: int
     clock_restamped: int
-    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., last_seen_ns: _Optional[int] = ..., counters: _Optional[_Union[_sensor_pb2.Counters, _Mapping]] = ..., duplicates_dropped: _Optional[int] = ..., mode: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., identity: _Optional[str] = ..., connected_since_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., captured_per_s: _Optional[float] = ..., forwarded_per_s: _Optional[float] = ..., packets_received: _Optional[int] = ..., replay_bytes: _Optional[int] = ..., replay_total: _Optional[int] = ..., error: _Optional[str] = ..., registered: _Optional[bool] = ..., clock_offset_ns: _Optional[int] = ..., clock_corrected: _Optional[int] = ..., heartbeats_refused: _Optional[int] = ..., packets_refused: _Optional[int] = ..., merge: _Optional[str] = ..., merge_stalls: _Optional[int] = ..., merge_held: _Optional[int] = ..., clock_steps: _Optional[int] = ..., clock_restamped: _Optional[int] = ...) -> None: ...
+    outside_site: int
+    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., state: _Optional[str] = ..., last_seen_ns: _Optional[int] = ..., counters: _Optional[_Union[_sensor_pb2.Counters, _Mapping]] = ..., duplicates_dropped: _Optional[int] = ..., mode: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., identity: _Optional[str] = ..., connected_since_ns: _Optional[int] = ..., last_heartbeat_ns: _Optional[int] = ..., captured_per_s: _Optional[float] = ..., forwarded_per_s: _Optional[float] = ..., packets_received: _Optional[int] = ..., replay_bytes: _Optional[int] = ..., replay_total: _Optional[int] = ..., error: _Optional[str] = ..., registered: _Optional[bool] = ..., clock_offset_ns: _Optional[int] = ..., clock_corrected: _Optional[int] = ..., heartbeats_refused: _Optional[int] = ..., packets_refused: _Optional[int] = ..., merge: _Optional[str] = ..., merge_stalls: _Optional[int] = ..., merge_held: _Optional[int] = ..., clock_steps: _Optional[int] = ..., clock_restamped: _Optional[int] = ..., outside_site: _Optional[int] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("role", "id", "site", "version", "address", "started_at", "interfaces")

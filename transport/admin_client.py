@@ -69,6 +69,7 @@ class SensorInfo:
     clock_offset_ns: int = 0         # controller clock - sensor clock
     clock_corrected: int = 0         # packets shifted by that offset
     packets_refused: int = 0         # packets over a day off, dropped
+    outside_site: int = 0            # packets outside its site's address ranges, dropped
     heartbeats_refused: int = 0      # heartbeat clocks ignored
     merge: str = ""                  # "" / stalled / lagging
     merge_stalls: int = 0
@@ -177,7 +178,7 @@ def _sensor(s: admin_pb2.SensorStatus) -> SensorInfo:
         clock_offset_ns=s.clock_offset_ns, clock_corrected=s.clock_corrected,
         packets_refused=s.packets_refused, heartbeats_refused=s.heartbeats_refused,
         merge=s.merge, merge_stalls=s.merge_stalls, merge_held=s.merge_held,
-        clock_steps=s.clock_steps, clock_restamped=s.clock_restamped)
+        clock_steps=s.clock_steps, clock_restamped=s.clock_restamped, outside_site=s.outside_site)
 
 
 def _call(c: admin_pb2.CallSummary) -> CallInfo:

@@ -85,21 +85,24 @@ def test_columns_and_footer_absent_when_all_zero(monkeypatch) -> None:
 
 @pytest.mark.parametrize("field, value, header", [
     ("clock_offset_ns", 1_200_000_000, "offset"), ("packets_refused", 1, "refused"),
-    ("merge", "lagging", "clock/merge")])
+    ("merge", "lagging", "clock/merge"), ("outside_site", 9, "refused")])
 def test_each_column_appears_on_its_own(monkeypatch, field, value, header) -> None:
     text = _render(_fleet(_status(**{field: value})), "table", monkeypatch)
     assert header in text
     if field == "clock_offset_ns":
         assert _row(text, "busy")["offset"] == "+1.200 s"
+    if field == "outside_site":
+        assert _row(text, "busy")["refused"] == "9 (outside site 9)"
 
 
 def test_json_names_every_field(monkeypatch) -> None:
     st = _status(**BUSY)
     st.authz_refused = 7
+    st.sensors[1].outside_site = 11
     doc = json.loads(_render(_fleet(st), "json", monkeypatch))
     assert doc["authz_refused"] == 7
     busy = next(s for s in doc["sensors"] if s["sensor_id"] == "busy")
     want = dict(sdp_endpoints_refused=4, media_not_rtp=17, clock_offset_ns=-2_500_000,
                 clock_corrected=90, heartbeats_refused=3, packets_refused=5, merge="stalled",
-                merge_stalls=2, merge_held=40, clock_steps=1, clock_restamped=6)
+                merge_stalls=2, merge_held=40, clock_steps=1, clock_restamped=6, outside_site=11)
     assert {k: busy[k] for k in want} == want
