@@ -87,6 +87,8 @@ class NoiseMeter:
         idx = self._index + np.arange(windows.shape[0])
         self._index += windows.shape[0]
         pick = (idx < FULL_WINDOWS) | (idx % STRIDE == 0)
+        if not pick.any():
+            return                  # none of these windows is one of the sampled ones
         weight = np.where(idx[pick] < FULL_WINDOWS, 1, STRIDE)
         rms, ent, flat, r1 = window_stats(windows[pick])
         loud = rms >= QUIET_RMS
