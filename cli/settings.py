@@ -155,7 +155,7 @@ class ControllerSettings(_Cluster):
 
     @model_validator(mode="after")
     def _check_site_networks(self) -> ControllerSettings:
-        from controller.sitefilter import SiteNetworks, SiteNetworksError, load_site_networks
+        from controller.sitefilter import SiteNetworks, load_site_networks
         v = self.site_networks
         if v is None or v == "":
             self.site_networks = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.finalize import iso_time
+from controller.calls import call_summary
 from storage.layout import recording_id
 
 __all__ = ["MAX_PAGE", "PageError", "call_page", "find_active", "summary"]
@@ -34,18 +34,7 @@ def _snapshot(recorder: Any) -> list:
     return [c for c in calls.values() if not c.done]
 
 
-def summary(call: Any) -> dict:
-    """What `CallEngine.active()` gives for one call."""
-    dialog = call.dialog
-    return {
-        "id": recording_id(call.first_call_id, call.started_ns),
-        "call_ids": list(call.call_ids),
-        "from": dialog.from_uri,
-        "to": dialog.to_uri,
-        "status": dialog.live_status(),
-        "started_at": iso_time(call.started_ns),
-        "packets": call.frames_held,
-    }
+summary = call_summary          # what `CallEngine.active()` gives for one call
 
 
 def _parse(token: str) -> tuple[str, Any]:

@@ -1000,19 +1000,21 @@ class CallEngine:
     # -- status ---------------------------------------------------------------
     def active(self) -> list[dict]:
         """One summary per active call, oldest first."""
-        out = []
-        for call in sorted(self.table.calls(), key=lambda c: c.started_ns):
-            dialog = call.dialog
-            out.append({
-                "id": recording_id(call.first_call_id, call.started_ns),
-                "call_ids": list(call.call_ids),
-                "from": dialog.from_uri,
-                "to": dialog.to_uri,
-                "status": dialog.live_status(),
-                "started_at": iso_time(call.started_ns),
-                "packets": call.frames_held,
-            })
-        return out
+        return [call_summary(call) for call in sorted(self.table.calls(), key=lambda c: c.started_ns)]
+
+
+def call_summary(call: Call) -> dict:
+    """What an active call looks like from outside (Admin API, `CallEngine.active`)."""
+    dialog = call.dialog
+    return {
+        "id": recording_id(call.first_call_id, call.started_ns),
+        "call_ids": list(call.call_ids),
+        "from": dialog.from_uri,
+        "to": dialog.to_uri,
+        "status": dialog.live_status(),
+        "started_at": iso_time(call.started_ns),
+        "packets": call.frames_held,
+    }
 
 
 def _summary_dialog(legs: list[Leg]) -> Dialog:
