@@ -51,7 +51,7 @@ from controller.provenance import call_conflicts, conflict_warnings
 from controller.quality import call_quality
 from controller.spill import CallSpill, load_runs
 from controller.streams import SIDE_NAMES, RtpStream
-from controller.timeline import Channel, Rendered, plan_audio, render_audio
+from controller.timeline import MARGIN_S, Channel, Rendered, plan_audio, render_audio
 
 __all__ = ["FinishedCall", "Recording", "build_recording", "iso_time"]
 
@@ -143,6 +143,7 @@ class _Audio:
     name: str | None = None
     data: bytes | Path | None = None
     used: set[int] = field(default_factory=set)     # indexes of the streams heard in the file
+    outside: dict[int, int] = field(default_factory=dict)   # stream -> audio packets outside the call's time
 
 
 def _audio(call: FinishedCall, fmt: str, media: SecureMedia) -> _Audio:
@@ -150,8 +151,10 @@ def _audio(call: FinishedCall, fmt: str, media: SecureMedia) -> _Audio:
     memory, or for a long call (spilled) into a file beside its spill files.  The
     streams and frames are `media`'s: SRTP decrypted, what stays encrypted left out."""
     clear = SimpleNamespace(streams=media.streams, rtpmap=call.rtpmap, frame_ts=media.frame_ts,
-                            frame_data=media.frame_data, started_ns=call.started_ns)
-    out = _Audio(plan_audio(clear))
+                            frame_data=media.frame_data, started_ns=call.started_ns,
+                            ended_ns=call.ended_ns)
+    outside: dict[int, int] = {}
+    out = _Audio(plan_audio(clear, outside), outside=outside)
     if not out.channels:
         return out
     name = audio_file_name(fmt)
@@ -203,6 +206,7 @@ def _stream_meta(call: FinishedCall, i: int, s: RtpStream, audio: _Audio,
         "packets_by_sensor": dict(sorted(s.by_sensor.items())),
         "copies_dropped": sum(s.copies.values()),
         "copies_dropped_by_sensor": dict(sorted(s.copies.items())),
+        "outside_call_window": audio.outside.get(i, 0),
     }
 
 
@@ -280,6 +284,11 @@ def _media_warnings(call: FinishedCall, media: SecureMedia, audio: _Audio) -> li
             all(media.security[i].encrypted and not media.security[i].decrypted for i in audio_streams):
         out.append("No audio file: all of the call's audio is encrypted with keys the recorder "
                    "cannot use.")
+    if audio.outside:
+        out.append(f"{sum(audio.outside.values())} audio packet(s) of stream(s) "
+                   f"{', '.join(map(str, sorted(audio.outside)))} were stamped more than "
+                   f"{MARGIN_S} s before the call's signalled start or after its end: they are "
+                   "in call.pcap but not in the audio.")
     if audio.rendered is not None:
         for side, meter in sorted(audio.rendered.noise.items()):
             if meter.noise_like:

@@ -129,7 +129,8 @@ class _Packets:
 
 
 def _packets(index: int, s: RtpStream, rtpmap: dict, frame_ts: np.ndarray,
-             frames: Any, lo_ns: int | None = None) -> _Packets | None:
+             frames: Any, lo_ns: int | None = None, hi_ns: int | None = None,
+             outside: dict[int, int] | None = None) -> _Packets | None:
     ts_parts, pt_parts, ref_parts = [], [], []
     encodings: dict[int, tuple[str, int, int] | None] = {}
     for pt, run in s.by_pt.items():
@@ -155,12 +156,22 @@ def _packets(index: int, s: RtpStream, rtpmap: dict, frame_ts: np.ndarray,
     clock = rates[np.searchsorted(kinds, pt)]
     rtp_ts = np.concatenate(ts_parts)[order] & 0xFFFFFFFF
     cap = frame_ts[refs >> (2 * _SHIFT)]
-    if lo_ns is not None and int(cap.min()) < lo_ns:
-        # the start bound: packets stamped more than MARGIN_S before the call's
-        # signalled start are not audio (they stay in call.pcap)
-        keep = cap >= lo_ns
-        _log.warning("audio packets stamped before the call's start left out of the audio",
-                     extra={"stream": index, "packets": int((~keep).sum())})
+    early = lo_ns is not None and int(cap.min()) < lo_ns
+    late = hi_ns is not None and int(cap.max()) > hi_ns
+    if early or late:
+        # the call's window: packets stamped more than MARGIN_S before its signalled
+        # start or after its signalled end are not audio (they stay in call.pcap);
+        # a forged or mis-stamped packet cannot stretch the audio file
+        keep = np.ones(cap.size, dtype=bool)
+        if early:
+            keep &= cap >= lo_ns
+        if late:
+            keep &= cap <= hi_ns
+        n = int((~keep).sum())
+        if outside is not None:
+            outside[index] = n
+        _log.warning("audio packets stamped outside the call's signalled time left out of the audio",
+                     extra={"stream": index, "packets": n})
         if not keep.any():
             return None
         rtp_ts, pt, refs, cap, clock = rtp_ts[keep], pt[keep], refs[keep], cap[keep], clock[keep]
@@ -282,17 +293,21 @@ def _fetch(frames, refs: np.ndarray, i: int, j: int, cb: CallBytes | None = None
     return out
 
 
-def plan_audio(call: Any) -> dict[int, Channel]:
+def plan_audio(call: Any, outside: dict[int, int] | None = None) -> dict[int, Channel]:
     """The streams, segments and pieces of each side (0 caller, 1 callee) that has audio
-    packets; ``call`` is a finalize.FinishedCall (streams, rtpmap, frame_ts, frame_data)."""
+    packets; ``call`` is a finalize.FinishedCall (streams, rtpmap, frame_ts, frame_data,
+    started_ns, ended_ns).  Audio packets stamped more than MARGIN_S outside the call's
+    signalled start and end are left out and counted per stream in ``outside``."""
     frame_ts = np.fromiter(call.frame_ts, dtype=np.int64, count=len(call.frame_ts))
     start = getattr(call, "started_ns", None)
+    end = getattr(call, "ended_ns", None)
     lo = None if start is None else start - MARGIN_S * _NS
+    hi = None if end is None else end + MARGIN_S * _NS
     by_side: dict[int, list[_Packets]] = {}
     for i, s in enumerate(call.streams):
         if s.kind != "audio":
             continue            # video, T.38, application: kept in call.pcap, never decoded
-        pk = _packets(i, s, call.rtpmap, frame_ts, call.frame_data, lo)
+        pk = _packets(i, s, call.rtpmap, frame_ts, call.frame_data, lo, hi, outside)
         if pk is not None:
             by_side.setdefault(s.sender, []).append(pk)
     channels: dict[int, Channel] = {}

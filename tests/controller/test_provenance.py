@@ -97,3 +97,23 @@ def test_a_plain_call_has_no_conflicts() -> None:
     f.copy("s-b", A, 5060, B, 5060, bye)
     (meta,) = f.metas()
     assert meta["conflicts"] == [] and meta["streams"][0]["duplicates"] == 1
+
+
+def test_audio_stamped_after_the_call_is_not_audio() -> None:
+    """RTP of a call stamped long after its BYE (out of order, as a lagging or lying
+    sensor delivers it before the call is written) stays in call.pcap, is counted on
+    its stream and named in a warning, and never lengthens the audio."""
+    f = TwoSensors()
+    _setup(f)
+    for k in range(100):
+        f.send(0.2 + k * 0.02, "s-a", A, 16000, B, 18000, rtp(k, k * 160, 0xA, b"\x55" * 160), ip_id=k)
+    bye = sip("BYE sip:b@x SIP/2.0", "prov", "2 BYE", "ft", "tt", A, A)
+    frame = udp_frame(A, 5060, B, 5060, bye)
+    f.engine.process(3 * S, "s-a", 1, frame, decode(1, frame))
+    late = udp_frame(A, 16000, B, 18000, rtp(100, 100 * 160, 0xA, b"\x55" * 160))
+    f.engine.process(3700 * S, "s-a", 1, late, decode(1, late))    # an hour on: no advance between
+    (meta,) = f.metas()
+    (stream,) = meta["streams"]
+    assert stream["packets"] == 101 and stream["outside_call_window"] == 1
+    assert any("after its end" in w for w in meta["warnings"]), meta["warnings"]
+    assert meta["audio"]["sources"]["caller"]["packets"] == 100     # the hour-late one is not audio

@@ -193,6 +193,15 @@ def test_far_stamped_packet_costs_nothing(tmp_path: Path, wall: Wall, stamp: str
     assert len(wavs) == 1
     info = soundfile.info(str(wavs[0]))
     assert info.duration < 6.0 + 30 + 5
+    # and the recording says so: counted on its stream, one warning sentence
+    (doc,) = _written(tmp_path / "rec")
+    outside = {i: st["outside_call_window"] for i, st in enumerate(doc["streams"])}
+    if stamp == "epoch":
+        assert set(outside.values()) == {0}
+        assert not any("signalled start" in w for w in doc["warnings"])
+    else:
+        assert sorted(outside.values()) == [0] * (len(outside) - 1) + [1], outside
+        assert any("signalled start" in w for w in doc["warnings"]), doc["warnings"]
 
 
 def _replay(rec: Recorder, feeds: dict[str, list], step: int = 64) -> None:
