@@ -29,6 +29,7 @@ from zlib import crc32
 from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING
 
+from protocols.callkey import BY_ICID, BY_SESSION_ID, LegKey, leg_keys
 from protocols.sip import SipMessage
 
 from controller.settings import DEFAULT_LEG_HEADERS
@@ -41,18 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["Leg", "LegKey", "LegLinker", "leg_keys", "sdp_origin_key", "MediaCorrelator", "BY_MEDIA",
            "BY_SESSION_ID", "BY_ICID", "BY_SDP_ORIGIN", "DEFAULT_LEG_HEADERS"]
 
-BY_SESSION_ID = "session-id"
-BY_ICID = "icid"
 BY_SDP_ORIGIN = "sdp-origin"
 BY_MEDIA = "media"
 
-#: A correlation key: (kind, value).  For header links the value is the named Call-ID.
-LegKey = tuple[str, str]
-
-_NULL_UUID = "0" * 32
-_UUID_RE = re.compile(r"^\s*([0-9a-fA-F]{32})\s*(?:;(.*))?$")
-_REMOTE_RE = re.compile(r"(?:^|;)\s*remote\s*=\s*([0-9a-fA-F]{32})", re.IGNORECASE)
-_ICID_RE = re.compile(r"(?:^|;)\s*icid-value\s*=\s*(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
 _ORIGIN_RE = re.compile(rb"^o=(\S+) (\d+) (\d+) IN IP[46] (\S+)\s*$", re.MULTILINE)
 _ORIGIN_MIN_DIGITS = 6
 _ORIGIN_WINDOW_NS = 2_000_000_000  # initial INVITEs of two legs with one SDP origin: this close
@@ -81,55 +73,6 @@ class Leg:
         #: audio endpoint each side's latest SDP announced (direct media, `MediaPairs`)
         self.media_now: list[tuple[bytes, int] | None] = [None, None]
         self.pair: frozenset | None = None
-
-
-def _session_id_key(values: list[str]) -> LegKey | None:
-    for value in values:
-        m = _UUID_RE.match(value)
-        if m is None:
-            continue
-        local = m.group(1).lower()
-        r = _REMOTE_RE.search(m.group(2) or "")
-        remote = r.group(1).lower() if r else _NULL_UUID
-        if local == _NULL_UUID or remote == _NULL_UUID:
-            return None
-        return (BY_SESSION_ID, "/".join(sorted((local, remote))))
-    return None
-
-
-def _icid_key(values: list[str]) -> LegKey | None:
-    for value in values:
-        m = _ICID_RE.search(value)
-        if m is not None:
-            return (BY_ICID, m.group(1).strip('"'))
-    return None
-
-
-def leg_keys(msg: SipMessage, leg_headers: Iterable[str]) -> list[LegKey]:
-    """Correlation keys a SIP message carries, strongest first.
-
-    Header links come as (header name, named Call-ID); the others as
-    (BY_SESSION_ID | BY_ICID, value).  Pure: parsing only, no state.
-    """
-    headers = msg.headers
-    out: list[LegKey] = []
-    for name in leg_headers:
-        values = headers.get(name)
-        if values:
-            named = values[0].strip()
-            if named and named != msg.call_id:
-                out.append((name, named))
-    values = headers.get("session-id")
-    if values:
-        key = _session_id_key(values)
-        if key is not None:
-            out.append(key)
-    values = headers.get("p-charging-vector")
-    if values:
-        key = _icid_key(values)
-        if key is not None:
-            out.append(key)
-    return out
 
 
 def sdp_origin_key(sdp: bytes) -> tuple[LegKey, str] | None:
