@@ -19,7 +19,7 @@ class SensorMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., end: _Optional[_Union[EndOfCapture, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("sensor_id", "site", "version", "interfaces", "session", "mode", "acked_seq")
+    __slots__ = ("sensor_id", "site", "version", "interfaces", "session", "mode", "acked_seq", "ring")
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Hello(_message.Message):
     SESSION_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RING_FIELD_NUMBER: _ClassVar[int]
     sensor_id: str
     site: str
     version: str
@@ -34,10 +35,11 @@ class Hello(_message.Message):
     session: str
     mode: str
     acked_seq: int
-    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., interfaces: _Optional[_Iterable[str]] = ..., session: _Optional[str] = ..., mode: _Optional[str] = ..., acked_seq: _Optional[int] = ...) -> None: ...
+    ring: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., interfaces: _Optional[_Iterable[str]] = ..., session: _Optional[str] = ..., mode: _Optional[str] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("seq", "sensor_id", "linktype", "timestamps_ns", "lengths", "data", "wire_lengths")
+    __slots__ = ("seq", "sensor_id", "linktype", "timestamps_ns", "lengths", "data", "wire_lengths", "broadcast")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     LINKTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +47,7 @@ class Batch(_message.Message):
     LENGTHS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     WIRE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    BROADCAST_FIELD_NUMBER: _ClassVar[int]
     seq: int
     sensor_id: str
     linktype: int
@@ -52,7 +55,8 @@ class Batch(_message.Message):
     lengths: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
     wire_lengths: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, seq: _Optional[int] = ..., sensor_id: _Optional[str] = ..., linktype: _Optional[int] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., wire_lengths: _Optional[_Iterable[int]] = ...) -> None: ...
+    broadcast: bool
+    def __init__(self, seq: _Optional[int] = ..., sensor_id: _Optional[str] = ..., linktype: _Optional[int] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., wire_lengths: _Optional[_Iterable[int]] = ..., broadcast: _Optional[bool] = ...) -> None: ...
 
 class Counters(_message.Message):
     __slots__ = ("captured", "forwarded", "filtered", "decode_errors", "kernel_drops", "interface_drops", "queue_drops", "send_queue", "batches_sent", "batches_acked", "reconnects", "backlog_drops", "expected_flows", "rtp_heuristic_flows", "rtp_heuristic_packets", "sip_tls_flows", "sip_tls_packets", "sdp_endpoints_refused", "media_not_rtp")
