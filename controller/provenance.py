@@ -65,10 +65,14 @@ def _seq_of(frames: Sequence[bytes], ref: int) -> int | None:
 
 def call_conflicts(frames: Sequence[bytes], streams: Sequence[Any], legs: Sequence[Any],
                    sites: dict[str, str]) -> list[dict[str, Any]]:
-    """The conflicts of a finished call (see the module docstring), at most 50."""
+    """The conflicts of a finished call (see the module docstring).  Every
+    ``bye-one-sensor`` is listed; ``rtp-content`` entries are listed up to 50,
+    the rest of them in one entry per stream with ``seq`` null and their
+    ``count`` (so a flood of forged RTP cannot hide a forged BYE)."""
     out: list[dict[str, Any]] = []
+    listed = 0
     for i, s in enumerate(streams):
-        if not s.dups or len(out) >= _MAX_CONFLICTS:
+        if not s.dups:
             continue
         wanted = {seq for seq, _ref, _sensor in s.dups}
         originals: dict[int, tuple[bytes, int]] = {}
@@ -79,20 +83,34 @@ def call_conflicts(frames: Sequence[bytes], streams: Sequence[Any], legs: Sequen
                 seq = _seq_of(frames, ref)
                 if seq in wanted and seq not in originals:
                     originals[seq] = (_payload(frames, ref) or b"", ref)
+        stream_sensors = sorted(s.by_sensor)
+        more: dict[str, int] = {}
         for seq, ref, sensor in s.dups:
             orig = originals.get(seq)
             dup = _payload(frames, ref)
             if orig is None or dup is None or dup == orig[0]:
                 continue
-            others = sorted(x for x in s.by_sensor if x != sensor)
-            out.append({"kind": "rtp-content", "stream": i, "seq": seq, "sensor": sensor or None,
-                        "site": sites.get(sensor) or None, "stream_sensors": sorted(s.by_sensor),
+            if listed >= _MAX_CONFLICTS:
+                more[sensor] = more.get(sensor, 0) + 1
+                continue
+            listed += 1
+            others = [x for x in stream_sensors if x != sensor]
+            out.append({"kind": "rtp-content", "stream": i, "seq": seq, "count": 1,
+                        "sensor": sensor or None, "site": sites.get(sensor) or None,
+                        # whose copy the recording kept (the first to arrive), when it can be told
+                        "kept_from": others[0] if len(others) == 1 else None,
+                        "stream_sensors": stream_sensors,
                         "detail": "a packet with this sequence number arrived twice with different "
-                                  "payloads" + (f" (also seen from {', '.join(others)})" if others else "")})
-            if len(out) >= _MAX_CONFLICTS:
-                break
+                                  "payloads; the first to arrive is kept" +
+                                  (f" (also seen from {', '.join(others)})" if others else "")})
+        for sensor, n in sorted(more.items()):
+            out.append({"kind": "rtp-content", "stream": i, "seq": None, "count": n,
+                        "sensor": sensor or None, "site": sites.get(sensor) or None,
+                        "kept_from": None, "stream_sensors": stream_sensors,
+                        "detail": f"{n} more packets of this stream arrived twice with different "
+                                  "payloads (not listed one by one)"})
     for leg in legs:
-        if len(leg.bye_by) == 1 and len(leg.seen_by) > 1 and len(out) < _MAX_CONFLICTS:
+        if len(leg.bye_by) == 1 and len(leg.seen_by) > 1:
             (only,) = leg.bye_by
             out.append({"kind": "bye-one-sensor", "call_id": leg.call_id, "sensor": only,
                         "site": sites.get(only) or None, "stream_sensors": None,
@@ -105,9 +123,15 @@ def conflict_warnings(conflicts: list[dict[str, Any]]) -> list[str]:
     out = []
     rtp = [c for c in conflicts if c["kind"] == "rtp-content"]
     if rtp:
-        sensors = sorted({c["sensor"] for c in rtp if c["sensor"]})
-        out.append(f"{len(rtp)} RTP packets arrived twice with different content "
-                   f"(sensors {', '.join(sensors) or '?'}): one source of this media may be forged.")
+        # every sensor that sent the stream: which of them lies cannot be told
+        sensors = sorted({x for c in rtp for x in (c["stream_sensors"] or [])} |
+                         {c["sensor"] for c in rtp if c["sensor"]})
+        kept = sorted({c["kept_from"] for c in rtp if c.get("kept_from")})
+        out.append(f"{sum(c.get('count', 1) for c in rtp)} RTP packets arrived twice with different "
+                   f"content (from sensors {', '.join(sensors) or '?'}"
+                   + (f"; the audio uses the copies of {', '.join(kept)}, which arrived first"
+                      if kept else "; the audio uses the copies that arrived first")
+                   + "): one source of this media may be forged.")
     for c in conflicts:
         if c["kind"] == "bye-one-sensor":
             out.append(f"The BYE of {c['call_id']} was seen only by sensor {c['sensor']} although "
