@@ -198,6 +198,9 @@ def controller(config_file: str | None, **flags: Any) -> None:
     """Run a controller: receive sensors' packets and write recordings until stopped."""
     settings = load(ControllerSettings, "controller", config_file, flags)
     _setup_logs(settings)
+    if not settings.insecure:   # before grpc is imported: gRPC core reads GRPC_TRACE then
+        from transport import handshakes   # failed TLS handshakes logged and counted
+        handshakes.install(_port(settings.listen))
     _check_security(settings)
     if settings.etcd:
         settings.etcd_security().warn()  # TLS/plain-text rules for etcd: exit 2 before anything runs
@@ -293,6 +296,13 @@ def _file_modes(settings: Any) -> None:
     """Files this process creates get --file-mode whatever the umask (storage/files.py)."""
     from storage.files import configure, parse_mode
     configure(parse_mode(settings.file_mode))
+
+
+def _port(listen: str) -> int:
+    try:
+        return int(listen.rpartition(":")[2])
+    except ValueError:
+        return 0
 
 
 def _setup_logs(settings: Any) -> None:

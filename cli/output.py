@@ -243,6 +243,9 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
     if fleet.get("authz_refused"):
         out.print(f"[yellow]{fleet['authz_refused']} request(s) refused by certificate role or site "
                   "(controller log: 'refused:')[/]", soft_wrap=True)
+    if fleet.get("tls_handshakes_failed"):
+        out.print(f"[yellow]{fleet['tls_handshakes_failed']} failed TLS handshake(s) "
+                  "(controller log: 'TLS handshake from')[/]", soft_wrap=True)
     if fleet.get("members"):
         members = Table(title="registered in etcd", title_justify="left")
         for _, header in MEMBER_COLUMNS:

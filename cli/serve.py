@@ -25,6 +25,7 @@ from storage.redact import redact
 from storage.base import RecordingStore, StorageError
 from storage.local import LocalStore
 from storage.outbox import OutboxStore
+from transport import handshakes
 from transport.limits import FdWatch, raise_nofile
 from transport.tls import Security
 
@@ -227,6 +228,7 @@ def run_controller(settings: ControllerSettings) -> None:
         except (OSError, RuntimeError) as exc:
             raise Failure(f"cannot listen on {settings.listen}"
                           f"{' or ' + settings.health_listen if settings.health_listen else ''}: {exc}") from None
+        handshakes.listening(port)
         log.info("controller listening", extra={"listen": settings.listen, "port": port,
                                                 "storage": store.url})
         registry = start_registry(settings, port, asyncio.get_running_loop())

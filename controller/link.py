@@ -34,6 +34,7 @@ from controller.unsignalled import summarize as summarize_unsignalled
 from proto import admin_pb2, admin_pb2_grpc, sensor_pb2, sensor_pb2_grpc
 from storage.base import StorageError
 from storage.layout import CALL_JSON, recording_prefix
+from transport import handshakes
 from transport.channels import add_port
 from transport.limits import HANDSHAKE_TIMEOUT_MS
 from controller.authz import Authorizer, AuthzInterceptor
@@ -302,7 +303,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             duplicates_dropped=st["duplicates_dropped"], packets_in=st.get("packets_in", 0),
             bad_batches=st.get("bad_batches", 0), storage=self.recorder.writer.store.url,
             storage_pending=st.get("storage_pending", 0), storage_retries=st.get("storage_retries", 0),
-            authz_refused=sum(self.authorizer.counts().values()) if self.authorizer else 0)
+            authz_refused=sum(self.authorizer.counts().values()) if self.authorizer else 0,
+            tls_handshakes_failed=handshakes.failed_total())
         u = summarize_unsignalled(st)
         out.unsignalled_media.CopyFrom(admin_pb2.UnsignalledMedia(
             flows=u.flows, packets=u.packets, ambiguous_packets=u.ambiguous_packets,

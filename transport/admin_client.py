@@ -118,6 +118,7 @@ class Fleet:
     storage_pending: int = 0
     storage_retries: int = 0
     authz_refused: int = 0     # RPCs refused by certificate role or site, all certificates
+    tls_handshakes_failed: int = 0   # on the controller's ports (transport/handshakes.py)
     unsignalled_media: UnsignalledMediaInfo = field(default_factory=UnsignalledMediaInfo)
 
 
@@ -241,7 +242,7 @@ class AdminClient:
             sensors=sorted((_sensor(s) for s in st.sensors), key=lambda s: s.sensor_id),
             registry_state=st.registry_state, storage_pending=st.storage_pending,
             bad_batches=st.bad_batches, storage_retries=st.storage_retries,
-            authz_refused=st.authz_refused,
+            authz_refused=st.authz_refused, tls_handshakes_failed=st.tls_handshakes_failed,
             unsignalled_media=UnsignalledMediaInfo(
                 flows=st.unsignalled_media.flows, packets=st.unsignalled_media.packets,
                 ambiguous_packets=st.unsignalled_media.ambiguous_packets,
