@@ -213,7 +213,9 @@ def controller(config_file: str | None, **flags: Any) -> None:
 @click.option("--interface", "-i", help="Capture live on this interface (mirror port).")
 @click.option("--pcap", type=click.Path(exists=True, dir_okay=False),
               help="Replay this capture file instead of capturing live.")
-@click.option("--controller", help="Controller HOST:PORT (or find it with --etcd).")
+@click.option("--controller", help="Controller HOST:PORT (or find it with --etcd), or the shards of a "
+                                   "sharded controller: ID=HOST:PORT,ID=HOST:PORT,... (each call goes "
+                                   "to the shard that owns it).")
 @click.option("--sensor-id", help="Unique id of this sensor (letters, digits, _ . : -).")
 @click.option("--site", help="Site name shown in status.")
 @click.option("--bpf", help="BPF filter for live capture (default: UDP, TCP and IP fragments, "

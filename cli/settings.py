@@ -214,7 +214,15 @@ class SensorSettings(_Cluster):
     realtime: bool = False                     # replay a file at its captured pace
     rtp_heuristics: bool = True                # forward RTP recognised without SDP
 
-    _check_controller = field_validator("controller")(lambda cls, v: v if v is None else _hostport(v))
+    @field_validator("controller")
+    @classmethod
+    def _check_controller(cls, v: str | None) -> str | None:
+        """HOST:PORT, or the shards of a sharded controller: ID=HOST:PORT,... (sensor/route.py)."""
+        if v is None:
+            return v
+        from sensor.route import parse_shards
+        parse_shards(v)          # ShardListError (a ValueError): one line, exit 2
+        return v
 
 
 def _read_file(path: str | None, section: str) -> dict[str, Any]:

@@ -10,12 +10,20 @@ instead of starting again: the frames before it go through the classifier only
 (so SDP-learned media ports are known again), unpaced and not sent. A replay
 that the controller confirmed as complete clears that state, so running the
 same replay again starts from the beginning.
+
+Sharded controller (issue #12; `controller` is ``ID=HOST:PORT,...``): one
+`Sender` per shard (own stream, seqs, acks, and spool folder
+`<spool_dir>/<sensor_id>/<shard_id>/` with its own resume cursor), and a
+`ShardRouter` (sensor/route.py) that sends each forwarded frame to the shard
+owning its call, or to every shard (broadcast batches). With one controller
+none of this exists: no router, no extra decode, `Hello.ring` empty.
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,7 @@ from protocols.pcapfile import CaptureFileError
 from sensor.capture import CaptureError, FileReplay, LiveCapture, PacketSource
 from sensor.classify import Classifier
 from sensor.refilter import RefilterableCapture
+from sensor.route import parse_shards
 from sensor.sender import VERSION, ControllerRefused, ControllerUnreachable, Sender
 from sensor.spool import Spool, SpoolError
 from transport.tls import Security
@@ -55,6 +64,9 @@ class SensorOptions:
     insecure: bool = False
     rtp_heuristics: bool = True           # forward RTP recognised without SDP (sensor.classify)
     etcd_security: Any = None             # registry.EtcdSecurity (TLS, credentials) for --etcd
+    # routing keys of legs naming another leg (protocols/callkey.py); must match the
+    # controller shards' --leg-header
+    leg_headers: tuple[str, ...] = ("x-call-id", "x-cid")
 
 
 class SensorFailed(Exception):
@@ -68,12 +80,16 @@ def replay_identity(path: str) -> dict:
             "mtime_ns": st.st_mtime_ns}
 
 
-def open_spool(opts: SensorOptions) -> tuple[Spool | None, int]:
-    """The sensor's spool and, for a replay of the same file, the frames to skip."""
+def open_spool(opts: SensorOptions, shard_id: str | None = None) -> tuple[Spool | None, int]:
+    """The sensor's spool (a shard's: `<spool_dir>/<sensor_id>/<shard_id>/`) and,
+    for a replay of the same file, the frames to skip."""
     if not opts.spool_dir:
         return None, 0
+    folder = Path(opts.spool_dir) / opts.sensor_id
+    if shard_id is not None:
+        folder = folder / shard_id
     try:
-        spool = Spool(Path(opts.spool_dir) / opts.sensor_id, opts.spool_max_bytes)
+        spool = Spool(folder, opts.spool_max_bytes)
     except SpoolError as exc:
         raise SensorFailed(str(exc)) from exc
     if spool.torn_records:
@@ -169,6 +185,105 @@ def heartbeat_counters(c: Any, cap: Any) -> sensor_pb2.Counters:
         sdp_endpoints_refused=c.sdp_endpoints_refused, media_not_rtp=c.media_not_rtp)
 
 
+class ShardedSender:
+    """One `Sender` per controller shard, used by `run_sensor` like one Sender.
+
+    `submit` routes a batch (`ShardRouter.batches`): each shard gets its own
+    frames and the broadcast ones, in capture order, as batches marked
+    broadcast or not. A replay resumed from the spools skips, per shard, the
+    frames already spooled for that shard (`resume[i]`: its spool's cursor);
+    the router still sees them, so its tables are the same as in the first run.
+    Clock, finish and stop go to every shard; the replay is complete when every
+    shard confirmed it, and one shard's link failing fails the sensor.
+    """
+
+    def __init__(self, senders: list[Sender], router: Any, resume: list[int]) -> None:
+        self.senders = senders
+        self.router = router
+        self.resume = resume
+        self.forwarded = 0
+
+    def start(self) -> None:
+        for s in self.senders:
+            s.start()
+
+    def submit(self, linktype: int, frames: list[tuple[int, bytes]], cursor: int = 0,
+               start_cursor: int = 0) -> None:
+        """`cursor`: frames read from the source after this batch (0: live);
+        `start_cursor`: before it. Only a shard's last run of the batch carries
+        `cursor`, so a sensor killed between two runs resends the batch's runs
+        (copies the controller drops) instead of skipping one."""
+        if not frames:
+            return
+        self.forwarded += len(frames)
+        for s, runs, resume in zip(self.senders, self.router.batches(linktype, frames), self.resume):
+            if cursor and cursor <= resume:
+                continue            # spooled for this shard by the previous run
+            last = len(runs) - 1
+            for j, (broadcast, part) in enumerate(runs):
+                s.submit(linktype, part, cursor=cursor if j == last else start_cursor,
+                         broadcast=broadcast)
+
+    def advance_clock(self, clock_ns: int) -> None:
+        # an idle shard (no packet of this sensor) still sees the clock advance
+        for s in self.senders:
+            s.advance_clock(clock_ns)
+
+    def finish(self, error: str = "") -> None:
+        for s in self.senders:
+            s.finish(error)
+
+    def stop(self) -> None:
+        for s in self.senders:
+            s.stop()
+
+    @property
+    def done(self) -> bool:
+        """A link ended: failed (or, after `finish`, confirmed)."""
+        return any(s.done for s in self.senders)
+
+    @property
+    def complete(self) -> bool:
+        return all(s.done for s in self.senders)
+
+    def wait_done(self, timeout: float | None = None) -> bool:
+        """Every shard confirmed the end; raises the first link failure."""
+        for s in self.senders:
+            if s.done:
+                s.wait_done(0)          # raises its failure, if any
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for s in self.senders:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not s.wait_done(left):
+                return False
+        return True
+
+    def unacked(self) -> int:
+        return sum(len(s.outbox) for s in self.senders)
+
+    def counters_pb(self) -> sensor_pb2.Counters:
+        """Sensor-wide counters (for the registry): frames forwarded once each."""
+        c = self.senders[0].counters_pb()
+        c.forwarded = self.forwarded
+        c.queue_drops = sum(s.outbox.dropped_packets for s in self.senders)
+        c.send_queue = self.unacked()
+        return c
+
+
+def _split_at(frames: list, start: int, cuts: list[int]) -> list[tuple[list, int]]:
+    """`frames` (source positions start+1..) cut after each position in `cuts`:
+    [(piece, frames consumed after it)]."""
+    end = start + len(frames)
+    out = []
+    at = start
+    for cut in cuts:
+        if at < cut < end:
+            out.append((frames[at - start:cut - start], cut))
+            at = cut
+    out.append((frames[at - start:], end))
+    return out
+
+
 def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     """Run until the source ends (replay) or `stop` is set (live).
 
@@ -179,40 +294,82 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     stop = stop or threading.Event()
     if opts.pcap and not os.path.isfile(opts.pcap):
         raise SensorFailed(f"capture file not found: {opts.pcap}")
-    spool, resume = open_spool(opts)
     try:
+        shards = parse_shards(opts.controller) if opts.controller else []
+    except ValueError as exc:
+        raise SensorFailed(str(exc)) from None
+    sharded = len(shards) > 1
+    ring = None
+    if sharded:
+        from registry.ring import Ring, Shard
+        ring = Ring([Shard(sid, addr) for sid, addr in shards])
+    spools: list[Spool | None] = []
+    resumes: list[int] = []
+    try:
+        for shard in (ring.shards if ring is not None else [None]):
+            sp, res = open_spool(opts, shard.shard_id if shard is not None else None)
+            spools.append(sp)
+            resumes.append(res)
+        resume = min(resumes)
         source = open_source(opts, fast_frames=resume)
     except BaseException:
-        if spool is not None:
-            spool.close()
+        for sp in spools:
+            if sp is not None:
+                sp.close()
         raise
+    spool = spools[0]
     classifier = Classifier(rtp_heuristics=opts.rtp_heuristics)
     replay_total = os.path.getsize(opts.pcap) if opts.pcap else 0
     replay_bytes = [0]
 
     def stats() -> sensor_pb2.Counters:
+        # Per sensor: every shard's stream carries the same capture counters
+        # (only the link ones - forwarded, queue, batches - are the stream's);
+        # the controller must not sum them over shards.
         return heartbeat_counters(classifier.counters, source.stats())
 
     mode = "replay" if opts.pcap else "live"
     registry = start_registry(opts)
     if registry is not None and isinstance(source, RefilterableCapture):
         watch_filter(registry, source, opts.bpf)
-    sender = Sender(
-        opts.controller or "", opts.sensor_id, site=opts.site, mode=mode,
-        resolve=registry.locator().current if registry is not None and not opts.controller else None,
-        on_unusable=registry.locator().report_failure if registry is not None and not opts.controller else None,
+    common: dict[str, Any] = dict(
+        site=opts.site, mode=mode,
         interfaces=(opts.interface,) if opts.interface else (),
         connect_timeout_s=opts.connect_timeout_s, max_batches=opts.max_batches,
         stats=stats, progress=(lambda: (replay_bytes[0], replay_total)) if opts.pcap else None,
         # mTLS, or plain text only with opts.insecure (transport.tls.Security)
-        channel_credentials=Security.from_settings(opts).channel_credentials(),
-        spool=spool,
-        on_expect=classifier.expect,      # the controller's media hints, queued thread-safely
-    )
+        channel_credentials=Security.from_settings(opts).channel_credentials())
+    sender: Sender | ShardedSender
+    if ring is None:
+        sender = Sender(
+            shards[0][1] if shards else "", opts.sensor_id,
+            resolve=registry.locator().current if registry is not None and not opts.controller else None,
+            on_unusable=registry.locator().report_failure if registry is not None and not opts.controller else None,
+            spool=spool,
+            on_expect=classifier.expect,      # the controller's media hints, queued thread-safely
+            **common)
+    else:
+        from sensor.route import ShardRouter
+        router = ShardRouter(ring, opts.leg_headers)
+        ids = tuple(s.shard_id for s in ring.shards)
+
+        def hints(i: int):
+            def on_expect(flows: list[tuple[bytes, int]]) -> None:
+                classifier.expect(flows)
+                router.expect(i, flows)   # the announcing shard owns these endpoints
+            return on_expect
+
+        sender = ShardedSender(
+            [Sender(shard.address, opts.sensor_id, spool=spools[i], on_expect=hints(i), ring=ids,
+                    **common) for i, shard in enumerate(ring.shards)],
+            router, resumes if opts.pcap else [0] * len(resumes))
+        log.info("routing calls over controller shards", extra={
+            "shards": {s.shard_id: s.address for s in ring.shards}})
     sender.start()
     error = ""
     consumed = 0          # frames read from the source: the spool's resume cursor
     replay = isinstance(source, FileReplay)
+    cuts = sorted(set(resumes)) if sharded and replay else []
     try:
         for frames in source.batches():
             if stop.is_set() or sender.done:
@@ -221,12 +378,22 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
                 sender.advance_clock(source.clock_ns)
             if not frames:
                 continue
-            consumed += len(frames)
             replay_bytes[0] += sum(len(f[1]) for f in frames) + 16 * len(frames)
-            accepted = classifier.accept_batch(source.linktype, frames)
-            if consumed <= resume:
-                continue          # sent by the previous run (spooled): classifier state only
-            sender.submit(source.linktype, accepted, cursor=consumed if replay else 0)
+            if sharded:
+                # a source batch never spans a shard's resume point (per-shard skip)
+                start = consumed
+                consumed += len(frames)
+                for piece, after in (_split_at(frames, start, cuts) if cuts else [(frames, consumed)]):
+                    accepted = classifier.accept_batch(source.linktype, piece)
+                    sender.submit(source.linktype, accepted, cursor=after if replay else 0,
+                                  start_cursor=after - len(piece) if replay else 0)
+                    start = after
+            else:
+                consumed += len(frames)
+                accepted = classifier.accept_batch(source.linktype, frames)
+                if consumed <= resume:
+                    continue      # sent by the previous run (spooled): classifier state only
+                sender.submit(source.linktype, accepted, cursor=consumed if replay else 0)
             if replay:
                 sender.advance_clock(source.clock_ns)
             if registry is not None:
@@ -247,7 +414,10 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
             while not sender.wait_done(0.5):
                 if stop.is_set():
                     break
-            completed = sender.done and len(sender.outbox) == 0
+            if isinstance(sender, ShardedSender):
+                completed = sender.complete and sender.unacked() == 0
+            else:
+                completed = sender.done and len(sender.outbox) == 0
         else:
             while not stop.wait(0.5):
                 if sender.done:               # the link gave up: say why
@@ -257,16 +427,19 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     except ControllerRefused as exc:
         raise SensorFailed(str(exc)) from exc
     except ControllerUnreachable as exc:
+        held = sum(len(sp) for sp in spools if sp is not None)
+        where = spool.dir if len(spools) == 1 and spool is not None else \
+            Path(opts.spool_dir or "") / opts.sensor_id
         raise SensorFailed(
-            f"{exc}" + (f"; {len(spool)} batch(es) kept in {spool.dir} for the next run"
-                        if spool is not None and len(spool) else "")) from exc
+            f"{exc}" + (f"; {held} batch(es) kept in {where} for the next run" if held else "")) from exc
     finally:
         sender.stop()
         source.close()
         if registry is not None:
             registry.stop()
-        if spool is not None:
-            if completed:
-                spool.set_source(None)     # the replay is done: a rerun starts from scratch
-            spool.close(remove_if_empty=True)
+        for sp in spools:
+            if sp is not None:
+                if completed:
+                    sp.set_source(None)     # the replay is done: a rerun starts from scratch
+                sp.close(remove_if_empty=True)
     return error

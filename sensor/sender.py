@@ -273,8 +273,12 @@ class Sender:
         resolve: Callable[[], str | None] | None = None,
         on_unusable: Callable[[str, str], object] | None = None,
         on_expect: Callable[[list[tuple[bytes, int]]], None] | None = None,
+        ring: tuple[str, ...] = (),
     ) -> None:
         self.target = target
+        # Sharded controller: the sorted shard ids this sensor routes over, sent in
+        # every Hello (sensor/route.py); empty with one controller.
+        self.ring = tuple(ring)
         # Media endpoints the controller expects (Expect messages), handed over
         # from the link thread: the callback must be thread-safe and quick.
         self._on_expect = on_expect
@@ -312,11 +316,14 @@ class Sender:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, linktype: int, frames: list[tuple[int, bytes]], cursor: int = 0) -> None:
+    def submit(self, linktype: int, frames: list[tuple[int, bytes]], cursor: int = 0,
+               broadcast: bool = False) -> None:
         """Queue one batch of (ts_ns, data) frames; blocks in replay mode when full.
 
         `cursor` is stored with the batch in the spool: how far the source had
-        got (a restarted replay continues after the last spooled cursor)."""
+        got (a restarted replay continues after the last spooled cursor).
+        `broadcast`: the batch goes to every shard of a sharded controller
+        (Batch.broadcast; sensor/route.py). Batches keep submission order."""
         if not frames:
             return
         data = b"".join([f[1] for f in frames])
@@ -326,6 +333,7 @@ class Sender:
             timestamps_ns=[f[0] for f in frames],
             lengths=[len(f[1]) for f in frames],
             data=data,
+            broadcast=broadcast,
         ).SerializeToString()
         block = self.mode != "live"
         if isinstance(self.outbox, SpoolOutbox):
@@ -495,7 +503,8 @@ class Sender:
     def _requests(self) -> Iterator[bytes]:
         hello = sensor_pb2.Hello(sensor_id=self.sensor_id, site=self.site, version=VERSION,
                                  interfaces=list(self.interfaces), session=self.session,
-                                 mode=self.mode, acked_seq=self.outbox.acked_seq)
+                                 mode=self.mode, acked_seq=self.outbox.acked_seq,
+                                 ring=list(self.ring))
         yield sensor_pb2.SensorMessage(hello=hello).SerializeToString()
         self._link_lost = time.monotonic()
         sent_upto = self.outbox.acked_seq
