@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+import pytest
 
 from proto import admin_pb2, admin_pb2_grpc, sensor_pb2, sensor_pb2_grpc
 from scripts.gencalls import frames as gen_frames
@@ -28,11 +29,15 @@ class LiveSensor(threading.Thread):
     clock is `skew_ns` off; heartbeats every 0.5 s with its clock (or 0)."""
 
     def __init__(self, channel: grpc.Channel, sid: str, frames: list, skew_ns: int = 0,
-                 zero_clock: bool = False, stop_after_s: float | None = None) -> None:
+                 zero_clock: bool = False, stop_after_s: float | None = None,
+                 silent_after_s: float | None = None, frozen_after_s: float | None = None) -> None:
         super().__init__(daemon=True)
         self.channel = channel
         self.sid, self.frames, self.skew = sid, frames, skew_ns
         self.zero_clock, self.stop_after_s = zero_clock, stop_after_s
+        self.silent_after_s = silent_after_s      # then connected, sending nothing (stuck)
+        self.frozen_after_s = frozen_after_s      # then no packets, heartbeats with a clock that stopped
+        self.frozen_at: int | None = None
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
@@ -46,6 +51,18 @@ class LiveSensor(threading.Thread):
             el = time.time_ns() - t0
             if self.stop_after_s is not None and el > self.stop_after_s * SEC:
                 return                          # the sensor dies: the stream just ends
+            if self.silent_after_s is not None and el > self.silent_after_s * SEC:
+                time.sleep(0.05)                # stuck: the stream stays open, nothing comes
+                continue
+            if self.frozen_after_s is not None and el > self.frozen_after_s * SEC:
+                if self.frozen_at is None:
+                    self.frozen_at = time.time_ns() + self.skew
+                if time.monotonic() - beat >= 0.5:
+                    beat = time.monotonic()
+                    yield sensor_pb2.SensorMessage(heartbeat=sensor_pb2.Heartbeat(
+                        sensor_id=self.sid, clock_ns=self.frozen_at))
+                time.sleep(0.02)
+                continue
             batch = []
             while i < len(self.frames) and self.frames[i][0] - base <= el:
                 batch.append(self.frames[i])
@@ -155,3 +172,56 @@ def test_only_sensor_dies_mid_call(tmp_path: Path) -> None:
         sensor.stop.set()
         _stop(proc)
         channel.close()
+
+
+def _first_written_after(tmp_path: Path, expected: int, t0: float) -> float:
+    _wait(lambda: len(_written(tmp_path)) >= expected, 60, "recordings", tmp_path)
+    return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("how", ["silent", "frozen-clock"])
+def test_stuck_sensor_holds_others_back_a_bounded_time(tmp_path: Path, how: str) -> None:
+    """A connected sensor that stops sending packets — silent (no heartbeats
+    either) or still heartbeating a clock that stopped — is cut out of the merge
+    after a bounded wait (stale, or merge "stalled" after 5 s): the calls of a
+    good sensor beside it are written at most a few seconds later than without
+    it. The figure printed is the hold time measured."""
+    good = list(gen_frames(calls=2, duration=3.0, concurrent=2, seed=3, start_ns=0))
+    expected = _call_ids(good)
+    runs = {}
+    for name in ("alone", "beside-stuck"):
+        work = tmp_path / name
+        work.mkdir()
+        proc, channel = _controller(work, "--answered-timeout", "3")
+        sensors = [LiveSensor(channel, "good", good)]
+        if name == "beside-stuck":
+            stuck_frames = list(gen_frames(calls=1, duration=30.0, concurrent=1, seed=9, start_ns=0))
+            after = {"silent_after_s": 0.5} if how == "silent" else {"frozen_after_s": 0.5}
+            sensors.append(LiveSensor(channel, "stuck", stuck_frames, **after))
+        try:
+            t0 = time.monotonic()
+            for s in sensors:
+                s.start()
+            runs[name] = _first_written_after(work, expected, t0)
+            if name == "beside-stuck":
+                status = admin_pb2_grpc.AdminStub(channel).GetStatus(admin_pb2.StatusRequest(), timeout=10)
+                st = {s.sensor_id: s for s in status.sensors}
+                # no heartbeat for a while: the sensor is "stale" (out of the merge),
+                # or, if it still heartbeated, its merge state would be "stalled"
+                if how == "silent":
+                    assert st["stuck"].state == "stale", st["stuck"]
+                else:
+                    assert st["stuck"].merge == "stalled" and st["stuck"].merge_stalls >= 1, st["stuck"]
+                assert st["stuck"].link == "connected"
+                assert sensors[1].is_alive()                  # still connected throughout
+            docs = _written(work)
+            assert sum(1 for d in docs if "good" in d["sensors"]) == expected
+        finally:
+            for s in sensors:
+                s.stop.set()
+            _stop(proc)
+            channel.close()
+    held = runs["beside-stuck"] - runs["alone"]
+    print(f"{how} sensor held the others back {held:.1f} s "
+          f"(recordings after {runs['alone']:.1f} s alone, {runs['beside-stuck']:.1f} s beside it)")
+    assert held < 5 + 3, runs
