@@ -69,3 +69,12 @@ def test_bench_capture_live_tiny() -> None:
                 "--tools", "tcpdump,live,classify,sensor"], timeout=300)
     for tool in ("tcpdump", "live", "classify", "sensor"):
         assert tool in out.stdout, out.stdout
+
+
+def test_bench_shards_tiny() -> None:
+    out = _run([PY, "scripts/bench-shards", "--calls", "20", "--duration", "1", "--concurrent", "10",
+                "--shards", "1,4", "--json"])
+    rows = json.loads(out.stdout)
+    assert [r["shards"] for r in rows] == [1, 4]
+    assert all(r["calls"] == 20 and r["split_calls"] == 0 for r in rows), rows
+    assert rows[1]["route_us_per_packet"] > 0 and rows[0]["bytes_sent_per_byte"] == 1.0
