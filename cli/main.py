@@ -119,13 +119,16 @@ def cli() -> None:
 @click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="How the list of recorded calls is printed on stdout.")
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bars on stderr.")
+@click.option("--shards", type=click.IntRange(0, 256),
+              help="Controller shard processes (default 1: the controller runs in this "
+                   "process); calls are split over them by the sensors. 0: one per core.")
 @_audio_format_option
 @_with_rules
 @_config_option
 @_with_logs
 def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_progress: bool,
-           config_file: str | None, log_level: str | None, log_format: str | None,
-           **rules: Any) -> None:
+           shards: int | None, config_file: str | None, log_level: str | None,
+           log_format: str | None, **rules: Any) -> None:
     """Record capture FILES (pcap or pcapng) into --out.
 
     Runs the whole path on this machine: a controller in this process and one
@@ -135,7 +138,7 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
     """
     settings = load(ControllerSettings, "controller", config_file, {
         "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
-        "listen": "127.0.0.1:0", **rules})
+        "listen": "127.0.0.1:0", "shards": shards, **rules})
     _setup_logs(settings)
     _file_modes(settings)
     # Exempt from mTLS: the controller listens on 127.0.0.1 only and the sensors
@@ -189,6 +192,16 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
 @click.option("--site-networks", help="TOML/JSON file of site = [CIDR, ...]: a sensor's packets whose "
                                       "source and destination are both outside its site's ranges "
                                       "are dropped and counted (default off).")
+@click.option("--shards", type=click.IntRange(0, 256),
+              help="Run N shard processes of one logical controller (default 1: this process "
+                   "alone). Shard i is 'shard-<i>' on --listen PORT+i with --state-dir DIR/shard-<i> "
+                   "(health/metrics ports +i too); a shard that dies is restarted with its state. "
+                   "Sensors must be given every shard (the list is printed at start: --controller "
+                   "shard-0=HOST:PORT,...): they cannot discover shards yet. 0: one per core.")
+@click.option("--shard-id", help="This process is the shard ID of --shard-members.")
+@click.option("--shard-members", metavar="ID=HOST:PORT,...",
+              help="Every shard of a static ring (this one included); sensors route each call "
+                   "to the shard that owns it and must be given the same list.")
 @_audio_format_option
 @_with_rules
 @_with_cluster
@@ -198,6 +211,15 @@ def controller(config_file: str | None, **flags: Any) -> None:
     """Run a controller: receive sensors' packets and write recordings until stopped."""
     settings = load(ControllerSettings, "controller", config_file, flags)
     _setup_logs(settings)
+    if settings.shard_count() > 1:
+        # a supervisor of shard processes: each child installs its own TLS
+        # handshake watch; this process listens on nothing
+        _check_security(settings)
+        if settings.etcd:
+            settings.etcd_security().warn()
+        from cli.shards import run_supervisor
+        run_supervisor(settings, _command_args("controller"))
+        return
     if not settings.insecure:   # before grpc is imported: gRPC core reads GRPC_TRACE then
         from transport import handshakes   # failed TLS handshakes logged and counted
         handshakes.install(_port(settings.listen))
@@ -312,9 +334,19 @@ def _setup_logs(settings: Any) -> None:
     logs.setup(settings.log_level, settings.log_format)
 
 
+_ARGV: list[str] = []
+
+
+def _command_args(name: str) -> list[str]:
+    """The arguments given after the command `name` (a supervisor passes them on)."""
+    args = _ARGV or sys.argv[1:]
+    return list(args[args.index(name) + 1:]) if name in args else []
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per error, exit 2 for usage/config, 1 for failures."""
     from cli.errors import run
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     run(cli, "spanrec", argv, usage_errors=(ConfigError,), failures=(Failure,))
 
 

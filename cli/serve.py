@@ -4,8 +4,11 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import gc
+import inspect
+import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -71,9 +74,31 @@ def build_recorder(settings: ControllerSettings, store: RecordingStore,
                                  media_window_ms=settings.media_dedup_window_ms),
         expected_sensors=expected_sensors,
         controller_id=settings.controller_id,
-        wal=wal, wall_clock=True, site_networks=settings.site_ranges())
+        wal=wal, wall_clock=True, site_networks=settings.site_ranges(),
+        **shard_option(settings))
     recorder.writer.audio_format = settings.audio_format
     return recorder
+
+
+def shard_option(settings: ControllerSettings) -> dict:
+    """``{"shard": ShardIdentity(...)}`` for one shard of a ring of more than one
+    (--shard-id/--shard-members): the Recorder refuses sensors routing over
+    another ring and keeps only its own calls from broadcast batches."""
+    members = settings.members()
+    if len(members) <= 1:
+        return {}
+    from registry.ring import Ring, Shard
+    try:
+        from controller.shard import ShardIdentity
+    except ImportError:
+        ShardIdentity = None   # noqa: N806 - controller/shard.py not in this build yet
+    if ShardIdentity is None or "shard" not in inspect.signature(Recorder.__init__).parameters:
+        log.warning("this build has no shard support in the recorder (controller/shard.py): "
+                    "broadcast batches are recorded whole and sensors' rings are not checked",
+                    extra={"shard_id": settings.shard_id})
+        return {}
+    ring = Ring([Shard(sid, addr) for sid, addr in members])
+    return {"shard": ShardIdentity(settings.shard_id, ring)}
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -205,11 +230,48 @@ def start_telemetry(settings: ControllerSettings, recorder: Recorder):
     return tel
 
 
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def write_results(path: Path, recorder: Recorder, store: RecordingStore, rss_start: int) -> None:
+    """A shard of `spanrec record --shards N` (SPANREC_RESULTS_FILE): what the
+    record process prints and measures, written after the shard stopped (so
+    after every recording was written), whole or not at all."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    doc = {
+        "status": recorder.status(),
+        "recordings": list(recorder.writer.recent),
+        "written": recorder.writer.written,
+        "errors": recorder.writer.errors,
+        "all_replays_done": recorder.all_replays_done.is_set(),
+        "storage_url": store.url,
+        "stats": {"cpu_s": me.ru_utime + me.ru_stime, "peak_rss_kib": me.ru_maxrss,
+                  "start_rss_kib": rss_start, "packets_in": recorder.packets_in,
+                  "peak_active_calls": recorder.peak_active_calls},
+    }
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(doc, default=str))
+    os.replace(tmp, path)
+
+
 def run_controller(settings: ControllerSettings) -> None:
     store = open_storage(settings)
     lock_state_dir(Path(settings.state_dir).expanduser().absolute())
-    recorder, outbox = open_durable(settings, store)
+    if settings.expected_sensors:
+        # a shard of `spanrec record --shards N`: the controller record runs in
+        # its own process (cli/record.py): no write-ahead log, no outbox (the
+        # capture files are the durable copy), waits for every replay
+        recorder, outbox = build_recorder(settings, store,
+                                          expected_sensors=settings.expected_sensors), None
+    else:
+        recorder, outbox = open_durable(settings, store)
     tune_gc()
+    rss_start = rss_kib()
 
     telemetry = start_telemetry(settings, recorder)
     nofile = raise_nofile()
@@ -263,5 +325,7 @@ def run_controller(settings: ControllerSettings) -> None:
             log.warning("controller stopping with recordings not yet uploaded; they are "
                         "uploaded at the next start", extra={"pending": outbox.pending})
         log.info("controller stopped", extra={"recordings_written": recorder.writer.written})
+        if settings.results_file is not None:
+            write_results(Path(settings.results_file), recorder, store, rss_start)
 
     asyncio.run(main())

@@ -34,6 +34,30 @@ def _hostport(value: str) -> str:
     return value
 
 
+_ID_RE = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def parse_members(text: str) -> list[tuple[str, str]]:
+    """``ID=HOST:PORT,ID=HOST:PORT,...`` (every shard of a ring, ids unique) as
+    [(id, address)]; a ValueError with one line when malformed."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for raw in text.split(","):
+        entry = raw.strip()
+        sid, sep, addr = entry.partition("=")
+        sid, addr = sid.strip(), addr.strip()
+        if not sep or not sid or not addr:
+            raise ValueError(f"expected ID=HOST:PORT, got {entry!r}")
+        if not _ID_RE.fullmatch(sid) or sid in (".", ".."):
+            raise ValueError(f"bad shard id {sid!r} (letters, digits, _ . : -)")
+        _hostport(addr)
+        if sid in seen:
+            raise ValueError(f"shard id {sid!r} given twice")
+        seen.add(sid)
+        out.append((sid, addr))
+    return out
+
+
 class _Base(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPANREC_", extra="forbid",
                                       validate_default=True)
@@ -113,7 +137,46 @@ class ControllerSettings(_Cluster):
     # JSON (SPANREC_SITE_NETWORKS), or the path of a TOML/JSON file (--site-networks PATH)
     site_networks: Annotated[dict[str, Any] | str | None, NoDecode] = None
 
+    # sharding (issue #12, cli/shards.py): this process is one shard of a static ring ...
+    shard_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    shard_members: str | None = None           # ID=HOST:PORT,... every shard of the ring
+    # ... or a supervisor of N shard processes (`spanrec controller --shards N`,
+    # `spanrec record --shards N`); 0: the cores available
+    shards: int = Field(1, ge=0, le=256)
+    # environment only (SPANREC_EXPECTED_SENSORS, SPANREC_RESULTS_FILE), set by
+    # `spanrec record --shards N` for its shards: a shard that waits for K replays
+    # (like record's in-process controller) and leaves its results in a file
+    expected_sensors: int = Field(0, ge=0)
+    results_file: Path | None = None
+
     _check_listen = field_validator("listen")(lambda cls, v: _hostport(v))
+
+    @field_validator("shard_members")
+    @classmethod
+    def _check_members(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_members(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check_shard(self) -> ControllerSettings:
+        if self.shard_members is None and self.shard_id is None:
+            return self
+        if self.shard_members is None or self.shard_id is None:
+            raise ValueError("--shard-id and --shard-members go together")
+        ids = [sid for sid, _ in parse_members(self.shard_members)]
+        if self.shard_id not in ids:
+            raise ValueError(f"shard id {self.shard_id!r} is not among --shard-members "
+                             f"({', '.join(ids)})")
+        return self
+
+    def members(self) -> list[tuple[str, str]]:
+        """[(shard id, HOST:PORT)] of this shard's ring; [] when not sharded."""
+        return parse_members(self.shard_members) if self.shard_members else []
+
+    def shard_count(self) -> int:
+        """--shards with 0 meaning the cores this process may run on."""
+        return self.shards or len(os.sched_getaffinity(0))
 
     @field_validator("metrics_listen")
     @classmethod
