@@ -214,11 +214,12 @@ def controller(config_file: str | None, **flags: Any) -> None:
     if settings.shard_count() > 1:
         # a supervisor of shard processes: each child installs its own TLS
         # handshake watch; this process listens on nothing
-        _check_security(settings)
+        from cli.shards import run_supervisor, shard_plan
+        plan = shard_plan(settings, settings.shard_count(), _command_args("controller"))
+        _check_security(settings)        # refused here once, not by every shard
         if settings.etcd:
             settings.etcd_security().warn()
-        from cli.shards import run_supervisor
-        run_supervisor(settings, _command_args("controller"))
+        run_supervisor(settings, *plan)
         return
     if not settings.insecure:   # before grpc is imported: gRPC core reads GRPC_TRACE then
         from transport import handshakes   # failed TLS handshakes logged and counted

@@ -31,8 +31,9 @@ from cli.settings import ConfigError, ControllerSettings, Failure
 
 log = logging.getLogger("spanrec.shards")
 
-#: a shard that dies this soon after the supervisor started it the first time
-#: is a configuration or start-up error (port in use, bad state folder): no restart
+#: a shard that exits with an error status this soon after the supervisor
+#: started it the first time has a configuration or start-up error (port in
+#: use, bad state folder): no restart.  Killed by a signal, it is restarted.
 STARTUP_GRACE_S = 5.0
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -201,10 +202,10 @@ def shard_plan(settings: ControllerSettings, n: int, args: list[str]) -> tuple[s
     return members, plan
 
 
-def run_supervisor(settings: ControllerSettings, args: list[str]) -> None:
-    """`spanrec controller --shards N` (N > 1): start, watch, restart, stop."""
-    n = settings.shard_count()
-    members, shards = shard_plan(settings, n, args)
+def run_supervisor(settings: ControllerSettings, members: str, shards: list[ShardProcess]) -> None:
+    """`spanrec controller --shards N` (N > 1, `shard_plan`): start, watch,
+    restart, stop."""
+    n = len(shards)
     Path(settings.state_dir).expanduser().mkdir(parents=True, exist_ok=True)
     stop_signal: list[int] = []
 
@@ -259,7 +260,9 @@ def _supervise(shards: list[ShardProcess], stop_signal: list[int]) -> None:
                     continue
                 if stop_signal:
                     continue
-                if not s.ever_up and s.restarts == 0:
+                if not s.ever_up and s.restarts == 0 and p.returncode > 0:
+                    # its own error exit right after the first start (a port in
+                    # use, a bad state folder): restarting would only repeat it
                     others = [o.proc for o in shards if o is not s and o.proc is not None]
                     stop_all(others)
                     raise Failure(f"shard {s.shard_id} {describe_exit(p.returncode)} while "

@@ -1,0 +1,143 @@
+"""`spanrec record --shards N` (issue #12) gives what one controller process
+gives: the same recordings (folders, call.json, call.pcap and audio byte for
+byte), the same printed list, exit status and clock warnings, with the calls
+split over N real shard processes by the sensors (sensor/route.py) and kept by
+their owners (controller/shard.py)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CALL_CAPTURES, REPO, capture
+from tests.e2e.conftest import RecordRun, spanrec_record
+
+SAMPLE = REPO / "samples" / "sample-call.pcap"
+
+#: call.json keys a sharded run may write differently: none today; the shard
+#: that wrote a recording, should call.json ever name it.  Sensor names are the
+#: same (replay-<i>) in every run, and call.json holds capture times only.
+IGNORED_KEYS = frozenset({"shard"})
+
+SHARDS = (1, 2, 4)
+
+
+def _recordings(out: Path) -> dict[str, dict[str, bytes]]:
+    """Recording folder (relative to --out) -> {file name: bytes}."""
+    found: dict[str, dict[str, bytes]] = {}
+    for cj in sorted(out.rglob("call.json")):
+        folder = cj.parent
+        found[str(folder.relative_to(out))] = {p.name: p.read_bytes()
+                                               for p in sorted(folder.iterdir()) if p.is_file()}
+    return found
+
+
+def _call_json(data: bytes) -> dict:
+    return {k: v for k, v in json.loads(data).items() if k not in IGNORED_KEYS}
+
+
+def _printed(run: RecordRun) -> list[dict]:
+    """The `-o json` list, with the --out folder (which differs per run) left out."""
+    calls = json.loads(run.stdout)
+    for c in calls:
+        c["location"] = c.get("location", "").replace(run.out.resolve().as_uri(), "OUT")
+        for k in IGNORED_KEYS:
+            c.pop(k, None)
+    return calls
+
+
+def _warnings(run: RecordRun) -> list[str]:
+    return [ln for ln in run.stderr.splitlines()
+            if "capture clock stepped" in ln or "media without signalling" in ln
+            or "signalling not recorded" in ln]
+
+
+def _compare(files: list[Path], tmp_path: Path) -> None:
+    runs = {n: spanrec_record(files, tmp_path / f"shards-{n}", "--shards", str(n), timeout=600)
+            for n in SHARDS}
+    base = runs[1]
+    assert base.calls, f"{[f.name for f in files]}: no recording at all"
+    want = _recordings(base.out)
+    for n in SHARDS[1:]:
+        run = runs[n]
+        where = f"--shards {n} on {', '.join(f.name for f in files)}"
+        assert run.returncode == base.returncode, f"{where}: exit status\n{run.stderr[-2000:]}"
+        got = _recordings(run.out)
+        assert sorted(got) == sorted(want), f"{where}: recording folders differ"
+        for folder, files_want in want.items():
+            files_got = got[folder]
+            assert sorted(files_got) == sorted(files_want), f"{where}: {folder}: files differ"
+            assert _call_json(files_got["call.json"]) == _call_json(files_want["call.json"]), \
+                f"{where}: {folder}/call.json differs"
+            for name, data in files_want.items():
+                if name != "call.json":
+                    assert files_got[name] == data, f"{where}: {folder}/{name} differs"
+        assert _printed(run) == _printed(base), f"{where}: printed list differs"
+        assert _warnings(run) == _warnings(base), f"{where}: warnings differ"
+
+
+def test_sample_call_same_with_shards(tmp_path: Path) -> None:
+    _compare([SAMPLE], tmp_path)
+
+
+@pytest.mark.parametrize("name", CALL_CAPTURES)
+def test_shared_capture_same_with_shards(name: str, tmp_path: Path) -> None:
+    _compare([capture(name)], tmp_path)
+
+
+def test_bench_stats_sum_the_shards(tmp_path: Path) -> None:
+    """SPANREC_BENCH_STATS of a sharded run: the controller figures are the
+    shards' (CPU summed over the processes), the counts those of one process."""
+    stats = {}
+    for n in (1, 2):
+        path = tmp_path / f"stats-{n}.json"
+        run = spanrec_record([SAMPLE], tmp_path / f"out-{n}", "--shards", str(n),
+                             env={"SPANREC_BENCH_STATS": str(path)})
+        assert run.returncode == 0, run.stderr
+        stats[n] = json.loads(path.read_text())
+    assert stats[2]["recordings"] == stats[1]["recordings"] == len(run.calls)
+    assert stats[2]["packets_in"] == stats[1]["packets_in"]
+    assert stats[2]["shards"] == 2
+    for key in ("controller_cpu_s", "controller_peak_rss_kib", "sensors_cpu_s"):
+        assert stats[2][key] > 0, key
+
+
+_TAKE_PORT = """
+import socket, sys
+if "controller" in sys.argv and "shard-1" in sys.argv and "--listen" in sys.argv:
+    _host, _, _port = sys.argv[sys.argv.index("--listen") + 1].rpartition(":")
+    _taken = socket.socket()
+    _taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    _taken.bind((_host, int(_port)))
+    _taken.listen()
+"""
+
+
+def test_shard_whose_port_is_taken_is_one_line(tmp_path: Path) -> None:
+    """A shard that cannot listen (its port taken by another process just
+    before it binds: sitecustomize in that shard only): one line naming the
+    shard and why, exit 1, no hang, no process left."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_TAKE_PORT)
+    run = spanrec_record([SAMPLE], tmp_path / "out", "--shards", "2", timeout=120,
+                         env={"PYTHONPATH": f"{site}:{REPO}"})
+    assert run.returncode == 1, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("spanrec: error: "), run.stderr
+    assert "shard-1" in lines[0] and "cannot listen" in lines[0], lines[0]
+    assert not _processes_with(str(site))      # every shard and sensor stopped
+
+
+def _processes_with(marker: str) -> set[int]:
+    """PIDs of running processes whose environment holds `marker` (this test's)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return found
