@@ -43,6 +43,7 @@ from controller.pickup import MediaOnlyCalls, message_hosts
 from controller.provenance import note_copy, note_sip
 from controller.rules import RecordingRules
 from controller.settings import CallConfig
+from controller.shard import BroadcastFrame, ShardIdentity
 from controller.spill import CallSpill, FrameStore, TimeStore
 from controller.streams import (NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_body, sdp_media,
                                 sdp_media_checked)
@@ -64,6 +65,17 @@ _CALL_START = frozenset(("INVITE", "CANCEL"))
 _SYN_FIN_RST = SYN | FIN | RST
 #: m= kinds whose transport is RTP: only RTP-shaped datagrams on their ports are media
 _RTP_KINDS = frozenset(("audio", "video", "text"))
+_MAX_BCAST_SERIALS = 65536  # broadcast TCP frames remembered as kept / not owned (shards)
+
+
+class _NotOwned:
+    """`Chunk.owner` of a TCP message another shard owns (done: nothing joins it)."""
+
+    __slots__ = ()
+    done = True
+
+
+_NOT_OWNED = _NotOwned()
 
 
 class CallEngine:
@@ -119,6 +131,15 @@ class CallEngine:
         #: INVITE floods: pending calls bounded, failed attempts summarised (admission.py)
         self._admission = Admission(self.config.max_pending_calls,
                                     self.config.attempts_per_source)
+        #: sharded controller (controller/shard.py): this shard's identity; None (one
+        #: controller) keeps every path as it was. Set by the Recorder.
+        self.shard: ShardIdentity | None = None
+        self._not_owned_hit = False           # set by _sip_message: another shard's message
+        self._tested = False                  # set by _sip_message: the ownership test ran
+        #: broadcast first fragments tested: (src, ip id) -> owned? (their datagram follows)
+        self._frag_verdicts: dict[tuple[bytes, int], bool] = {}
+        #: broadcast TCP frame serial -> kept by a call (True) / counted not owned (False)
+        self._bcast_serials: dict[int, bool] = {}
 
     @property
     def counters(self) -> dict[str, int]:
@@ -173,6 +194,9 @@ class CallEngine:
         """A mirror copy the deduplicator dropped: counted, per sensor, on the stream
         (RTP) and the call (RTP, RTCP, SIP over UDP) it is a copy of."""
         try:
+            if self.shard is not None and data.__class__ is BroadcastFrame:
+                # every shard gets (and drops) the second mirror's broadcast copy
+                self.shard.counters["broadcast_duplicates"] += 1
             call = None
             if d.proto == 17:
                 ep = self._media_map.get((d.dst, d.dport))
@@ -257,7 +281,10 @@ class CallEngine:
         """
         off = d.payload_offset
         if 200 <= data[off + 1] <= 207:
-            self._c["rtp_unmatched"] += 1
+            if self.shard is not None and data.__class__ is BroadcastFrame:
+                self.shard.counters["not_owned_packets"] += 1    # another shard's RTCP
+            else:
+                self._c["rtp_unmatched"] += 1
             return False
         owners = self._ssrc_owners.get(_U32.unpack_from(data, off + 8)[0])
         call = None
@@ -284,6 +311,10 @@ class CallEngine:
     def _unsignalled(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes, d: Decoded) -> bool:
         """RTP of a flow no SDP announced: a media-only call of its own
         (controller/pickup.py), unless the recording rules muted that endpoint."""
+        if self.shard is not None and data.__class__ is BroadcastFrame:
+            # broadcast media joins only calls this shard has: never a call of its own
+            self.shard.counters["not_owned_packets"] += 1
+            return False
         muted = self._muted
         if muted and ((d.dst, d.dport) in muted or (d.src, d.sport) in muted):
             self._c["rtp_unmatched"] += 1
@@ -317,8 +348,18 @@ class CallEngine:
              payload: bytes) -> bool:
         """One SIP datagram (UDP, or the first IP fragment of one)."""
         self._msg_addrs = (d.src, d.dst)
-        call, leg = self._sip_message(ts_ns, linktype, payload, d.is_fragment)
+        broadcast = self.shard is not None and data.__class__ is BroadcastFrame
+        call, leg = self._sip_message(ts_ns, linktype, payload, d.is_fragment, False, broadcast)
+        if broadcast and d.is_fragment and self._tested and d.ip_id is not None:
+            # the datagram rebuilt later follows this verdict (reassembled)
+            verdicts = self._frag_verdicts
+            if len(verdicts) >= 4096:
+                del verdicts[next(iter(verdicts))]
+            verdicts[(d.src, d.ip_id)] = not self._not_owned_hit
         if call is None:
+            if self._not_owned_hit:
+                self.shard.counters["not_owned_packets"] += 1   # type: ignore[union-attr]
+                return False
             late = self._late_hit
             if late is None:
                 return False
@@ -337,12 +378,17 @@ class CallEngine:
         return True
 
     def _sip_message(self, ts_ns: int, linktype: int, payload: bytes,
-                     truncated_ok: bool, reassembled: bool = False) -> tuple[Call | None, Leg | None]:
+                     truncated_ok: bool, reassembled: bool = False,
+                     broadcast: bool = False) -> tuple[Call | None, Leg | None]:
         """Apply one SIP message to its call: (the call, its leg), or (None, None) if
         it belongs to none; a malformed message of a known call gives (that call, None).
-        A message of a call already finished sets `_late_hit` (read by `_sip`)."""
+        A message of a call already finished sets `_late_hit` (read by `_sip`).
+        `broadcast` (a shard, controller/shard.py): the message came only in broadcast
+        frames; one another shard owns is dropped, counted and sets `_not_owned_hit`."""
         c = self._c
         self._late_hit = None     # never left over from a TCP message or a reassembled one
+        self._not_owned_hit = False
+        self._tested = False
         truncated = False
         try:
             msg = parse_sip(payload)
@@ -368,6 +414,18 @@ class CallEngine:
             if not truncated:
                 c["sip_errors"] += 1
             return self._broken_sip_call(payload), None
+        shard = self.shard
+        if shard is not None:
+            if broadcast:
+                self._tested = True
+                sc = shard.counters
+                sc["broadcast_messages"] += 1
+                if not shard.owns_message(msg):
+                    sc["not_owned_messages"] += 1
+                    self._not_owned_hit = True
+                    return None, None
+            else:
+                shard.learn(msg)      # routed here: its routing key, as the sensor's
         call = self.table.get(call_id)
         leg = call.legs.get(call_id) if call is not None else None
         if leg is None:
@@ -530,14 +588,23 @@ class CallEngine:
 
     def _tcp_chunks(self, chunks: list[Chunk]) -> None:
         """Messages (and lost bytes, late retransmissions) the TCP streams handed back."""
+        shard = self.shard
         for ch in chunks:
             if ch.kind == MESSAGE:
                 linktype = ch.frames[0][3] if ch.frames else 1
                 self._msg_addrs = ()      # (a TCP message: its hosts are in its headers)
-                call, leg = self._sip_message(ch.ts_ns, linktype, ch.data, False)
+                # a shard tests a message only broadcast frames carried (any routed
+                # frame: the sensor sent it here, this shard owns it)
+                broadcast = shard is not None and \
+                    all(f[4].__class__ is BroadcastFrame for f in ch.frames)
+                call, leg = self._sip_message(ch.ts_ns, linktype, ch.data, False, False, broadcast)
                 if call is not None:
                     ch.owner = call
                     self._tcp_frames(call, ch.frames, leg)
+                if broadcast:
+                    if self._not_owned_hit:
+                        ch.owner = _NOT_OWNED
+                    self._broadcast_frames(ch.frames, not self._not_owned_hit)
             elif ch.kind == BROKEN:
                 call = self._broken_sip_call(ch.data)
                 if call is not None:
@@ -545,11 +612,41 @@ class CallEngine:
                     self._tcp_frames(call, ch.frames)
             else:  # RETRANSMISSION of messages already delivered
                 done: set[int] = set()
+                ours = not_ours = False
                 for m in ch.of:
                     call = m.owner
+                    if call is _NOT_OWNED:
+                        not_ours = True
+                        continue
+                    ours = True
                     if call is not None and not call.done and id(call) not in done:
                         done.add(id(call))
                         self._tcp_frames(call, ch.frames)
+                if shard is not None and (ours or not_ours):
+                    self._broadcast_frames(ch.frames, ours)
+
+    def _broadcast_frames(self, frames: list, ours: bool) -> None:
+        """A shard's bookkeeping of broadcast TCP frames: a frame that carried only
+        messages another shard owns is counted once in `not_owned_packets`; one that
+        also carried a message of this shard's is not (or no longer) counted."""
+        seen = self._bcast_serials
+        delta = 0
+        for f in frames:
+            if f[4].__class__ is not BroadcastFrame:
+                continue
+            serial = f[0]
+            state = seen.get(serial)
+            if state is None:
+                if len(seen) >= _MAX_BCAST_SERIALS:
+                    del seen[next(iter(seen))]
+                seen[serial] = ours
+                if not ours:
+                    delta += 1
+            elif ours and state is False:
+                seen[serial] = True
+                delta -= 1
+        if delta:
+            self.shard.counters["not_owned_packets"] += delta    # type: ignore[union-attr]
 
     @staticmethod
     def _tcp_frames(call: Call, frames: list, leg: Leg | None = None) -> None:
@@ -661,11 +758,15 @@ class CallEngine:
     # -- IP fragments: each fragment is a frame of its call's pcap (the later ones
     # follow the first); the datagram rebuilt from them (protocols.fragments) is parsed --
     def reassembled(self, ts_ns: int, sensor_id: str, linktype: int, data: bytes,
-                    d: Decoded) -> bool:
+                    d: Decoded, broadcast: int = 0, ip_id: int | None = None) -> bool:
         """A UDP datagram rebuilt from IP fragments that `process` already saw: its SIP
         message (and SDP) is applied to the call, but it is no frame of the call's
         pcap (its fragments are).  `linktype` is the fragments' (a new call's pcap);
-        `d` is `data` decoded.  True if it belongs to a call."""
+        `d` is `data` decoded.  True if it belongs to a call.
+        `broadcast` (a shard): the datagram was rebuilt from this many fragments, all
+        from broadcast batches: kept only if its SIP message is this shard's (or, not
+        SIP, its endpoints are a call's of this shard), else counted as not owned; a
+        datagram whose first fragment (`ip_id`) was tested already follows that verdict."""
         try:
             n = d.payload_len
             if d.proto != 17 or n == 0 or d.is_fragment:
@@ -673,10 +774,24 @@ class CallEngine:
             off = d.payload_offset
             payload = data[off:off + n]
             if not looks_like_sip(payload):
+                if broadcast and self.shard is not None and \
+                        (d.dst, d.dport) not in self._media_map and \
+                        (d.src, d.sport) not in self._media_map:
+                    self.shard.counters["not_owned_packets"] += broadcast
                 return False
             self._msg_addrs = (d.src, d.dst)
-            call, _leg = self._sip_message(ts_ns, linktype, payload, False, True)
+            test = bool(broadcast) and self.shard is not None
+            if test and ip_id is not None:
+                verdict = self._frag_verdicts.pop((d.src, ip_id), None)
+                if verdict is not None:
+                    test = False                 # decided (and counted) on its first fragment
+                    if not verdict:
+                        self.shard.counters["not_owned_packets"] += broadcast - 1  # type: ignore[union-attr]
+                        return False
+            call, _leg = self._sip_message(ts_ns, linktype, payload, False, True, test)
             if call is None:
+                if self._not_owned_hit:
+                    self.shard.counters["not_owned_packets"] += broadcast  # type: ignore[union-attr]
                 return False
             self._c["sip_reassembled"] += 1
             return True

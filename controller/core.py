@@ -31,6 +31,7 @@ from controller.hints import MediaHints
 from controller.finalize import build_recording, iso_time
 from controller.late import LateFrames
 from controller.sitefilter import SiteNetworks
+from controller.shard import BroadcastFrame, ShardIdentity
 from controller.order import Packet, TimeMerger
 from protocols.errors import DecodeError
 from protocols.layers import decode
@@ -202,6 +203,7 @@ class Recorder:
         wal_horizon_s: float = 10.0,
         wall_clock: bool = False,
         site_networks: SiteNetworks | None = None,
+        shard: ShardIdentity | None = None,
     ) -> None:
         self.controller_id = controller_id
         self.hints = MediaHints()
@@ -243,6 +245,15 @@ class Recorder:
         self._site_ranges: dict = {}                 # sensor id -> SiteRanges of its site
         self.outside_site: dict[str, int] = {}       # sensor id -> packets dropped
         self._outside_warned: dict[str, tuple[float, int]] = {}   # sensor id -> (time, count)
+        # sharded controller (issue #12, controller/shard.py): this shard's identity;
+        # None (one controller): nothing below changes. Broadcast batches' frames are
+        # marked (BroadcastFrame) and the call engine keeps only this shard's calls.
+        self.shard = shard
+        self._frag_routed: dict[tuple, tuple[int, bool, int]] = {}  # datagram -> (ts, routed?, n)
+        self.ring_refused = 0       # sensor streams refused: they route over another shard list
+        if shard is not None:
+            shard.use_leg_headers(self.call_config.leg_headers)   # as the sensors' (--leg-header)
+            self.engine.shard = shard
 
     @property
     def telemetry(self):
@@ -276,6 +287,30 @@ class Recorder:
                 st.durable_seq = st.acked_seq
             return st.acked_seq
 
+    def ring_refusal(self, sensor_id: str, ring: list[str]) -> str | None:
+        """None when a sensor routing over `ring` (Hello.ring, sorted shard ids;
+        empty: it sends everything to one controller) may stream here, else the
+        reason (logged and counted): a sensor routing over another shard list
+        than this controller's would split calls between shards silently."""
+        ring = list(ring)
+        if self.shard is not None:
+            reason = self.shard.hello_refusal(ring)
+        elif len(ring) > 1:
+            reason = (f"this controller is not sharded; the sensor routes over "
+                      f"[{', '.join(sorted(ring))}]: give the sensor this controller alone "
+                      f"(--controller HOST:PORT) or start the controller as one shard of that "
+                      f"ring, or calls would be split")
+        else:
+            return None
+        if reason is not None:
+            self.ring_refused += 1
+            log.error("sensor refused: it routes calls over another shard list", extra={
+                "sensor_id": sensor_id, "sensor_ring": ring,
+                "shard_id": self.shard.shard_id if self.shard is not None else "",
+                "ring": self.shard.ring_ids if self.shard is not None else [],
+                "reason": reason})
+        return reason
+
     def sensor_disconnected(self, sensor_id: str) -> None:
         st = self.sensors.get(sensor_id)
         if st is not None:
@@ -288,10 +323,16 @@ class Recorder:
                     pass     # the log closed first (shutdown): a reconnect logs a hello anyway
 
     def ingest(self, sensor_id: str, seq: int, linktype: int, timestamps: list[int],
-               lengths: list[int], data: bytes) -> int:
+               lengths: list[int], data: bytes, broadcast: bool = False) -> int:
         """Takes one batch; returns the seq to acknowledge (cumulative). With a
         write-ahead log that is the newest seq whose record is durable, which
-        may be lower than `seq`: a later ack covers it."""
+        may be lower than `seq`: a later ack covers it.
+
+        `broadcast` (Batch.broadcast): the sensor sent the batch to every shard
+        (packets it could not route one by one); a shard keeps only what belongs
+        to its calls (controller/shard.py). The flag is logged with the batch, so
+        a replay of the log filters the same way. Without a shard identity the
+        batch is processed like any other."""
         t0 = time.monotonic()
         with self._lock:
             st = self.sensors[sensor_id]
@@ -314,15 +355,22 @@ class Recorder:
                 if wal.needs_roll():
                     wal.roll(self._snapshot())
                 st.unsynced.append((wal.append_batch(sensor_id, seq, linktype, timestamps,
-                                                     lengths, data), seq))
+                                                     lengths, data, broadcast=broadcast), seq))
             # one monotonic-enough clock per sensor before merge and dedup
             corrected = st.clock.correct(timestamps)
             packets: list[Packet] = []
             append = packets.append
             off = 0
-            for ts, n in zip(corrected, lengths):
-                append((ts, sensor_id, linktype, data[off:off + n]))
-                off += n
+            if broadcast and self.shard is not None:
+                view = memoryview(data)
+                for ts, n in zip(corrected, lengths):
+                    append((ts, sensor_id, linktype, BroadcastFrame(view[off:off + n])))
+                    off += n
+                self.shard.counters["broadcast_packets"] += len(packets)
+            else:
+                for ts, n in zip(corrected, lengths):
+                    append((ts, sensor_id, linktype, data[off:off + n]))
+                    off += n
             st.packets_received += len(packets)
             st.batches_received += 1
             st.last_seen = time.time()
@@ -618,7 +666,7 @@ class Recorder:
                     if value.max_ts > self._replay_until:
                         self._replay_until = value.max_ts
                     self.ingest(value.sensor_id, value.seq, value.linktype, value.timestamps,
-                                value.lengths, value.data)
+                                value.lengths, value.data, broadcast=value.broadcast)
                     batches += 1
                 elif kind == SNAPSHOT:
                     with self._lock:
@@ -740,8 +788,13 @@ class Recorder:
 
     def _fragment(self, ts: int, sid: str, linktype: int, data: bytes, d) -> None:
         """An IP fragment (already a frame of its call): when it completes its
-        datagram, the rebuilt datagram is parsed for SIP/SDP, not recorded."""
+        datagram, the rebuilt datagram is parsed for SIP/SDP, not recorded.
+        A shard notes whether any fragment of the datagram was routed here (then
+        it is this shard's) or all came broadcast (then the engine tests it)."""
         done = self.fragments.add(ts, linktype, data, d)
+        broadcast = 0
+        if self.shard is not None:
+            broadcast = self._broadcast_fragments(ts, data, d, done is not None)
         if done is None:
             return
         try:
@@ -749,7 +802,29 @@ class Recorder:
         except DecodeError:
             self.decode_errors += 1
             return
-        self.engine.reassembled(ts, sid, linktype, done.frame, rd)
+        if broadcast:
+            self.engine.reassembled(ts, sid, linktype, done.frame, rd, broadcast, d.ip_id)
+        else:
+            self.engine.reassembled(ts, sid, linktype, done.frame, rd)
+
+    def _broadcast_fragments(self, ts: int, data: bytes, d, complete: bool) -> int:
+        """Per datagram in progress: was any fragment routed here? When `complete`:
+        the number of its fragments if all came broadcast, else 0. Bounded like the
+        reassembler (entries older than its timeout are dropped)."""
+        frags = self._frag_routed
+        key = (d.ip_version, d.src, d.dst, d.ip_id)
+        first, routed, n = frags.pop(key, (ts, False, 0))
+        routed = routed or data.__class__ is not BroadcastFrame
+        if complete:
+            return 0 if routed else n + 1
+        if len(frags) >= 8192:
+            horizon = ts - 60 * _SECOND
+            for k in [k for k, v in frags.items() if v[0] < horizon]:
+                del frags[k]
+            while len(frags) >= 8192:
+                del frags[next(iter(frags))]
+        frags[key] = (first, routed, n + 1)
+        return 0
 
     # -- status --------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -806,4 +881,9 @@ class Recorder:
         if self.wal is not None:
             out["wal"] = self.wal.stats()
             out["replay_suppressed"] = self.replay_suppressed
+        if self.shard is not None:
+            out["shard"] = self.shard.status()
+            out["not_owned_packets"] = self.shard.counters["not_owned_packets"]
+        if self.shard is not None or self.ring_refused:
+            out["ring_refused"] = self.ring_refused
         return out

@@ -206,7 +206,8 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                         log.error("malformed batch", extra={"sensor_id": sensor_id, "seq": b.seq})
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                             f"batch {b.seq}: lengths do not match data")
-                    acked = rec.ingest(sensor_id, b.seq, b.linktype, b.timestamps_ns, b.lengths, b.data)
+                    acked = rec.ingest(sensor_id, b.seq, b.linktype, b.timestamps_ns, b.lengths, b.data,
+                                       broadcast=b.broadcast)
                     yield sensor_pb2.ControllerMessage(ack=sensor_pb2.Ack(seq=acked))
                 elif kind == "heartbeat":
                     h = msg.heartbeat
@@ -234,6 +235,11 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                     if refusal is not None:
                         self.authorizer.refused(peer or _PLAIN, "site", refusal, context.peer())
                         await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+                    # a sharded controller (issue #12): the sensor must route over this
+                    # shard's ring, or calls would be split silently (logged, counted)
+                    refusal = rec.ring_refusal(h.sensor_id, list(h.ring))
+                    if refusal is not None:
+                        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
                     if not sensor_id:
                         self.links.opened(h.sensor_id, context.peer(), identity or "")
                     sensor_id = h.sensor_id
@@ -304,7 +310,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             bad_batches=st.get("bad_batches", 0), storage=self.recorder.writer.store.url,
             storage_pending=st.get("storage_pending", 0), storage_retries=st.get("storage_retries", 0),
             authz_refused=sum(self.authorizer.counts().values()) if self.authorizer else 0,
-            tls_handshakes_failed=handshakes.failed_total())
+            tls_handshakes_failed=handshakes.failed_total(),
+            shard_id=st.get("shard", {}).get("shard_id", ""), ring=st.get("shard", {}).get("ring", []),
+            not_owned_packets=st.get("not_owned_packets", 0), ring_refused=st.get("ring_refused", 0))
         u = summarize_unsignalled(st)
         out.unsignalled_media.CopyFrom(admin_pb2.UnsignalledMedia(
             flows=u.flows, packets=u.packets, ambiguous_packets=u.ambiguous_packets,

@@ -12,7 +12,9 @@ magic, then records::
     u32 length of payload | u32 crc32(kind + payload) | u8 kind | payload
 
 Batch payloads are binary (sensor id, seq, linktype, max ts, timestamps,
-lengths, data); the rare events (hello, disconnect, end of capture, recording
+lengths, data); a broadcast batch (a sharded controller, Batch.broadcast:
+controller/shard.py) is the same payload under its own kind, so a replay
+filters it as the live path did; the rare events (hello, disconnect, end of capture, recording
 stored, segment snapshot) are JSON. A record that is cut short or fails its
 CRC ends the replay of its segment (a torn tail after a crash; counted).
 
@@ -55,9 +57,9 @@ _HEAD = struct.Struct("<IIB")            # payload length, crc32(kind + payload)
 _BATCH = struct.Struct("<HQIIq")         # sensor id length, seq, linktype, packets, max ts
 _MAX_RECORD = 1 << 30
 
-BATCH, HELLO, DISCONNECT, END, STORED, SNAPSHOT = 1, 2, 3, 4, 5, 6
+BATCH, HELLO, DISCONNECT, END, STORED, SNAPSHOT, BATCH_BROADCAST = 1, 2, 3, 4, 5, 6, 7
 KINDS = {BATCH: "batch", HELLO: "hello", DISCONNECT: "disconnect", END: "end",
-         STORED: "stored", SNAPSHOT: "snapshot"}
+         STORED: "stored", SNAPSHOT: "snapshot", BATCH_BROADCAST: "batch-broadcast"}
 FSYNC_POLICIES = ("group", "always", "never")
 
 
@@ -70,6 +72,7 @@ class Batch:
     lengths: list[int]
     data: bytes
     max_ts: int
+    broadcast: bool = False     # a broadcast batch (BATCH_BROADCAST records)
 
 
 @dataclass
@@ -157,8 +160,11 @@ class WriteAheadLog:
         for i, seg in enumerate(list(self.segments)):
             last = i == len(self.segments) - 1
             for kind, payload in self._read(seg, last):
-                if kind == BATCH:
+                if kind == BATCH or kind == BATCH_BROADCAST:
                     b = _decode_batch(payload)
+                    if kind == BATCH_BROADCAST:
+                        b.broadcast = True
+                        kind = BATCH        # one kind of batch for the replaying side
                     if b.max_ts > seg.max_ts:
                         seg.max_ts = b.max_ts
                     value: Any = b
@@ -285,9 +291,9 @@ class WriteAheadLog:
         self._enforce_bound_locked()
 
     def append_batch(self, sensor_id: str, seq: int, linktype: int, timestamps: Any,
-                     lengths: Any, data: bytes) -> int:
+                     lengths: Any, data: bytes, broadcast: bool = False) -> int:
         payload, max_ts = _encode_batch(sensor_id, seq, linktype, timestamps, lengths, data)
-        return self._append(_record(BATCH, payload), max_ts)
+        return self._append(_record(BATCH_BROADCAST if broadcast else BATCH, payload), max_ts)
 
     def append_event(self, kind: int, value: dict[str, Any]) -> int:
         return self._append(_record(kind, json.dumps(value).encode()), None)

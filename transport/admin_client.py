@@ -119,6 +119,10 @@ class Fleet:
     storage_retries: int = 0
     authz_refused: int = 0     # RPCs refused by certificate role or site, all certificates
     tls_handshakes_failed: int = 0   # on the controller's ports (transport/handshakes.py)
+    shard_id: str = ""         # a sharded controller: this shard's id and its ring (issue #12)
+    ring: list[str] = field(default_factory=list)
+    not_owned_packets: int = 0     # broadcast packets of other shards' calls, dropped
+    ring_refused: int = 0          # sensor streams refused: routing over another shard list
     unsignalled_media: UnsignalledMediaInfo = field(default_factory=UnsignalledMediaInfo)
 
 
@@ -243,6 +247,8 @@ class AdminClient:
             registry_state=st.registry_state, storage_pending=st.storage_pending,
             bad_batches=st.bad_batches, storage_retries=st.storage_retries,
             authz_refused=st.authz_refused, tls_handshakes_failed=st.tls_handshakes_failed,
+            shard_id=st.shard_id, ring=list(st.ring), not_owned_packets=st.not_owned_packets,
+            ring_refused=st.ring_refused,
             unsignalled_media=UnsignalledMediaInfo(
                 flows=st.unsignalled_media.flows, packets=st.unsignalled_media.packets,
                 ambiguous_packets=st.unsignalled_media.ambiguous_packets,
