@@ -219,6 +219,7 @@ def controller(config_file: str | None, **flags: Any) -> None:
         _check_security(settings)        # refused here once, not by every shard
         if settings.etcd:
             settings.etcd_security().warn()
+        _file_modes(settings)
         run_supervisor(settings, *plan)
         return
     if not settings.insecure:   # before grpc is imported: gRPC core reads GRPC_TRACE then
@@ -347,6 +348,8 @@ def _command_args(name: str) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per error, exit 2 for usage/config, 1 for failures."""
     from cli.errors import run
+    from cli.shards import die_with_parent
+    die_with_parent()        # a shard or sensor started by a supervisor or `spanrec record`
     _ARGV[:] = sys.argv[1:] if argv is None else argv
     run(cli, "spanrec", argv, usage_errors=(ConfigError,), failures=(Failure,))
 

@@ -41,20 +41,32 @@ BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_S = 60.0
 
 _PR_SET_PDEATHSIG = 1
+_PARENT_ENV = "SPANREC_PARENT_PID"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (even by kill -9),
-    so no shard outlives its supervisor or `spanrec record`."""
+def die_with_parent() -> None:
+    """Called first thing in a child `spawn` started (SPANREC_PARENT_PID set):
+    SIGTERM to this process when its parent dies, even by kill -9, so no shard
+    or sensor outlives a supervisor or `spanrec record`.  Done in the child
+    itself, not in a preexec_fn: forking a process with gRPC threads (record's
+    in-process controller, its Admin polling) and running Python before exec
+    breaks gRPC's fork handlers."""
+    parent = os.environ.pop(_PARENT_ENV, "")
+    if not parent.isdigit():
+        return
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != int(parent):      # the parent died before prctl
+        sys.exit(1)
 
 
-def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen:
+def spawn(argv: list[str], env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
     """A child process that is sent SIGTERM when this process dies."""
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, **kwargs)
+    env = dict(os.environ if env is None else env)
+    env[_PARENT_ENV] = str(os.getpid())
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env, **kwargs)
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -206,7 +218,11 @@ def run_supervisor(settings: ControllerSettings, members: str, shards: list[Shar
     """`spanrec controller --shards N` (N > 1, `shard_plan`): start, watch,
     restart, stop."""
     n = len(shards)
-    Path(settings.state_dir).expanduser().mkdir(parents=True, exist_ok=True)
+    from storage import files as filemodes
+    try:        # the shards' parent folder, as private as one controller's state folder
+        filemodes.private_dir(Path(settings.state_dir).expanduser().absolute())
+    except OSError as exc:
+        raise Failure(f"state folder {settings.state_dir}: {exc.strerror or exc}") from None
     stop_signal: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
