@@ -522,3 +522,17 @@ def test_hello_ring_against_one_shard_and_no_shard(tmp_path: Path) -> None:
         assert plain.status()["ring_refused"] == 1
     finally:
         srv.stop()
+
+
+def test_admin_status_names_the_shard(tmp_path: Path) -> None:
+    from controller.link import AdminServicer
+    from proto import admin_pb2
+    frames = frames_of(TRUNK)
+    rec, _ = run(tmp_path, "s", frames, ShardIdentity("shard-1", ring_of(2)))
+    st = asyncio.run(AdminServicer(rec).GetStatus(admin_pb2.StatusRequest(), None))
+    assert (st.shard_id, list(st.ring)) == ("shard-1", ["shard-0", "shard-1"])
+    assert st.not_owned_packets == rec.status()["not_owned_packets"] > 0
+    assert st.ring_refused == 0
+    plain, _ = run(tmp_path, "p", frames[:10])
+    st = asyncio.run(AdminServicer(plain).GetStatus(admin_pb2.StatusRequest(), None))
+    assert (st.shard_id, list(st.ring), st.not_owned_packets) == ("", [], 0)
