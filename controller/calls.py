@@ -856,6 +856,26 @@ class CallEngine:
                     child.relation = (first.root.call_id, BY_MEDIA)
                 self._merge(first, second, flip)
         self._spill()
+        out = self.end_due(now_ns, elsewhere)
+        self._expire(now_ns)
+        return out
+
+    @property
+    def next_deadline(self) -> int:
+        """The earliest scheduled deadline (may be stale: a call's deadline only
+        moves later, or is rescheduled earlier with a new entry); 1 << 62 when none."""
+        heap = self._heap
+        return heap[0][0] if heap else 1 << 62
+
+    def end_due(self, now_ns: int, elsewhere: frozenset[str] = frozenset()) -> list[FinishedCall]:
+        """End the calls whose deadline is at or before `now_ns`, nothing else.
+
+        The Recorder calls it before a packet stamped after some deadline, so a
+        call never takes a packet stamped after its own deadline and the outcome
+        does not depend on which other packets this engine sees (one shard or
+        several, docs/DECISIONS.md "Sharding").  A call is finished *at its
+        deadline*, not at `now_ns`: its late window and the recent Call-IDs run
+        from there."""
         out: list[FinishedCall] = []
         kept: list[Call] = []
         heap = self._heap
@@ -870,12 +890,11 @@ class CallEngine:
             if elsewhere and call.sensors and call.sensors <= elsewhere:
                 kept.append(call)
                 continue
-            done = self._finish(call, now_ns, "timeout")
+            done = self._finish(call, deadline, "timeout")
             if done is not None:
                 out.append(done)
         for call in kept:
             self._schedule(call, self._deadline(call))
-        self._expire(now_ns)
         return out
 
     def _forget_ssrcs(self, call: Call) -> None:

@@ -744,6 +744,8 @@ class Recorder:
         engine_duplicate = self.engine.duplicate
         next_advance = self._next_advance
         lag = self.merger.max_lag_ns if self.merger.timelines else 1 << 62
+        heap = self.engine._heap       # deadlines: a call ends before a packet stamped after it
+        end_due = self.engine.end_due
         errors = 0
         site_ranges = self._site_ranges      # empty unless some site has address ranges
         outside: dict[str, int] | None = None
@@ -766,13 +768,21 @@ class Recorder:
             if is_dup(ts, sid, data, d, is_sip):
                 engine_duplicate(sid, data, d)
                 continue
+            if heap and heap[0][0] < ts and ts >= next_advance - lag:
+                # calls whose deadline passed end before this packet, whatever other
+                # packets this engine saw (the same with 1 shard or N)
+                done = end_due(ts - 1, self.merger.apart(ts) if self.merger.timelines else frozenset())
+                if done:
+                    self._submit(done)
             engine_process(ts, sid, linktype, data, d)
             if d.is_fragment:
                 self._fragment(ts, sid, linktype, data, d)
             if ts < next_advance - lag:
                 self._other_timeline(ts, sid)
             elif ts >= next_advance:
-                next_advance = ts + _SECOND
+                # checkpoints on a grid of capture time, not counted from whichever
+                # packet this engine saw first: every shard checks at the same times
+                next_advance = (ts // _SECOND + 1) * _SECOND
                 self._submit(self._advance(ts, elsewhere=self.merger.apart(ts)))
                 late = self.engine.late_due(ts)
                 if late:

@@ -63,11 +63,12 @@ class LateCatcher:
         self._by_endpoint: dict[tuple[bytes, int], _Entry] = {}
         self._order: deque[tuple[int, list[str], list[tuple[bytes, int]], _Entry]] = deque()
         self._pending: dict[int, _Entry] = {}      # id -> entry holding frames
+        self._ready: list[LateFrames] = []          # groups closed by a later packet
         self.packets = 0
         self.dropped = 0
 
     def __bool__(self) -> bool:
-        return bool(self._by_call_id)
+        return bool(self._by_call_id or self._by_endpoint or self._pending or self._ready)
 
     def register(self, recording_id: str, prefix: str, linktype: int, call_ids: list[str],
                  endpoints: list[tuple[bytes, int]], now_ns: int) -> None:
@@ -85,6 +86,11 @@ class LateCatcher:
         return self._by_endpoint.get((dst, dport)) or self._by_endpoint.get((src, sport))
 
     def add(self, entry: _Entry, ts_ns: int, data: bytes) -> None:
+        if id(entry) in self._pending and entry.first_ns + self.group_ns <= ts_ns \
+                and entry.last_ns + self.quiet_ns <= ts_ns:
+            # the group held would be due by this packet's time: it closes here,
+            # whenever `due` runs (the files do not depend on when that is)
+            self._flush(entry, self._ready)
         late = entry.late
         self.packets += 1
         if len(late.frames) >= self.max_frames:
@@ -107,7 +113,7 @@ class LateCatcher:
         """Late packets held for `group_ns` and then quiet for `quiet_ns` (or whose
         window is over; all of them with `everything`), and forget entries whose
         window is over."""
-        out = []
+        out, self._ready = self._ready, []
         order = self._order
         while order and (everything or order[0][0] <= now_ns):
             _, cids, eps, entry = order.popleft()

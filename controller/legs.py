@@ -23,13 +23,12 @@ The key functions are pure; `MediaCorrelator` holds a bounded index.
 """
 from __future__ import annotations
 
-import re
 from collections import deque
 from zlib import crc32
 from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING
 
-from protocols.callkey import BY_ICID, BY_SESSION_ID, LegKey, leg_keys
+from protocols.callkey import BY_ICID, BY_SDP_ORIGIN, BY_SESSION_ID, LegKey, leg_keys, sdp_origin_key
 from protocols.sip import SipMessage
 
 from controller.settings import DEFAULT_LEG_HEADERS
@@ -42,11 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["Leg", "LegKey", "LegLinker", "leg_keys", "sdp_origin_key", "MediaCorrelator", "BY_MEDIA",
            "BY_SESSION_ID", "BY_ICID", "BY_SDP_ORIGIN", "DEFAULT_LEG_HEADERS"]
 
-BY_SDP_ORIGIN = "sdp-origin"
 BY_MEDIA = "media"
 
-_ORIGIN_RE = re.compile(rb"^o=(\S+) (\d+) (\d+) IN IP[46] (\S+)\s*$", re.MULTILINE)
-_ORIGIN_MIN_DIGITS = 6
 _ORIGIN_WINDOW_NS = 2_000_000_000  # initial INVITEs of two legs with one SDP origin: this close
 _RELAY_JITTER_NS = 30_000_000      # a relay's delay varies less than this between packets
 
@@ -73,17 +69,6 @@ class Leg:
         #: audio endpoint each side's latest SDP announced (direct media, `MediaPairs`)
         self.media_now: list[tuple[bytes, int] | None] = [None, None]
         self.pair: frozenset | None = None
-
-
-def sdp_origin_key(sdp: bytes) -> tuple[LegKey, str] | None:
-    """(key, origin address) of an SDP's ``o=`` line if it can identify a session."""
-    m = _ORIGIN_RE.search(sdp)
-    if m is None:
-        return None
-    user, sess_id, version, addr = (g.decode("ascii", "replace") for g in m.groups())
-    if len(sess_id.lstrip("0")) + len(version.lstrip("0")) < _ORIGIN_MIN_DIGITS:
-        return None
-    return (BY_SDP_ORIGIN, f"{user} {sess_id} {version}"), addr
 
 
 class LegLinker:

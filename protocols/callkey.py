@@ -12,7 +12,10 @@ Two uses of one parser:
 
 The routing key is the Call-ID, or for a leg whose SIP names another leg's
 Call-ID (``X-Call-ID``, ``X-CID``, ``--leg-header``) the key of that leg: a
-B2BUA's second leg goes where its first went.  Session-ID and
+B2BUA's second leg goes where its first went.  A sensor also
+routes an initial INVITE whose SDP origin (``o=`` with 6 digits or more) an
+earlier INVITE carried with that INVITE's key (an SBC passing the offer
+unchanged: `RouteTable(origins=True)`). Session-ID and
 P-Charging-Vector icid are *not* routing keys: a proxy may add either to a
 dialog half-way through its path (the same Call-ID seen before and after it
 would then go to two shards); legs linked only by them, by SDP origin or by
@@ -27,11 +30,12 @@ from collections.abc import Iterable
 
 from protocols.sip import SipMessage
 
-__all__ = ["LegKey", "BY_SESSION_ID", "BY_ICID", "leg_keys", "session_pair_key", "icid_key",
-           "RouteTable", "media_key"]
+__all__ = ["LegKey", "BY_SESSION_ID", "BY_ICID", "BY_SDP_ORIGIN", "leg_keys", "session_pair_key",
+           "icid_key", "sdp_origin_key", "RouteTable", "media_key"]
 
 BY_SESSION_ID = "session-id"
 BY_ICID = "icid"
+BY_SDP_ORIGIN = "sdp-origin"
 
 #: A correlation key: (kind, value).  For header links the value is the named Call-ID.
 LegKey = tuple[str, str]
@@ -40,6 +44,8 @@ _NULL_UUID = "0" * 32
 _UUID_RE = re.compile(r"^\s*([0-9a-fA-F]{32})\s*(?:;(.*))?$")
 _REMOTE_RE = re.compile(r"(?:^|;)\s*remote\s*=\s*([0-9a-fA-F]{32})", re.IGNORECASE)
 _ICID_RE = re.compile(r"(?:^|;)\s*icid-value\s*=\s*(\"[^\"]+\"|[^;\s]+)", re.IGNORECASE)
+_ORIGIN_RE = re.compile(rb"^o=(\S+) (\d+) (\d+) IN IP[46] (\S+)\s*$", re.MULTILINE)
+_ORIGIN_MIN_DIGITS = 6
 
 
 def session_pair_key(values: list[str]) -> LegKey | None:
@@ -107,6 +113,18 @@ def leg_keys(msg: SipMessage, leg_headers: Iterable[str]) -> list[LegKey]:
     return out
 
 
+def sdp_origin_key(sdp: bytes) -> tuple[LegKey, str] | None:
+    """(key, origin address) of an SDP's ``o=`` line if it can identify a session:
+    username, session id and version, with at least 6 digits (``o=- 0 0`` is no one)."""
+    m = _ORIGIN_RE.search(sdp)
+    if m is None:
+        return None
+    user, sess_id, version, addr = (g.decode("ascii", "replace") for g in m.groups())
+    if len(sess_id.lstrip("0")) + len(version.lstrip("0")) < _ORIGIN_MIN_DIGITS:
+        return None
+    return (BY_SDP_ORIGIN, f"{user} {sess_id} {version}"), addr
+
+
 def media_key(a: bytes, a_port: int, b: bytes, b_port: int) -> str:
     """Routing key of media no SDP announced: its two endpoints, in either direction."""
     x, y = (a, a_port), (b, b_port)
@@ -121,10 +139,15 @@ class RouteTable:
     key unless the dialog was named by another)."""
 
     def __init__(self, leg_headers: Iterable[str] = ("x-call-id", "x-cid"),
-                 max_entries: int = 200_000) -> None:
+                 max_entries: int = 200_000, *, origins: bool = False) -> None:
         self.leg_headers = tuple(h.lower() for h in leg_headers)
         self.max_entries = max_entries
         self._keys: dict[str, str] = {}
+        #: with `origins`: the SDP origin of dialogs' initial INVITEs -> their key, so a
+        #: B2BUA leg passing the offer's origin unchanged follows the first leg (a
+        #: sensor's own knowledge: shards deciding broadcast messages must not use it,
+        #: each would know other origins and two could claim one message)
+        self._origins: dict[str, str] | None = {} if origins else None
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -138,6 +161,19 @@ class RouteTable:
         named = named_call_id(msg, self.leg_headers)
         if named is not None:
             key = self._keys.get(named) or named
+        elif self._origins is not None and msg.method == "INVITE" and b"o=" in msg.body:
+            found = sdp_origin_key(msg.body)
+            key = cid
+            if found is not None:
+                origins = self._origins
+                origin = found[0][1]
+                known = origins.get(origin)
+                if known is not None:
+                    key = known
+                else:
+                    if len(origins) >= self.max_entries:
+                        del origins[next(iter(origins))]
+                    origins[origin] = cid
         else:
             key = cid
         self.bind(cid, key)

@@ -52,3 +52,26 @@ def test_media_key_is_direction_free() -> None:
     a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
     assert media_key(a, 4000, b, 5000) == media_key(b, 5000, a, 4000)
     assert media_key(a, 4000, b, 5000) != media_key(a, 4002, b, 5000)
+
+
+def _invite_sdp(call_id: str, origin: str, extra: str = "") -> object:
+    body = f"v=0\r\no={origin} IN IP4 10.0.0.9\r\ns=-\r\nc=IN IP4 10.0.0.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+    text = (f"INVITE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:a@x>;tag=1\r\n"
+            f"To: <sip:b@x>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n{extra}Content-Type: application/sdp\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}")
+    return parse_sip(text.encode())
+
+
+def test_sensor_routes_a_leg_by_the_offer_origin_an_earlier_leg_carried() -> None:
+    """An SBC passes the offer's SDP origin unchanged to its second leg: a sensor
+    (origins=True) sends that leg where the first went; a shard's table does not."""
+    sensor, shard = RouteTable(origins=True), RouteTable()
+    assert sensor.key(_invite_sdp("leg-a", "- 191 1228500736")) == "leg-a"
+    assert sensor.key(_invite_sdp("leg-b", "- 191 1228500736")) == "leg-a"
+    assert sensor.key(_msg("BYE sip:b@x SIP/2.0", "leg-b")) == "leg-a"       # sticky
+    # an origin that identifies nothing (fewer than 6 digits) links nothing
+    assert sensor.key(_invite_sdp("c1", "- 0 0")) == "c1" and sensor.key(_invite_sdp("c2", "- 0 0")) == "c2"
+    # a leg header wins over the origin
+    assert sensor.key(_invite_sdp("leg-c", "- 191 1228500736", "X-Call-ID: other\r\n")) == "other"
+    shard.key(_invite_sdp("leg-a", "- 191 1228500736"))
+    assert shard.key(_invite_sdp("leg-b", "- 191 1228500736")) == "leg-b"
