@@ -191,7 +191,7 @@ def unsignalled_line(u: dict[str, Any]) -> str:
 def print_unsignalled(status: dict[str, Any]) -> None:
     """`spanrec record`, at the end: one stderr line when media without
     signalling (or SIP over TLS) was seen; nothing otherwise."""
-    from controller.unsignalled import summarize
+    from controller.calls.unsignalled import summarize
     line = unsignalled_line(dataclasses.asdict(summarize(status)))
     if line:
         warning(line)

@@ -22,7 +22,7 @@ from cli import output
 from cli.serve import build_recorder, open_storage, tune_gc
 from cli.settings import ControllerSettings, Failure
 from cli.shards import describe_exit, free_ports, reap, spawn, stop_all
-from controller.link import serve
+from controller.api.link import serve
 
 
 def run_record(settings: ControllerSettings, files: list[Path], *, fmt: str = "table",
@@ -50,7 +50,7 @@ def _naming(path: Path, message: str) -> str:
 
 
 def _clock_warnings(status: dict, paths: dict[str, Path]) -> None:
-    """One line per file whose capture clock was corrected (controller/clock.py)."""
+    """One line per file whose capture clock was corrected (controller/ingest/clock.py)."""
     for s in status["sensors"]:
         steps, restamped = s.get("clock_steps", 0), s.get("clock_restamped", 0)
         if steps or restamped:

@@ -15,13 +15,13 @@ import socket
 from pathlib import Path
 
 from cli.settings import ConfigError, ControllerSettings, Failure
-from controller.authz import Authorizer
-from controller.calls import CallConfig
+from controller.api.authz import Authorizer
+from controller.calls.engine import CallConfig
 from controller.core import Recorder
-from controller.dedup import DedupConfig
-from controller.rules import RecordingRules, RulesError
-from controller.link import serve
-from controller.wal import WalError, WriteAheadLog
+from controller.ingest.dedup import DedupConfig
+from controller.calls.rules import RecordingRules, RulesError
+from controller.api.link import serve
+from controller.ingest.wal import WalError, WriteAheadLog
 from storage import files as filemodes
 from storage import open_store
 from storage.redact import redact
@@ -89,11 +89,11 @@ def shard_option(settings: ControllerSettings) -> dict:
         return {}
     from registry.ring import Ring, Shard
     try:
-        from controller.shard import ShardIdentity
+        from controller.ingest.shard import ShardIdentity
     except ImportError:
-        ShardIdentity = None   # noqa: N806 - controller/shard.py not in this build yet
+        ShardIdentity = None   # noqa: N806 - controller/ingest/shard.py not in this build yet
     if ShardIdentity is None or "shard" not in inspect.signature(Recorder.__init__).parameters:
-        log.warning("this build has no shard support in the recorder (controller/shard.py): "
+        log.warning("this build has no shard support in the recorder (controller/ingest/shard.py): "
                     "broadcast batches are recorded whole and sensors' rings are not checked",
                     extra={"shard_id": settings.shard_id})
         return {}
@@ -130,7 +130,7 @@ def open_durable(settings: ControllerSettings, store: RecordingStore,
             outbox = OutboxStore(store, state / "outbox")
             target = outbox
         wal = WriteAheadLog(state / "wal")
-        # long calls' frames (controller/spill.py): what a crash left is rebuilt
+        # long calls' frames (controller/calls/spill.py): what a crash left is rebuilt
         # from the write-ahead log, so the folder starts empty
         shutil.rmtree(state / "spill", ignore_errors=True)
         recorder = build_recorder(settings, target, wal=wal, spill_dir=state / "spill")
@@ -217,7 +217,7 @@ def start_telemetry(settings: ControllerSettings, recorder: Recorder):
     """OpenTelemetry metrics (Prometheus endpoint and/or OTLP) and call traces."""
     if not settings.metrics_listen and not settings.otlp_endpoint:
         return None
-    from controller.telemetry import Telemetry
+    from controller.output.telemetry import Telemetry
     try:
         tel = Telemetry(recorder.status, controller_id=settings.controller_id,
                         prometheus_listen=settings.metrics_listen,

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from controller.rules import RecordingRules, RulesError
+from controller.calls.rules import RecordingRules, RulesError
 from controller.settings import DEFAULT_LEG_HEADERS
 
 
@@ -124,7 +124,7 @@ class ControllerSettings(_Cluster):
     keep_calls_on_stop: bool = False           # SIGTERM leaves active calls to the next start (WAL)
     otlp_endpoint: str | None = None           # OTLP/gRPC collector for metrics and traces
     audio_format: Literal["wav", "flac", "opus"] = "wav"   # audio.wav | audio.flac | audio.opus
-    # recording rules (controller/rules.py): a table ([controller.record_rules], or JSON in
+    # recording rules (controller/calls/rules.py): a table ([controller.record_rules], or JSON in
     # SPANREC_RECORD_RULES), and single settings that replace one of its fields
     record_rules: Annotated[dict[str, Any] | None, NoDecode] = None
     no_record_header: str | None = None        # skip_header ("" or "none": no header rule)
@@ -133,7 +133,7 @@ class ControllerSettings(_Cluster):
     record_default: Literal["record", "signalling-only"] | None = None
 
     require_site: bool = False                 # refuse sensor certificates that name no site
-    # address ranges per site (controller/sitefilter.py): a table ([controller.site_networks]),
+    # address ranges per site (controller/ingest/sitefilter.py): a table ([controller.site_networks]),
     # JSON (SPANREC_SITE_NETWORKS), or the path of a TOML/JSON file (--site-networks PATH)
     site_networks: Annotated[dict[str, Any] | str | None, NoDecode] = None
 
@@ -218,7 +218,7 @@ class ControllerSettings(_Cluster):
 
     @model_validator(mode="after")
     def _check_site_networks(self) -> ControllerSettings:
-        from controller.sitefilter import SiteNetworks, load_site_networks
+        from controller.ingest.sitefilter import SiteNetworks, load_site_networks
         v = self.site_networks
         if v is None or v == "":
             self.site_networks = None
@@ -232,8 +232,8 @@ class ControllerSettings(_Cluster):
         return self
 
     def site_ranges(self) -> Any:
-        """controller.sitefilter.SiteNetworks, or None when no site has ranges."""
-        from controller.sitefilter import SiteNetworks
+        """controller.ingest.sitefilter.SiteNetworks, or None when no site has ranges."""
+        from controller.ingest.sitefilter import SiteNetworks
         return SiteNetworks.from_dict(self.site_networks) if self.site_networks else None
 
     def recording_rules(self) -> RecordingRules:

@@ -3,7 +3,7 @@
 `Recorder` knows nothing of gRPC: the servicer in link.py (and tests) call
 `sensor_hello`, `ingest`, `heartbeat`, `end_of_capture` and `tick`.
 
-With a write-ahead log (controller/wal.py) every batch and sensor event is
+With a write-ahead log (controller/ingest/wal.py) every batch and sensor event is
 logged before it is processed, `ingest` returns only the seq whose log is
 durable (cumulative acks), and `recover()` replays the log into a fresh
 Recorder after a crash. Recordings already stored before the crash are
@@ -22,22 +22,23 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.admission import PriorityLanes
-from controller.calls import CallConfig, CallEngine
-from controller.clock import SensorClock, call_clock
-from controller.sensortime import WallOffset
-from controller.dedup import DedupConfig, Deduplicator
-from controller.hints import MediaHints
-from controller.finalize import build_recording, iso_time
-from controller.late import LateFrames
-from controller.sitefilter import SiteNetworks
-from controller.shard import BroadcastFrame, ShardIdentity
-from controller.order import Packet, TimeMerger
+from controller.calls.admission import PriorityLanes
+from controller.calls.engine import CallConfig, CallEngine
+from controller.ingest.clock import SensorClock, call_clock
+from controller.ingest.sensortime import WallOffset
+from controller.ingest.dedup import DedupConfig, Deduplicator
+from controller.calls.hints import MediaHints
+from controller.calls.finished import iso_time
+from controller.output.finalize import build_recording
+from controller.calls.late import LateFrames
+from controller.ingest.sitefilter import SiteNetworks
+from controller.ingest.shard import BroadcastFrame, ShardIdentity
+from controller.ingest.order import Packet, TimeMerger
 from protocols.errors import DecodeError
 from protocols.layers import decode
 from protocols.pcapfile import pcap_bytes
 from protocols.fragments import Reassembler
-from controller.wal import BATCH, END, DISCONNECT, HELLO, SNAPSHOT, STORED, WalError, WriteAheadLog
+from controller.ingest.wal import BATCH, END, DISCONNECT, HELLO, SNAPSHOT, STORED, WalError, WriteAheadLog
 from storage.base import RecordingStore, StorageError
 from storage.layout import CALL_JSON
 
@@ -66,7 +67,7 @@ class SensorState:
     clock_ns: int = 0               # newest packet time or heartbeat clock (WAL snapshots)
     durable_seq: int = 0            # highest seq whose write-ahead log record is durable
     unsynced: deque = field(default_factory=deque)   # (wal lsn, seq) not yet durable
-    clock: SensorClock = field(init=False)     # capture clock correction (controller/clock.py)
+    clock: SensorClock = field(init=False)     # capture clock correction (controller/ingest/clock.py)
 
     wall: WallOffset = field(init=False)       # live sensors: offset onto the controller clock
 
@@ -86,7 +87,7 @@ class RecordingWriter:
                  on_done: Any = None) -> None:
         self.store = store
         self.on_done = on_done      # on_done(call, recording or None) after each attempt
-        self.telemetry = None       # controller.telemetry.Telemetry, when exported
+        self.telemetry = None       # controller.output.telemetry.Telemetry, when exported
         self.audio_format = "wav"   # wav | flac | opus (settings.audio_format)
         self.written = 0
         self.errors = 0
@@ -239,13 +240,13 @@ class Recorder:
         self.replay_suppressed = 0  # calls not written again: stored before a crash
         self._replay_until = -1     # newest capture time in the replayed log
         self.recovered: dict[str, Any] = {}
-        # address ranges per site (issue #11, controller/sitefilter.py): configuration
+        # address ranges per site (issue #11, controller/ingest/sitefilter.py): configuration
         # only, so a replay of the log drops what the live path dropped
         self.site_networks = site_networks
         self._site_ranges: dict = {}                 # sensor id -> SiteRanges of its site
         self.outside_site: dict[str, int] = {}       # sensor id -> packets dropped
         self._outside_warned: dict[str, tuple[float, int]] = {}   # sensor id -> (time, count)
-        # sharded controller (issue #12, controller/shard.py): this shard's identity;
+        # sharded controller (issue #12, controller/ingest/shard.py): this shard's identity;
         # None (one controller): nothing below changes. Broadcast batches' frames are
         # marked (BroadcastFrame) and the call engine keeps only this shard's calls.
         self.shard = shard
@@ -257,7 +258,7 @@ class Recorder:
 
     @property
     def telemetry(self):
-        """controller.telemetry.Telemetry or None: latency hooks (per batch, per call)."""
+        """controller.output.telemetry.Telemetry or None: latency hooks (per batch, per call)."""
         return self._telemetry
 
     @telemetry.setter
@@ -330,7 +331,7 @@ class Recorder:
 
         `broadcast` (Batch.broadcast): the sensor sent the batch to every shard
         (packets it could not route one by one); a shard keeps only what belongs
-        to its calls (controller/shard.py). The flag is logged with the batch, so
+        to its calls (controller/ingest/shard.py). The flag is logged with the batch, so
         a replay of the log filters the same way. Without a shard identity the
         batch is processed like any other."""
         t0 = time.monotonic()

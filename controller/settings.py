@@ -1,4 +1,4 @@
-"""Tunables of the call engine (controller/calls.py).
+"""Tunables of the call engine (controller/calls/engine.py).
 
 Kept apart from the engine so the CLI settings layer can build one without
 importing the packet path.
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.rules import RecordingRules
+from controller.calls.rules import RecordingRules
 
 DEFAULT_LEG_HEADERS = ("x-call-id", "x-cid")
 
@@ -45,16 +45,16 @@ class CallConfig:
 
     ``spill_frames``: a call holding more frames than this in memory moves
     them (and its streams' payload references) to a file in ``spill_dir``
-    (controller/spill.py): memory per active call stays bounded whatever its
+    (controller/calls/spill.py): memory per active call stays bounded whatever its
     length.  20,000 frames is ~3 minutes of a two-way G.711 call, ~5 MB.
     ``spill_dir`` None: a folder under the system's temporary directory.
 
-    ``record_rules``: which calls get their media recorded (controller/rules.py);
+    ``record_rules``: which calls get their media recorded (controller/calls/rules.py);
     the engine's ``rules`` attribute starts from it and may be replaced at run time.
 
     ``record_unsignalled``: RTP of a flow whose signalling was never seen (a
     sensor restart, a capture started mid-call, SIP on another mirror or over
-    TLS) becomes a media-only recording (controller/pickup.py); it ends after
+    TLS) becomes a media-only recording (controller/calls/pickup.py); it ends after
     ``unsignalled_timeout_s`` without a packet (longer than a hold without RTP
     is not knowable without signalling; 20 s rides out short gaps), and one
     with fewer than ``unsignalled_min_packets`` packets (under half a second of

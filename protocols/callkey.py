@@ -5,7 +5,7 @@ Two uses of one parser:
 
 * `leg_keys(msg, leg_headers)` — the correlation keys a message carries,
   strongest first; the controller merges legs (dialogs with other Call-IDs)
-  by them (controller/legs.py);
+  by them (controller/calls/legs.py);
 * `RouteTable.key(msg)` — the *routing key* of a message: every packet of one
   call, whichever sensor saw it, must reach the one shard that owns the call
   (registry/ring.py chooses the shard from the key).

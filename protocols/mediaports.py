@@ -4,7 +4,7 @@ An SDP is untrusted input: any host that can send an INVITE past a mirror
 writes it.  Media endpoints learned from SDP steer what the sensors forward
 and what the controller keeps in a call, so an SDP naming a DNS server's port
 53 (or a SIP, VXLAN or database port) would pull that service's traffic into
-a recording.  Sensor (sensor/classify.py) and controller (controller/streams.py)
+a recording.  Sensor (sensor/classify.py) and controller (controller/media/streams.py)
 share these rules:
 
 * `media_port_ok(port)`: ports below 1024 and the well-known UDP service ports

@@ -9,7 +9,7 @@ back is validated before it is believed (pydantic, strict types and bounds):
 * runtime config (``config/sensor``, ``config/controller``) refuses unknown
   keys and wrong types: the watcher logs the refusal and keeps the last good
   config.  ``record_rules`` is checked here as an object only; its content is
-  the controller's to check (``controller.rules``).
+  the controller's to check (``controller.calls.rules``).
 """
 from __future__ import annotations
 

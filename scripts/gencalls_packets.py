@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.audio import alaw_encode, ulaw_encode
+from controller.media.audio import alaw_encode, ulaw_encode
 
 MS = 1_000_000
 SEC = 1_000_000_000

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.spill import CallSpill
+from controller.calls.spill import CallSpill
 from sensor.spool import Spool
 from storage import files as filemodes
 from storage.local import LocalStore

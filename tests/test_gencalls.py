@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.audio import decode_stream
+from controller.media.audio import decode_stream
 from protocols.pcapfile import LINKTYPE_ETHERNET, read_frames
 from scripts import gencalls
 from tests.conftest import REPO, require_tool

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pylibsrtp import Policy, Session
 
-from controller.calls import CallConfig
-from controller.finalize import build_recording
+from controller.calls.engine import CallConfig
+from controller.output.finalize import build_recording
 from tests.controller.test_calls_engine import CALLEE_IP, CALLER_IP, Feed, sip
 
 with warnings.catch_warnings():

@@ -9,7 +9,7 @@ import wave
 import numpy as np
 import pytest
 
-from controller.audio import (ALAW_TABLE, CODECS, ULAW_TABLE, DecodedStream, alaw_encode, build_stereo,
+from controller.media.audio import (ALAW_TABLE, CODECS, ULAW_TABLE, DecodedStream, alaw_encode, build_stereo,
                               decode_stream, ulaw_encode, unwrap_timestamps, wav_bytes)
 from tests.conftest import capture, require_tool
 

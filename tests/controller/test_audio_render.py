@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from controller.calls import CallEngine
-from controller.finalize import build_recording
+from controller.calls.engine import CallEngine
+from controller.output.finalize import build_recording
 from protocols.layers import decode, str_to_ip
 
 with warnings.catch_warnings():
@@ -430,7 +430,7 @@ def test_opus_file_is_ogg_opus_close_to_the_wav() -> None:
 def test_chunked_rendering_equals_one_pass(monkeypatch) -> None:
     """Chunk boundaries (decode batches, resampler feeding) change nothing."""
     G722 = pytest.importorskip("G722")
-    import controller.audio as audio_mod
+    import controller.media.audio as audio_mod
 
     def build(fmt: str = "wav"):
         c = Call({0: PCMU_SDP[0], 9: PCMU_SDP[9]})

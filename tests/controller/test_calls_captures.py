@@ -148,7 +148,7 @@ def test_fragmented_invite_sdp_is_parsed() -> None:
     for key in ("sip_messages", "sip_retransmissions", "sip_packets", "pcap_packets"):
         assert full.recordings[0].metadata[key] == plain.recordings[0].metadata[key], key
     # the engine's media map holds the endpoints the INVITEs announce (tshark: sdp.media.port)
-    from controller.calls import CallEngine
+    from controller.calls.engine import CallEngine
     from protocols.fragments import Reassembler
     from protocols.layers import decode
     engine, frags = CallEngine(), Reassembler()

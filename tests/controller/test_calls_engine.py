@@ -10,9 +10,9 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from controller.calls import CallConfig, CallEngine
-from controller.finalize import build_recording
-from controller.streams import RtpStream
+from controller.calls.engine import CallConfig, CallEngine
+from controller.output.finalize import build_recording
+from controller.media.streams import RtpStream
 from protocols.layers import decode, str_to_ip
 
 S = 1_000_000_000
@@ -222,7 +222,7 @@ def test_late_retransmission_after_finish_creates_no_phantom_call() -> None:
     f.send(5, "10.9.9.9", 1, "10.9.9.8", 2, b"x")
     assert len(f.finished) == 1
     # a 200 retransmitted after the call ended: kept as a late packet of that
-    # call's recording (controller/late.py), never a second call
+    # call's recording (controller/calls/late.py), never a second call
     assert f.response(6, 200, to_tag="tt", body=sdp(CALLEE_IP, 5000))
     assert len(f.done()) == 1 and f.engine.counters["sip_after_end"] == 1
     (late,) = f.engine.late_due(0, everything=True)

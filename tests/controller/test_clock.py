@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.clock import ClockSanitizer
+from controller.ingest.clock import ClockSanitizer
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -119,7 +119,7 @@ def test_confirm_must_be_meaningful() -> None:
 
 
 def test_heartbeat_clock_follows_the_offset_and_ignores_years_ahead() -> None:
-    from controller.clock import SensorClock
+    from controller.ingest.clock import SensorClock
     clock = SensorClock("s1")
     clock.correct(np.concatenate([steady(10), steady(10, T0 - YEAR)]))
     assert clock.heartbeat(int(T0 - YEAR + 5 * S)) == T0 - YEAR + 5 * S + clock.sanitizer.offset

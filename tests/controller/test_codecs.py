@@ -1,4 +1,4 @@
-"""Decoders (controller/codecs.py) against independent references.
+"""Decoders (controller/media/codecs.py) against independent references.
 
 G.711 against audioop, G.722 against the G722 package (sippy's libg722, not
 FFmpeg), Opus against opuslib (the system libopus through ctypes, not PyAV);
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from controller.codecs import CODECS, codec_for, opus_packet_samples
+from controller.media.codecs import CODECS, codec_for, opus_packet_samples
 from tests.conftest import capture, require_tool
 from tests.controller import tshark_calls as tc
 

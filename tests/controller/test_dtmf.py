@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from controller.dtmf import parse_info_body
+from controller.media.dtmf import parse_info_body
 from tests.conftest import capture, require_tool
 from tests.controller import tshark_calls as tc
 from tests.controller.test_calls_engine import CALLEE_IP, CALLER_IP, Feed, answered_call, rtp, sip
@@ -171,6 +171,6 @@ def test_unrecorded_call_has_no_digits() -> None:
     f.finished += f.engine.finish_all()
     (call,) = f.finished
     call.recorded = False
-    from controller.finalize import build_recording
+    from controller.output.finalize import build_recording
     assert build_recording(call).metadata["dtmf"] == []
 

@@ -12,10 +12,10 @@ import threading
 import time
 import tracemalloc
 
-from controller.admission import Admission, PriorityLanes
-from controller.calls import CallConfig, CallEngine
+from controller.calls.admission import Admission, PriorityLanes
+from controller.calls.engine import CallConfig, CallEngine
 from controller.core import RecordingWriter
-from controller.finalize import build_recording
+from controller.output.finalize import build_recording
 from protocols.layers import decode
 from tests.controller._sipbuild import S, audio_line, rtp, sdp, sip, udp_frame
 

@@ -1,4 +1,4 @@
-"""The vectorised stream analysis (controller/jitter.py) equals the per-packet
+"""The vectorised stream analysis (controller/media/jitter.py) equals the per-packet
 reference (quality.analyse, itself checked against tshark in test_quality.py)
 on random streams: reordering, loss, CN, telephone-event, markers, timestamp
 jumps and wraps, several payload types."""
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from controller.jitter import analyse_arrays
-from controller.quality import analyse
+from controller.media.jitter import analyse_arrays
+from controller.media.quality import analyse
 
 CLOCKS = {0: 8000, 8: 8000, 9: 8000, 13: 8000, 101: 0, 111: 48000}
 

@@ -15,9 +15,9 @@ import wave
 import numpy as np
 import pytest
 
-from controller.calls import CallConfig, CallEngine
-from controller.finalize import build_recording
-from controller.legs import BY_ICID, BY_SESSION_ID, leg_keys, sdp_origin_key
+from controller.calls.engine import CallConfig, CallEngine
+from controller.output.finalize import build_recording
+from controller.calls.legs import BY_ICID, BY_SESSION_ID, leg_keys, sdp_origin_key
 from protocols.layers import decode, str_to_ip
 from protocols.sip import parse_sip
 

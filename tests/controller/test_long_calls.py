@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.calls import CallConfig, CallEngine
-from controller.finalize import build_recording
+from controller.calls.engine import CallConfig, CallEngine
+from controller.output.finalize import build_recording
 from protocols.errors import DecodeError
 from protocols.fragments import Reassembler
 from protocols.layers import decode
@@ -158,7 +158,7 @@ def test_two_hour_call_keeps_memory_flat(tmp_path: Path) -> None:
 def test_loss_accounting_folded_for_long_streams_counts_the_same() -> None:
     """RtpStream.compact (run at each spill) keeps loss, duplicate and reorder
     accounting exact while holding only the last sequence numbers."""
-    from controller.streams import RtpStream
+    from controller.media.streams import RtpStream
 
     rng = np.random.default_rng(9)
     seqs = []

@@ -16,8 +16,8 @@ import wave
 
 import numpy as np
 
-from controller.calls import CallConfig, CallEngine
-from controller.finalize import build_recording
+from controller.calls.engine import CallConfig, CallEngine
+from controller.output.finalize import build_recording
 from protocols.layers import decode, str_to_ip
 from protocols.pcapfile import read_frames
 

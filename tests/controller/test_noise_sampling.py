@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from controller.audio import ULAW_TABLE as ULAW
-from controller.noise import FULL_WINDOWS, STRIDE, WINDOW, NoiseMeter
+from controller.media.audio import ULAW_TABLE as ULAW
+from controller.media.noise import FULL_WINDOWS, STRIDE, WINDOW, NoiseMeter
 
 
 def _ciphertext_as_ulaw(n: int) -> np.ndarray:

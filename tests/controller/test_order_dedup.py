@@ -4,8 +4,8 @@ from __future__ import annotations
 import random
 import struct
 
-from controller.dedup import DedupConfig, Deduplicator
-from controller.order import TimeMerger
+from controller.ingest.dedup import DedupConfig, Deduplicator
+from controller.ingest.order import TimeMerger
 from protocols.layers import decode
 from protocols.pcapfile import LINKTYPE_ETHERNET
 

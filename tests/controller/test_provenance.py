@@ -6,8 +6,8 @@ and a BYE nobody else saw.  The truth is what each sensor was made to send.
 """
 from __future__ import annotations
 
-from controller.calls import CallEngine
-from controller.finalize import build_recording
+from controller.calls.engine import CallEngine
+from controller.output.finalize import build_recording
 from protocols.layers import decode
 from tests.controller.test_media_routing import rtp, sdp, sip, udp_frame
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.calls import CallConfig
-from controller.quality import analyse, mos_from_r, r_factor
+from controller.calls.engine import CallConfig
+from controller.media.quality import analyse, mos_from_r, r_factor
 from tests.conftest import capture, require_tool
 from tests.controller import tshark_calls as tc
 from tests.controller.test_calls_engine import CALLEE_IP, CALLER_IP, Feed, answered_call, rtp
@@ -173,7 +173,7 @@ def test_quality_is_the_same_when_the_call_spills_to_disk(tmp_path: Path) -> Non
         f.send(t, CALLER_IP, 4000, CALLEE_IP, 5000, rtp(seq, ts, 0xA))
     f.finished += f.engine.finish_all()
     assert f.engine.spilled_calls == 1
-    from controller.finalize import build_recording
+    from controller.output.finalize import build_recording
     (s,) = build_recording(f.finished[0]).metadata["streams"]
     f.finished[0].release()
     keys = ("packets", "lost", "out_of_order", "jitter_ms", "max_jitter_ms", "max_delta_ms",

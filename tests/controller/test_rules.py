@@ -1,4 +1,4 @@
-"""Recording rules (controller/rules.py): the pure decision, its config errors,
+"""Recording rules (controller/calls/rules.py): the pure decision, its config errors,
 and the engine built packet by packet (tests/controller/test_legs.py's Feed):
 a call not recorded keeps call.json and a SIP-only call.pcap (read back with
 tshark), says why, and keeps no RTP in memory; the other calls are recorded."""
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.calls import CallConfig
-from controller.rules import RECORD, Decision, RecordingRules, RulesError
+from controller.calls.engine import CallConfig
+from controller.calls.rules import RECORD, Decision, RecordingRules, RulesError
 from protocols.layers import decode, str_to_ip
 from protocols.sip import parse_sip
 from storage.layout import AUDIO_WAV, CALL_PCAP

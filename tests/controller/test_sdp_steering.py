@@ -10,11 +10,11 @@ the port rule stops them (RFC 1035 gives the id no structure).
 """
 from __future__ import annotations
 
-from controller.calls import CallEngine
-from controller.calltable import MAX_CALL_ENDPOINTS
-from controller.finalize import build_recording
-from controller.hints import MediaHints
-from controller.streams import sdp_media_checked
+from controller.calls.engine import CallEngine
+from controller.calls.calltable import MAX_CALL_ENDPOINTS
+from controller.output.finalize import build_recording
+from controller.calls.hints import MediaHints
+from controller.media.streams import sdp_media_checked
 from protocols.layers import decode
 from protocols.mediaports import MAX_MEDIA_LINES
 from protocols.pcapfile import read_frames

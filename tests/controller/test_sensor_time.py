@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from controller.calls import CallConfig
+from controller.calls.engine import CallConfig
 from controller.core import Recorder
 from scripts.gencalls import frames as gen_frames
 from storage.local import LocalStore
@@ -305,7 +305,7 @@ def test_merge_cuts_out_a_source_whose_clock_stops() -> None:
     """A connected source that keeps heartbeating the same clock (stopped) no
     longer holds the others after stale_after_s; visible, counted; it is waited
     for again once it advances."""
-    from controller.order import TimeMerger
+    from controller.ingest.order import TimeMerger
     now = [0.0]
     m = TimeMerger(clock=lambda: now[0], stale_after_s=5)
     m.add_source("stuck")
@@ -328,7 +328,7 @@ def test_merge_cuts_out_a_source_whose_clock_stops() -> None:
 def test_held_packets_are_bounded() -> None:
     """A source far ahead of a slow one: packets held for ordering never exceed
     the bound; the oldest go first, counted."""
-    from controller.order import TimeMerger
+    from controller.ingest.order import TimeMerger
     m = TimeMerger(max_held=1000, max_held_bytes=1 << 30)
     m.add_source("slow")
     m.heartbeat("slow", 0)
@@ -344,7 +344,7 @@ def test_held_packets_are_bounded() -> None:
 
 
 def test_merge_bound_in_bytes() -> None:
-    from controller.order import TimeMerger
+    from controller.ingest.order import TimeMerger
     m = TimeMerger(max_held=10**9, max_held_bytes=100_000)
     m.add_source("slow")
     m.heartbeat("slow", 0)

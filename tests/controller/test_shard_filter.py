@@ -1,4 +1,4 @@
-"""Inside one shard of a sharded controller (issue #12, controller/shard.py).
+"""Inside one shard of a sharded controller (issue #12, controller/ingest/shard.py).
 
 Transport-free: Recorders with a `ShardIdentity` of a 2- or 3-shard ring are fed
 the same capture, every packet in broadcast batches (what a sensor sends for
@@ -21,11 +21,11 @@ import grpc
 import pytest
 
 from controller.core import Recorder
-from controller.link import SensorLinkServicer
+from controller.api.link import SensorLinkServicer
 from controller.settings import DEFAULT_LEG_HEADERS
-from controller.shard import BroadcastFrame, ShardIdentity
-from controller.tcpstream import MESSAGE, RETRANSMISSION, TcpReassembler
-from controller.wal import BATCH, WriteAheadLog
+from controller.ingest.shard import BroadcastFrame, ShardIdentity
+from controller.calls.tcpstream import MESSAGE, RETRANSMISSION, TcpReassembler
+from controller.ingest.wal import BATCH, WriteAheadLog
 from proto import sensor_pb2, sensor_pb2_grpc
 from protocols.callkey import RouteTable
 from protocols.errors import DecodeError
@@ -525,7 +525,7 @@ def test_hello_ring_against_one_shard_and_no_shard(tmp_path: Path) -> None:
 
 
 def test_admin_status_names_the_shard(tmp_path: Path) -> None:
-    from controller.link import AdminServicer
+    from controller.api.link import AdminServicer
     from proto import admin_pb2
     frames = frames_of(TRUNK)
     rec, _ = run(tmp_path, "s", frames, ShardIdentity("shard-1", ring_of(2)))

@@ -1,5 +1,5 @@
 """Site address ranges (issue #11): a sensor's packets neither from nor to its
-site's ranges are dropped and counted (controller/sitefilter.py, Recorder)."""
+site's ranges are dropped and counted (controller/ingest/sitefilter.py, Recorder)."""
 from __future__ import annotations
 
 import ipaddress
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from controller.core import Recorder
-from controller.sitefilter import SiteNetworks, SiteNetworksError
+from controller.ingest.sitefilter import SiteNetworks, SiteNetworksError
 from protocols.layers import decode
 from storage.local import LocalStore
 from tests.controller._sipbuild import S, audio_line, rtp, sdp, sip, udp_frame
@@ -190,7 +190,7 @@ def test_malformed_config_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_write_ahead_log_replay_drops_the_same(tmp_path: Path) -> None:
     """The site comes from the logged Hello and the ranges from configuration:
     a replay after a crash drops exactly what the live path dropped."""
-    from controller.wal import WriteAheadLog
+    from controller.ingest.wal import WriteAheadLog
     nets = {"A": ["10.1.0.0/16"]}
     t0 = 1_700_000_000 * S
     forged = _call("forged-call@x", "10.9.0.1", "10.8.0.1", t0 + S // 2)

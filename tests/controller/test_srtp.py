@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.calls import CallConfig
-from controller.srtp import SdesKeyError, sdes_keys
+from controller.calls.engine import CallConfig
+from controller.media.srtp import SdesKeyError, sdes_keys
 from protocols.pcapfile import read_frames
 from tests.controller._srtp_calls import (CALLEE_PORT, CALLER_PORT, PROFILES, SrtpCall, crypto,
                                           decode_payloads, key_of, protector, read_wav, rtp, sdp,

@@ -1,4 +1,4 @@
-"""SIP over TCP reassembly (controller/tcpstream.py) and its use by the call engine.
+"""SIP over TCP reassembly (controller/calls/tcpstream.py) and its use by the call engine.
 
 Real capture: sip_ipv4_tcp_fragmented.pcap (4 connections, 406 SIP messages, 234
 spanning several 1024-byte segments), checked against tshark's own TCP
@@ -16,9 +16,9 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from controller.calls import CallEngine
-from controller.finalize import build_recording
-from controller.tcpstream import (BROKEN, FIN, MESSAGE, RETRANSMISSION, RST, SYN, TcpLimits,
+from controller.calls.engine import CallEngine
+from controller.output.finalize import build_recording
+from controller.calls.tcpstream import (BROKEN, FIN, MESSAGE, RETRANSMISSION, RST, SYN, TcpLimits,
                                   TcpReassembler, TcpStream, find_start)
 from protocols.layers import decode, str_to_ip
 from protocols.pcapfile import read_frames

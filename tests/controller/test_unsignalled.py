@@ -1,7 +1,7 @@
-"""The unsignalled-media summary an operator reads (controller/unsignalled.py)."""
+"""The unsignalled-media summary an operator reads (controller/calls/unsignalled.py)."""
 from __future__ import annotations
 
-from controller.unsignalled import CAUSE_NOT_SEEN, summarize
+from controller.calls.unsignalled import CAUSE_NOT_SEEN, summarize
 
 
 def status(engine: dict, *sensors: tuple[str, int, int]) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controller.core import Recorder
-from controller.wal import BATCH, END, HELLO, SNAPSHOT, STORED, Batch, WalError, WriteAheadLog
+from controller.ingest.wal import BATCH, END, HELLO, SNAPSHOT, STORED, Batch, WalError, WriteAheadLog
 from scripts.gencalls import frames as gen_frames
 from storage.local import LocalStore
 

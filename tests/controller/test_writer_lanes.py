@@ -1,6 +1,6 @@
 """The writer's queue never lets late packets overtake their own recording.
 
-Failed attempts wait in the low lane behind real calls (controller/admission.py);
+Failed attempts wait in the low lane behind real calls (controller/calls/admission.py);
 late packets of a recording must still be stored after that recording, or the
 store has no call.json to add them to ("late packets not stored").
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from controller.admission import PriorityLanes
-from controller.late import LateFrames
+from controller.calls.admission import PriorityLanes
+from controller.calls.late import LateFrames
 
 
 def test_late_frames_never_overtake_a_low_priority_recording() -> None:

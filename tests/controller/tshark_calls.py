@@ -265,8 +265,8 @@ def run_engine(path: Path, frames=None, advance_every_ns: int = 1_000_000_000,
     advance() once per second of capture time as the controller does, then finish_all().
     IP fragments also go through protocols.fragments as in the controller (Recorder._process):
     each completed datagram is given to CallEngine.reassembled."""
-    from controller.calls import CallEngine
-    from controller.finalize import build_recording
+    from controller.calls.engine import CallEngine
+    from controller.output.finalize import build_recording
     from protocols.errors import DecodeError
     from protocols.fragments import Reassembler
     from protocols.layers import decode

@@ -20,7 +20,7 @@ addresses) every forged packet is dropped and counted for sensor B, and the
 recordings are what the capture alone gives. A third lab repeats scenario 1
 with 60 forged RTP packets, more than call.json keeps conflicts (50).
 
-Two defects of controller/provenance.py found here are fixed and tested: the
+Two defects of controller/calls/provenance.py found here are fixed and tested: the
 RTP warning named only the sensor whose copy arrived second (the honest one,
 when the forger is faster), and 50 conflicting RTP packets crowded the forged
 BYE's conflict out of call.json.

@@ -2,7 +2,7 @@
 gives: the same recordings (folders, call.json, call.pcap and audio byte for
 byte), the same printed list, exit status and clock warnings, with the calls
 split over N real shard processes by the sensors (sensor/route.py) and kept by
-their owners (controller/shard.py).  One documented exception: legs joined only
+their owners (controller/ingest/shard.py).  One documented exception: legs joined only
 by relayed media whose Call-IDs have different owners are recorded apart — then
 their recordings together hold exactly the frames of the one-process recording."""
 from __future__ import annotations

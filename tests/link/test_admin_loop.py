@@ -1,7 +1,7 @@
 """The event loop is for packets: admin calls over 20,000 active calls must not
 starve gRPC health checks (nor sensors), and ListCalls is paginated.
 
-A real grpc.aio server (controller/link.py `serve`, plain text on loopback)
+A real grpc.aio server (controller/api/link.py `serve`, plain text on loopback)
 holds 20,000 active calls; a separate process loops ListCalls (whole first
 pages of 1,000 and following the tokens) while this process measures gRPC
 health-check round trips.  Before: ListCalls built all 20,000 summaries on
@@ -19,9 +19,9 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controller.calls import CallConfig
+from controller.calls.engine import CallConfig
 from controller.core import Recorder
-from controller.link import serve
+from controller.api.link import serve
 from proto import admin_pb2, admin_pb2_grpc
 from protocols.layers import decode
 from storage.local import LocalStore

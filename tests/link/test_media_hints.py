@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.calls import CallTable
+from controller.calls.engine import CallTable
 from controller.core import Recorder
-from controller.hints import MediaHints
+from controller.calls.hints import MediaHints
 from protocols.layers import decode
 from protocols.pcapfile import LINKTYPE_ETHERNET, read_frames, write_pcap
 from scripts import gencalls
@@ -163,7 +163,7 @@ def test_a_connecting_sensor_gets_what_is_already_known(server: ServerThread) ->
 @pytest.fixture
 def media_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     """The call engine reports new media endpoints through CallTable.on_new_media.
-    Until controller/calls.py calls it itself, add_media is wrapped to do so."""
+    Until controller/calls/engine.py calls it itself, add_media is wrapped to do so."""
     if "on_new_media" in inspect.getsource(CallTable.add_media):
         return
     original = CallTable.add_media

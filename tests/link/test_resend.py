@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from controller.core import Recorder
-from controller.link import serve
+from controller.api.link import serve
 from protocols.pcapfile import read_frames
 from sensor.sender import ControllerUnreachable, Sender
 from storage.local import LocalStore

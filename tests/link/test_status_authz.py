@@ -1,12 +1,12 @@
 """The admin Status carries the authorization refusals of every certificate
-(controller/authz.py), summed (issue #11)."""
+(controller/api/authz.py), summed (issue #11)."""
 from __future__ import annotations
 
 import asyncio
 
-from controller.authz import Authorizer
+from controller.api.authz import Authorizer
 from controller.core import Recorder
-from controller.link import AdminServicer
+from controller.api.link import AdminServicer
 from proto import admin_pb2
 from storage.local import LocalStore
 from transport.roles import PeerIdentity

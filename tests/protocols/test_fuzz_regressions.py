@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from controller.tcpstream import BROKEN, MESSAGE, SYN, TcpStream, find_start
+from controller.calls.tcpstream import BROKEN, MESSAGE, SYN, TcpStream, find_start
 from protocols.errors import SdpError, SipError
 from protocols.fragments import Reassembler
 from protocols.layers import decode
@@ -63,7 +63,7 @@ def test_fragments_a_fragment_adding_no_bytes_can_complete_the_datagram() -> Non
     assert not d.is_fragment and d.payload_len == 16
 
 
-# -- controller.tcpstream: SIP over TCP ------------------------------------------------
+# -- controller.calls.tcpstream: SIP over TCP ------------------------------------------------
 # Found by scripts/fuzz tcp (seed 5150, index 528: a 35 KB stream of repeated start
 # lines and header pieces took 2.7 s, over the 1 s bound per input). Two quadratic
 # paths, each a hang for a larger segment; the inputs below are their smallest forms.

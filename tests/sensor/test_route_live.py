@@ -2,7 +2,7 @@
 
 Two minimal gRPC servers stand in for the shards: they record the Hello, the
 batches (frames and the broadcast flag) and the heartbeats, ack every batch and
-answer EndOfCapture as controller/link.py does (Notice capture_done).  The same
+answer EndOfCapture as controller/api/link.py does (Notice capture_done).  The same
 file replayed to one server (in-process `run_sensor`, the router forbidden) is
 the reference: the shards together get exactly what one controller gets.
 """

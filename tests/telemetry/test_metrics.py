@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from controller.core import Recorder
-from controller.telemetry import Telemetry
+from controller.output.telemetry import Telemetry
 from protocols.pcapfile import read_frames
 from storage.local import LocalStore
 from tests.conftest import capture
