@@ -318,6 +318,10 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             flows=u.flows, packets=u.packets, ambiguous_packets=u.ambiguous_packets,
             sip_tls_packets=u.sip_tls_packets, sip_tls_flows=u.sip_tls_flows,
             likely_cause=u.likely_cause))
+        shard = getattr(self.recorder, "shard", None)
+        if shard is not None:   # every shard and its address: spanrecctl's one view (issue #12)
+            out.shard_members.extend(admin_pb2.ShardMember(shard_id=m.shard_id, address=m.address)
+                                     for m in sorted(shard.ring.shards, key=lambda m: m.shard_id))
         members = self._members(out)
         for s in st["sensors"]:
             row = _sensor_status(s, self.links.view(s["sensor_id"]))
