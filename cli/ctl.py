@@ -4,9 +4,16 @@ Commands talk to `transport.admin_client.AdminClient` (dataclasses, no
 protobuf) and print through `cli.output` (a table, or JSON with `-o json`).
 Errors are one line: exit 2 for usage and TLS settings, 1 when the
 controller cannot be reached (within --timeout) or answers with an error.
+
+A sharded controller (`spanrec controller --shards N`, issue #12) is one view
+whichever shard is asked: its Status names every shard, and `fleet`, `calls`,
+`call` and `get` ask them all (`transport.admin_client.Cluster`).  When some
+shards do not answer, what the others said is printed, the missing shards are
+named on stderr, and the exit code is 3 (`EXIT_PARTIAL`).
 """
 from __future__ import annotations
 
+import sys
 import time
 
 from pathlib import Path
@@ -17,6 +24,8 @@ import click
 from cli import output
 
 PROG = "spanrecctl"
+#: a sharded controller's answer without some shards (they did not answer in time)
+EXIT_PARTIAL = 3
 
 _options = [
     click.option("--controller", "-c", envvar="SPANREC_CONTROLLER", default="127.0.0.1:7600",
@@ -100,6 +109,14 @@ def _connect(controller: str, tls_cert: str | None, tls_key: str | None, tls_ca:
     return AdminClient(controller, security, timeout_s=timeout_s)
 
 
+def _partial(unreachable: list[str]) -> None:
+    """Exit EXIT_PARTIAL, after one stderr line, when some shards did not answer."""
+    if unreachable:
+        output.warning(f"partial answer: shard(s) {', '.join(unreachable)} did not answer "
+                       f"(exit {EXIT_PARTIAL})")
+        sys.exit(EXIT_PARTIAL)     # click's Exit would be returned, not raised, by cli.errors.run
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option("0.1.0", prog_name=PROG)
 def ctl() -> None:
@@ -116,9 +133,20 @@ def ctl() -> None:
 def fleet(fmt: str, **conn: Any) -> None:
     """Sensors: state, link, last heartbeat, packet rates, drops, spool depth;
     media seen without signalling (flows, packets, likely cause such as SIP
-    over TLS) and each sensor's SIP-over-TLS packets when there are any."""
+    over TLS) and each sensor's SIP-over-TLS packets when there are any.
+
+    A sharded controller: every shard (its state, calls, packets, drops; the
+    totals below), each sensor once; exit 3 when some shard did not answer."""
+    from transport.admin_client import Cluster
     with _connect(**conn) as admin:
-        output.print_fleet(admin.fleet(), fmt)
+        view = admin.fleet()
+        if view.shard_members:
+            view = Cluster(admin, view).fleet()
+    if view.__class__.__name__ == "ClusterFleet":
+        output.print_cluster_fleet(view, fmt)
+        _partial(view.unreachable)
+    else:
+        output.print_fleet(view, fmt)
 
 
 @ctl.command()
@@ -129,27 +157,38 @@ def fleet(fmt: str, **conn: Any) -> None:
               help="One page only: '' (or 'first') for the first, then the token printed after it.")
 @_client_options
 def calls(active: bool, limit: int, page: str | None, fmt: str, **conn: Any) -> None:
-    """Active calls, then recent recordings with their storage location."""
-    token = ""
+    """Active calls, then recent recordings with their storage location.
+
+    A sharded controller: every shard's calls in one list (without --page; a
+    page is the asked shard's), exit 3 when some shard did not answer."""
+    from transport.admin_client import Cluster
+    token, missing, shards = "", [], 0
     with _connect(**conn) as admin:
+        cluster = Cluster(admin)
         if page is None:
-            found = admin.calls(active_only=active, limit=limit)
+            found, missing = cluster.calls(active_only=active, limit=limit)
+            shards = len(cluster.members)
         else:
             found, token = admin.calls_page(active_only=active, limit=limit,
                                             page_token="" if page == "first" else page)
     title = f"{len(found)} {'active ' if active else ''}call(s) on {conn['controller']}"
+    if shards:
+        title += f" and the other shards ({shards - len(missing)} of {shards} answered)"
     output.print_call_list(found, fmt, title=title)
     if token:
         output.note(f"next page: spanrecctl calls --page {token}")
+    _partial(missing)
 
 
 @ctl.command()
 @click.argument("recording_id", metavar="ID")
 @_client_options
 def call(recording_id: str, fmt: str, **conn: Any) -> None:
-    """One call: its call.json (stored) or live summary (active)."""
+    """One call: its call.json (stored) or live summary (active), from whichever
+    shard of a sharded controller has it."""
+    from transport.admin_client import Cluster
     with _connect(**conn) as admin:
-        output.print_call(admin.call(recording_id), fmt)
+        output.print_call(Cluster(admin).call(recording_id), fmt)
 
 
 @ctl.command()
@@ -159,8 +198,9 @@ def call(recording_id: str, fmt: str, **conn: Any) -> None:
 @_client_options
 def get(recording_id: str, out_dir: str, fmt: str, **conn: Any) -> None:
     """Download a stored recording's files (call.json, call.pcap, audio.wav)."""
+    from transport.admin_client import Cluster
     with _connect(**conn) as admin:
-        files = admin.download(recording_id, Path(out_dir))
+        files = Cluster(admin).download(recording_id, Path(out_dir))
     output.print_downloads(files, fmt, title=f"recording {recording_id} -> "
                                              f"{Path(out_dir) / recording_id}")
 

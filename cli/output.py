@@ -201,6 +201,8 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
     """`spanrecctl fleet`: one row per sensor, the controller in the title;
     media seen without signalling (and SIP over TLS) below it when there is any."""
     fleet = _plain(fleet)
+    if not fleet.get("shard_members"):
+        fleet.pop("shard_members", None)   # a controller that is not sharded: as before
     if fmt == "json":
         print_json(fleet)
         return
@@ -216,14 +218,21 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
         title += f", {fleet['storage_pending']} waiting for storage"
     if fleet.get("registry_state"):
         title += f"; etcd registry {fleet['registry_state']}"
+    out.print(_sensor_table(title, fleet["sensors"], _fleet_columns(fleet["sensors"]),
+                            bool(fleet.get("registry_state"))))
+    _fleet_notes(fleet)
+
+
+def _sensor_table(title: str, sensors: list[dict[str, Any]], columns: list[tuple[str, str]],
+                  registry: bool) -> Table:
+    """One row per sensor (`spanrecctl fleet`, one controller or every shard)."""
     table = Table(title=title, title_justify="left")
-    columns = _fleet_columns(fleet["sensors"])
-    right = ("_s", "drops", "queue", "packets", "_ns", "refused", "not_rtp")
+    right = ("_s", "drops", "queue", "packets", "_ns", "refused", "not_rtp", "received", "shards")
     for key, header in columns:
         table.add_column(header, overflow="fold",
                          justify="right" if key.endswith(right) else "left")
     styles = {"up": "green", "stale": "yellow", "gone": "red", "done": "blue"}
-    for s in fleet["sensors"]:
+    for s in sensors:
         row = {k: escape(str(s.get(k, ""))) for k, _ in columns}
         row["last_heartbeat"] = _age(s.get("last_heartbeat") or s.get("last_seen") or "")
         row["captured_per_s"] = _rate(s["captured_per_s"])
@@ -232,11 +241,15 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
         row["refused"] = _refused(s)
         row["clock_offset_ns"] = _offset(s.get("clock_offset_ns", 0))
         row["clock_merge"] = _clock_merge(s)
-        row["registered"] = ("yes" if s.get("registered") else "no") if fleet.get("registry_state") else "-"
+        row["registered"] = ("yes" if s.get("registered") else "no") if registry else "-"
         style = styles.get(s["state"])
         row["state"] = f"[{style}]{s['state']}[/]" if style else s["state"]
         table.add_row(*(row[k] for k, _ in columns))
-    out.print(table)
+    return table
+
+
+def _fleet_notes(fleet: dict[str, Any]) -> None:
+    """Below the fleet table: media without signalling, refusals, etcd members."""
     line = unsignalled_line(fleet.get("unsignalled_media") or {})
     if line:
         out.print(f"[yellow]{escape(line)}[/]", soft_wrap=True)
@@ -253,6 +266,72 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
         for m in fleet["members"]:
             members.add_row(*(str(m.get(k, "")) for k, _ in MEMBER_COLUMNS))
         out.print(members)
+
+
+SHARD_COLUMNS = [
+    ("shard_id", "shard"), ("address", "address"), ("state", "state"), ("sensors", "sensors"),
+    ("active_calls", "active calls"), ("packets_in", "packets in"), ("packets_per_s", "packets/s"),
+    ("recordings_written", "recordings"), ("duplicates_dropped", "duplicates"),
+    ("not_owned_packets", "not owned"),
+]
+# Shown only when some shard has a non-zero value (or, for error, is unreachable).
+OPTIONAL_SHARD_COLUMNS = [
+    ("decode_errors", "undecodable"), ("bad_batches", "refused batches"),
+    ("ring_refused", "ring refused"), ("storage_pending", "storage pending"),
+    ("storage_errors", "storage errors"), ("error", "error"),
+]
+
+
+def print_cluster_fleet(fleet: Any, fmt: str = "table") -> None:
+    """`spanrecctl fleet` of a sharded controller: one row per shard (its share,
+    the totals in the footer), then each sensor once over every shard."""
+    fleet = _plain(fleet)
+    if fmt == "json":
+        print_json(fleet)
+        return
+    shards, totals = fleet["shards"], fleet["totals"]
+    down = fleet["unreachable"]
+    title = (f"sharded controller at {fleet['controller']} ({len(shards)} shard(s)"
+             + (f", [red]{len(down)} unreachable[/]" if down else "")
+             + f"): {len(fleet['sensors'])} sensor(s), {totals['active_calls']} active call(s), "
+             f"{totals['recordings_written']} recording(s) written to {escape(fleet['storage'])}")
+    if fleet.get("registry_state"):
+        title += f"; etcd registry {fleet['registry_state']}"
+    columns = list(SHARD_COLUMNS) + [
+        c for c in OPTIONAL_SHARD_COLUMNS
+        if any(s.get(c[0]) for s in shards)]
+    table = Table(title=title, title_justify="left", show_footer=True)
+    for key, header in columns:
+        numeric = key not in ("shard_id", "address", "state", "error")
+        footer = "total" if key == "shard_id" else ""
+        if numeric:
+            v = totals.get(key, "")
+            footer = _rate(v) if key == "packets_per_s" else f"{v:,}" if v != "" else ""
+        table.add_column(header, overflow="fold", footer=footer,
+                         justify="right" if numeric else "left")
+    for sh in shards:
+        row = {k: escape(str(sh.get(k, ""))) for k, _ in columns}
+        if sh["state"] == "unreachable":
+            row = {k: ("-" if k not in ("shard_id", "address", "error") else v) for k, v in row.items()}
+            row["state"] = "[red]unreachable[/]"
+        else:
+            row["state"] = "[green]up[/]"
+            row["packets_per_s"] = _rate(sh["packets_per_s"])
+            for k, _ in columns:
+                if isinstance(sh.get(k), int) and not isinstance(sh.get(k), bool):
+                    row[k] = f"{sh[k]:,}"
+        table.add_row(*(row[k] for k, _ in columns))
+    out.print(table)
+    n = len(shards)
+    sensors = [dict(s, received=s.get("packets_received", 0),
+                    shards=f"{len(s.get('shards') or [])}/{n}") for s in fleet["sensors"]]
+    columns = _fleet_columns(sensors)
+    at = columns.index(("forwarded_per_s", "forwarded/s")) + 1
+    columns[at:at] = [("received", "received"), ("shards", "shards")]
+    out.print(_sensor_table(f"sensors (each once; forwarded and received summed over its "
+                            f"streams to the {n} shards)", sensors, columns,
+                            bool(fleet.get("registry_state"))))
+    _fleet_notes({**fleet, **{k: totals.get(k, 0) for k in ("authz_refused", "tls_handshakes_failed")}})
 
 
 CALL_LIST_COLUMNS = [
