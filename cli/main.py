@@ -197,8 +197,19 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
                    "alone). Shard i is 'shard-<i>' on --listen PORT+i with --state-dir DIR/shard-<i> "
                    "(health/metrics ports +i too); a shard that dies is restarted with its state. "
                    "Sensors must be given every shard (the list is printed at start: --controller "
-                   "shard-0=HOST:PORT,...): they cannot discover shards yet. 0: one per core.")
-@click.option("--shard-id", help="This process is the shard ID of --shard-members.")
+                   "shard-0=HOST:PORT,...), or with --etcd shard i is '<controller-id>-<i>', "
+                   "registered in etcd, and sensors with --etcd find every shard there. "
+                   "0: one per core.")
+@click.option("--shard-id", help="This process is the shard ID of --shard-members, or with --etcd "
+                                 "and no --shard-members, of the shards registered in etcd.")
+@click.option("--shard-grace", "shard_grace_s", type=float,
+              help="With --etcd: a shard whose record vanished (killed, machine down) stays in "
+                   "the ring this many seconds, expected back, before its calls move (default "
+                   "300; give the sensors the same).")
+@click.option("--drain-limit", "drain_limit_s", type=float,
+              help="With --etcd, a shard's SIGTERM: it marks itself leaving and keeps recording "
+                   "until its calls end, at most this many seconds (default 600), then leaves "
+                   "etcd and exits. A second SIGTERM cuts the drain short.")
 @click.option("--shard-members", metavar="ID=HOST:PORT,...",
               help="Every shard of a static ring (this one included); sensors route each call "
                    "to the shard that owns it and must be given the same list.")
@@ -261,6 +272,15 @@ def controller(config_file: str | None, **flags: Any) -> None:
 @click.option("--rtp-heuristics/--no-rtp-heuristics", default=None,
               help="Also forward UDP flows that look like RTP (sequence and timestamp advancing) "
                    "on ports no SDP announced, and their RTCP (default on).")
+@click.option("--leg-header", "leg_headers", multiple=True,
+              help="SIP header naming another leg's Call-ID (B2BUA/SBC), used to route a call's "
+                   "legs to one controller shard; repeat for several (default X-Call-ID and "
+                   "X-CID). Give the same as the controller shards' --leg-header.")
+@click.option("--shard-grace", "shard_grace_s", type=float,
+              help="With --etcd and a sharded controller: a shard whose record vanished from etcd "
+                   "(killed, machine down) keeps its calls in progress this many seconds, "
+                   "expected back with the same id, before its calls move (default 300; give the "
+                   "shards the same).")
 @_with_cluster
 @_config_option
 @_with_logs
@@ -287,7 +307,8 @@ def sensor(config_file: str | None, **flags: Any) -> None:
         realtime=settings.realtime, etcd=settings.etcd, etcd_prefix=settings.etcd_prefix,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_ca=settings.tls_ca,
         insecure=settings.insecure, rtp_heuristics=settings.rtp_heuristics,
-        etcd_security=settings.etcd_security() if settings.etcd else None)
+        etcd_security=settings.etcd_security() if settings.etcd else None,
+        leg_headers=settings.leg_headers, shard_grace_s=settings.shard_grace_s)
     if opts.etcd_security is not None:
         opts.etcd_security.warn()
     import signal

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import gc
 import inspect
@@ -85,7 +86,9 @@ def shard_option(settings: ControllerSettings) -> dict:
     (--shard-id/--shard-members): the Recorder refuses sensors routing over
     another ring and keeps only its own calls from broadcast batches."""
     members = settings.members()
-    if len(members) <= 1:
+    if settings.etcd_shard():      # the ring comes from etcd (start_registry); ourselves until then
+        members = [(settings.shard_id, settings.advertise or settings.listen)]
+    elif len(members) <= 1:
         return {}
     from registry.ring import Ring, Shard
     try:
@@ -153,7 +156,8 @@ def advertised(settings: ControllerSettings, port: int) -> str:
     return f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
 
 
-def start_registry(settings: ControllerSettings, port: int, loop: asyncio.AbstractEventLoop):
+def start_registry(settings: ControllerSettings, port: int, loop: asyncio.AbstractEventLoop,
+                   recorder: Recorder | None = None):
     """Registers this controller in etcd (leased; sensors find it there) and
     watches the fleet. It runs on the controller's own event loop (one loop
     for grpc.aio) and never blocks it: etcd being away never stops recording,
@@ -170,6 +174,18 @@ def start_registry(settings: ControllerSettings, port: int, loop: asyncio.Abstra
     reg = Registry(endpoints, settings.etcd_prefix, MemberRecord(
         id=settings.controller_id, role="controller", site=settings.site, version=VERSION,
         address=advertised(settings, port)), security=security)
+    if settings.etcd_shard():
+        # one shard of a ring kept in etcd: its record on the same lease, and the ring
+        # (ownership of broadcast frames, the Hello check) from every shard's record
+        from registry.shards import ShardRecord, shard_key
+        record = ShardRecord(settings.shard_id, advertised(settings, port), "active",
+                             settings.controller_id, VERSION)
+        reg.put_record(shard_key(settings.etcd_prefix, settings.shard_id), record.to_json())
+        reg.shard_record = record          # type: ignore[attr-defined]  # for the drain
+        if recorder is not None and recorder.shard is not None:
+            recorder.shard.follow(reg.shards(settings.shard_grace_s).current)
+        log.info("registering as shard in etcd", extra={"shard_id": settings.shard_id,
+                                                         "address": record.address})
     reg.start(loop=loop)
     log.info("registering in etcd", extra={"address": advertised(settings, port)})
     return reg
@@ -259,6 +275,61 @@ def write_results(path: Path, recorder: Recorder, store: RecordingStore, rss_sta
     os.replace(tmp, path)
 
 
+#: after marking itself leaving, a shard waits this long before it believes "no active
+#: call": sensors need a moment to see the change (a call they placed here just before
+#: still arrives)
+DRAIN_SETTLE_S = 3.0
+
+
+async def drain_shard(settings: ControllerSettings, registry, recorder: Recorder,
+                      stop_again: asyncio.Event) -> None:
+    """SIGTERM to a shard registered in etcd (scale down, rolling update): mark the
+    record `leaving` (sensors give it no new call; its calls keep coming), keep
+    recording until no call is active (at most --drain-limit; a second signal cuts
+    it short), then write `drained` and delete the record, so sensors drop the
+    shard at once instead of waiting for it during the grace period."""
+    from dataclasses import replace
+    from registry.shards import shard_key
+    key = shard_key(settings.etcd_prefix, settings.shard_id)
+    record = registry.shard_record
+    loop = asyncio.get_running_loop()
+
+    async def write(value: bytes | None) -> None:
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(registry.put_record(key, value)), 10.0)
+        except asyncio.TimeoutError:
+            log.warning("etcd did not take the shard record in 10 s (kept trying)",
+                        extra={"shard_id": settings.shard_id})
+
+    started = loop.time()
+    await write(replace(record, state="leaving").to_json())
+    log.info("shard leaving: no new calls; recording the active ones until they end",
+             extra={"shard_id": settings.shard_id, "drain_limit_s": settings.drain_limit_s,
+                    "active_calls": len(recorder.engine.table)})
+    reason = "no active call"
+    while True:
+        active = len(recorder.engine.table)
+        elapsed = loop.time() - started
+        if active == 0 and elapsed >= min(DRAIN_SETTLE_S, settings.drain_limit_s):
+            break
+        if elapsed >= settings.drain_limit_s:
+            reason = "drain limit"
+            log.warning("shard drain limit reached: the calls still active are written now",
+                        extra={"shard_id": settings.shard_id, "active_calls": active})
+            break
+        if stop_again.is_set():
+            reason = "second signal"
+            log.warning("shard drain cut short by a second signal",
+                        extra={"shard_id": settings.shard_id, "active_calls": active})
+            break
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop_again.wait(), 0.5)
+    await write(replace(record, state="leaving", drained=True).to_json())
+    await write(None)
+    log.info("shard drained: left etcd", extra={"shard_id": settings.shard_id, "reason": reason,
+                                                "drain_s": round(loop.time() - started, 1)})
+
+
 def run_controller(settings: ControllerSettings) -> None:
     store = open_storage(settings)
     lock_state_dir(Path(settings.state_dir).expanduser().absolute())
@@ -293,7 +364,7 @@ def run_controller(settings: ControllerSettings) -> None:
         handshakes.listening(port)
         log.info("controller listening", extra={"listen": settings.listen, "port": port,
                                                 "storage": store.url})
-        registry = start_registry(settings, port, asyncio.get_running_loop())
+        registry = start_registry(settings, port, asyncio.get_running_loop(), recorder)
         server._spanrec_admin.registry = registry  # type: ignore[attr-defined]
         if registry is not None:
             watch_record_rules(registry, recorder, settings.recording_rules())
@@ -305,10 +376,16 @@ def run_controller(settings: ControllerSettings) -> None:
                 await asyncio.sleep(5.0)
         fd_task = asyncio.get_running_loop().create_task(watch_fds())
         stop = asyncio.Event()
+        stop_again = asyncio.Event()         # a second signal: cut a shard's drain short
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            (stop_again if stop.is_set() else stop).set()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await stop.wait()
+        if registry is not None and settings.etcd_shard() and not settings.keep_calls_on_stop:
+            await drain_shard(settings, registry, recorder, stop_again)
         fd_task.cancel()
         log.info("controller stopping: finishing active calls",
                  extra={"refused": authorizer.counts(), "open_files_peak": fds.peak})

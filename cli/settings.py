@@ -34,28 +34,23 @@ def _hostport(value: str) -> str:
     return value
 
 
-_ID_RE = re.compile(r"[A-Za-z0-9_.:-]+")
-
-
 def parse_members(text: str) -> list[tuple[str, str]]:
-    """``ID=HOST:PORT,ID=HOST:PORT,...`` (every shard of a ring, ids unique) as
-    [(id, address)]; a ValueError with one line when malformed."""
-    out: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for raw in text.split(","):
-        entry = raw.strip()
-        sid, sep, addr = entry.partition("=")
-        sid, addr = sid.strip(), addr.strip()
-        if not sep or not sid or not addr:
-            raise ValueError(f"expected ID=HOST:PORT, got {entry!r}")
-        if not _ID_RE.fullmatch(sid) or sid in (".", ".."):
-            raise ValueError(f"bad shard id {sid!r} (letters, digits, _ . : -)")
-        _hostport(addr)
-        if sid in seen:
-            raise ValueError(f"shard id {sid!r} given twice")
-        seen.add(sid)
-        out.append((sid, addr))
-    return out
+    """``--shard-members``: [(id, address)] by registry.ring.parse_members, the
+    parser the sensors' ``--controller`` uses too (same ids, same ring); a
+    ValueError with one line when malformed."""
+    from registry.ring import parse_members as parse
+    return [(s.shard_id, s.address) for s in parse(text)]
+
+
+def _leg_headers(v: Any) -> Any:
+    """--leg-header (repeatable) or a comma list: lower-case SIP header names."""
+    if isinstance(v, str):
+        v = v.split(",")
+    names = tuple(str(h).strip().lower() for h in v)
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]+", name):
+            raise ValueError(f"not a SIP header name: {name!r}")
+    return names
 
 
 class _Base(BaseSettings):
@@ -143,6 +138,10 @@ class ControllerSettings(_Cluster):
     # ... or a supervisor of N shard processes (`spanrec controller --shards N`,
     # `spanrec record --shards N`); 0: the cores available
     shards: int = Field(1, ge=0, le=256)
+    # shard membership through etcd (registry/shards.py): how long a shard whose record
+    # vanished stays in the ring (expected back), and how long SIGTERM waits for calls
+    shard_grace_s: float = Field(300.0, ge=0)
+    drain_limit_s: float = Field(600.0, ge=0)
     # environment only (SPANREC_EXPECTED_SENSORS, SPANREC_RESULTS_FILE), set by
     # `spanrec record --shards N` for its shards: a shard that waits for K replays
     # (like record's in-process controller) and leaves its results in a file
@@ -162,13 +161,22 @@ class ControllerSettings(_Cluster):
     def _check_shard(self) -> ControllerSettings:
         if self.shard_members is None and self.shard_id is None:
             return self
+        if self.shard_id is not None and self.shard_members is None and self.etcd:
+            return self         # one shard of a ring kept in etcd (registry/shards.py)
         if self.shard_members is None or self.shard_id is None:
-            raise ValueError("--shard-id and --shard-members go together")
-        ids = [sid for sid, _ in parse_members(self.shard_members)]
+            raise ValueError("--shard-id and --shard-members go together (or --shard-id with --etcd)")
+        members = parse_members(self.shard_members)
+        ids = [sid for sid, _ in members]
         if self.shard_id not in ids:
+            bare = any(sid == addr for sid, addr in members)
             raise ValueError(f"shard id {self.shard_id!r} is not among --shard-members "
-                             f"({', '.join(ids)})")
+                             f"({', '.join(ids)})" + ("; a bare HOST:PORT entry is its own id "
+                                                     "(expected ID=HOST:PORT to name one)" if bare else ""))
         return self
+
+    def etcd_shard(self) -> bool:
+        """One shard whose ring is the shard records in etcd (no static member list)."""
+        return bool(self.shard_id and self.etcd and not self.shard_members)
 
     def members(self) -> list[tuple[str, str]]:
         """[(shard id, HOST:PORT)] of this shard's ring; [] when not sharded."""
@@ -249,16 +257,8 @@ class ControllerSettings(_Cluster):
             data["default"] = self.record_default
         return RecordingRules.from_dict(data)
 
-    @field_validator("leg_headers", mode="before")
-    @classmethod
-    def _check_leg_headers(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = v.split(",")
-        names = tuple(str(h).strip().lower() for h in v)
-        for name in names:
-            if not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]+", name):
-                raise ValueError(f"not a SIP header name: {name!r}")
-        return names
+    _check_leg_headers = field_validator("leg_headers", mode="before")(
+        lambda cls, v: _leg_headers(v))
 
 
 class SensorSettings(_Cluster):
@@ -276,6 +276,12 @@ class SensorSettings(_Cluster):
     spool_max_mb: float = Field(1024.0, gt=0)  # when full, the oldest batches are dropped (counted)
     realtime: bool = False                     # replay a file at its captured pace
     rtp_heuristics: bool = True                # forward RTP recognised without SDP
+    # routing keys (sensor/route.py): the same as the controller shards' --leg-header
+    leg_headers: Annotated[tuple[str, ...], NoDecode] = DEFAULT_LEG_HEADERS
+    shard_grace_s: float = Field(300.0, ge=0)  # a shard whose etcd record vanished stays this long
+
+    _check_leg_headers = field_validator("leg_headers", mode="before")(
+        lambda cls, v: _leg_headers(v))
 
     @field_validator("controller")
     @classmethod
@@ -283,8 +289,8 @@ class SensorSettings(_Cluster):
         """HOST:PORT, or the shards of a sharded controller: ID=HOST:PORT,... (sensor/route.py)."""
         if v is None:
             return v
-        from sensor.route import parse_shards
-        parse_shards(v)          # ShardListError (a ValueError): one line, exit 2
+        from registry.ring import parse_members as parse
+        parse(v)                 # ShardListError (a ValueError): one line, exit 2
         return v
 
 

@@ -194,23 +194,31 @@ def shard_plan(settings: ControllerSettings, n: int, args: list[str]) -> tuple[s
         if value and int(value.rpartition(":")[2]) + n - 1 > 65535:
             raise ConfigError(f"--{name.replace('_', '-')} {value}: no room for {n} ports after it")
     member_host = _member_host(settings)
-    ids = [f"shard-{i}" for i in range(n)]
+    etcd = bool(settings.etcd)
+    # with etcd, shard ids are unique across machines (two controllers A and B, N shards
+    # each: A-0.., B-0..) and each shard registers itself; else a static member list
+    ids = [f"{settings.controller_id}-{i}" if etcd else f"shard-{i}" for i in range(n)]
     adv_port = int(settings.advertise.rpartition(":")[2]) if settings.advertise else port_i
     members = ",".join(f"{sid}={member_host}:{adv_port + i}" for i, sid in enumerate(ids))
     state = Path(settings.state_dir).expanduser().absolute()
     plan = []
     for i, sid in enumerate(ids):
-        argv = [sys.executable, "-m", "cli.main", "controller", *args,
-                "--shards", "1", "--shard-id", sid, "--shard-members", members,
-                "--listen", _with_port(settings.listen, i), "--state-dir", str(state / sid),
-                "--controller-id", f"{settings.controller_id}-{sid}"]
+        argv = [sys.executable, "-m", "cli.main", "controller", *args, "--shards", "1", "--shard-id", sid]
+        if etcd:
+            argv += ["--listen", _with_port(settings.listen, i), "--state-dir", str(state / f"shard-{i}"),
+                     "--controller-id", sid, "--advertise", f"{member_host}:{adv_port + i}"]
+        else:
+            argv += ["--shard-members", members,
+                     "--listen", _with_port(settings.listen, i), "--state-dir", str(state / sid),
+                     "--controller-id", f"{settings.controller_id}-{sid}"]
         for flag, value in (("--health-listen", settings.health_listen),
                             ("--metrics-listen", settings.metrics_listen),
-                            ("--advertise", settings.advertise)):
+                            ("--advertise", None if etcd else settings.advertise)):
             if value:
                 argv += [flag, _with_port(value, i)]
-        plan.append(ShardProcess(sid, argv, log_extra={"listen": _with_port(settings.listen, i),
-                                                       "state_dir": str(state / sid)}))
+        plan.append(ShardProcess(sid, argv, log_extra={
+            "listen": _with_port(settings.listen, i),
+            "state_dir": str(state / (f"shard-{i}" if etcd else sid))}))
     return members, plan
 
 
@@ -236,13 +244,22 @@ def run_supervisor(settings: ControllerSettings, members: str, shards: list[Shar
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    log.info("sharded controller: give sensors --controller " + members,
-             extra={"shards": n, "members": members})
-    print(f"sensors: --controller {members}", flush=True)
+    if settings.etcd:
+        log.info("sharded controller: shards register in etcd; give sensors --etcd",
+                 extra={"shards": n, "members": members})
+        print(f"sensors: --etcd {settings.etcd}" + (f" --etcd-prefix {settings.etcd_prefix}"
+                                                     if settings.etcd_prefix != "/spanrec/" else ""),
+              flush=True)
+    else:
+        log.info("sharded controller: give sensors --controller " + members,
+                 extra={"shards": n, "members": members})
+        print(f"sensors: --controller {members}", flush=True)
     try:
         for s in shards:
             s.start()
-        _supervise(shards, stop_signal)
+        # with etcd a shard that exits 0 by itself drained after its own SIGTERM (scale
+        # down): it is not restarted
+        _supervise(shards, stop_signal, restart_clean=not settings.etcd)
     except BaseException:
         stop_all([s.proc for s in shards if s.proc is not None])
         raise
@@ -254,8 +271,12 @@ def run_supervisor(settings: ControllerSettings, members: str, shards: list[Shar
                                               for s in failed if s.proc is not None))
 
 
-def _supervise(shards: list[ShardProcess], stop_signal: list[int]) -> None:
+def _supervise(shards: list[ShardProcess], stop_signal: list[int], restart_clean: bool = True) -> None:
     while True:
+        if not restart_clean and all(s.proc is not None and s.proc.returncode == 0 and
+                                     s.restart_at is None for s in shards):
+            log.info("every shard drained and left: the supervisor ends")
+            return
         now = time.monotonic()
         if stop_signal:
             # forwarded already; wait for every shard (no restart while stopping)
@@ -275,6 +296,10 @@ def _supervise(shards: list[ShardProcess], stop_signal: list[int]) -> None:
                         s.ever_up = True
                     continue
                 if stop_signal:
+                    continue
+                if not restart_clean and p.returncode == 0:
+                    log.info(f"shard {s.shard_id} (pid {p.pid}) drained and left; not restarted",
+                             extra={"shard_id": s.shard_id, "pid": p.pid, **s.log_extra})
                     continue
                 if not s.ever_up and s.restarts == 0 and p.returncode > 0:
                     # its own error exit right after the first start (a port in

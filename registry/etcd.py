@@ -104,6 +104,11 @@ class RegistryCore:
         self._tasks: dict[Watcher, asyncio.Task[None]] = {}
         self._client: Etcd3Client | None = None
         self._stop = asyncio.Event()
+        # other records on the member's lease (registry/shards.py): key -> value, and the
+        # writes not yet done in order (value None: delete), each with a future to resolve
+        self._records: dict[str, bytes] = {}
+        self._record_ops: list[tuple[str, bytes | None, Any]] = []
+        self._wake = asyncio.Event()
 
     # ---- called on the loop by the facade -------------------------------------------
     def request_stop(self) -> None:
@@ -112,6 +117,42 @@ class RegistryCore:
     def set_live(self, fields: dict[str, Any]) -> None:
         self._live.update(fields)
         self._live_dirty = True
+
+    def put_record(self, key: str, value: bytes | None, done: Any = None) -> None:
+        """Keep ``key`` = ``value`` on the member's lease (None: delete it); ``done``
+        (a concurrent.futures.Future) is resolved once etcd has it."""
+        if value is None:
+            self._records.pop(key, None)
+        else:
+            self._records[key] = value
+        self._record_ops.append((key, value, done))
+        self._wake.set()
+
+    def _resolve_ops(self, upto: int) -> None:
+        ops, self._record_ops = self._record_ops[:upto], self._record_ops[upto:]
+        for _key, _value, done in ops:
+            if done is not None and not done.done():
+                done.set_result(True)
+
+    async def _flush_records(self, client: Etcd3Client) -> None:
+        while self._record_ops:
+            key, value, _done = self._record_ops[0]
+            if value is None:
+                await client.kv.delete(key, timeout=self.op_timeout)
+            else:
+                await client.kv.put(key, value, lease=self.lease_id, timeout=self.op_timeout)
+            self._resolve_ops(1)
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when stopping or a record is to be written."""
+        if self._wake.is_set() or self._stop.is_set():
+            return
+        waits = [asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     def add_watcher(self, watcher: Watcher) -> None:
         if watcher not in self._watchers:
@@ -251,6 +292,10 @@ class RegistryCore:
         self._live_dirty = False
         await client.kv.put(self.member.key(self.prefix), self._record().to_json(), lease=lease.ID,
                             timeout=self.op_timeout)
+        pending = len(self._record_ops)     # what is asked now is written below
+        for key, value in list(self._records.items()):
+            await client.kv.put(key, value, lease=lease.ID, timeout=self.op_timeout)
+        self._resolve_ops(pending)
         old, self.lease_id = self.lease_id, lease.ID
         if old:  # the record now hangs on the new lease: the old one only has to go
             with contextlib.suppress(Exception):
@@ -263,10 +308,12 @@ class RegistryCore:
         interval = max(0.3, self.ttl / 3)
         last_put = last_auth = time.monotonic()
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), min(interval, self.update_interval))
+            await self._idle(min(interval, self.update_interval))
             if self._stop.is_set():
                 return
+            self._wake.clear()
+            if self.member is not None and self._record_ops:
+                await self._flush_records(client)
             now = time.monotonic()
             if self._user and now - last_auth >= self.token_refresh:
                 await self._authenticate(client)

@@ -16,10 +16,11 @@ until the call's key is forgotten (`Ring.pin`).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from hashlib import blake2b
 
-__all__ = ["Shard", "Ring", "ACTIVE", "LEAVING"]
+__all__ = ["Shard", "Ring", "ACTIVE", "LEAVING", "ShardListError", "parse_members"]
 
 ACTIVE = "active"
 LEAVING = "leaving"
@@ -32,6 +33,45 @@ class Shard:
     shard_id: str
     address: str
     state: str = ACTIVE
+
+
+class ShardListError(ValueError):
+    """A malformed shard list (``--controller`` of a sensor, ``--shard-members`` of a
+    shard); the message is one line."""
+
+
+SHARD_ID_RE = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def _hostport_ok(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) <= 65535)
+
+
+def parse_members(text: str) -> list[Shard]:
+    """A shard list: ``ID=HOST:PORT,ID=HOST:PORT,...``; an entry without ``ID=``
+    (``HOST:PORT``) is its own id.  Sensors (``--controller``) and shards
+    (``--shard-members``) both parse with this, so both name the shards alike
+    and build the same ring.  Raises ShardListError (one line) when malformed."""
+    out: list[Shard] = []
+    seen: set[str] = set()
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            raise ShardListError(f"empty entry in shard list {text!r}")
+        sid, sep, addr = entry.partition("=")
+        if not sep:
+            sid, addr = entry, entry
+        sid, addr = sid.strip(), addr.strip()
+        if not _hostport_ok(addr):
+            raise ShardListError(f"expected HOST:PORT or ID=HOST:PORT, got {entry!r}")
+        if not SHARD_ID_RE.fullmatch(sid) or sid in (".", ".."):
+            raise ShardListError(f"bad shard id {sid!r} (letters, digits, _ . : -)")
+        if sid in seen:
+            raise ShardListError(f"shard id {sid!r} given twice")
+        seen.add(sid)
+        out.append(Shard(sid, addr))
+    return out
 
 
 class Ring:

@@ -66,6 +66,7 @@ class Registry:
         self._members = MembersWatch(self.prefix)
         self._watching_members = False
         self._locator: ControllerLocator | None = None
+        self._shards: Any = None
         self._configs: dict[str, ConfigWatcher] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -220,7 +221,25 @@ class Registry:
             raise RuntimeError("update() needs a registered member")
         self._call(self._core.set_live, dict(live_fields))
 
+    def put_record(self, key: str, value: bytes | None) -> concurrent.futures.Future[bool]:
+        """Keep another record on this member's lease (``None``: delete it): written
+        now, again under every new lease, gone with the lease.  The future is done
+        once etcd has the write."""
+        if self.member is None:
+            raise RuntimeError("put_record() needs a registered member")
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        self._call(self._core.put_record, key, value, done)
+        return done
+
     # ---- watchers --------------------------------------------------------------------
+    def shards(self, grace_s: float | None = None) -> Any:
+        """The (one) registry.shards.ShardsWatch: the controller shards in etcd."""
+        if self._shards is None:
+            from .shards import DEFAULT_GRACE_S, ShardsWatch
+            self._shards = ShardsWatch(self.prefix, DEFAULT_GRACE_S if grace_s is None else grace_s)
+            self._add(self._shards)
+        return self._shards
+
     def locator(self) -> ControllerLocator:
         """The (one) ControllerLocator of this registry."""
         if self._locator is None:

@@ -67,6 +67,8 @@ class SensorOptions:
     # routing keys of legs naming another leg (protocols/callkey.py); must match the
     # controller shards' --leg-header
     leg_headers: tuple[str, ...] = ("x-call-id", "x-cid")
+    # a controller shard whose etcd record vanished stays in the ring this long (registry/shards.py)
+    shard_grace_s: float = 300.0
 
 
 class SensorFailed(Exception):
@@ -195,15 +197,72 @@ class ShardedSender:
     the router still sees them, so its tables are the same as in the first run.
     Clock, finish and stop go to every shard; the replay is complete when every
     shard confirmed it, and one shard's link failing fails the sensor.
+
+    With a ring kept in etcd (`membership`: () -> (version, shards), registry.shards),
+    `sync` (called by the pipeline thread before each batch) applies a new
+    membership: the router's ring is updated (calls in progress keep their shard),
+    a new shard gets its Sender (`make_sender(shard) -> (Sender, resume)`, its own
+    spool folder), and the Sender of a shard removed from the ring is stopped.
     """
 
-    def __init__(self, senders: list[Sender], router: Any, resume: list[int]) -> None:
+    def __init__(self, senders: list[Sender], router: Any, resume: list[int], *,
+                 membership: Any = None, make_sender: Any = None) -> None:
         self.senders = senders
         self.router = router
         self.resume = resume
         self.forwarded = 0
+        ids = [s.shard_id for s in router.ring.shards]
+        self.by_id: dict[str, Sender] = dict(zip(ids, senders))
+        self._resume_by_id: dict[str, int] = dict(zip(ids, resume))
+        self.membership = membership
+        self._make_sender = make_sender
+        self._version = membership()[0] if membership is not None else None
+        self._started = False
+        self._finished: str | None = None
+        self.retired: list[Sender] = []
+
+    def sync(self) -> bool:
+        """Apply a new membership from etcd, if any; True when the ring changed."""
+        if self.membership is None:
+            return False
+        version, shards = self.membership()
+        if version == self._version:
+            return False
+        self._version = version
+        if not shards:
+            log.warning("no controller shard left in etcd: keeping the last ring until one registers")
+            return False
+        for shard in shards:
+            sender = self.by_id.get(shard.shard_id)
+            if sender is not None:
+                sender.target = shard.address    # used from its next connection on
+                continue
+            sender, resume = self._make_sender(shard)
+            self.by_id[shard.shard_id] = sender
+            self._resume_by_id[shard.shard_id] = resume
+            if self._started:
+                sender.start()
+            if self._finished is not None:
+                sender.finish(self._finished)
+        keep = {s.shard_id for s in shards}
+        for sid in [sid for sid in self.by_id if sid not in keep]:
+            sender = self.by_id.pop(sid)
+            self._resume_by_id.pop(sid, None)
+            held = len(sender.outbox)
+            log.warning("controller shard removed from the ring: its link is closed",
+                        extra={"shard_id": sid, "unacked_batches": held})
+            sender.stop()
+            self.retired.append(sender)
+        self.router.update_ring(shards)
+        order = [s.shard_id for s in self.router.ring.shards]
+        self.resume = [self._resume_by_id[sid] for sid in order]
+        self.senders = [self.by_id[sid] for sid in order]
+        log.info("controller shards changed", extra={
+            "shards": {s.shard_id: f"{s.address} {s.state}" for s in self.router.ring.shards}})
+        return True
 
     def start(self) -> None:
+        self._started = True
         for s in self.senders:
             s.start()
 
@@ -230,11 +289,12 @@ class ShardedSender:
             s.advance_clock(clock_ns)
 
     def finish(self, error: str = "") -> None:
+        self._finished = error
         for s in self.senders:
             s.finish(error)
 
     def stop(self) -> None:
-        for s in self.senders:
+        for s in self.senders + self.retired:
             s.stop()
 
     @property
@@ -248,11 +308,12 @@ class ShardedSender:
 
     def wait_done(self, timeout: float | None = None) -> bool:
         """Every shard confirmed the end; raises the first link failure."""
-        for s in self.senders:
+        self.sync()
+        for s in list(self.senders):
             if s.done:
                 s.wait_done(0)          # raises its failure, if any
         deadline = None if timeout is None else time.monotonic() + timeout
-        for s in self.senders:
+        for s in list(self.senders):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not s.wait_done(left):
                 return False
@@ -298,11 +359,21 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         shards = parse_shards(opts.controller) if opts.controller else []
     except ValueError as exc:
         raise SensorFailed(str(exc)) from None
-    sharded = len(shards) > 1
-    ring = None
-    if sharded:
-        from registry.ring import Ring, Shard
-        ring = Ring([Shard(sid, addr) for sid, addr in shards])
+    from registry.ring import Ring, Shard
+    ring_shards = [Shard(sid, addr) for sid, addr in shards]
+    registry = start_registry(opts)
+    watch = None
+    if registry is not None and not opts.controller:
+        # the controller's shards in etcd (registry/shards.py); none: one controller
+        watch = registry.shards(opts.shard_grace_s)
+        if not watch.wait_synced(10.0):
+            log.warning("etcd did not answer within 10 s: no controller shard list; "
+                        "dialling the registered controller")
+        ring_shards = watch.current()[1]
+        if not ring_shards:
+            watch = None
+    sharded = len(ring_shards) > 1 or watch is not None
+    ring = Ring(ring_shards) if sharded else None
     spools: list[Spool | None] = []
     resumes: list[int] = []
     try:
@@ -316,6 +387,8 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         for sp in spools:
             if sp is not None:
                 sp.close()
+        if registry is not None:
+            registry.stop()
         raise
     spool = spools[0]
     classifier = Classifier(rtp_heuristics=opts.rtp_heuristics)
@@ -329,7 +402,6 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         return heartbeat_counters(classifier.counters, source.stats())
 
     mode = "replay" if opts.pcap else "live"
-    registry = start_registry(opts)
     if registry is not None and isinstance(source, RefilterableCapture):
         watch_filter(registry, source, opts.bpf)
     common: dict[str, Any] = dict(
@@ -351,20 +423,30 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
     else:
         from sensor.route import ShardRouter
         router = ShardRouter(ring, opts.leg_headers)
-        ids = tuple(s.shard_id for s in ring.shards)
+        # Hello.ring: the shard ids of the ring (from etcd: what this sensor knows now)
+        ids: Any = watch.ids if watch is not None else tuple(s.shard_id for s in ring.shards)
 
-        def hints(i: int):
+        def hints(sid: str):
             def on_expect(flows: list[tuple[bytes, int]]) -> None:
                 classifier.expect(flows)
-                router.expect(i, flows)   # the announcing shard owns these endpoints
+                router.expect(sid, flows)   # the announcing shard owns these endpoints
             return on_expect
 
+        def make_sender(shard: Any) -> tuple[Sender, int]:
+            """A shard that joined the ring (etcd): its Sender and spool folder."""
+            sp, _res = open_spool(opts, shard.shard_id)
+            spools.append(sp)
+            return Sender(shard.address, opts.sensor_id, spool=sp, on_expect=hints(shard.shard_id),
+                          ring=ids, **common), 0
+
         sender = ShardedSender(
-            [Sender(shard.address, opts.sensor_id, spool=spools[i], on_expect=hints(i), ring=ids,
-                    **common) for i, shard in enumerate(ring.shards)],
-            router, resumes if opts.pcap else [0] * len(resumes))
+            [Sender(shard.address, opts.sensor_id, spool=spools[i], on_expect=hints(shard.shard_id),
+                    ring=ids, **common) for i, shard in enumerate(ring.shards)],
+            router, resumes if opts.pcap else [0] * len(resumes),
+            membership=watch.current if watch is not None else None, make_sender=make_sender)
         log.info("routing calls over controller shards", extra={
-            "shards": {s.shard_id: s.address for s in ring.shards}})
+            "shards": {s.shard_id: s.address for s in ring.shards},
+            "from": "etcd" if watch is not None else "--controller"})
     sender.start()
     error = ""
     consumed = 0          # frames read from the source: the spool's resume cursor
@@ -374,6 +456,8 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         for frames in source.batches():
             if stop.is_set() or sender.done:
                 break
+            if watch is not None:
+                sender.sync()        # shards joined, left or came back (etcd)
             if replay:
                 sender.advance_clock(source.clock_ns)
             if not frames:

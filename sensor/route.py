@@ -42,7 +42,7 @@ from protocols.layers import decode, str_to_ip
 from protocols.mediaports import MAX_MEDIA_LINES, media_port_ok
 from protocols.sdp import parse_sdp
 from protocols.sip import SipMessage, looks_like_sip, parse_sip
-from registry.ring import Ring
+from registry.ring import Ring, ShardListError, parse_members
 
 __all__ = ["BROADCAST", "ShardRouter", "RouterCounters", "parse_shards", "ShardListError"]
 
@@ -64,41 +64,10 @@ _CALL_ID_RE = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?\n",
 _SDP_START = b"\r\n\r\nv=0"
 
 
-class ShardListError(ValueError):
-    """A malformed --controller shard list (one line)."""
-
-
-_SHARD_ID_RE = re.compile(r"[A-Za-z0-9_.:-]+")
-
-
-def _hostport_ok(value: str) -> bool:
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and int(port) <= 65535)
-
-
 def parse_shards(text: str) -> list[tuple[str, str]]:
-    """``HOST:PORT`` (one controller) or ``ID=HOST:PORT,ID=HOST:PORT,...`` (the
-    shards) as [(shard id, address)]; an entry without ``ID=`` is its own id.
-    Raises ShardListError (one line) when malformed."""
-    out: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for raw in text.split(","):
-        entry = raw.strip()
-        if not entry:
-            raise ShardListError(f"empty entry in controller list {text!r}")
-        sid, sep, addr = entry.partition("=")
-        if not sep:
-            sid, addr = entry, entry
-        sid, addr = sid.strip(), addr.strip()
-        if not _hostport_ok(addr):
-            raise ShardListError(f"expected HOST:PORT or ID=HOST:PORT, got {entry!r}")
-        if sep and (not _SHARD_ID_RE.fullmatch(sid) or sid in (".", "..")):
-            raise ShardListError(f"bad shard id {sid!r} (letters, digits, _ . : -)")
-        if sid in seen:
-            raise ShardListError(f"shard id {sid!r} given twice")
-        seen.add(sid)
-        out.append((sid, addr))
-    return out
+    """``--controller``: [(shard id, address)] (registry.ring.parse_members, the
+    parser the shards use too; ShardListError when malformed)."""
+    return [(s.shard_id, s.address) for s in parse_members(text)]
 
 
 @dataclass(slots=True)
@@ -175,10 +144,46 @@ class ShardRouter:
         return len(self._endpoints)
 
     # -- public -----------------------------------------------------------
-    def expect(self, shard_index: int, flows: Iterable[tuple[bytes, int]]) -> None:
+    def expect(self, shard: int | str, flows: Iterable[tuple[bytes, int]]) -> None:
         """Media endpoints a shard announced (its Expect messages): they belong to
-        that shard.  Thread-safe; applied at the start of the next `split`."""
-        self._expected_in.append((shard_index, list(flows)))
+        that shard (its index, or its id: a ring from etcd changes indices).
+        Thread-safe; applied at the start of the next `split`."""
+        self._expected_in.append((shard, list(flows)))
+
+    def update_ring(self, shards: list) -> None:
+        """A new membership (registry.shards: a ring kept in etcd): `Ring.update`
+        (calls in progress keep their shard), and this router's tables follow the
+        shards' new indices; what belonged to a shard that is gone is forgotten
+        (its calls' later packets are placed again).  Call it from the thread
+        that calls `assign`."""
+        old_ids = [s.shard_id for s in self.ring.shards]
+        self.ring.update(shards)
+        new_index = {s.shard_id: i for i, s in enumerate(self.ring.shards)}
+        back = [new_index.get(sid, -2) for sid in old_ids]     # -2: gone
+        if back == list(range(len(back))) and len(back) == len(self.ring):
+            return
+        eps = self._endpoints
+        for k in list(eps):
+            e = eps[k]
+            j = back[e[0]]
+            if j < 0:
+                del eps[k]
+            else:
+                e[0] = j
+        for k in list(self._frags):
+            fr = self._frags[k]
+            if fr.shard >= 0:
+                j = back[fr.shard]
+                if j < 0:
+                    del self._frags[k]
+                else:
+                    fr.shard = j
+        self._flows.clear()
+        routed = [0] * len(self.ring)
+        for i, n in enumerate(self.counters.routed):
+            if back[i] >= 0:
+                routed[back[i]] = n
+        self.counters.routed = routed
 
     def split(self, linktype: int, frames: list[Frame]) -> tuple[list[list[Frame]], list[Frame]]:
         """(frames per shard index, in capture order; frames for every shard)."""
@@ -383,6 +388,8 @@ class ShardRouter:
         n = len(self.ring)
         while inbox:
             shard, flows = inbox.popleft()
+            if isinstance(shard, str):
+                shard = next((i for i, s in enumerate(self.ring.shards) if s.shard_id == shard), -1)
             if not 0 <= shard < n:
                 continue
             for key in flows:

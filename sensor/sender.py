@@ -273,12 +273,14 @@ class Sender:
         resolve: Callable[[], str | None] | None = None,
         on_unusable: Callable[[str, str], object] | None = None,
         on_expect: Callable[[list[tuple[bytes, int]]], None] | None = None,
-        ring: tuple[str, ...] = (),
+        ring: tuple[str, ...] | Callable[[], tuple[str, ...]] = (),
     ) -> None:
         self.target = target
         # Sharded controller: the sorted shard ids this sensor routes over, sent in
-        # every Hello (sensor/route.py); empty with one controller.
-        self.ring = tuple(ring)
+        # every Hello (sensor/route.py); empty with one controller.  A callable for a
+        # ring kept in etcd: asked again for every new stream, so a sensor refused
+        # while a membership change propagates (UNAVAILABLE) retries with the new one.
+        self.ring = ring if callable(ring) else tuple(ring)
         # Media endpoints the controller expects (Expect messages), handed over
         # from the link thread: the callback must be thread-safe and quick.
         self._on_expect = on_expect
@@ -504,7 +506,7 @@ class Sender:
         hello = sensor_pb2.Hello(sensor_id=self.sensor_id, site=self.site, version=VERSION,
                                  interfaces=list(self.interfaces), session=self.session,
                                  mode=self.mode, acked_seq=self.outbox.acked_seq,
-                                 ring=list(self.ring))
+                                 ring=sorted(self.ring() if callable(self.ring) else self.ring))
         yield sensor_pb2.SensorMessage(hello=hello).SerializeToString()
         self._link_lost = time.monotonic()
         sent_upto = self.outbox.acked_seq

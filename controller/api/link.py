@@ -239,7 +239,12 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                     # shard's ring, or calls would be split silently (logged, counted)
                     refusal = rec.ring_refusal(h.sensor_id, list(h.ring))
                     if refusal is not None:
-                        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
+                        # shards in etcd: the lists differ only while a change propagates;
+                        # UNAVAILABLE makes the sensor retry (with its next etcd update)
+                        shard = getattr(rec, "shard", None)
+                        retry = shard is not None and shard.refusal_retriable(list(h.ring))
+                        await context.abort(grpc.StatusCode.UNAVAILABLE if retry else
+                                            grpc.StatusCode.FAILED_PRECONDITION, refusal)
                     if not sensor_id:
                         self.links.opened(h.sensor_id, context.peer(), identity or "")
                     sensor_id = h.sensor_id

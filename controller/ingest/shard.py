@@ -25,12 +25,13 @@ identity never creates one (no per-packet cost).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 
 from controller.settings import DEFAULT_LEG_HEADERS
 from protocols.callkey import RouteTable
 from protocols.sip import SipMessage
-from registry.ring import Ring
+from registry.ring import Ring, Shard
 
 __all__ = ["BroadcastFrame", "ShardIdentity", "COUNTER_NAMES"]
 
@@ -65,6 +66,41 @@ class ShardIdentity:
         self.max_routes = max_routes
         self.routes = RouteTable(leg_headers, max_routes)
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        # a ring kept in etcd (registry/shards.py): () -> (version, shards), applied lazily
+        self._source: Callable[[], tuple[int, list[Shard]]] | None = None
+        self._version: int | None = None
+        self._me = next(s for s in ring.shards if s.shard_id == shard_id)
+        self._lock = threading.Lock()
+
+    # -- a ring from etcd --------------------------------------------------------
+    @property
+    def dynamic(self) -> bool:
+        """The ring follows the shard records in etcd (it may be changing)."""
+        return self._source is not None
+
+    def follow(self, source: Callable[[], tuple[int, list[Shard]]]) -> None:
+        """Take the ring from `source` (registry.shards.ShardsWatch.current), the
+        membership the sensors build too; this shard stays in it while its own
+        record is not (yet) seen."""
+        with self._lock:
+            self._source = source
+            self._version = None
+            self._sync()
+
+    def _sync(self) -> None:
+        """With the lock held: apply a new membership (Ring.update keeps the owners
+        of calls in progress)."""
+        src = self._source
+        if src is None:
+            return
+        version, shards = src()
+        if version == self._version:
+            return
+        self._version = version
+        if not any(s.shard_id == self.shard_id for s in shards):
+            shards = [*shards, self._me]
+        self.ring.update(list(shards))
+        self.index = [s.shard_id for s in self.ring.shards].index(self.shard_id)
 
     # -- configuration -----------------------------------------------------
     @property
@@ -81,15 +117,21 @@ class ShardIdentity:
     @property
     def ring_ids(self) -> list[str]:
         """The shard ids of the ring, sorted (what a sensor's Hello.ring must be)."""
-        return sorted(s.shard_id for s in self.ring.shards)
+        with self._lock:
+            self._sync()
+            return sorted(s.shard_id for s in self.ring.shards)
 
     # -- ownership -----------------------------------------------------------
     def owns_key(self, key: str) -> bool:
-        return self.ring.owner(key) == self.index
+        with self._lock:
+            self._sync()
+            return self.ring.owner(key) == self.index
 
     def owns_message(self, msg: SipMessage) -> bool:
         """Does this shard own the call of a SIP message (its routing key's owner)?"""
-        return self.ring.owner(self.routes.key(msg)) == self.index
+        with self._lock:
+            self._sync()
+            return self.ring.owner(self.routes.key(msg)) == self.index
 
     def learn(self, msg: SipMessage) -> None:
         """A message routed here: its Call-ID's routing key is remembered (sticky),
@@ -103,14 +145,27 @@ class ShardIdentity:
         everything to one controller) is accepted by a ring of one shard only."""
         ours = self.ring_ids
         theirs = sorted(sensor_ring)
-        if theirs == ours or (not theirs and len(ours) == 1):
+        if theirs == ours or (not theirs and len(ours) == 1 and not self.dynamic):
             return None
+        if self.dynamic:
+            if theirs:
+                return (f"shard membership is changing: this shard {self.shard_id} has "
+                        f"[{', '.join(ours)}] from etcd, the sensor [{', '.join(theirs)}]; "
+                        f"retry once the sensor has etcd's update")
+            return (f"this controller is shard {self.shard_id} of [{', '.join(ours)}] (shards in "
+                    f"etcd); the sensor routes over no shard list: give it --etcd without "
+                    f"--controller or calls would be split")
         addresses = ",".join(f"{s.shard_id}={s.address or 'HOST:PORT'}"
                              for s in sorted(self.ring.shards, key=lambda s: s.shard_id))
         routes = f"[{', '.join(theirs)}]" if theirs else "no shard list (one controller)"
         return (f"this controller is shard {self.shard_id} of [{', '.join(ours)}]; the sensor "
                 f"routes over {routes}: give the sensor every shard (--controller {addresses}) "
                 f"or calls would be split")
+
+    def refusal_retriable(self, sensor_ring: Iterable[str]) -> bool:
+        """A refused Hello the sensor should retry (UNAVAILABLE, not FAILED_PRECONDITION):
+        both sides follow etcd and only disagree while a change propagates."""
+        return self.dynamic and bool(list(sensor_ring))
 
     def status(self) -> dict:
         return {"shard_id": self.shard_id, "ring": self.ring_ids, **self.counters}
