@@ -504,6 +504,8 @@ class Cluster:
         def one(m: ShardMemberInfo) -> Any:
             if m.shard_id == asked:
                 return fn(self.admin)
+            if not m.address:
+                return AdminUnavailable(f"shard {m.shard_id} unreachable: the ring has no address for it")
             try:
                 client = AdminClient(m.address, self.admin.security, timeout_s=self.admin.timeout_s)
             except Exception as exc:  # noqa: BLE001 - a bad address is that shard's failure
