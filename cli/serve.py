@@ -330,7 +330,23 @@ async def drain_shard(settings: ControllerSettings, registry, recorder: Recorder
                                                 "drain_s": round(loop.time() - started, 1)})
 
 
+class _ShardTag(logging.Filter):
+    """Every log line of a shard names it (the shards of a supervisor share its stderr)."""
+
+    def __init__(self, shard_id: str) -> None:
+        super().__init__()
+        self.shard_id = shard_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "shard_id"):
+            record.shard_id = self.shard_id
+        return True
+
+
 def run_controller(settings: ControllerSettings) -> None:
+    if settings.shard_id:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_ShardTag(settings.shard_id))
     store = open_storage(settings)
     lock_state_dir(Path(settings.state_dir).expanduser().absolute())
     if settings.expected_sensors:
