@@ -34,6 +34,34 @@ def test_bench_records_every_call_beside_tcpdump() -> None:
     assert fig["tcpdump"]["packets_per_s"] > 0          # the reference, on the same file
 
 
+def test_bench_shards_1_and_2_rows() -> None:
+    """`scripts/bench --shards 1,2`: a row per count on the same capture (issue #12)."""
+    require_tool("tcpdump")
+    out = _run([PY, "scripts/bench", "--calls", "3", "--duration", "1", "--shards", "1,2", "--json"], timeout=300)
+    fig = json.loads(out.stdout)
+    rows = fig["shards"]
+    assert [r["shards"] for r in rows] == [1, 2], rows
+    for r in rows:
+        assert r["exit_status"] == 0 and r["recordings"] == 3, r
+        assert r["packets_per_s"] > 0 and r["controller_cpu_s"] > 0, r
+        assert r["controller_packets_per_cpu_s"] > 0 and r["controller_peak_rss_mib"] > 0, r
+        assert r["controller_mib_per_concurrent_call"] > 0 and r["throughput_vs_1_shard"] > 0, r
+    assert [s["shard"] for s in rows[1]["per_shard"]] == ["shard-0", "shard-1"]
+    assert sum(s["packets"] for s in rows[1]["per_shard"]) >= fig["packets"]
+    assert fig["spanrec_record"] == rows[0]           # the old key: the first count's row
+
+
+def test_bench_failover_tiny() -> None:
+    """`scripts/bench-failover`: shard-1 killed mid-replay comes back, its calls
+    flow again, and every call is recorded once and whole (issue #12)."""
+    out = _run([PY, "scripts/bench-failover", "--calls", "6", "--concurrent", "6", "--duration", "3",
+                "--kill-at", "1.5", "--json"], timeout=300)
+    [r] = json.loads(out.stdout)
+    assert r["killed"] and r["sensor_exit_status"] == 0 and r["supervisor_exit_status"] == 0, r
+    assert r["kill_to_serving_s"] > 0 and r["kill_to_flowing_s"] is not None, r
+    assert r["recordings"] == 6 and r["calls_recorded_once"] == 6 and r["all_once_and_whole"], r
+
+
 def test_bench_cluster_mode_runs() -> None:
     require_tool("tcpdump")
     out = _run([PY, "scripts/bench", "--calls", "2", "--duration", "1", "--json", "--cluster"], timeout=300)
