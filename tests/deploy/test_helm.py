@@ -48,8 +48,8 @@ VALUE_SETS: dict[str, dict] = {
         "metrics": {"enabled": True, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "otlp": {"endpoint": "http://otel-collector.monitoring:4317"},
         "service": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
-                    "loadBalancerSourceRanges": ["10.0.0.0/8"]},
-        "controller": {"site": "fra1", "advertise": "sbc-rec.example.net:7600",
+                    "loadBalancerSourceRanges": ["10.0.0.0/8"], "perPod": True},
+        "controller": {"site": "fra1", "advertise": "$(POD_NAME).rec.example.net:7600", "shards": 4,
                        "recordOnly": ["sip:+4930*"], "env": {"SPANREC_LINGER_S": "5"}},
         "tolerations": [{"key": "voip", "operator": "Exists", "effect": "NoSchedule"}],
         "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
@@ -176,16 +176,27 @@ def test_defaults(tmp_path: Path) -> None:
     assert "SPANREC_ETCD_INSECURE" not in env and "SPANREC_ETCD_SERVER_NAME" not in env
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "state"
-    assert env["SPANREC_KEEP_CALLS_ON_STOP"]["value"] == "true"   # upgrades do not split calls
+    # 2 pods x 2 shards, drained on SIGTERM (new calls go to the other pod; the
+    # pod's calls finish before it exits): keep-calls is then off
+    assert sts["spec"]["replicas"] == 2
+    assert env["SPANREC_SHARDS"]["value"] == "2"
+    assert env["SPANREC_KEEP_CALLS_ON_STOP"]["value"] == "false"
+    assert env["SPANREC_DRAIN_LIMIT_S"]["value"] == "600"
+    assert env["SPANREC_SHARD_GRACE_S"]["value"] == "300"
+    assert pod["terminationGracePeriodSeconds"] > 600
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 7600, "grpc-1": 7601}
     # mTLS on: the kubelet's plain-text gRPC probe goes to the health-only port
-    assert env["SPANREC_HEALTH_LISTEN"]["value"] == "0.0.0.0:7601"
-    assert c["livenessProbe"]["grpc"] == {"port": 7601, "service": ""}
-    assert c["readinessProbe"]["grpc"] == {"port": 7601, "service": "spanrec.v1.SensorLink"}
+    assert env["SPANREC_HEALTH_LISTEN"]["value"] == "0.0.0.0:7700"
+    assert c["livenessProbe"]["grpc"] == {"port": 7700, "service": ""}
+    assert c["readinessProbe"]["grpc"] == {"port": 7700, "service": "spanrec.v1.SensorLink"}
     services = {s["metadata"]["name"]: s["spec"] for s in by_kind(docs, "Service")}
     assert services["rec-spanrec"]["ports"][0]["port"] == 7600
     assert services["rec-spanrec-admin"]["ports"][0]["port"] == 7600
     assert services["rec-spanrec-headless"]["clusterIP"] == "None"
+    assert [p["port"] for p in services["rec-spanrec-headless"]["ports"]] == [7600, 7601]
     assert sts["spec"]["serviceName"] == "rec-spanrec-headless"
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1          # one pod drains or restarts at a time
 
 
 def test_self_contained(tmp_path: Path) -> None:
@@ -219,16 +230,24 @@ def test_production(tmp_path: Path) -> None:
     env = env_of(c)
     assert env["SPANREC_METRICS_LISTEN"]["value"] == "0.0.0.0:9464"
     assert env["SPANREC_OTLP_ENDPOINT"]["value"] == "http://otel-collector.monitoring:4317"
-    assert env["SPANREC_ADVERTISE"]["value"] == "sbc-rec.example.net:7600"
+    assert env["SPANREC_ADVERTISE"]["value"] == "$(POD_NAME).rec.example.net:7600"
+    assert env["SPANREC_SHARDS"]["value"] == "4"
     assert env["SPANREC_RECORD_ONLY"]["value"] == "sip:+4930*"
     assert env["SPANREC_LINGER_S"]["value"] == "5"
     assert env["SPANREC_TLS_CERT"]["value"] == "/etc/spanrec/tls/tls.crt"
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["metadata"]["labels"]["release"] == "prom"
-    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    assert [e["port"] for e in sm["spec"]["endpoints"]] == ["metrics", "metrics-1", "metrics-2", "metrics-3"]
     (admin,) = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "rec-spanrec-admin"]
-    assert {p["name"]: p["port"] for p in admin["spec"]["ports"]} == {"admin": 7600, "metrics": 9464}
+    assert {p["name"]: p["port"] for p in admin["spec"]["ports"]} == {
+        "admin": 7600, "metrics": 9464, "metrics-1": 9465, "metrics-2": 9466, "metrics-3": 9467}
+    # sensors outside the cluster reach every shard of every pod through its own Service
+    per_pod = {s["metadata"]["name"]: s["spec"] for s in by_kind(docs, "Service")
+               if s["spec"].get("selector", {}).get("statefulset.kubernetes.io/pod-name")}
+    assert sorted(per_pod) == ["rec-spanrec-0", "rec-spanrec-1", "rec-spanrec-2"]
+    assert [p["port"] for p in per_pod["rec-spanrec-2"]["ports"]] == [7600, 7601, 7602, 7603]
+    assert per_pod["rec-spanrec-2"]["type"] == "LoadBalancer"
     # the ServiceMonitor selects the admin Service only
     assert sm["spec"]["selector"]["matchLabels"].items() <= admin["metadata"]["labels"].items()
 
@@ -344,6 +363,10 @@ def test_rendered_etcd_settings_let_the_controller_start(tmp_path: Path, name: s
 
 @pytest.mark.parametrize("values, message", [
     ({"replicas": "two"}, "/replicas"),
+    ({"registry": {"endpoints": ""}}, "need the etcd registry"),
+    ({"controller": {"shards": 0}}, "/controller/shards"),
+    ({"controller": {"drainLimitS": 900}}, "must exceed controller.drainLimitS"),
+    ({"probes": {"healthPort": 7601}}, "overlap probes.healthPort"),
     ({"replicaCount": 2}, "replicaCount"),
     ({"controller": {"audioFormat": "mp3"}}, "/controller/audioFormat"),
     ({"tls": {"enabeld": True}}, "enabeld"),
@@ -379,3 +402,12 @@ def test_notes_tell_spanrecctl_and_sensors() -> None:
                 "--set", "etcd.enabled=true", "--set", "tls.enabled=false")
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "plain text without auth (SPANREC_ETCD_INSECURE=true)" in notes and "tests only" in notes
+
+
+def test_one_pod_one_shard_without_etcd(tmp_path: Path) -> None:
+    """The lab setting: one pod, one shard, no registry — renders (a ring needs etcd)."""
+    docs = render(tmp_path, {"replicas": 1, "controller": {"shards": 1}, "registry": {"endpoints": ""}})
+    (c,) = controller(docs)["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    assert env["SPANREC_SHARDS"]["value"] == "1" and "SPANREC_ETCD" not in env
+    assert [p["name"] for p in c["ports"]] == ["grpc"]

@@ -114,3 +114,8 @@ the main port answers it. */}}
 {{- define "spanrec.probePort" -}}
 {{- if .Values.tls.enabled -}}{{ .Values.probes.healthPort }}{{- else -}}{{ .Values.controller.port }}{{- end -}}
 {{- end -}}
+
+{{/* Shard processes per pod (controller.shards): shard i listens on port + i. */}}
+{{- define "spanrec.shards" -}}
+{{- max 1 (int .Values.controller.shards) -}}
+{{- end -}}
