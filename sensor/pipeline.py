@@ -220,6 +220,7 @@ class ShardedSender:
         self._started = False
         self._finished: str | None = None
         self.retired: list[Sender] = []
+        self.rerouted = 0                   # packets of removed shards sent to their new owners
 
     def sync(self) -> bool:
         """Apply a new membership from etcd, if any; True when the ring changed."""
@@ -245,18 +246,26 @@ class ShardedSender:
             if self._finished is not None:
                 sender.finish(self._finished)
         keep = {s.shard_id for s in shards}
+        orphans: list[tuple[int, list[tuple[int, bytes]]]] = []
         for sid in [sid for sid in self.by_id if sid not in keep]:
             sender = self.by_id.pop(sid)
             self._resume_by_id.pop(sid, None)
-            held = len(sender.outbox)
-            log.warning("controller shard removed from the ring: its link is closed",
-                        extra={"shard_id": sid, "unacked_batches": held})
             sender.stop()
+            batches = unacked_batches(sender)
+            log.warning("controller shard removed from the ring: its link is closed and what it "
+                        "had not acknowledged goes to the shards that own those calls now",
+                        extra={"shard_id": sid, "unacked_batches": len(batches),
+                               "packets": sum(len(f) for _, f, _b in batches)})
+            # its broadcast batches reached every other shard already
+            orphans += [(lt, frames) for lt, frames, broadcast in batches if not broadcast]
             self.retired.append(sender)
         self.router.update_ring(shards)
         order = [s.shard_id for s in self.router.ring.shards]
         self.resume = [self._resume_by_id[sid] for sid in order]
         self.senders = [self.by_id[sid] for sid in order]
+        for linktype, frames in orphans:      # nothing spooled is lost with its shard
+            self.rerouted += len(frames)
+            self.submit(linktype, frames)
         log.info("controller shards changed", extra={
             "shards": {s.shard_id: f"{s.address} {s.state}" for s in self.router.ring.shards}})
         return True
@@ -329,6 +338,30 @@ class ShardedSender:
         c.queue_drops = sum(s.outbox.dropped_packets for s in self.senders)
         c.send_queue = self.unacked()
         return c
+
+
+def unacked_batches(sender: Sender) -> list[tuple[int, list[tuple[int, bytes]], bool]]:
+    """(linktype, frames, broadcast) of every batch `sender` holds unacknowledged
+    (in memory or in its spool), in order."""
+    out: list[tuple[int, list[tuple[int, bytes]], bool]] = []
+    outbox = sender.outbox
+    seq = outbox.acked_seq
+    while True:
+        items = outbox.after(seq, 256)
+        if not items:
+            return out
+        for item in items:
+            msg = item.message
+            if isinstance(msg, (bytes, bytearray)):
+                msg = sensor_pb2.SensorMessage.FromString(bytes(msg))
+            if msg.HasField("batch"):
+                b = msg.batch
+                frames, off = [], 0
+                for ts, n in zip(b.timestamps_ns, b.lengths):
+                    frames.append((ts, b.data[off:off + n]))
+                    off += n
+                out.append((b.linktype, frames, b.broadcast))
+            seq = item.seq
 
 
 def _split_at(frames: list, start: int, cuts: list[int]) -> list[tuple[list, int]]:
