@@ -25,7 +25,7 @@ SAMPLE = REPO / "samples" / "sample-call.pcap"
 #: same (replay-<i>) in every run, and call.json holds capture times only.
 IGNORED_KEYS = frozenset({"shard"})
 
-SHARDS = (1, 2, 4)
+SHARDS = (1, 4)          # the issue: the same recordings through 1 and through 4 shards
 
 
 def _recordings(out: Path) -> dict[str, dict[str, bytes]]:
