@@ -37,7 +37,8 @@ def test_bench_records_every_call_beside_tcpdump() -> None:
 def test_bench_shards_1_and_2_rows() -> None:
     """`scripts/bench --shards 1,2`: a row per count on the same capture (issue #12)."""
     require_tool("tcpdump")
-    out = _run([PY, "scripts/bench", "--calls", "3", "--duration", "1", "--shards", "1,2", "--json"], timeout=300)
+    out = _run([PY, "scripts/bench", "--calls", "3", "--duration", "1", "--shards", "1,2", "--cluster", "--json"],
+               timeout=300)
     fig = json.loads(out.stdout)
     rows = fig["shards"]
     assert [r["shards"] for r in rows] == [1, 2], rows
@@ -49,6 +50,9 @@ def test_bench_shards_1_and_2_rows() -> None:
     assert [s["shard"] for s in rows[1]["per_shard"]] == ["shard-0", "shard-1"]
     assert sum(s["packets"] for s in rows[1]["per_shard"]) >= fig["packets"]
     assert fig["spanrec_record"] == rows[0]           # the old key: the first count's row
+    cluster = fig["cluster_shards"]                   # --cluster: the plain-text run over 1 and 2 shards
+    assert [c["shards"] for c in cluster] == [1, 2], cluster
+    assert all(c["recordings"] == 3 and c["controller_cpu_s"] > 0 and c["packets_per_s"] > 0 for c in cluster)
 
 
 def test_bench_failover_tiny() -> None:
