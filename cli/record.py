@@ -239,7 +239,10 @@ def _status(shard: _Shard):
     import grpc
     from proto import admin_pb2, admin_pb2_grpc
     if shard.stub is None:
-        shard.channel = grpc.insecure_channel(f"127.0.0.1:{shard.port}")
+        # retried every 0.1 s while the shard starts (not gRPC's 1 s+ reconnect backoff)
+        shard.channel = grpc.insecure_channel(f"127.0.0.1:{shard.port}", options=[
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500)])
         shard.stub = admin_pb2_grpc.AdminStub(shard.channel)
     try:
         return shard.stub.GetStatus(admin_pb2.StatusRequest(), timeout=2.0)

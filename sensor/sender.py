@@ -427,7 +427,13 @@ class Sender:
     def _channel(self) -> grpc.Channel:
         options = [("grpc.max_send_message_length", 64 << 20),
                    ("grpc.max_receive_message_length", 64 << 20),
-                   ("grpc.keepalive_time_ms", 10_000)]
+                   ("grpc.keepalive_time_ms", 10_000),
+                   # a restarted controller (shard) is dialled again within ~0.1-1 s,
+                   # not after gRPC's default 1 s / 1.6x backoff that our 2 s wait
+                   # for the channel then outlasts (scripts/bench-failover)
+                   ("grpc.initial_reconnect_backoff_ms", 100),
+                   ("grpc.min_reconnect_backoff_ms", 100),
+                   ("grpc.max_reconnect_backoff_ms", 1000)]
         if self._credentials is not None:
             return grpc.secure_channel(self.target, self._credentials, options=options)
         return grpc.insecure_channel(self.target, options=options)
