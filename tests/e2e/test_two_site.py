@@ -378,7 +378,36 @@ def same_audio_calls(lab: TwoSiteLab, work: Path, logs: Path) -> tuple[dict[str,
     return _wait_sipp({**uac, **uas}), {"cross": SIPP_G711A, "site": SIPP_G711A}
 
 
-def run_lab(tmp: Path, calls: Calls, call_ids: Iterable[str]) -> LabRun:
+@dataclass
+class ControllerSide:
+    """What a `StartControllers` started: processes named ``controller*`` (each
+    logging to ``logs/<name>.log``, stopped by PID after the sensors), the
+    arguments that point a sensor and spanrecctl at it, and how many "sensor
+    connected" lines its logs hold once both sensors are up."""
+
+    procs: dict[str, subprocess.Popen]
+    sensor_args: list[str]
+    ctl_args: list[str]
+    links: int = 2
+
+
+#: starts the controller side on a built lab: (lab, tmp, logs, storage folder, env)
+StartControllers = Callable[[TwoSiteLab, Path, Path, Path, dict[str, str]], ControllerSide]
+
+
+def one_controller(lab: TwoSiteLab, tmp: Path, logs: Path, out: Path, env: dict[str, str]) -> ControllerSide:
+    (port,) = free_ports(1)
+    listen = f"{lab.controller_ip}:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "controller", "--listen", listen, "--storage", str(out),
+         "--state-dir", str(tmp / "state"), "--insecure", "--log-format", "text"],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=open(logs / "controller.log", "wb"),
+        stderr=subprocess.STDOUT, env=env)
+    return ControllerSide({"controller": proc}, ["--controller", listen], ["--controller", listen])
+
+
+def run_lab(tmp: Path, calls: Calls, call_ids: Iterable[str],
+            controllers: StartControllers = one_controller) -> LabRun:
     """Build the lab, start the controller, two sensors and two tcpdumps, run
     ``calls``, wait until every Call-ID is recorded, read the fleet status,
     stop everything (by PID) and tear the lab down."""
@@ -397,16 +426,11 @@ def run_lab(tmp: Path, calls: Calls, call_ids: Iterable[str]) -> LabRun:
         pytest.skip(str(exc))
     procs: dict[str, subprocess.Popen] = {}
     fleet: dict = {}
-    controller_rc = 0
+    controller_rc: dict[str, int] = {}
     try:
-        (port,) = free_ports(1)
-        listen = f"{lab.controller_ip}:{port}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        procs["controller"] = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "controller", "--listen", listen, "--storage", str(out),
-             "--state-dir", str(tmp / "state"), "--insecure", "--log-format", "text"],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=open(logs / "controller.log", "wb"),
-            stderr=subprocess.STDOUT, env=env)
+        side = controllers(lab, tmp, logs, out, env)
+        procs.update(side.procs)
         for site in ("A", "B"):
             ns = lab.sensor_ns(site)
             procs[f"tcpdump{site}"] = lab.run_in(
@@ -416,11 +440,12 @@ def run_lab(tmp: Path, calls: Calls, call_ids: Iterable[str]) -> LabRun:
                 stderr=open(logs / f"tcpdump{site}.log", "wb"))
             procs[f"sensor{site}"] = lab.run_in(
                 ns, [sys.executable, "-m", "cli.main", "sensor", "--interface", SENSOR_IFACE,
-                     "--controller", listen, "--sensor-id", SENSOR_ID[site], "--site", site,
+                     *side.sensor_args, "--sensor-id", SENSOR_ID[site], "--site", site,
                      "--spool-dir", str(tmp / f"spool{site}"), "--log-format", "text", "--insecure"],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=open(logs / f"sensor{site}.log", "wb"),
                 stderr=subprocess.STDOUT, env=env)
-        _wait_for(lambda: (logs / "controller.log").read_bytes().count(b"sensor connected") >= 2
+        _wait_for(lambda: sum((logs / f"{name}.log").read_bytes().count(b"sensor connected")
+                              for name in side.procs) >= side.links
                   and all(b"listening on" in (logs / f"tcpdump{s}.log").read_bytes() for s in "AB"),
                   30, "both sensors and both tcpdumps", logs, procs)
         time.sleep(0.5)                               # the sensors' capture handles are open
@@ -440,7 +465,7 @@ def run_lab(tmp: Path, calls: Calls, call_ids: Iterable[str]) -> LabRun:
         if all(rc == 0 for rc in sipp_rc.values()):
             _wait_for(all_recorded, 30, "a recording of every call", logs, procs)
         time.sleep(1.0)                               # nothing else is still being written
-        ctl = subprocess.run([sys.executable, "-m", "cli.ctl", "fleet", "--controller", listen,
+        ctl = subprocess.run([sys.executable, "-m", "cli.ctl", "fleet", *side.ctl_args,
                               "--insecure", "-o", "json"], cwd=REPO, capture_output=True, text=True,
                              timeout=30, env=env)
         assert ctl.returncode == 0, ctl.stderr
@@ -456,10 +481,11 @@ def run_lab(tmp: Path, calls: Calls, call_ids: Iterable[str]) -> LabRun:
         for name in ("sensorA", "sensorB"):
             if name in procs:
                 stop(procs[name])
-        if "controller" in procs:
-            controller_rc = stop(procs["controller"])
+        for name in [n for n in procs if n.startswith("controller")]:
+            controller_rc[name] = stop(procs[name])
         ctx.__exit__(None, None, None)
-    assert controller_rc == 0, _tail(logs / "controller.log")
+    for name, rc in controller_rc.items():
+        assert rc == 0, _tail(logs / f"{name}.log")
 
     recordings = [Recording(p.parent, json.loads(p.read_text())) for p in sorted(out.rglob("call.json"))]
     mirrors = Mirrors({site: tshark_packets(tmp / f"mirror{site}.pcap") for site in ("A", "B")})
