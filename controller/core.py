@@ -268,8 +268,10 @@ class Recorder:
 
     # -- sensor events -------------------------------------------------
     def sensor_hello(self, sensor_id: str, *, session: str, site: str = "", version: str = "",
-                     mode: str = "live") -> int:
-        """Registers a (re)connecting sensor; returns the seq already acknowledged."""
+                     mode: str = "live", clock_ns: int = 0) -> int:
+        """Registers a (re)connecting sensor; returns the seq already acknowledged.
+        `clock_ns`: a live sensor's clock when it said Hello (its first offset
+        sample, sensortime.WallOffset.hello)."""
         with self._lock:
             self._log(HELLO, {"sensor_id": sensor_id, "session": session, "site": site,
                               "version": version, "mode": mode})
@@ -280,6 +282,8 @@ class Recorder:
             st.connected = True
             st.ended = False
             st.last_seen = time.time()
+            if clock_ns and self.wall_clock and mode == "live" and not self._replaying:
+                st.wall.hello(clock_ns)
             self._bind_site(st)
             self.merger.add_source(sensor_id)
             if self.wal is not None and not self._replaying:

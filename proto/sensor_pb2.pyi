@@ -19,7 +19,7 @@ class SensorMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., end: _Optional[_Union[EndOfCapture, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("sensor_id", "site", "version", "interfaces", "session", "mode", "acked_seq", "ring")
+    __slots__ = ("sensor_id", "site", "version", "interfaces", "session", "mode", "acked_seq", "ring", "clock_ns")
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class Hello(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
     RING_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_NS_FIELD_NUMBER: _ClassVar[int]
     sensor_id: str
     site: str
     version: str
@@ -36,7 +37,8 @@ class Hello(_message.Message):
     mode: str
     acked_seq: int
     ring: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., interfaces: _Optional[_Iterable[str]] = ..., session: _Optional[str] = ..., mode: _Optional[str] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Iterable[str]] = ...) -> None: ...
+    clock_ns: int
+    def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., interfaces: _Optional[_Iterable[str]] = ..., session: _Optional[str] = ..., mode: _Optional[str] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Iterable[str]] = ..., clock_ns: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
     __slots__ = ("seq", "sensor_id", "linktype", "timestamps_ns", "lengths", "data", "wire_lengths", "broadcast")

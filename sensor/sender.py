@@ -512,7 +512,9 @@ class Sender:
         hello = sensor_pb2.Hello(sensor_id=self.sensor_id, site=self.site, version=VERSION,
                                  interfaces=list(self.interfaces), session=self.session,
                                  mode=self.mode, acked_seq=self.outbox.acked_seq,
-                                 ring=sorted(self.ring() if callable(self.ring) else self.ring))
+                                 ring=sorted(self.ring() if callable(self.ring) else self.ring),
+                                 # a live sensor's clock now: its first packets are corrected too
+                                 clock_ns=time.time_ns() if self.mode == "live" else 0)
         yield sensor_pb2.SensorMessage(hello=hello).SerializeToString()
         self._link_lost = time.monotonic()
         sent_upto = self.outbox.acked_seq

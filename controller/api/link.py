@@ -249,7 +249,8 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                         self.links.opened(h.sensor_id, context.peer(), identity or "")
                     sensor_id = h.sensor_id
                     acked = rec.sensor_hello(sensor_id, session=h.session, site=h.site,
-                                             version=h.version, mode=h.mode or "live")
+                                             version=h.version, mode=h.mode or "live",
+                                             clock_ns=h.clock_ns)
                     log.info("sensor connected", extra={"sensor_id": sensor_id, "site": h.site,
                                                         "mode": h.mode, "acked_seq": acked})
                     yield sensor_pb2.ControllerMessage(ack=sensor_pb2.Ack(seq=acked))

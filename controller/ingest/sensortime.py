@@ -112,6 +112,22 @@ class WallOffset:
             "bound_s": REFUSE_BEYOND_S})
         return ts_out, len_out, b"".join(parts)
 
+    def hello(self, clock_ns: int) -> None:
+        """The sensor's clock when it said Hello (sent as the stream opens, before
+        any batch: no queue, no spool in the way). Before the first decision, one
+        more than `tolerance_s` off decides at once: without it the first batches
+        of a sensor an hour behind would go in uncorrected (its first INVITE an
+        hour before the rest of its call, which would then end the call). A
+        spool backlog sent after it keeps its times: the Hello clock is current."""
+        if clock_ns < MIN_PLAUSIBLE_NS:
+            self.refused_heartbeats += 1
+            return
+        sample = self.wall() - clock_ns
+        self._beat.append(sample)
+        if not self.decided:
+            self._set(sample)
+            self.decided = True
+
     def heartbeat(self, clock_ns: int) -> int | None:
         """The heartbeat's clock on the controller's scale, or None when refused."""
         if clock_ns < MIN_PLAUSIBLE_NS:

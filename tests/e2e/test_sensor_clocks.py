@@ -43,7 +43,8 @@ class LiveSensor(threading.Thread):
 
     def _messages(self):
         yield sensor_pb2.SensorMessage(hello=sensor_pb2.Hello(
-            sensor_id=self.sid, session=uuid.uuid4().hex, mode="live", version="test"))
+            sensor_id=self.sid, session=uuid.uuid4().hex, mode="live", version="test",
+            clock_ns=0 if self.zero_clock else time.time_ns() + self.skew))   # as a real sensor
         t0 = time.time_ns()
         base = self.frames[0][0] if self.frames else 0
         seq, i, beat = 0, 0, 0.0

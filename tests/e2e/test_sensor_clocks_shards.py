@@ -105,7 +105,7 @@ class ShardedLiveSensor:
     def _requests(self, i: int):
         yield sensor_pb2.SensorMessage(hello=sensor_pb2.Hello(
             sensor_id=self.sid, session=self.session, mode="live", version="test",
-            ring=self.ids))
+            ring=self.ids, clock_ns=0 if self.zero_clock else time.time_ns() + self.skew))
         q = self._queues[i]
         while True:
             msg = q.get()
@@ -420,18 +420,10 @@ def test_skewed_and_zero_clock_sensors_hold_nobody(skew_run: SkewRun) -> None:
     assert run.controllers_alive
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug (regression of 890e9cf, 'a call ends before any packet stamped after its "
-    "deadline'): a live sensor an hour behind sends its first INVITE before the controller "
-    "has decided its clock offset (controller/ingest/sensortime.py WallOffset needs 3 "
-    "agreeing samples; until then offset 0), so the INVITE is stamped an hour in the past; "
-    "the next, corrected packet of the call is past that call's deadline, CallEngine.end_due "
-    "ends it ('incomplete', end_reason 'timeout', 1 SIP packet) and the rest of the call is "
-    "a second recording picked up mid-call. The same split in "
-    "tests/e2e/test_sensor_clocks.py::test_skewed_and_zero_clock_sensors_hold_nobody "
-    "(one controller: 5 recordings for 4 calls)."))
 def test_skewed_sensor_calls_recorded_once(skew_run: SkewRun) -> None:
-    """The hour-behind sensor's own calls: each recorded once, whole, by its owner."""
+    """The hour-behind sensor's own calls: each recorded once, whole, by its owner
+    (its Hello carries its clock, as a real sensor's does: its first INVITE is
+    corrected too — without that it went in an hour early and its call was split)."""
     run = skew_run
     for cid, owner in run.slow.items():
         docs = [d for d in run.docs if d["call_ids"][0] == cid]
