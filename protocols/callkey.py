@@ -12,14 +12,13 @@ Two uses of one parser:
 
 The routing key is the Call-ID, or for a leg whose SIP names another leg's
 Call-ID (``X-Call-ID``, ``X-CID``, ``--leg-header``) the key of that leg: a
-B2BUA's second leg goes where its first went.  A sensor also
-routes an initial INVITE whose SDP origin (``o=`` with 6 digits or more) an
-earlier INVITE carried with that INVITE's key (an SBC passing the offer
-unchanged: `RouteTable(origins=True)`). Session-ID and
-P-Charging-Vector icid are *not* routing keys: a proxy may add either to a
+B2BUA's second leg goes where its first went.  Session-ID,
+P-Charging-Vector icid and the SDP origin are *not* routing keys: a proxy may add either to a
 dialog half-way through its path (the same Call-ID seen before and after it
-would then go to two shards); legs linked only by them, by SDP origin or by
-relayed media merge when they land on one shard (docs/DECISIONS.md
+would then go to two shards), and an origin is known only to the sensors that
+saw the earlier INVITE (two sensors would key one dialog two ways; sipp and
+many phones also reuse one origin for every call); legs linked only by them or
+by relayed media merge when they land on one shard (docs/DECISIONS.md
 "Sharding").  A routing key is sticky per Call-ID in a bounded table, so a
 message that names nothing (a BYE) follows its dialog's first message.
 """
@@ -126,8 +125,10 @@ def sdp_origin_key(sdp: bytes) -> tuple[LegKey, str] | None:
 
 
 def media_key(a: bytes, a_port: int, b: bytes, b_port: int) -> str:
-    """Routing key of media no SDP announced: its two endpoints, in either direction."""
-    x, y = (a, a_port), (b, b_port)
+    """Routing key of media no SDP announced: its two endpoints, in either direction,
+    each port rounded down to even so a flow's RTCP (port + 1, RFC 3550) goes
+    with its RTP."""
+    x, y = (a, a_port & ~1), (b, b_port & ~1)
     lo, hi = (x, y) if x <= y else (y, x)
     return f"m:{lo[0].hex()}:{lo[1]}-{hi[0].hex()}:{hi[1]}"
 
@@ -139,15 +140,10 @@ class RouteTable:
     key unless the dialog was named by another)."""
 
     def __init__(self, leg_headers: Iterable[str] = ("x-call-id", "x-cid"),
-                 max_entries: int = 200_000, *, origins: bool = False) -> None:
+                 max_entries: int = 200_000) -> None:
         self.leg_headers = tuple(h.lower() for h in leg_headers)
         self.max_entries = max_entries
         self._keys: dict[str, str] = {}
-        #: with `origins`: the SDP origin of dialogs' initial INVITEs -> their key, so a
-        #: B2BUA leg passing the offer's origin unchanged follows the first leg (a
-        #: sensor's own knowledge: shards deciding broadcast messages must not use it,
-        #: each would know other origins and two could claim one message)
-        self._origins: dict[str, str] | None = {} if origins else None
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -161,19 +157,6 @@ class RouteTable:
         named = named_call_id(msg, self.leg_headers)
         if named is not None:
             key = self._keys.get(named) or named
-        elif self._origins is not None and msg.method == "INVITE" and b"o=" in msg.body:
-            found = sdp_origin_key(msg.body)
-            key = cid
-            if found is not None:
-                origins = self._origins
-                origin = found[0][1]
-                known = origins.get(origin)
-                if known is not None:
-                    key = known
-                else:
-                    if len(origins) >= self.max_entries:
-                        del origins[next(iter(origins))]
-                    origins[origin] = cid
         else:
             key = cid
         self.bind(cid, key)

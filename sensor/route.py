@@ -55,9 +55,6 @@ _NS = 1_000_000_000
 _UDP, _TCP = 17, 6
 _REFRESH_NS = 60 * _NS      # rewrite an endpoint's last-seen time at most once a minute
 _SWEEP_NS = 60 * _NS
-# a media flow no SDP named goes with the call whose SDP named a port this close on
-# the same host (RTP/RTCP pairs of a relay's two sides: +-1..+-3), nearest first
-_NEIGHBOURS = (-2, 2, -1, 1, -3, 3)
 _FRAG_TTL_NS = 30 * _NS
 _MAX_SIP_DATAGRAM = 65535
 _CALL_ID_RE = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?\n", re.IGNORECASE)
@@ -78,7 +75,6 @@ class RouterCounters:
     endpoints_expected: int = 0      # media endpoints mapped from a shard's Expect
     sip_by_regex: int = 0            # SIP whose Call-ID came from the regex (cut or malformed)
     sip_broadcast: int = 0           # SIP over UDP without any Call-ID: broadcast
-    neighbour_flows: int = 0         # media flows no SDP named, sent with a port neighbour's call
 
 
 class _Frag:
@@ -118,7 +114,7 @@ class ShardRouter:
                  ttl_s: float = 7200.0, max_endpoints: int = 200_000,
                  max_fragments: int = 4096) -> None:
         self.ring = ring
-        self.routes = RouteTable(leg_headers, origins=True)
+        self.routes = RouteTable(leg_headers)
         self.counters = RouterCounters(routed=[0] * len(ring))
         self._ttl_ns = int(ttl_s * _NS)
         self._max_endpoints = max_endpoints
@@ -398,24 +394,10 @@ class ShardRouter:
                     self.counters.endpoints_expected += 1   # pinned (new or moved)
 
     def _flow(self, fk: tuple[bytes, int, bytes, int]) -> int:
-        """Shard of a media flow no SDP named: with the call whose SDP named a port
-        next to one of its ends on the same host (a media relay or gateway takes
-        consecutive ports for the two sides of one call: the relay leg can then be
-        merged with its call by relayed media), else by its endpoint pair."""
-        shard = -1
-        ep_get = self._endpoints.get
-        src, sport, dst, dport = fk
-        for addr, port in ((dst, dport), (src, sport)):
-            for delta in _NEIGHBOURS:
-                e = ep_get((addr, port + delta))
-                if e is not None:
-                    shard = e[0]
-                    break
-            if shard >= 0:
-                self.counters.neighbour_flows += 1
-                break
-        if shard < 0:
-            shard = self.ring.owner(media_key(*fk))
+        """Shard of a media flow no SDP named: by its endpoint pair, the same on every
+        sensor (a rule using this sensor's own SDP knowledge — e.g. a neighbouring
+        port of a known endpoint — would send two mirrors' copies to two shards)."""
+        shard = self.ring.owner(media_key(*fk))
         flows = self._flows
         if len(flows) >= self._max_flows:
             del flows[next(iter(flows))]

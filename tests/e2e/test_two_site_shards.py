@@ -18,17 +18,15 @@ and sipp/b2bua_origin_leg2_uac.xml), which one controller merges by that origin.
 Which shard wrote each recording comes from the shards' JSON log lines
 ("recording written" carries the shard's ``shard_id``). Where each sensor routes a
 call is computed here from its own mirror capture with the product's routing
-table (protocols.callkey.RouteTable with the sensors' origin rule) and ring
-(registry.ring.Ring over the real shard ids): a call whose packets the two sensors
-route to two shards cannot be deduplicated or whole on either.
+table (protocols.callkey.RouteTable) and ring (registry.ring.Ring over the real
+shard ids): no Call-ID may go to two shards (that call could be neither
+deduplicated nor whole).
 
-Known product bug (docs/DECISIONS.md "Sharding: the two-site lab"): the sensors'
-SDP-origin routing splits a dialog over two shards when the two sensors saw
-different INVITEs, so in each lab one call is always split (static: the cross
-call or the X-Call-ID leg 2, depending on which of a1's INVITEs sensor A saw
-first; etcd: the SDP-origin leg 2). ``test_every_call_is_one_whole_recording`` is
-xfail(strict=True) for it; every call the sensors sent to one shard is checked in
-full by ``test_call_routed_to_one_shard_is_one_whole_recording``.
+The lab found a defect, since fixed: the sensors used to route an INVITE by an SDP
+origin an earlier INVITE *they* saw carried (sipp reuses one origin for all of
+a1's calls), so two sensors keyed one dialog two ways. SDP origin is no routing
+key now; the origin pair is one recording when its legs' Call-IDs have one owner
+and two whole ones otherwise (the etcd ring), as docs/DECISIONS.md "Sharding" says.
 
 Each lab runs once per module (~25 s static, ~35 s etcd).
 """
@@ -217,6 +215,12 @@ class ShardedRun:
                 out[name] = sorted(shards)
         return out
 
+    def dialogs_split(self) -> dict[str, dict[str, set[str]]]:
+        """Call-IDs whose SIP the sensors sent to more than one shard: never (one
+        dialog, one key on every sensor)."""
+        return {cid: dict(sites) for cid, sites in self.routed.items()
+                if len({s for per_site in sites.values() for s in per_site}) > 1}
+
     def view(self, call_ids: Iterable[str]) -> LabRun:
         """The lab run as test_two_site's assertions see it: only the recordings of
         these calls."""
@@ -237,11 +241,11 @@ def recording_shards(logs: Path) -> dict[str, str]:
 
 def sensor_routes(run: LabRun, shards: list[Shard]) -> dict[str, dict[str, set[str]]]:
     """Where each site's sensor sends each Call-ID's SIP: its mirror's SIP messages in
-    capture order through the sensors' routing table (leg headers, SDP origins) and
+    capture order through the sensors' routing table (leg headers) and
     the ring of these shards -- what sensor/route.py computes."""
     out: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for site, packets in run.mirrors.by_site.items():
-        table, ring = RouteTable(origins=True), Ring(list(shards))
+        table, ring = RouteTable(), Ring(list(shards))
         for p in sorted(packets, key=lambda p: p.ts_ns):
             if not p.call_id:
                 continue
@@ -342,17 +346,6 @@ def check_fleet_duplicates(sr: ShardedRun) -> None:
 
 SHARD_IDS = {"static": ["shard-0", "shard-1"], "etcd": ["A-0", "A-1", "B-0", "B-1"]}
 
-ORIGIN_ROUTING_BUG = (
-    "sensors route by SDP origin with their own knowledge only (protocols/callkey.py "
-    "RouteTable(origins=True) in sensor/route.py ShardRouter): an INVITE whose o= username, session "
-    "id and version an earlier INVITE *this sensor* saw carried is keyed like that INVITE -- with no "
-    "address or time condition -- so two sensors that saw different INVITEs send one dialog to two "
-    "shards: the dialog is two partial recordings and its copies from the two sites are not "
-    "deduplicated. Static ring: a1's calls share sipp's o=user1 53655765 2353687637, sensor A keys "
-    "them (and, through the sticky table, the X-Call-ID leg 2) by the first one it saw, sensor B by "
-    "their own Call-IDs; etcd ring: leg 2 of the SDP-origin pair (sensor B never saw leg 1)")
-
-
 def test_lab_ran_every_call_and_mirrored_it(sharded: ShardedRun) -> None:
     """Preconditions, as in test_two_site, and for the SDP-origin pair; the ring is
     the shards of the run."""
@@ -412,14 +405,25 @@ def test_call_routed_to_one_shard_is_one_whole_recording(sharded: ShardedRun, na
     check_call(sharded, name)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=ORIGIN_ROUTING_BUG)
 def test_every_call_is_one_whole_recording(sharded: ShardedRun) -> None:
     """The single-controller result for the whole lab: every call once, whole, and the
-    duplicate counters equal to what was mirrored twice."""
+    duplicate counters equal to what was mirrored twice — with the one documented
+    difference: a pair linked only by SDP origin whose Call-IDs have different
+    owners is two recordings, each leg whole (docs/DECISIONS.md "Sharding")."""
+    assert not sharded.dialogs_split(), sharded.dialogs_split()
+    apart = owners(sharded.shards, ORIGIN_PAIR)
     for name in CALLS:
+        if name == "sdp-origin pair" and apart[0] != apart[1]:
+            for leg in ORIGIN_PAIR:
+                view = sharded.view([leg])
+                rec = only_recording(view, leg)
+                assert rec.call_ids == [leg] and rec.meta["legs"][0]["relation"] is None
+                got: Counter[Key] = Counter(p.key for p in pcap_keys(rec))
+                assert got == view.mirrors.union([leg]), leg
+                check_pcap_once(view, rec, [leg])
+            continue
         check_call(sharded, name)
     check_fleet_duplicates(sharded)
-    assert not sharded.routed_apart()
 
 
 # -- how often two legs have different owners --------------------------------------------------
