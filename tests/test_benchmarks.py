@@ -99,8 +99,13 @@ def test_bench_capture_live_tiny() -> None:
     require_tool("tcpdump")
     out = _run([PY, "scripts/bench-capture", "--seconds", "0.5", "--rates", "2000",
                 "--tools", "tcpdump,live,classify,sensor"], timeout=300)
+    rows = {ln.split()[0]: ln.split() for ln in out.stdout.splitlines()
+            if ln.split() and ln.split()[0] in ("tcpdump", "live", "classify", "sensor")}
     for tool in ("tcpdump", "live", "classify", "sensor"):
-        assert tool in out.stdout, out.stdout
+        assert tool in rows, out.stdout
+        # each tool really captured (a sensor that cannot connect or filters the
+        # traffic out reports 0: the rot the issue found)
+        assert int(rows[tool][4]) > 0, out.stdout
 
 
 def test_bench_shards_tiny() -> None:
