@@ -134,3 +134,6 @@ class Ring:
             if s.shard_id == shard_id:
                 self._owners[key] = i
                 return
+
+    def forget(self, key: str) -> None:
+        self._owners.pop(key, None)
