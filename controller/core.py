@@ -749,7 +749,7 @@ class Recorder:
         engine_duplicate = self.engine.duplicate
         next_advance = self._next_advance
         lag = self.merger.max_lag_ns if self.merger.timelines else 1 << 62
-        heap = self.engine._heap       # deadlines: a call ends before a packet stamped after it
+        heap = self.engine.deadlines   # a call ends before a packet stamped after its deadline
         end_due = self.engine.end_due
         errors = 0
         site_ranges = self._site_ranges      # empty unless some site has address ranges

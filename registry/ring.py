@@ -134,6 +134,3 @@ class Ring:
             if s.shard_id == shard_id:
                 self._owners[key] = i
                 return
-
-    def forget(self, key: str) -> None:
-        self._owners.pop(key, None)

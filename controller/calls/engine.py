@@ -861,11 +861,11 @@ class CallEngine:
         return out
 
     @property
-    def next_deadline(self) -> int:
-        """The earliest scheduled deadline (may be stale: a call's deadline only
-        moves later, or is rescheduled earlier with a new entry); 1 << 62 when none."""
-        heap = self._heap
-        return heap[0][0] if heap else 1 << 62
+    def deadlines(self) -> list:
+        """The heap of (deadline, n, call), earliest first — entries may be stale
+        (a call's deadline only moves later, or is rescheduled earlier with a new
+        entry). The same list for the engine's life: it is compacted in place."""
+        return self._heap
 
     def end_due(self, now_ns: int, elsewhere: frozenset[str] = frozenset()) -> list[FinishedCall]:
         """End the calls whose deadline is at or before `now_ns`, nothing else.
@@ -1128,7 +1128,8 @@ class CallEngine:
         call.frame_ts, call.frame_data, call.streams, call.tcp_frames, call.spill = [], [], {}, None, None
         call.legs = {}
         if len(self._heap) > 4 * len(self.table) + 4096:
-            self._heap = [e for e in self._heap if not e[2].done]
+            # in place: the Recorder holds this list (`deadlines`) through a batch
+            self._heap[:] = [e for e in self._heap if not e[2].done]
             heapq.heapify(self._heap)
 
     # -- status ---------------------------------------------------------------
