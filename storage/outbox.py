@@ -59,6 +59,8 @@ class OutboxStore:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._busy = 0
+        self._uploading: set[str] = set()   # prefixes an uploader thread has in hand
+        self._again: set[str] = set()       # ... and that were queued again meanwhile
         self._stop = threading.Event()
         try:
             filemodes.private_dir(self.dir)
@@ -191,6 +193,12 @@ class OutboxStore:
                 return
             with self._lock:
                 self._queued.discard(prefix)
+                if prefix in self._uploading:
+                    # One recording is uploaded by one thread at a time: two puts
+                    # of it in flight could land in either order, the older last.
+                    self._again.add(prefix)
+                    continue
+                self._uploading.add(prefix)
                 self._busy += 1
             try:
                 self._upload(prefix)
@@ -201,6 +209,11 @@ class OutboxStore:
                     log.exception("outbox: upload failed", extra={"prefix": prefix})
             finally:
                 with self._idle:
+                    self._uploading.discard(prefix)
+                    if prefix in self._again:
+                        self._again.discard(prefix)
+                        self._queued.add(prefix)
+                        self._queue.put(prefix)
                     self._busy -= 1
                     self._idle.notify_all()
 

@@ -214,3 +214,40 @@ def test_large_files_go_through_the_outbox_as_files(tmp_path: Path) -> None:
     assert target.get(P1, "call.pcap") == data and big.exists()
     assert bytes in seen and any(issubclass(t, Path) for t in seen)
     box.stop()
+
+
+class SlowFirstPut(FlakyStore):
+    """The first put blocks until `release` is set (a slow upload in flight)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.release = threading.Event()
+        self.first_started = threading.Event()
+
+    def put(self, prefix: str, files: dict[str, bytes]) -> str:
+        if not self.first_started.is_set():
+            self.first_started.set()
+            assert self.release.wait(10)
+        return super().put(prefix, files)
+
+    def add(self, prefix: str, files: dict[str, bytes]) -> str:
+        return self.inner.add(prefix, files)
+
+
+def test_a_version_queued_during_its_upload_lands_last(tmp_path: Path) -> None:
+    """A recording updated while its first version is still uploading (late
+    packets added to a just-finished call): the store ends with the newer one,
+    whatever the uploader threads do — never the older version written last."""
+    target = SlowFirstPut(tmp_path / "store")
+    box = OutboxStore(target, tmp_path / "outbox", threads=2, initial_wait=0.01, max_wait=0.05)
+    box.start()
+    box.put(P1, FILES)
+    assert target.first_started.wait(10)
+    box.add(P1, {"late-1.pcap": b"late"})
+    time.sleep(0.3)          # a second uploader thread is free meanwhile
+    target.release.set()
+    assert box.drain(10)
+    box.stop()
+    folder = tmp_path / "store" / P1
+    assert sorted(p.name for p in folder.iterdir()) == ["call.json", "call.pcap", "late-1.pcap"]
+    assert _entries(tmp_path / "outbox") == []
