@@ -120,8 +120,9 @@ def cli() -> None:
               show_default=True, help="How the list of recorded calls is printed on stdout.")
 @click.option("--no-progress", is_flag=True, help="Do not show the progress bars on stderr.")
 @click.option("--shards", type=click.IntRange(0, 256),
-              help="Controller shard processes (default 1: the controller runs in this "
-                   "process); calls are split over them by the sensors. 0: one per core.")
+              help="Controller shard processes; calls are split over them by the sensors. "
+                   "Default (or 0): the cores available less one per FILE (its sensor), at most "
+                   "3 per FILE, and 1 (the controller in this process) for inputs under 32 MiB.")
 @_audio_format_option
 @_with_rules
 @_config_option
@@ -193,13 +194,14 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
                                       "source and destination are both outside its site's ranges "
                                       "are dropped and counted (default off).")
 @click.option("--shards", type=click.IntRange(0, 256),
-              help="Run N shard processes of one logical controller (default 1: this process "
-                   "alone). Shard i is 'shard-<i>' on --listen PORT+i with --state-dir DIR/shard-<i> "
-                   "(health/metrics ports +i too); a shard that dies is restarted with its state. "
-                   "Sensors must be given every shard (the list is printed at start: --controller "
-                   "shard-0=HOST:PORT,...), or with --etcd shard i is '<controller-id>-<i>', "
-                   "registered in etcd, and sensors with --etcd find every shard there. "
-                   "0: one per core.")
+              help="Run N shard processes of one logical controller (default, or 0: one per "
+                   "core available; 1 with --listen port 0). N > 1: shard i is 'shard-<i>' on "
+                   "--listen PORT+i with --state-dir DIR/shard-<i> (health/metrics ports +i too); a "
+                   "shard that dies is restarted with its state. A sensor given HOST:PORT alone "
+                   "learns the shards from it (or give every shard: --controller "
+                   "shard-0=HOST:PORT,..., printed at start); with --etcd shard i is "
+                   "'<controller-id>-<i>', registered in etcd, and sensors with --etcd find every "
+                   "shard there. 1: this process alone.")
 @click.option("--shard-id", help="This process is the shard ID of --shard-members, or with --etcd "
                                  "and no --shard-members, of the shards registered in etcd.")
 @click.option("--shard-grace", "shard_grace_s", type=float,

@@ -27,7 +27,7 @@ from controller.api.link import serve
 
 def run_record(settings: ControllerSettings, files: list[Path], *, fmt: str = "table",
                progress: bool = True) -> bool:
-    n = settings.shard_count()
+    n = settings.shard_count(len(files), sum(_size(p) for p in files))
     if n > 1:
         return run_record_sharded(settings, files, n, fmt=fmt, progress=progress)
     store = open_storage(settings)
@@ -40,6 +40,13 @@ def run_record(settings: ControllerSettings, files: list[Path], *, fmt: str = "t
     if stats_path:
         _write_stats(stats_path, recorder, time.monotonic() - t0, rss_start)
     return ok
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0        # the sensor says what is wrong with the file
 
 
 def _naming(path: Path, message: str) -> str:

@@ -96,6 +96,23 @@ class _Cluster(_Base):
         return f"{parse_mode(v):04o}"
 
 
+#: `spanrec record` inputs smaller than this run on one shard (shard_count)
+SMALL_INPUT_BYTES = 32 << 20
+
+
+def available_cores() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota
+    (a container's `cpu.max`, e.g. a Kubernetes CPU limit), at least 1."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 class ControllerSettings(_Cluster):
     listen: str = "0.0.0.0:7600"
     storage: str = "./recordings"
@@ -136,8 +153,9 @@ class ControllerSettings(_Cluster):
     shard_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     shard_members: str | None = None           # ID=HOST:PORT,... every shard of the ring
     # ... or a supervisor of N shard processes (`spanrec controller --shards N`,
-    # `spanrec record --shards N`); 0: the cores available
-    shards: int = Field(1, ge=0, le=256)
+    # `spanrec record --shards N`); 0 (the default): chosen from the cores available
+    # (`shard_count`, docs/DECISIONS.md "Sharding: how many shards by default")
+    shards: int = Field(0, ge=0, le=256)
     # shard membership through etcd (registry/shards.py): how long a shard whose record
     # vanished stays in the ring (expected back), and how long SIGTERM waits for calls
     shard_grace_s: float = Field(300.0, ge=0)
@@ -182,9 +200,25 @@ class ControllerSettings(_Cluster):
         """[(shard id, HOST:PORT)] of this shard's ring; [] when not sharded."""
         return parse_members(self.shard_members) if self.shard_members else []
 
-    def shard_count(self) -> int:
-        """--shards with 0 meaning the cores this process may run on."""
-        return self.shards or len(os.sched_getaffinity(0))
+    def shard_count(self, replay_files: int = 0, input_bytes: int = 0) -> int:
+        """--shards, or for 0 (the default) the cores available (`available_cores`):
+        `spanrec controller` one shard per core (one when it listens on port 0:
+        shards need PORT..PORT+N-1, or when it is one shard of a ring already);
+        `spanrec record` (`replay_files` > 0) leaves a core to each file's sensor
+        process, runs at most 3 shards per sensor (one sensor forwards ~200 k
+        packets per CPU second, one shard takes ~55-70 k: scripts/bench), and one
+        shard for inputs under SMALL_INPUT_BYTES (starting shard processes costs
+        more than they save)."""
+        if self.shards:
+            return self.shards
+        if self.shard_id or self.shard_members:
+            return 1
+        cores = available_cores()
+        if not replay_files:
+            return 1 if self.listen.rpartition(":")[2] == "0" else cores
+        if input_bytes < SMALL_INPUT_BYTES:
+            return 1
+        return max(1, min(cores - replay_files, 3 * replay_files))
 
     @field_validator("metrics_listen")
     @classmethod

@@ -6,6 +6,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class MembersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RingMember(_message.Message):
+    __slots__ = ("shard_id", "address", "state")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    shard_id: str
+    address: str
+    state: str
+    def __init__(self, shard_id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class RingMembers(_message.Message):
+    __slots__ = ("members", "dynamic", "leg_headers")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_FIELD_NUMBER: _ClassVar[int]
+    LEG_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[RingMember]
+    dynamic: bool
+    leg_headers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, members: _Optional[_Iterable[_Union[RingMember, _Mapping]]] = ..., dynamic: _Optional[bool] = ..., leg_headers: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SensorMessage(_message.Message):
     __slots__ = ("hello", "batch", "heartbeat", "end")
     HELLO_FIELD_NUMBER: _ClassVar[int]

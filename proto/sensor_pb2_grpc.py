@@ -39,6 +39,11 @@ class SensorLinkStub:
                 request_serializer=proto_dot_sensor__pb2.SensorMessage.SerializeToString,
                 response_deserializer=proto_dot_sensor__pb2.ControllerMessage.FromString,
                 _registered_method=True)
+        self.Members = channel.unary_unary(
+                '/spanrec.v1.SensorLink/Members',
+                request_serializer=proto_dot_sensor__pb2.MembersRequest.SerializeToString,
+                response_deserializer=proto_dot_sensor__pb2.RingMembers.FromString,
+                _registered_method=True)
 
 
 class SensorLinkServicer:
@@ -50,6 +55,15 @@ class SensorLinkServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Members(self, request, context):
+        """The shards of the logical controller this one belongs to: a sensor given
+        one controller address learns from it whether to route calls over shards
+        (sensor/discover.py). Older controllers answer UNIMPLEMENTED: one controller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SensorLinkServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +71,11 @@ def add_SensorLinkServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=proto_dot_sensor__pb2.SensorMessage.FromString,
                     response_serializer=proto_dot_sensor__pb2.ControllerMessage.SerializeToString,
+            ),
+            'Members': grpc.unary_unary_rpc_method_handler(
+                    servicer.Members,
+                    request_deserializer=proto_dot_sensor__pb2.MembersRequest.FromString,
+                    response_serializer=proto_dot_sensor__pb2.RingMembers.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class SensorLink:
             '/spanrec.v1.SensorLink/Stream',
             proto_dot_sensor__pb2.SensorMessage.SerializeToString,
             proto_dot_sensor__pb2.ControllerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Members(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spanrec.v1.SensorLink/Members',
+            proto_dot_sensor__pb2.MembersRequest.SerializeToString,
+            proto_dot_sensor__pb2.RingMembers.FromString,
             options,
             channel_credentials,
             insecure,

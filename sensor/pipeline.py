@@ -20,6 +20,7 @@ none of this exists: no router, no extra decode, `Hello.ring` empty.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -343,8 +344,13 @@ class ShardedSender:
 def unacked_batches(sender: Sender) -> list[tuple[int, list[tuple[int, bytes]], bool]]:
     """(linktype, frames, broadcast) of every batch `sender` holds unacknowledged
     (in memory or in its spool), in order."""
+    return outbox_batches(sender.outbox)
+
+
+def outbox_batches(outbox: Any) -> list[tuple[int, list[tuple[int, bytes]], bool]]:
+    """(linktype, frames, broadcast) of every unacknowledged batch of an
+    `Outbox` or `SpoolOutbox`, in order."""
     out: list[tuple[int, list[tuple[int, bytes]], bool]] = []
-    outbox = sender.outbox
     seq = outbox.acked_seq
     while True:
         items = outbox.after(seq, 256)
@@ -362,6 +368,52 @@ def unacked_batches(sender: Sender) -> list[tuple[int, list[tuple[int, bytes]], 
                     off += n
                 out.append((b.linktype, frames, b.broadcast))
             seq = item.seq
+
+
+def reroute_stranded(opts: SensorOptions, ring_ids: set[str] | None, sender: Any) -> int:
+    """A live sensor whose controller changed shape between two runs (one
+    controller -> shards, shards -> one, a shard gone) finds batches in spool
+    folders it no longer sends from: `<spool_dir>/<sensor_id>/` itself (sent to
+    one controller) or `<sensor_id>/<shard_id>/` of a shard not in `ring_ids`
+    (None: one controller now). They go through `sender` (routed to their calls'
+    shards now) before capture starts; then the old folder is emptied. A crash
+    between the two sends copies twice (the controller drops them), never none.
+    Returns the packets moved."""
+    if not opts.spool_dir or opts.pcap:
+        return 0
+    base = Path(opts.spool_dir) / opts.sensor_id
+    folders: list[Path] = []
+    if ring_ids is not None:
+        folders.append(base)               # what went to one controller
+    if base.is_dir():
+        folders += sorted(d for d in base.iterdir()
+                          if d.is_dir() and (ring_ids is None or d.name not in ring_ids)
+                          and any(d.glob("*.seg")))
+    moved = 0
+    for folder in folders:
+        if not any(folder.glob("*.seg")):
+            continue
+        try:
+            spool = Spool(folder, opts.spool_max_bytes)
+        except SpoolError as exc:
+            log.error("cannot open a spool folder left by another controller layout",
+                      extra={"spool": str(folder), "error": str(exc)})
+            continue
+        try:
+            from sensor.sender import SpoolOutbox
+            batches = outbox_batches(SpoolOutbox(spool))
+            packets = sum(len(frames) for _, frames, _b in batches)
+            for linktype, frames, _broadcast in batches:
+                sender.submit(linktype, frames)
+            if batches:
+                log.warning("batches spooled for another controller layout resent to the "
+                            "controller's shards now", extra={
+                                "spool": str(folder), "batches": len(batches), "packets": packets})
+            spool.clear()
+            moved += packets
+        finally:
+            spool.close(remove_if_empty=folder != base)
+    return moved
 
 
 def _split_at(frames: list, start: int, cuts: list[int]) -> list[tuple[list, int]]:
@@ -405,6 +457,24 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         ring_shards = watch.current()[1]
         if not ring_shards:
             watch = None
+    seed = None
+    if opts.controller and len(shards) == 1 and shards[0][0] == shards[0][1]:
+        # one address (not ID=HOST:PORT): ask it whether it is one shard of several
+        from sensor.discover import MEMBERS_FILE, SeedMembership
+        seed = SeedMembership(shards[0][1], Security.from_settings(opts).channel_credentials(),
+                              # live sensors only: a finished replay leaves no spool folder
+                              saved=Path(opts.spool_dir) / opts.sensor_id / MEMBERS_FILE
+                              if opts.spool_dir and not opts.pcap else None)
+        learnt = seed.first(min(opts.connect_timeout_s or 5.0, 5.0))
+        if len(learnt) > 1:
+            ring_shards = learnt
+            if seed.leg_headers:
+                opts = dataclasses.replace(opts, leg_headers=seed.leg_headers)
+            log.info("the controller is sharded: routing calls over its shards", extra={
+                "controller": seed.address, "shards": {s.shard_id: s.address for s in learnt}})
+        seed.start()
+    membership: Any = watch if watch is not None else \
+        (seed if seed is not None and len(ring_shards) > 1 else None)
     sharded = len(ring_shards) > 1 or watch is not None
     ring = Ring(ring_shards) if sharded else None
     spools: list[Spool | None] = []
@@ -422,6 +492,8 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
                 sp.close()
         if registry is not None:
             registry.stop()
+        if seed is not None:
+            seed.stop()
         raise
     spool = spools[0]
     classifier = Classifier(rtp_heuristics=opts.rtp_heuristics)
@@ -457,7 +529,7 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         from sensor.route import ShardRouter
         router = ShardRouter(ring, opts.leg_headers)
         # Hello.ring: the shard ids of the ring (from etcd: what this sensor knows now)
-        ids: Any = watch.ids if watch is not None else tuple(s.shard_id for s in ring.shards)
+        ids: Any = membership.ids if membership is not None else tuple(s.shard_id for s in ring.shards)
 
         def hints(sid: str):
             def on_expect(flows: list[tuple[bytes, int]]) -> None:
@@ -476,11 +548,16 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
             [Sender(shard.address, opts.sensor_id, spool=spools[i], on_expect=hints(shard.shard_id),
                     ring=ids, **common) for i, shard in enumerate(ring.shards)],
             router, resumes if opts.pcap else [0] * len(resumes),
-            membership=watch.current if watch is not None else None, make_sender=make_sender)
+            membership=membership.current if membership is not None else None,
+            make_sender=make_sender)
         log.info("routing calls over controller shards", extra={
             "shards": {s.shard_id: s.address for s in ring.shards},
-            "from": "etcd" if watch is not None else "--controller"})
+            "from": "etcd" if watch is not None else "the controller" if seed is not None
+            else "--controller"})
+    if seed is not None:
+        reroute_stranded(opts, {s.shard_id for s in ring.shards} if ring is not None else None, sender)
     sender.start()
+    resharded = ""        # one controller at start, shards now: the sensor restarts
     error = ""
     consumed = 0          # frames read from the source: the spool's resume cursor
     replay = isinstance(source, FileReplay)
@@ -489,8 +566,11 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         for frames in source.batches():
             if stop.is_set() or sender.done:
                 break
-            if watch is not None:
-                sender.sync()        # shards joined, left or came back (etcd)
+            if membership is not None:
+                sender.sync()        # shards joined, left or came back (etcd, the controller)
+            elif seed is not None and len(seed.current()[1]) > 1:
+                resharded = ", ".join(seed.ids())
+                break
             if replay:
                 sender.advance_clock(source.clock_ns)
             if not frames:
@@ -527,7 +607,9 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         sender.finish(error)
     completed = False
     try:
-        if mode == "replay":
+        if resharded:
+            pass                              # stopping: the spool keeps what was not sent
+        elif mode == "replay":
             while not sender.wait_done(0.5):
                 if stop.is_set():
                     break
@@ -554,9 +636,15 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         source.close()
         if registry is not None:
             registry.stop()
+        if seed is not None:
+            seed.stop()
         for sp in spools:
             if sp is not None:
                 if completed:
                     sp.set_source(None)     # the replay is done: a rerun starts from scratch
                 sp.close(remove_if_empty=True)
+    if resharded:
+        raise SensorFailed(
+            f"controller {seed.address} is sharded now (shards {resharded}): restart the sensor "
+            "to route calls over them (what it spooled is routed then)")
     return error

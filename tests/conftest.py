@@ -10,6 +10,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = Path(os.environ.get("SPANREC_CAPTURES", REPO.parent / "shared" / "captures"))
 
+# The controllers and record runs the tests start are one process each unless a
+# test asks for shards (--shards N): the default, one shard per core, changes with
+# the machine. tests/e2e/test_default_shards.py runs the default itself.
+os.environ.setdefault("SPANREC_SHARDS", "1")
+
 
 # Every public capture that holds SIP calls (SOURCES.md); the rest have none.
 CALL_CAPTURES = [

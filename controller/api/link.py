@@ -269,6 +269,19 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                 self.links.closed(sensor_id)
                 rec.sensor_disconnected(sensor_id)
 
+    async def Members(self, request: sensor_pb2.MembersRequest,
+                      context: grpc.aio.ServicerContext) -> sensor_pb2.RingMembers:
+        """The shards a sensor given this controller's address must route over
+        (none: one controller), and the routing leg headers."""
+        rec = self.recorder
+        shard = getattr(rec, "shard", None)
+        if shard is None:
+            return sensor_pb2.RingMembers()
+        return sensor_pb2.RingMembers(
+            members=[sensor_pb2.RingMember(shard_id=s.shard_id, address=s.address, state=s.state)
+                     for s in shard.members()],
+            dynamic=shard.dynamic, leg_headers=list(shard.leg_headers))
+
 
 _PLAIN = PeerIdentity("", "")
 _RECORDING_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{12}$")
@@ -327,7 +340,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         shard = getattr(self.recorder, "shard", None)
         if shard is not None:   # every shard and its address: spanrecctl's one view (issue #12)
             out.shard_members.extend(admin_pb2.ShardMember(shard_id=m.shard_id, address=m.address)
-                                     for m in sorted(shard.ring.shards, key=lambda m: m.shard_id))
+                                     for m in shard.members())
         members = self._members(out)
         for s in st["sensors"]:
             row = _sensor_status(s, self.links.view(s["sensor_id"]))

@@ -121,6 +121,12 @@ class ShardIdentity:
             self._sync()
             return sorted(s.shard_id for s in self.ring.shards)
 
+    def members(self) -> list[Shard]:
+        """Every shard of the ring (this one included), sorted by id."""
+        with self._lock:
+            self._sync()
+            return sorted(self.ring.shards, key=lambda s: s.shard_id)
+
     # -- ownership -----------------------------------------------------------
     def owns_key(self, key: str) -> bool:
         with self._lock:
