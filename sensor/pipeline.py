@@ -156,11 +156,11 @@ def watch_filter(registry, source: RefilterableCapture, flag_bpf: str | None) ->
         apply({"bpf": current})
 
 
-def open_source(opts: SensorOptions, fast_frames: int = 0) -> PacketSource:
+def open_source(opts: SensorOptions, fast_frames: int = 0, batch_size: int = 256) -> PacketSource:
     if opts.pcap:
         if not os.path.isfile(opts.pcap):
             raise SensorFailed(f"capture file not found: {opts.pcap}")
-        return FileReplay(opts.pcap, realtime=opts.realtime, fast_frames=fast_frames)
+        return FileReplay(opts.pcap, batch_size, realtime=opts.realtime, fast_frames=fast_frames)
     assert opts.interface
     try:
         # bpf=None lets the capture pick the default filter for the link type
@@ -485,7 +485,10 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
             spools.append(sp)
             resumes.append(res)
         resume = min(resumes)
-        source = open_source(opts, fast_frames=resume)
+        # a replay reads 256 frames per shard at a time: each shard's stream still
+        # gets batches of ~256 (gRPC's cost is per message; scripts/bench --shards)
+        source = open_source(opts, fast_frames=resume,
+                             batch_size=256 * (len(ring.shards) if ring is not None else 1))
     except BaseException:
         for sp in spools:
             if sp is not None:
