@@ -260,6 +260,10 @@ def controller(config_file: str | None, **flags: Any) -> None:
 @click.option("--snaplen", type=int, help="Bytes kept per packet in live capture (default 65535).")
 @click.option("--timeout-ms", type=int, help="libpcap read timeout: the most a packet waits in "
                                              "the kernel ring (default 10).")
+@click.option("--capture-buffer-mb", type=int,
+              help="Kernel capture ring in MiB (libpcap's buffer size; default 64): what absorbs "
+                   "a pause of the sensor. At low rates the ring lasts about "
+                   "(MiB / 0.125) x --timeout-ms: 64 MiB at 10 ms is 5 s.")
 @click.option("--connect-timeout", "connect_timeout_s", type=float,
               help="Give up when the controller is unreachable this long "
                    "(default: never for live capture, 30 s for a replay).")
@@ -304,7 +308,7 @@ def sensor(config_file: str | None, **flags: Any) -> None:
         sensor_id=settings.sensor_id, controller=settings.controller, site=settings.site,
         interface=settings.interface, pcap=str(settings.pcap) if settings.pcap else None,
         bpf=settings.bpf, snaplen=settings.snaplen, timeout_ms=settings.timeout_ms,
-        connect_timeout_s=connect_timeout, max_batches=settings.max_batches,
+        buffer_bytes=settings.capture_buffer_mb << 20, connect_timeout_s=connect_timeout, max_batches=settings.max_batches,
         spool_dir=str(settings.spool_dir), spool_max_bytes=int(settings.spool_max_mb * (1 << 20)),
         realtime=settings.realtime, etcd=settings.etcd, etcd_prefix=settings.etcd_prefix,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_ca=settings.tls_ca,

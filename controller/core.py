@@ -28,7 +28,7 @@ from controller.ingest.clock import SensorClock, call_clock
 from controller.ingest.sensortime import WallOffset
 from controller.ingest.dedup import DedupConfig, Deduplicator
 from controller.calls.hints import MediaHints
-from controller.calls.finished import iso_time
+from controller.calls.finished import FinishedCall, iso_time
 from controller.output.finalize import build_recording
 from controller.calls.late import LateFrames
 from controller.ingest.sitefilter import SiteNetworks
@@ -128,7 +128,10 @@ class RecordingWriter:
                                                          "error": str(exc)})
 
     def submit(self, calls: list) -> None:
+        now = time.monotonic()
         for call in calls:
+            if isinstance(call, FinishedCall):
+                call.queued_mono = now
             self._queue.put(call)
 
     def join(self) -> None:
@@ -173,7 +176,9 @@ class RecordingWriter:
                 if self.telemetry is not None and rec is not None:
                     try:
                         self.telemetry.call_stored(rec.metadata, call.started_ns, t1 - t0,
-                                                   time.monotonic() - t1, stored is not None)
+                                                   time.monotonic() - t1, stored is not None,
+                                                   queued_s=t0 - call.queued_mono
+                                                   if call.queued_mono else 0.0)
                     except Exception:  # noqa: BLE001 - telemetry never loses a recording
                         log.exception("telemetry failed")
                 if self.on_done is not None:

@@ -217,7 +217,8 @@ fi
 # -- apt ----------------------------------------------------------------------
 if [ "$DO_APT" = 1 ] && [ -z "$DESTDIR" ]; then
   command -v dpkg-query >/dev/null || die "not a Debian/Ubuntu system (no dpkg); use --no-apt"
-  # libpcap0.8 at run time; the rest builds python-libpcap's extension.
+  # libpcap0.8 at run time (loaded through ctypes: sensor/libpcap.py); the rest
+  # builds any dependency that has no wheel for this Python.
   missing=""
   for p in libpcap0.8 libpcap-dev gcc python3-dev python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -295,7 +296,7 @@ fi
 # the same version again (an upgrade from a checkout) still replaces the files
 "$PY" -m pip install "${pip_args[@]}" --no-deps --force-reinstall "$WHEEL" >"$WORK/pip.log" 2>&1 \
   || { tail -n 20 "$WORK/pip.log" >&2; die "pip install of $WHEEL failed"; }
-"$PY" -c "import pylibpcap, grpc, cli.main" 2>"$WORK/import.log" \
+"$PY" -c "import grpc, cli.main; from sensor.libpcap import _api; _api()" 2>"$WORK/import.log" \
   || { tail -n 5 "$WORK/import.log" >&2; die "the installed sensor does not import (libpcap missing?)"; }
 
 # -- directories, TLS files, config -------------------------------------------
@@ -398,7 +399,7 @@ except ConfigError as exc:
 
 # the service user can run it (an interpreter under /root, say, would not do)
 if [ -z "$DESTDIR" ] && command -v runuser >/dev/null; then
-  (cd / && runuser -u "$USER_NAME" -- "$PY" -c "import pylibpcap, cli.main") 2>"$WORK/user.log" \
+  (cd / && runuser -u "$USER_NAME" -- "$PY" -c "import cli.main; from sensor.libpcap import _api; _api()") 2>"$WORK/user.log" \
     || { tail -n 1 "$WORK/user.log" >&2; die "user $USER_NAME cannot run $PY (use --python with a system interpreter)"; }
 fi
 

@@ -1,10 +1,8 @@
 """Ask libpcap itself about an interface and a filter, with libpcap's own error text.
 
-Why: python-libpcap's ``Sniff`` reports a bad filter as "compile bpf_filter
-error." and a missing interface with an often empty message, and it does not
-expose ``pcap_datalink``. Calling the same shared libpcap through ctypes
-before opening the real capture gives the user a precise message (e.g.
-"syntax error in filter expression") and the true link type, without
+Why: a capture opened with a bad filter or interface should fail with
+libpcap's own text (e.g. "syntax error in filter expression") and the true
+link type, before the capture loop (sensor/libpcap.py) starts, without
 depending on tcpdump being installed on a sensor.
 """
 from __future__ import annotations

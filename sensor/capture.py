@@ -9,32 +9,25 @@ single packets: per-call overhead in Python is what limits a sensor, and the
 gRPC link sends batches anyway. Live capture yields ``[]`` at least every
 ``idle_s`` (200 ms) on a quiet link so the consumer can send heartbeats.
 
-Live capture design (measured, see ``scripts/bench-capture``): python-libpcap
-``Sniff`` with immediate mode OFF and a short timeout (10 ms). Immediate mode
-makes libpcap use fixed-size ring frames of ``snaplen`` bytes so its 2 MiB
-ring holds only a few dozen 64 KiB frames; without it TPACKET_V3 packs frames
-by their real size and the timeout bounds the latency. A dedicated daemon
-thread does nothing but iterate ``Sniff.capture()`` (which releases the GIL
-inside ``pcap_next``) and ``deque.append`` each packet tuple as is; the
-consumer pops up to ``max_batch`` at a time, converts timestamps, and sleeps
-``poll_s`` (5 ms) between batches so the reader drains the ring without GIL
-hand-offs. A ``deque`` is used because its append/popleft are atomic: no
-lock and no ``queue.Queue`` per packet. The reader cannot batch locally: on
-an idle link ``pcap_next`` blocks in libpcap (an empty TPACKET_V3 block never
-times out), so anything it held back would be stranded.
+Live capture design (issue #13, sensor/libpcap.py): libpcap's own loop, in C,
+writes pcap records into a pipe from a thread that holds no GIL
+(`pcap_loop` with `pcap_dump` as its callback); `batches()` reads the pipe
+in chunks of up to 1 MiB and cuts them into frames (one slice per frame).
+Python work (classification, gRPC, garbage collection) never delays the
+capture loop; a stall of the Python side fills the pipe, then the kernel
+ring, whose size is set (`buffer_bytes`, default 64 MiB; libpcap's default
+is 2 MiB). Kernel and interface drops come from `pcap_stats`. Timestamps are
+the kernel's, in nanoseconds.
 
-Limits (measured, see the report of scripts/bench-capture): libpcap's ring
-is 2 MiB (this binding cannot change it), about 7,000 RTP-sized frames, so
-any stall of the reader longer than ring/rate (~45 ms at 150 k packets/s)
-drops packets in the kernel; they are counted in ``stats().kernel_drops``.
-Every other busy Python thread in the process delays the reader (it needs
-the GIL back after each ``pcap_next``).
+The earlier design (python-libpcap's `Sniff` iterated by a Python thread)
+lost packets whenever another Python thread held the GIL and could not size
+the ring: docs/DECISIONS.md "Live capture in C".
 """
 from __future__ import annotations
 
-import threading
+import os
+import select
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from os import PathLike
@@ -46,6 +39,11 @@ from sensor.bpf import PcapProbeError, default_bpf, probe
 __all__ = ["CaptureError", "CaptureStats", "PacketSource", "LiveCapture", "FileReplay"]
 
 Frame = tuple[int, bytes]
+
+#: kernel ring of a live capture (--capture-buffer-mb): 64 MiB holds a 1 s stall
+#: at 10 k packets/s many times over (docs/BENCHMARK.md "Stalls")
+DEFAULT_BUFFER_BYTES = 64 << 20
+_READ_BYTES = 1 << 20
 
 
 class CaptureError(Exception):
@@ -75,30 +73,33 @@ class PacketSource(Protocol):
 
 
 class LiveCapture:
-    """Capture from a network interface with python-libpcap on a reader thread.
+    """Capture from a network interface: libpcap's own loop in C writes pcap
+    records into a pipe (sensor/libpcap.py `LoopCapture`), and `batches()`
+    reads the pipe in chunks of up to 1 MiB and yields the frames.
 
-    The interface and the filter are checked first through libpcap directly
+    The interface and the filter are checked first through libpcap
     (:mod:`sensor.bpf`) so errors carry libpcap's own text and the link type
     is libpcap's ``pcap_datalink`` (Ethernet for ethernet, veth and Linux
     loopback; raw IP for tun; Linux cooked for ``any``). ``bpf=None`` means
     the VoIP prefilter for that link type (``sensor.bpf.default_bpf``); ``""``
     captures everything.
 
-    ``close()`` stops delivery at once and never blocks: the reader thread is
-    a daemon left inside ``pcap_next`` until the next packet or process exit,
-    because closing a pcap handle under a running read is unsafe.
+    ``buffer_bytes`` is the kernel ring (libpcap's ``pcap_set_buffer_size``):
+    with the pipe, what a stall of this process is absorbed by. At a timeout
+    of ``timeout_ms`` the kernel hands over a ring block per timeout even when
+    it is nearly empty, so the ring lasts blocks x timeout at low rates;
+    64 MiB is 512 blocks of 128 KiB (snaplen 65535): 5 s at 10 ms.
+
+    ``close()`` never blocks.
     """
 
     def __init__(self, interface: str, bpf: str | None, snaplen: int = 65535, timeout_ms: int = 10,
                  immediate: bool = False, promisc: bool = True, *, max_batch: int = 4096,
-                 max_pending: int = 262144, idle_s: float = 0.2, poll_s: float = 0.005) -> None:
+                 buffer_bytes: int = DEFAULT_BUFFER_BYTES, idle_s: float = 0.2,
+                 poll_s: float = 0.01) -> None:
         if timeout_ms <= 0:
             raise ValueError("timeout_ms must be > 0: with 0 a quiet link delivers nothing")
-        try:
-            from pylibpcap.base import Sniff
-            from pylibpcap.exception import LibpcapError
-        except ImportError as exc:  # pragma: no cover - dependency of the package
-            raise CaptureError(f"python-libpcap is not installed: {exc}") from exc
+        from sensor.libpcap import LibpcapError, LoopCapture, PcapStream
         try:
             probed = probe(interface, "", snaplen)
         except PcapProbeError as exc:
@@ -112,89 +113,62 @@ class LiveCapture:
                 raise CaptureError(f"bad capture filter {bpf!r} on {interface!r}: {exc}") from exc
         self.interface = interface
         self.bpf = bpf
-        self.linktype: int = probed.linktype
         try:
-            self._sniff = Sniff(interface, count=-1, promisc=int(promisc), snaplen=snaplen,
-                                timeout=timeout_ms, filters=bpf, immediate_mode=int(immediate))
+            self._cap = LoopCapture(interface, bpf, snaplen=snaplen, timeout_ms=timeout_ms,
+                                    buffer_bytes=buffer_bytes, promisc=promisc, immediate=immediate)
         except LibpcapError as exc:
-            raise CaptureError(f"cannot open capture on {interface!r} with filter {bpf!r}: "
-                               f"{exc or 'libpcap error'}") from exc
-        self._pending: deque[tuple[int, float, bytes]] = deque()
+            raise CaptureError(f"cannot open capture on {interface!r} with filter {bpf!r}: {exc}") from exc
+        self.linktype: int = self._cap.linktype
+        self._stream = PcapStream()
+        self._error_type = LibpcapError
         self._max_batch = max_batch
-        self._max_pending = max_pending
         self._idle_s = idle_s
-        self._poll_s = poll_s
+        self._poll_ms = max(1, int(poll_s * 1000))
         self._closed = False
-        self._reader_error: BaseException | None = None
-        self._popped = 0  # counted by the consumer: the reader does nothing but append
-        self._backlog_drops = 0
-        self._thread = threading.Thread(target=self._reader, name=f"pcap-{interface}", daemon=True)
-        self._thread.start()
-
-    def _reader(self) -> None:
-        """Only read and append: the one loop that must keep up with the wire."""
-        pending = self._pending
-        append = pending.append
-        limit = self._max_pending
-        try:
-            for pkt in self._sniff.capture():
-                if self._closed:
-                    break
-                if pkt[0]:  # (0, 0, b"") is a timeout
-                    if len(pending) < limit:
-                        append(pkt)
-                    else:
-                        self._backlog_drops += 1
-        except BaseException as exc:  # reported by batches(), never lost in a thread
-            self._reader_error = exc
 
     def batches(self) -> Iterator[list[Frame]]:
-        pending = self._pending
-        popleft = pending.popleft
+        fd = self._cap.fd
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        feed = self._stream.feed
+        limit = self._max_batch
         last = time.monotonic()
         while not self._closed:
-            n = len(pending)
-            if n:
-                if n > self._max_batch:
-                    n = self._max_batch
-                out: list[Frame] = []
-                add = out.append
-                for _ in range(n):
-                    pkt = popleft()
-                    add((round(pkt[1] * 1e6) * 1000, pkt[2]))  # libpcap gives µs
-                self._popped += n
-                yield out
-                last = time.monotonic()
-                if n < self._max_batch:
-                    # Let the reader drain the ring alone for a moment: while this
-                    # thread is runnable, every GIL release the reader makes inside
-                    # pcap_next hands the GIL over here for up to the switch
-                    # interval (5 ms), so it would read about one packet per switch.
-                    time.sleep(self._poll_s)
+            if not poller.poll(self._poll_ms):
+                now = time.monotonic()
+                if now - last >= self._idle_s:
+                    yield []
+                    last = now
                 continue
-            if self._reader_error is not None:
-                raise CaptureError(f"capture on {self.interface!r} failed: "
-                                   f"{self._reader_error!r}") from self._reader_error
-            now = time.monotonic()
-            if now - last >= self._idle_s:
-                yield []
-                last = time.monotonic()
-            else:
-                time.sleep(self._poll_s)
+            try:
+                chunk = os.read(fd, _READ_BYTES)
+            except OSError as exc:
+                if self._closed:
+                    return
+                raise CaptureError(f"capture on {self.interface!r} failed: {exc}") from exc
+            if not chunk:                     # the loop ended
+                if self._closed:
+                    return
+                raise CaptureError(f"capture on {self.interface!r} ended: "
+                                   f"{self._cap.error or 'libpcap loop stopped'}")
+            try:
+                frames = feed(chunk)
+            except self._error_type as exc:
+                raise CaptureError(f"capture on {self.interface!r}: {exc}") from exc
+            if not frames:
+                continue
+            for i in range(0, len(frames), limit):
+                yield frames[i:i + limit] if len(frames) > limit else frames
+            last = time.monotonic()
 
     def stats(self) -> CaptureStats:
-        try:
-            st = self._sniff.stats()
-            kdrop, ifdrop = int(st.ps_drop), int(st.ps_ifdrop)
-        except Exception:  # handle gone or stats unsupported: report what we know
-            kdrop = ifdrop = 0
-        captured = self._popped + len(self._pending) + self._backlog_drops
-        return CaptureStats(captured=captured, kernel_drops=kdrop, interface_drops=ifdrop,
-                            backlog_drops=self._backlog_drops)
+        c = self._cap.counters()
+        return CaptureStats(captured=self._stream.frames, kernel_drops=c.kernel_drops,
+                            interface_drops=c.interface_drops, backlog_drops=0)
 
     def close(self) -> None:
         self._closed = True
-        self._pending.clear()
+        self._cap.close()
 
 
 class FileReplay:

@@ -52,6 +52,7 @@ class SensorOptions:
     bpf: str | None = None
     snaplen: int = 65535
     timeout_ms: int = 10
+    buffer_bytes: int = 64 << 20          # kernel capture ring (libpcap's buffer size)
     connect_timeout_s: float | None = None
     max_batches: int = 4096
     spool_dir: str | None = None          # disk spool of unacknowledged batches
@@ -165,10 +166,10 @@ def open_source(opts: SensorOptions, fast_frames: int = 0, batch_size: int = 256
     try:
         # bpf=None lets the capture pick the default filter for the link type
         if opts.etcd:   # the filter may change at run time (etcd /spanrec/config/sensor)
-            return RefilterableCapture(opts.interface, opts.bpf,
-                                       snaplen=opts.snaplen, timeout_ms=opts.timeout_ms)
-        return LiveCapture(opts.interface, opts.bpf,
-                           snaplen=opts.snaplen, timeout_ms=opts.timeout_ms)
+            return RefilterableCapture(opts.interface, opts.bpf, snaplen=opts.snaplen,
+                                       timeout_ms=opts.timeout_ms, buffer_bytes=opts.buffer_bytes)
+        return LiveCapture(opts.interface, opts.bpf, snaplen=opts.snaplen,
+                           timeout_ms=opts.timeout_ms, buffer_bytes=opts.buffer_bytes)
     except CaptureError as exc:
         raise SensorFailed(str(exc)) from exc
 

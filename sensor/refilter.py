@@ -1,7 +1,8 @@
 """A live capture whose BPF filter can change while it runs (runtime config
 from etcd), without a restart and without a gap.
 
-python-libpcap sets the filter only when a handle opens, so a change opens a
+A running libpcap loop cannot safely take a new filter (on Linux
+`pcap_setfilter` also resets the ring the loop is reading), so a change opens a
 second handle with the new filter first and closes the old one after: for a
 moment both capture, and the controller's dedup drops the copies (same
 datagram, same sensor, microseconds apart). A filter that libpcap refuses

@@ -62,6 +62,8 @@ class FinishedCall:
     clock: dict | None = None
     #: what the operator must know about this recording, one sentence each (call.json)
     warnings: list[str] = field(default_factory=list)
+    #: time.monotonic() when the engine handed the call to the writer (telemetry only)
+    queued_mono: float = 0.0
 
     def release(self) -> None:
         """The recording is stored (or given up): delete the spill files."""

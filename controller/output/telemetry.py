@@ -32,6 +32,15 @@ CONTROLLER_COUNTERS = ("packets_in", "duplicates_dropped", "decode_errors", "bad
                        "storage_retries", "storage_upload_errors", "replay_suppressed")
 
 
+#: histogram bounds, seconds: a batch ack (tens of µs .. seconds when the
+#: write-ahead log waits for the disk) and a call's finalize/store/end-to-stored
+#: (ms .. minutes under overload)
+ACK_BUCKETS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CALL_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                  120.0, 300.0)
+
+
 class Telemetry:
     """Metrics and traces of one controller. `status` is Recorder.status."""
 
@@ -79,15 +88,26 @@ class Telemetry:
                                       callbacks=[self._per_sensor("send_queue")])
         meter.create_observable_counter("spanrec.sensor.duplicates_dropped",
                                         callbacks=[self._sensor_field("duplicates_dropped")])
+        # bucket bounds in seconds that resolve each real range (the SDK's default
+        # bounds, 0 5 10 25 ... 10000, are meant for milliseconds: every ack and
+        # finalize fell in the first bucket)
         self._batch_ack = meter.create_histogram(
             "spanrec.controller.batch_ack_duration", unit="s",
-            description="time from receiving a batch to acknowledging it")
+            description="time from receiving a batch to acknowledging it",
+            explicit_bucket_boundaries_advisory=ACK_BUCKETS_S)
         self._finalize = meter.create_histogram(
             "spanrec.controller.call_finalize_duration", unit="s",
-            description="building call.json, audio.wav and call.pcap of one call")
+            description="building call.json, audio.wav and call.pcap of one call",
+            explicit_bucket_boundaries_advisory=CALL_BUCKETS_S)
         self._store = meter.create_histogram(
             "spanrec.controller.storage_write_duration", unit="s",
-            description="writing one recording to storage")
+            description="writing one recording to storage",
+            explicit_bucket_boundaries_advisory=CALL_BUCKETS_S)
+        self._ended_to_stored = meter.create_histogram(
+            "spanrec.controller.call_end_to_stored_duration", unit="s",
+            description="from the call's end (BYE, timeout) being seen to its recording "
+                        "stored: waiting for the writer, finalize and storage",
+            explicit_bucket_boundaries_advisory=CALL_BUCKETS_S)
         self.tracer_provider = TracerProvider(resource=resource)
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -135,10 +155,12 @@ class Telemetry:
         self._batch_ack.record(seconds, {"sensor_id": sensor_id})
 
     def call_stored(self, meta: dict[str, Any], first_packet_ns: int, finalize_s: float,
-                    store_s: float, ok: bool) -> None:
+                    store_s: float, ok: bool, queued_s: float = 0.0) -> None:
         """One trace per call: first packet -> finalize -> stored recording."""
         self._finalize.record(finalize_s)
         self._store.record(store_s, {"ok": ok})
+        if ok:
+            self._ended_to_stored.record(queued_s + finalize_s + store_s)
         end_ns = time.time_ns()
         store_start = end_ns - int(store_s * 1e9)
         final_start = store_start - int(finalize_s * 1e9)

@@ -59,6 +59,15 @@ def test_counters_and_histograms(tmp_path: Path) -> None:
     assert pts["spanrec.controller.call_finalize_duration"][0].count == calls
     assert pts["spanrec.controller.storage_write_duration"][0].count == calls
     assert pts["spanrec.controller.batch_ack_duration"][0].count == (n + 99) // 100
+    ended = pts["spanrec.controller.call_end_to_stored_duration"][0]
+    assert ended.count == calls and ended.sum >= pts["spanrec.controller.call_finalize_duration"][0].sum
+    # bounds that resolve the real range: a batch ack takes µs to ms, and the
+    # acks must not all land in one bucket (the SDK's default bounds are for ms)
+    ack = pts["spanrec.controller.batch_ack_duration"][0]
+    assert ack.explicit_bounds[0] <= 0.0001 and ack.explicit_bounds[-1] >= 1.0
+    assert max(ack.bucket_counts) < ack.count or ack.count == 1
+    fin = pts["spanrec.controller.call_finalize_duration"][0]
+    assert fin.explicit_bounds[0] <= 0.01 and fin.explicit_bounds[-1] >= 60
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert re.search(rf"^spanrec_controller_packets_in_total(\{{[^}}]*\}})? {n}(\.0)?$", body, re.M), body
     assert re.search(rf'^spanrec_sensor_captured_total\{{[^}}]*sensor_id="s1"[^}}]*\}} {n}(\.0)?$',
