@@ -260,6 +260,9 @@ def controller(config_file: str | None, **flags: Any) -> None:
 @click.option("--snaplen", type=int, help="Bytes kept per packet in live capture (default 65535).")
 @click.option("--timeout-ms", type=int, help="libpcap read timeout: the most a packet waits in "
                                              "the kernel ring (default 10).")
+@click.option("--compression", type=click.Choice(["none", "gzip"]),
+              help="Compress the link to the controller (gRPC gzip): fewer bytes over a WAN "
+                   "uplink for more sensor CPU (default none; docs/BENCHMARK.md \"WAN\").")
 @click.option("--capture-buffer-mb", type=int,
               help="Kernel capture ring in MiB (libpcap's buffer size; default 64): what absorbs "
                    "a pause of the sensor. At low rates the ring lasts about "
@@ -308,7 +311,8 @@ def sensor(config_file: str | None, **flags: Any) -> None:
         sensor_id=settings.sensor_id, controller=settings.controller, site=settings.site,
         interface=settings.interface, pcap=str(settings.pcap) if settings.pcap else None,
         bpf=settings.bpf, snaplen=settings.snaplen, timeout_ms=settings.timeout_ms,
-        buffer_bytes=settings.capture_buffer_mb << 20, connect_timeout_s=connect_timeout, max_batches=settings.max_batches,
+        buffer_bytes=settings.capture_buffer_mb << 20, compression=settings.compression,
+        connect_timeout_s=connect_timeout, max_batches=settings.max_batches,
         spool_dir=str(settings.spool_dir), spool_max_bytes=int(settings.spool_max_mb * (1 << 20)),
         realtime=settings.realtime, etcd=settings.etcd, etcd_prefix=settings.etcd_prefix,
         tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_ca=settings.tls_ca,

@@ -53,6 +53,7 @@ class SensorOptions:
     snaplen: int = 65535
     timeout_ms: int = 10
     buffer_bytes: int = 64 << 20          # kernel capture ring (libpcap's buffer size)
+    compression: str = "none"             # gRPC compression of the link: "none" or "gzip"
     connect_timeout_s: float | None = None
     max_batches: int = 4096
     spool_dir: str | None = None          # disk spool of unacknowledged batches
@@ -517,7 +518,7 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
         site=opts.site, mode=mode,
         interfaces=(opts.interface,) if opts.interface else (),
         connect_timeout_s=opts.connect_timeout_s, max_batches=opts.max_batches,
-        stats=stats, progress=(lambda: (replay_bytes[0], replay_total)) if opts.pcap else None,
+        compression=opts.compression, stats=stats, progress=(lambda: (replay_bytes[0], replay_total)) if opts.pcap else None,
         # mTLS, or plain text only with opts.insecure (transport.tls.Security)
         channel_credentials=Security.from_settings(opts).channel_credentials())
     sender: Sender | ShardedSender

@@ -274,8 +274,11 @@ class Sender:
         on_unusable: Callable[[str, str], object] | None = None,
         on_expect: Callable[[list[tuple[bytes, int]]], None] | None = None,
         ring: tuple[str, ...] | Callable[[], tuple[str, ...]] = (),
+        compression: str = "none",
     ) -> None:
         self.target = target
+        # gRPC message compression on the link (--compression; docs/BENCHMARK.md "WAN")
+        self._compression = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
         # Sharded controller: the sorted shard ids this sensor routes over, sent in
         # every Hello (sensor/route.py); empty with one controller.  A callable for a
         # ring kept in etcd: asked again for every new stream, so a sensor refused
@@ -435,8 +438,9 @@ class Sender:
                    ("grpc.min_reconnect_backoff_ms", 100),
                    ("grpc.max_reconnect_backoff_ms", 1000)]
         if self._credentials is not None:
-            return grpc.secure_channel(self.target, self._credentials, options=options)
-        return grpc.insecure_channel(self.target, options=options)
+            return grpc.secure_channel(self.target, self._credentials, options=options,
+                                       compression=self._compression)
+        return grpc.insecure_channel(self.target, options=options, compression=self._compression)
 
     def _session(self) -> None:
         """One stream: hello, resend what is unacked, then new batches. Raises LinkDown."""

@@ -98,7 +98,8 @@ def test_bench_capture_live_tiny() -> None:
         pytest.skip("needs root (network namespaces)")
     require_tool("tcpdump")
     out = _run([PY, "scripts/bench-capture", "--seconds", "0.5", "--rates", "2000",
-                "--tools", "tcpdump,live,classify,sensor"], timeout=300)
+                "--tools", "tcpdump,live,classify,sensor", "--stall-ms", "0,100", "--stalls", "1"],
+               timeout=300)
     rows = {ln.split()[0]: ln.split() for ln in out.stdout.splitlines()
             if ln.split() and ln.split()[0] in ("tcpdump", "live", "classify", "sensor")}
     for tool in ("tcpdump", "live", "classify", "sensor"):
@@ -106,6 +107,8 @@ def test_bench_capture_live_tiny() -> None:
         # each tool really captured (a sensor that cannot connect or filters the
         # traffic out reports 0: the rot the issue found)
         assert int(rows[tool][4]) > 0, out.stdout
+    stalled = [ln.split() for ln in out.stdout.splitlines() if ln.startswith("sensor+1x100ms")]
+    assert stalled and int(stalled[0][4]) > 0, out.stdout      # the paused sensor's row
 
 
 def test_bench_shards_tiny() -> None:
@@ -115,3 +118,15 @@ def test_bench_shards_tiny() -> None:
     assert [r["shards"] for r in rows] == [1, 4]
     assert all(r["calls"] == 20 and r["split_calls"] == 0 for r in rows), rows
     assert rows[1]["route_us_per_packet"] > 0 and rows[0]["bytes_sent_per_byte"] == 1.0
+
+
+def test_bench_wan_tiny() -> None:
+    """`scripts/bench-wan`: link bytes per forwarded byte, plain and gzip, with and without TLS."""
+    out = _run([PY, "scripts/bench-wan", "--calls", "2", "--duration", "1", "--json"])
+    fig = json.loads(out.stdout)
+    runs = {(r["compression"], r["tls"]): r for r in fig["runs"]}
+    assert set(runs) == {("none", False), ("gzip", False), ("none", True), ("gzip", True)}
+    assert fig["forwarded_bytes"] > 0
+    # the link carries at least what was forwarded, unless compressed
+    assert runs[("none", False)]["bytes_per_forwarded_byte"] >= 1.0
+    assert runs[("gzip", False)]["link_bytes"] < runs[("none", False)]["link_bytes"]
