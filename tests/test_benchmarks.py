@@ -72,6 +72,9 @@ def test_bench_cluster_mode_runs() -> None:
     fig = json.loads(out.stdout)
     assert fig["spanrec_record"]["recordings"] == 2
     assert any("cluster" in k for k in fig), sorted(fig)
+    # call end -> stored, from the controllers' histogram: one entry per call
+    lat = fig["cluster_plain"]["end_to_stored_s"]
+    assert lat["count"] == 2 and 0 < lat["p50"] <= lat["p99"], lat
 
 
 def test_bench_dedup_tiny() -> None:
