@@ -125,6 +125,7 @@ class LiveCapture:
         self._idle_s = idle_s
         self._poll_ms = max(1, int(poll_s * 1000))
         self._closed = False
+        self._stopping = False
 
     def batches(self) -> Iterator[list[Frame]]:
         fd = self._cap.fd
@@ -147,7 +148,7 @@ class LiveCapture:
                     return
                 raise CaptureError(f"capture on {self.interface!r} failed: {exc}") from exc
             if not chunk:                     # the loop ended
-                if self._closed:
+                if self._closed or self._stopping:
                     return
                 raise CaptureError(f"capture on {self.interface!r} ended: "
                                    f"{self._cap.error or 'libpcap loop stopped'}")
@@ -165,6 +166,12 @@ class LiveCapture:
         c = self._cap.counters()
         return CaptureStats(captured=self._stream.frames, kernel_drops=c.kernel_drops,
                             interface_drops=c.interface_drops, backlog_drops=0)
+
+    def stop(self) -> None:
+        """Capture nothing more; `batches()` still yields what was captured,
+        then ends (a filter change: sensor/refilter.py)."""
+        self._stopping = True
+        self._cap.stop()
 
     def close(self) -> None:
         self._closed = True

@@ -208,6 +208,11 @@ class LoopCapture:
             self._last = PcapCounters(st.ps_recv, st.ps_drop, st.ps_ifdrop)
         return self._last
 
+    def stop(self) -> None:
+        """Stop capturing but keep the pipe: what the loop wrote is still read,
+        then EOF (the loop's thread closes the dumper)."""
+        self._lib.pcap_breakloop(self._handle)
+
     def close(self) -> None:
         """Stop: the loop breaks, a write blocked on the pipe fails (read end
         closed), the threads close the dumper and the handle."""

@@ -80,8 +80,10 @@ class RefilterableCapture:
 
 
 def _drain(capture: LiveCapture) -> Iterator[list[tuple[int, bytes]]]:
-    """The batches the old handle delivers until its first idle tick."""
+    """What the old handle captured before it stopped (the new one captures
+    already): its batches until the end of its pipe. (Draining "until the first
+    idle tick" never ended while traffic kept coming.)"""
+    capture.stop()
     for frames in capture.batches():
-        if not frames:
-            return
-        yield frames
+        if frames:
+            yield frames
