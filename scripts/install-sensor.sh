@@ -296,7 +296,7 @@ fi
 # the same version again (an upgrade from a checkout) still replaces the files
 "$PY" -m pip install "${pip_args[@]}" --no-deps --force-reinstall "$WHEEL" >"$WORK/pip.log" 2>&1 \
   || { tail -n 20 "$WORK/pip.log" >&2; die "pip install of $WHEEL failed"; }
-"$PY" -c "import grpc, cli.main; from sensor.libpcap import _api; _api()" 2>"$WORK/import.log" \
+"$PY" -c "import grpc, cli.main; from sensor.libpcap import load_libpcap; load_libpcap()" 2>"$WORK/import.log" \
   || { tail -n 5 "$WORK/import.log" >&2; die "the installed sensor does not import (libpcap missing?)"; }
 
 # -- directories, TLS files, config -------------------------------------------
@@ -399,7 +399,7 @@ except ConfigError as exc:
 
 # the service user can run it (an interpreter under /root, say, would not do)
 if [ -z "$DESTDIR" ] && command -v runuser >/dev/null; then
-  (cd / && runuser -u "$USER_NAME" -- "$PY" -c "import cli.main; from sensor.libpcap import _api; _api()") 2>"$WORK/user.log" \
+  (cd / && runuser -u "$USER_NAME" -- "$PY" -c "import cli.main; from sensor.libpcap import load_libpcap; load_libpcap()") 2>"$WORK/user.log" \
     || { tail -n 1 "$WORK/user.log" >&2; die "user $USER_NAME cannot run $PY (use --python with a system interpreter)"; }
 fi
 

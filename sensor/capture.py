@@ -34,7 +34,7 @@ from os import PathLike
 from typing import Protocol
 
 from protocols.pcapfile import CaptureFileError, read_frames
-from sensor.bpf import PcapProbeError, default_bpf, probe
+from sensor.libpcap import FilterError, LibpcapError, LoopCapture, PcapStream
 
 __all__ = ["CaptureError", "CaptureStats", "PacketSource", "LiveCapture", "FileReplay"]
 
@@ -52,9 +52,10 @@ class CaptureError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CaptureStats:
-    """Counters of a source. ``backlog_drops``: packets libpcap delivered but the
-    consumer was too far behind to hold (bounded memory); kernel drops are the
-    ring overflowing, interface drops the NIC's own."""
+    """Counters of a source: kernel drops are the ring overflowing (a slow
+    consumer backs up into the ring), interface drops the NIC's own.
+    ``backlog_drops`` (packets delivered but not held) is 0 since the capture
+    loop writes into a pipe; kept for the wire counters."""
 
     captured: int = 0
     kernel_drops: int = 0
@@ -77,12 +78,10 @@ class LiveCapture:
     records into a pipe (sensor/libpcap.py `LoopCapture`), and `batches()`
     reads the pipe in chunks of up to 1 MiB and yields the frames.
 
-    The interface and the filter are checked first through libpcap
-    (:mod:`sensor.bpf`) so errors carry libpcap's own text and the link type
-    is libpcap's ``pcap_datalink`` (Ethernet for ethernet, veth and Linux
-    loopback; raw IP for tun; Linux cooked for ``any``). ``bpf=None`` means
-    the VoIP prefilter for that link type (``sensor.bpf.default_bpf``); ``""``
-    captures everything.
+    Errors carry libpcap's own text and the link type is libpcap's
+    ``pcap_datalink`` (Ethernet for ethernet, veth and Linux loopback; raw IP
+    for tun; Linux cooked for ``any``). ``bpf=None`` means the VoIP prefilter
+    for that link type (``sensor.bpf.default_bpf``); ``""`` captures everything.
 
     ``buffer_bytes`` is the kernel ring (libpcap's ``pcap_set_buffer_size``):
     with the pipe, what a stall of this process is absorbed by. At a timeout
@@ -99,28 +98,17 @@ class LiveCapture:
                  poll_s: float = 0.01) -> None:
         if timeout_ms <= 0:
             raise ValueError("timeout_ms must be > 0: with 0 a quiet link delivers nothing")
-        from sensor.libpcap import LibpcapError, LoopCapture, PcapStream
-        try:
-            probed = probe(interface, "", snaplen)
-        except PcapProbeError as exc:
-            raise CaptureError(f"cannot capture on interface {interface!r}: {exc}") from exc
-        if bpf is None:
-            bpf = default_bpf(probed.linktype)
-        if bpf:
-            try:
-                probe(interface, bpf, snaplen)
-            except PcapProbeError as exc:
-                raise CaptureError(f"bad capture filter {bpf!r} on {interface!r}: {exc}") from exc
         self.interface = interface
-        self.bpf = bpf
         try:
             self._cap = LoopCapture(interface, bpf, snaplen=snaplen, timeout_ms=timeout_ms,
                                     buffer_bytes=buffer_bytes, promisc=promisc, immediate=immediate)
+        except FilterError as exc:
+            raise CaptureError(f"bad capture filter {exc.bpf!r} on {interface!r}: {exc}") from exc
         except LibpcapError as exc:
-            raise CaptureError(f"cannot open capture on {interface!r} with filter {bpf!r}: {exc}") from exc
+            raise CaptureError(f"cannot capture on interface {interface!r}: {exc}") from exc
+        self.bpf = self._cap.bpf
         self.linktype: int = self._cap.linktype
         self._stream = PcapStream()
-        self._error_type = LibpcapError
         self._max_batch = max_batch
         self._idle_s = idle_s
         self._poll_ms = max(1, int(poll_s * 1000))
@@ -154,7 +142,7 @@ class LiveCapture:
                                    f"{self._cap.error or 'libpcap loop stopped'}")
             try:
                 frames = feed(chunk)
-            except self._error_type as exc:
+            except LibpcapError as exc:
                 raise CaptureError(f"capture on {self.interface!r}: {exc}") from exc
             if not frames:
                 continue

@@ -92,17 +92,12 @@ class SeedMembership:
     def _shards_of(self, reply: sensor_pb2.RingMembers) -> list[Shard]:
         """Members with a wildcard host are reached on the host of `address`."""
         seed_host = self.address.rpartition(":")[0]
-        text = []
-        states = {}
+        entries = []
         for m in reply.members:
             host, _, port = m.address.rpartition(":")
             addr = f"{seed_host}:{port}" if host in _WILDCARD_HOSTS else m.address
-            text.append(f"{m.shard_id}={addr}")
-            states[m.shard_id] = m.state or ACTIVE
-        if not text:
-            return []
-        return sorted((Shard(s.shard_id, s.address, states[s.shard_id])
-                       for s in parse_members(",".join(text))), key=lambda s: s.shard_id)
+            entries.append((m.shard_id, addr, m.state))
+        return _members(entries)
 
     # -- at start ----------------------------------------------------------
     def first(self, timeout_s: float) -> list[Shard]:
@@ -155,12 +150,8 @@ class SeedMembership:
             if data.get("controller") != self.address:
                 return []
             self.leg_headers = tuple(str(h).lower() for h in data.get("leg_headers", ()))
-            members = data["members"]
-            shards = parse_members(",".join(f"{m['shard_id']}={m['address']}" for m in members)) \
-                if members else []
-            states = {m["shard_id"]: m.get("state") or ACTIVE for m in members}
-            return sorted((Shard(s.shard_id, s.address, states[s.shard_id]) for s in shards),
-                          key=lambda s: s.shard_id)
+            return _members([(m["shard_id"], m["address"], m.get("state"))
+                             for m in data["members"]])
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError, TypeError, AttributeError, ShardListError) as exc:
@@ -197,3 +188,14 @@ class SeedMembership:
             elif shards == [] and self.current()[1]:
                 log.warning("the controller answers as one controller now; keeping the shard "
                             "list until the sensor restarts", extra={"controller": self.address})
+
+
+def _members(entries: list[tuple[str, str, str | None]]) -> list[Shard]:
+    """(shard id, HOST:PORT, state) checked as any member list is
+    (`parse_members`: ShardListError when malformed), sorted by id."""
+    if not entries:
+        return []
+    states = {sid: state or ACTIVE for sid, _addr, state in entries}
+    return sorted((Shard(s.shard_id, s.address, states[s.shard_id])
+                   for s in parse_members(",".join(f"{sid}={addr}" for sid, addr, _ in entries))),
+                  key=lambda s: s.shard_id)

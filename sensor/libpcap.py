@@ -15,8 +15,10 @@ collection) makes the ring overflow. libpcap itself offers both remedies:
   chunks (`PcapStream`), so a Python stall fills the pipe (1 MiB) and then the
   kernel ring (`buffer_bytes`), and loses nothing while they last.
 
-This is the only hand-written libpcap binding in spanrec (with sensor/bpf.py's
-probe); docs/DECISIONS.md "Live capture in C" says why.
+Errors are libpcap's own text (a missing interface, a filter it cannot
+compile); the link type is libpcap's `pcap_datalink`, and a filter of None is
+the VoIP prefilter for it (sensor/bpf.py). This is the only hand-written
+libpcap binding in spanrec; docs/DECISIONS.md "Live capture in C" says why.
 """
 from __future__ import annotations
 
@@ -30,12 +32,14 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from sensor.bpf import PcapProbeError, _BpfProgram, _lib, dlt_to_linktype
+from sensor.bpf import default_bpf
 
-__all__ = ["LibpcapError", "LoopCapture", "PcapStream", "PcapCounters"]
+__all__ = ["LibpcapError", "FilterError", "LoopCapture", "PcapStream", "PcapCounters",
+           "load_libpcap"]
 
 _PCAP_TSTAMP_PRECISION_NANO = 1
-_PCAP_ERROR_BREAK = -2
+# DLT values that differ from the LINKTYPE values written to capture files
+_DLT_TO_LINKTYPE = {12: 101, 14: 101}  # DLT_RAW (Linux and OpenBSD numbering) -> LINKTYPE_RAW
 _F_SETPIPE_SZ = 1031
 _F_GETPIPE_SZ = 1032
 PIPE_BYTES = 1 << 20            # asked for the pipe; Linux allows 1 MiB unprivileged
@@ -44,6 +48,18 @@ _STDIO_BUFFER = 256 << 10        # pcap_dump's FILE buffer: one write() per 256 
 
 class LibpcapError(Exception):
     """libpcap refused or failed; the message is libpcap's own text."""
+
+
+class FilterError(LibpcapError):
+    """libpcap could not compile or install the capture filter `bpf`."""
+
+    def __init__(self, message: str, bpf: str) -> None:
+        super().__init__(message)
+        self.bpf = bpf
+
+
+class _BpfProgram(ctypes.Structure):
+    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
 
 
 class _Stat(ctypes.Structure):
@@ -58,25 +74,41 @@ class PcapCounters:
 
 
 @functools.cache
-def _api() -> tuple[ctypes.CDLL, ctypes.CDLL]:
-    try:
-        lib = _lib()
-    except PcapProbeError as exc:
-        raise LibpcapError(str(exc)) from None
+def load_libpcap() -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """(libpcap, libc) with the signatures used here; LibpcapError when the
+    shared library is missing (the install scripts call this to check)."""
+    names = [n for n in (ctypes.util.find_library("pcap"), "libpcap.so.0.8", "libpcap.so.1") if n]
+    lib = None
+    last: OSError | None = None
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError as exc:
+            last = exc
+    if lib is None:
+        raise LibpcapError(f"libpcap shared library not found ({last})")
     vp, i = ctypes.c_void_p, ctypes.c_int
-    for fn in ("pcap_set_promisc", "pcap_set_buffer_size", "pcap_set_immediate_mode",
-               "pcap_set_tstamp_precision"):
+    lib.pcap_create.restype = vp
+    lib.pcap_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    for fn in ("pcap_set_snaplen", "pcap_set_timeout", "pcap_set_promisc", "pcap_set_buffer_size",
+               "pcap_set_immediate_mode", "pcap_set_tstamp_precision"):
         getattr(lib, fn).argtypes = [vp, i]
+    for fn in ("pcap_activate", "pcap_datalink", "pcap_close", "pcap_breakloop",
+               "pcap_dump_flush", "pcap_dump_close"):
+        getattr(lib, fn).argtypes = [vp]
+    lib.pcap_geterr.restype = ctypes.c_char_p
+    lib.pcap_geterr.argtypes = [vp]
+    lib.pcap_statustostr.restype = ctypes.c_char_p
+    lib.pcap_statustostr.argtypes = [i]
+    lib.pcap_compile.argtypes = [vp, ctypes.POINTER(_BpfProgram), ctypes.c_char_p, i, ctypes.c_uint32]
+    lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
     lib.pcap_setfilter.argtypes = [vp, ctypes.POINTER(_BpfProgram)]
     lib.pcap_dump_fopen.restype = vp
     lib.pcap_dump_fopen.argtypes = [vp, vp]
-    lib.pcap_dump_flush.argtypes = [vp]
-    lib.pcap_dump_close.argtypes = [vp]
     # pcap_loop's callback is passed as a plain pointer: pcap_dump itself
     lib.pcap_loop.argtypes = [vp, i, vp, vp]
-    lib.pcap_breakloop.argtypes = [vp]
     lib.pcap_stats.argtypes = [vp, ctypes.POINTER(_Stat)]
-    lib.pcap_get_tstamp_precision.argtypes = [vp]
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.fdopen.restype = vp
     libc.fdopen.argtypes = [i, ctypes.c_char_p]
@@ -101,9 +133,9 @@ class LoopCapture:
     the loop thread then closes the dumper (EOF on the pipe) and the handle.
     """
 
-    def __init__(self, interface: str, bpf: str, *, snaplen: int = 65535, timeout_ms: int = 10,
+    def __init__(self, interface: str, bpf: str | None, *, snaplen: int = 65535, timeout_ms: int = 10,
                  buffer_bytes: int = 64 << 20, promisc: bool = True, immediate: bool = False) -> None:
-        lib, libc = _api()
+        lib, libc = load_libpcap()
         self._lib = lib
         errbuf = ctypes.create_string_buffer(256)
         handle = lib.pcap_create(interface.encode(), errbuf)
@@ -124,14 +156,17 @@ class LoopCapture:
             status = lib.pcap_activate(handle)
             if status < 0:
                 raise LibpcapError(_err(lib, handle, status))
-            self.linktype = dlt_to_linktype(lib.pcap_datalink(handle))
-            if bpf:
+            dlt = lib.pcap_datalink(handle)
+            self.linktype = _DLT_TO_LINKTYPE.get(dlt, dlt)
+            self.bpf = default_bpf(self.linktype) if bpf is None else bpf
+            if self.bpf:
                 prog = _BpfProgram()
-                if lib.pcap_compile(handle, ctypes.byref(prog), bpf.encode(), 1, 0xFFFFFFFF) != 0:
-                    raise LibpcapError(_err(lib, handle))
+                # netmask PCAP_NETMASK_UNKNOWN: only "ip broadcast" would need the real one
+                if lib.pcap_compile(handle, ctypes.byref(prog), self.bpf.encode(), 1, 0xFFFFFFFF) != 0:
+                    raise FilterError(_err(lib, handle), self.bpf)
                 try:
                     if lib.pcap_setfilter(handle, ctypes.byref(prog)) != 0:
-                        raise LibpcapError(_err(lib, handle))
+                        raise FilterError(_err(lib, handle), self.bpf)
                 finally:
                     lib.pcap_freecode(ctypes.byref(prog))
             r, w = os.pipe2(os.O_CLOEXEC)
