@@ -247,16 +247,19 @@ class OutboxStore:
         token = retrying(attempt)
         if not token:
             return
-        # remove the entry only if it is still the version just uploaded
-        if self._token(entry) == token:
-            trash = entry.parent / f"{_TRASH}{entry.name}.{secrets.token_hex(4)}"
-            try:
-                os.rename(entry, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-                _fsync(entry.parent)   # empty YYYY/MM/DD folders go at the next start
-            except OSError as exc:
-                log.warning("outbox: cannot remove uploaded entry", extra={
-                    "prefix": prefix, "error": str(exc)})
+        # remove the entry only if it is still the version just uploaded; under the
+        # lock `add` holds while it replaces an entry, or a newer version (late
+        # packets) written between the check and the rename would be removed
+        with self._add_lock:
+            if self._token(entry) == token:
+                trash = entry.parent / f"{_TRASH}{entry.name}.{secrets.token_hex(4)}"
+                try:
+                    os.rename(entry, trash)
+                    shutil.rmtree(trash, ignore_errors=True)
+                    _fsync(entry.parent)   # empty YYYY/MM/DD folders go at the next start
+                except OSError as exc:
+                    log.warning("outbox: cannot remove uploaded entry", extra={
+                        "prefix": prefix, "error": str(exc)})
         with self._lock:
             self.uploaded += 1
         log.info("outbox: recording uploaded", extra={"prefix": prefix, "storage": self.url})
