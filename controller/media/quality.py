@@ -380,8 +380,8 @@ def rtcp_summary(reports: list, streams: Sequence[RtpStream], clock_of_ssrc: dic
 
 def call_quality(frame_ts: Sequence[int], frame_data: Sequence[bytes], streams: Sequence[RtpStream],
                  rtpmap: dict, rtcp_frames: Sequence[int], linktype: int,
-                 other_linktype: Sequence[int], clear_rtcp: Mapping[int, bytes | None] | None = None
-                 ) -> list[dict[str, Any]]:
+                 other_linktype: Sequence[int], clear_rtcp: Mapping[int, bytes | None] | None = None,
+                 cb: CallBytes | None = None) -> list[dict[str, Any]]:
     """The quality fields of every stream of a call, in ``streams`` order (``clear_rtcp``:
     SRTCP in clear, see `rtcp_reports`)."""
     clock_of_ssrc: dict[int, int] = {}
@@ -400,7 +400,8 @@ def call_quality(frame_ts: Sequence[int], frame_data: Sequence[bytes], streams: 
     out = []
     # the call's frames as numpy buffers for the vectorised analysis (a spilled
     # long call's from its spill file's map, never copied)
-    cb = CallBytes(frame_ts, frame_data) if streams else None
+    if cb is None and streams:
+        cb = CallBytes(frame_ts, frame_data)
     for i, s in enumerate(streams):
         summary = rtcp.get(i)
         rtt = summary["rtt_ms"] if summary and summary["rtt_ms"] is not None else call_rtt

@@ -372,7 +372,9 @@ def render_audio(call: Any, channels: dict[int, Channel], fmt: str, target) -> R
     offsets: dict[int, int] = {}
     tracks: list[list[Track]] = [[], []]
     # a call in memory: its frames in one buffer, payloads gathered with numpy
-    cb = CallBytes((), call.frame_data, times=False) if isinstance(call.frame_data, list) else None
+    cb = None           # a spilled call's payloads are read frame by frame
+    if isinstance(call.frame_data, list):
+        cb = getattr(call, "cb", None) or CallBytes((), call.frame_data, times=False)
     meters = {side: NoiseMeter() for side in channels}
     for side, ch in channels.items():
         for seg in ch.segments:

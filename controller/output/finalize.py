@@ -34,11 +34,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from protocols.errors import DecodeError
 from protocols.layers import decode, ip_to_str
-from protocols.pcapfile import pcap_bytes, write_pcap
+from protocols.pcapfile import pcap_bytes_of, write_pcap
 from protocols.sip import looks_like_sip
 from storage.layout import (CALL_JSON, CALL_PCAP, audio_file_name, prefix_date, recording_id,
                             recording_prefix)
@@ -46,6 +49,7 @@ from storage.layout import (CALL_JSON, CALL_PCAP, audio_file_name, prefix_date, 
 from controller.media.dtmf import call_dtmf
 from controller.media.encrypted import SecureMedia, StreamSecurity, secure_media
 from controller.media.hold import call_hold
+from controller.media.jitter import CallBytes
 from controller.calls.finished import FinishedCall, iso_time
 from controller.calls.provenance import call_conflicts, conflict_warnings
 from controller.media.quality import call_quality
@@ -86,13 +90,13 @@ class _Audio:
     outside: dict[int, int] = field(default_factory=dict)   # stream -> audio packets outside the call's time
 
 
-def _audio(call: FinishedCall, fmt: str, media: SecureMedia) -> _Audio:
+def _audio(call: FinishedCall, fmt: str, media: SecureMedia, cb: CallBytes | None = None) -> _Audio:
     """Decode and write the call's audio (channel 0 caller, 1 callee) as `fmt`: into
     memory, or for a long call (spilled) into a file beside its spill files.  The
     streams and frames are `media`'s: SRTP decrypted, what stays encrypted left out."""
     clear = SimpleNamespace(streams=media.streams, rtpmap=call.rtpmap, frame_ts=media.frame_ts,
                             frame_data=media.frame_data, started_ns=call.started_ns,
-                            ended_ns=call.ended_ns)
+                            ended_ns=call.ended_ns, cb=cb)
     outside: dict[int, int] = {}
     out = _Audio(plan_audio(clear, outside), outside=outside)
     if not out.channels:
@@ -261,14 +265,28 @@ def _legs_meta(call: FinishedCall) -> list[dict[str, Any]]:
     return out
 
 
-def _pcap(call: FinishedCall) -> tuple[bytes, int]:
-    skip = set(call.other_linktype)
-    ts = call.frame_ts
-    frames = [(ts[i], data) for i, data in enumerate(call.frame_data) if i not in skip] if skip \
-        else list(zip(ts, call.frame_data))
-    if any(frames[i][0] > frames[i + 1][0] for i in range(len(frames) - 1)):
-        frames.sort(key=lambda f: f[0])  # stable: equal times keep arrival order
-    return pcap_bytes(frames, call.linktype), len(frames)
+def _pcap(call: FinishedCall, cb: CallBytes | None) -> tuple[bytes, int]:
+    """call.pcap of a call in memory, in time order (a stable sort: equal times keep
+    arrival order); `cb`: its frames' times and lengths, already as arrays."""
+    data: Sequence[bytes] = call.frame_data
+    if cb is not None and cb.ts is not None and not cb.n_spilled:
+        t, lens = cb.ts, np.diff(cb.offsets)
+    else:
+        t = np.fromiter(call.frame_ts, dtype=np.int64, count=len(call.frame_ts))
+        lens = None
+    if call.other_linktype:
+        keep = np.ones(len(data), dtype=bool)
+        keep[np.asarray(call.other_linktype, dtype=np.int64)] = False
+        rows = np.flatnonzero(keep)
+        t = t[rows]
+        lens = None if lens is None else lens[rows]
+        data = [data[i] for i in rows.tolist()]
+    if len(t) > 1 and bool((t[1:] < t[:-1]).any()):
+        order = np.argsort(t, kind="stable")
+        t = t[order]
+        lens = None if lens is None else lens[order]
+        data = [data[i] for i in order.tolist()]
+    return pcap_bytes_of(t, data, call.linktype, lengths=lens), len(data)
 
 
 def _pcap_file(call: FinishedCall, window: int = 50_000) -> tuple[Path, int]:
@@ -347,17 +365,20 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
     # encrypted media: SRTP/SRTCP decrypted where keys were visible, the rest left out
     # of audio and DTMF (controller/media/encrypted.py); call.pcap stays as captured
     media = secure_media(call)
+    # the call's frames as numpy buffers, built once for audio, quality and call.pcap
+    # (a spilled long call's read in place from its spill file's map)
+    cb = CallBytes(call.frame_ts, call.frame_data) if call.frame_data else None
     try:
-        audio = _audio(call, audio_format, media)
+        audio = _audio(call, audio_format, media, cb if media.frame_data is call.frame_data else None)
         dtmf = call_dtmf(call.started_ns, media.frame_ts, media.frame_data, media.streams,
                          call.rtpmap, call.legs) if call.recorded else []
     finally:
         media.close()
-    pcap, pcap_packets = _pcap(call) if call.spill is None else _pcap_file(call)
+    pcap, pcap_packets = _pcap(call, cb) if call.spill is None else _pcap_file(call)
     # call features (issue #5): quality per stream, DTMF, hold — controller/{quality,dtmf,hold}.py
     quality = call_quality(call.frame_ts, call.frame_data, call.streams, call.rtpmap,
                            call.rtcp_frames if call.recorded else [], call.linktype,
-                           call.other_linktype, media.rtcp)
+                           call.other_linktype, media.rtcp, cb)
     hold = call_hold(call.started_ns, call.ended_ns if call.ended_ns is not None else call.started_ns,
                      call.legs)
     conflicts = call_conflicts(call.frame_data, call.streams, call.legs, call.sites)

@@ -29,3 +29,25 @@ def test_speech_like_tone_is_not_noise() -> None:
     m = NoiseMeter()
     m.feed(x, 8000)
     assert not m.noise_like and m.judged > 0
+
+
+def test_stepwise_judging_gives_the_thresholds_verdicts() -> None:
+    """The meter runs the spectrum only on loud, high-entropy windows; its verdicts
+    are those of all four thresholds applied to every window (noise, tones,
+    quiet hiss, silence, loud hiss, clipped noise)."""
+    from controller.media.noise import (CORRELATION, ENTROPY_BITS, FLATNESS, QUIET_RMS,
+                                        _noise_like, window_stats)
+    rng = np.random.default_rng(9)
+    t = np.arange(WINDOW) / 8000
+    rows = [_ciphertext_as_ulaw(WINDOW), (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16),
+            rng.normal(0, 50, WINDOW).astype(np.int16), np.zeros(WINDOW, np.int16),
+            rng.normal(0, 6000, WINDOW).astype(np.int16),
+            np.clip(rng.normal(0, 30000, WINDOW), -32768, 32767).astype(np.int16)]
+    w = np.stack(rows)
+    rms, ent, flat, r1 = window_stats(w)
+    loud_ref = rms >= QUIET_RMS
+    noisy_ref = loud_ref & (ent >= ENTROPY_BITS) & (flat >= FLATNESS) & (np.abs(r1) <= CORRELATION)
+    loud, noisy = _noise_like(w)
+    assert loud.tolist() == loud_ref.tolist()
+    assert noisy.tolist() == noisy_ref.tolist()
+    assert noisy[0] and not noisy[1] and not loud[3]

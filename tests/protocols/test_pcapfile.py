@@ -11,7 +11,7 @@ import pytest
 
 from protocols.pcapfile import (
     LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW, CaptureFileError, pcap_bytes,
-    read_frames, write_pcap,
+    pcap_bytes_of, read_frames, write_pcap,
 )
 from tests.conftest import capture, require_tool
 from tests.protocols._build import section
@@ -171,6 +171,37 @@ def test_pcap_bytes_and_snaplen() -> None:
     write_pcap(buf, [(5, b"x" * 100)], LINKTYPE_ETHERNET, snaplen=10)
     caplen, origlen = struct.unpack_from("<II", buf.getvalue(), 24 + 8)
     assert (caplen, origlen) == (10, 100)
+
+
+def test_pcap_bytes_of_is_read_back_by_tshark(tmp_path: Path) -> None:
+    """The call-at-a-time writer (numpy record headers, one join) gives a file tshark
+    reads back frame for frame, and the very bytes of the frame-by-frame writer."""
+    frames = [(ts, RAW_UDP + bytes(i % 7)) for i, ts in enumerate(TS_SAMPLES)]
+    ts, data = [f[0] for f in frames], [f[1] for f in frames]
+    blob = pcap_bytes_of(ts, data, LINKTYPE_RAW)
+    assert blob == pcap_bytes(frames, LINKTYPE_RAW)
+    out = tmp_path / "of.pcap"
+    out.write_bytes(blob)
+    rows = table(out)
+    assert [epoch_ns(first(r, "frame.time_epoch")) for r in rows] == TS_SAMPLES
+    assert [int(first(r, "frame.cap_len")) for r in rows] == [len(d) for d in data]
+    assert pcap_bytes_of([], [], LINKTYPE_RAW) == pcap_bytes([], LINKTYPE_RAW)
+
+
+def test_pcap_bytes_of_cuts_and_refuses_like_write_pcap() -> None:
+    big = [(5, b"x" * 100), (6, b"y" * 3)]
+    assert pcap_bytes_of([5, 6], [big[0][1], big[1][1]], LINKTYPE_ETHERNET, snaplen=10) == \
+        _written(big, snaplen=10)
+    with pytest.raises(ValueError, match="negative timestamp"):
+        pcap_bytes_of([5, -1], [b"a", b"b"], LINKTYPE_ETHERNET)
+    with pytest.raises(ValueError):
+        pcap_bytes_of([5], [b"a", b"b"], LINKTYPE_ETHERNET)
+
+
+def _written(frames: list[tuple[int, bytes]], snaplen: int) -> bytes:
+    buf = io.BytesIO()
+    write_pcap(buf, frames, LINKTYPE_ETHERNET, snaplen=snaplen)
+    return buf.getvalue()
 
 
 def _big_endian_us_pcap(stamps_us: list[tuple[int, int]]) -> bytes:
