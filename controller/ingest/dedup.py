@@ -8,12 +8,12 @@ the addresses and is implied by the ports/payload) plus the IPv4 ID. A copy is d
 one was seen less than a window ago (capture time): a SIP retransmission comes
 500 ms or more later and is kept; RTP copies from other sites come within a few
 hundred ms. Packets arrive here in capture-time order (controller/ingest/order.py),
-so old keys are evicted from the front of a FIFO; the table is also bounded in
+so keys are kept in two generations that rotate every horizon (the longer window):
+no per-key eviction, at most two horizons of keys; the table is also bounded in
 size.
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from protocols.layers import Decoded
@@ -33,12 +33,21 @@ class Deduplicator:
     dropped_by_sensor: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._seen: dict[int, int] = {}      # key -> capture time of the kept copy
-        self._fifo: deque[tuple[int, int]] = deque()  # (time, key) in capture-time order
+        # Two generations of keys (key -> capture time of the kept copy): new keys go
+        # into the current one; every `horizon` of capture time the previous one is
+        # dropped whole and the current one becomes it. A key is so kept between one
+        # and two horizons, long enough for any window, with no per-key eviction.
+        self._seen: dict[int, int] = {}
+        self._old: dict[int, int] = {}
         self._sip_window = int(self.config.sip_window_ms * 1e6)
         self._media_window = int(self.config.media_window_ms * 1e6)
         self._horizon = max(self._sip_window, self._media_window)
-        self._next_evict = 0
+        self._rotate_at = -(1 << 62)     # the first packet starts the clock
+        self._half = max(1, self.config.max_entries // 2)   # a generation's bound
+
+    def __len__(self) -> int:
+        """Keys held (both generations)."""
+        return len(self._seen) + len(self._old)
 
     def is_duplicate(self, ts_ns: int, sensor_id: str, data: bytes, d: Decoded,
                      is_sip: bool) -> bool:
@@ -52,6 +61,8 @@ class Deduplicator:
             key = hash(data[l3 + 8:end])
         seen = self._seen
         first = seen.get(key)
+        if first is None:
+            first = self._old.get(key)
         if first is not None:
             window = self._sip_window if is_sip else self._media_window
             if -window <= ts_ns - first <= window:
@@ -60,25 +71,15 @@ class Deduplicator:
                 by[sensor_id] = by.get(sensor_id, 0) + 1
                 return True
         seen[key] = ts_ns
-        self._fifo.append((ts_ns, key))
-        if ts_ns >= self._next_evict or len(self._fifo) > self.config.max_entries:
-            self._evict(ts_ns)
+        if ts_ns >= self._rotate_at or len(seen) > self._half:
+            self._rotate(ts_ns)
         return False
 
-    def _evict(self, now_ns: int) -> None:
-        """Forget keys no later packet can match (packets come in time order).
-
-        Runs every 50 ms of capture time, not per packet: the table holds at
-        most the horizon plus 50 ms of keys, and `max_entries` bounds it hard.
-        """
-        self._next_evict = now_ns + 50_000_000
-        seen, fifo = self._seen, self._fifo
-        limit = now_ns - self._horizon
-        cap = self.config.max_entries
-        while fifo:
-            t, head = fifo[0]
-            if t >= limit and len(fifo) <= cap:
-                break
-            fifo.popleft()
-            if seen.get(head) == t:            # else a newer entry of the key follows
-                del seen[head]
+    def _rotate(self, now_ns: int) -> None:
+        """A new generation (packets come in time order): the previous one's keys
+        are all older than one horizon, so no later packet can match them. A
+        generation over half of `max_entries` rotates early: the table then keeps
+        between half and all of the bound, the newest keys."""
+        self._old = self._seen
+        self._seen = {}
+        self._rotate_at = now_ns + self._horizon

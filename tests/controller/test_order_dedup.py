@@ -117,4 +117,21 @@ def test_table_is_bounded() -> None:
     dd = Deduplicator(DedupConfig(max_entries=100))
     for i in range(1000):
         _check(dd, i, _udp_frame(64, i, b"y" * 20), sip=False)
-    assert len(dd._seen) <= 101
+    assert len(dd) <= 100
+    # the newest keys are kept: a copy of the last packet is still dropped
+    assert _check(dd, 1000, _udp_frame(64, 999, b"y" * 20), sip=False)
+
+
+def test_copies_are_found_for_the_whole_window_across_generations() -> None:
+    """Continuous media for 3 s (keys rotate every second): a mirror copy 900 ms
+    behind its original is still dropped (window 1 s); one 1.1 s behind is kept."""
+    dd = Deduplicator(DedupConfig())
+    ms = 1_000_000
+    for i in range(300):
+        ts = 5_000 * ms + i * 10 * ms
+        assert not _check(dd, ts, _udp_frame(64, i, b"m" * 40), sip=False)
+        if i >= 90:
+            assert _check(dd, ts, _udp_frame(63, i - 90, b"m" * 40, mac=b"\x06" * 6), "s2", sip=False)
+        if i >= 110:
+            assert not _check(dd, ts, _udp_frame(62, i - 110, b"m" * 40, mac=b"\x07" * 6), "s3",
+                              sip=False)
