@@ -16,8 +16,23 @@ Controller::
 from .members import DEFAULT_PREFIX, EventKind, MemberEvent, MemberRecord, RegistryState
 from .schema import SchemaError
 from .security import EtcdSecurity, EtcdSecurityError
-from .service import Registry
-from .watch import ConfigWatcher, ControllerLocator, MembersWatch
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .service import Registry
+    from .watch import ConfigWatcher, ControllerLocator, MembersWatch
+
+_LAZY = {"Registry": "service", "ConfigWatcher": "watch", "ControllerLocator": "watch",
+         "MembersWatch": "watch"}
+
+
+def __getattr__(name: str) -> Any:
+    """The etcd client side on first use: a process that never talks to etcd (a
+    `spanrec record`, a shard's hash ring) does not load the etcd client library."""
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_PREFIX", "ConfigWatcher", "ControllerLocator", "EtcdSecurity", "EtcdSecurityError", "EventKind",

@@ -22,12 +22,26 @@ from storage.base import RecordingStore, StorageError
 from storage.layout import recording_id, recording_prefix
 from storage.local import LocalStore
 from storage.redact import redact_url
-from storage.s3 import RetryPolicy, S3Store
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.s3 import RetryPolicy, S3Store
 
 __all__ = [
     "LocalStore", "RecordingStore", "RetryPolicy", "S3Store", "StorageError",
     "open_store", "recording_id", "recording_prefix",
 ]
+
+
+
+def __getattr__(name: str) -> Any:
+    """S3Store and RetryPolicy on first use: the S3 client library (minio, ~0.1 s
+    to import) is not loaded by a process that records to a folder."""
+    if name in ("S3Store", "RetryPolicy"):
+        from storage import s3
+        return getattr(s3, name)
+    raise AttributeError(f"module 'storage' has no attribute {name!r}")
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -123,5 +137,6 @@ def open_store(
         raise StorageError(f"s3://{bucket}{parts.path}: missing S3 " + ", ".join(missing))
     assert endpoint and access_key and secret_key
     host, is_secure = _split_endpoint(endpoint, secure)
+    from storage.s3 import S3Store
     return S3Store(bucket, unquote(parts.path), host, access_key, secret_key, is_secure,
                    region or _env("SPANREC_S3_REGION", "AWS_REGION"), retry=retry)
