@@ -305,7 +305,10 @@ class SensorSettings(_Cluster):
     snaplen: int = Field(65535, ge=256, le=262144)
     timeout_ms: int = Field(10, ge=1, le=1000)
     capture_buffer_mb: int = Field(64, ge=1, le=4096)   # kernel ring (sensor/libpcap.py)
-    compression: Literal["none", "gzip"] = "none"      # gRPC compression of the sensor link
+    # the sensor link (transport/batches.py): zstd per batch by default, measured in
+    # docs/BENCHMARK.md "WAN" (0.41 of the bytes on the shared captures, ~0.5-0.9 µs of
+    # sensor CPU a packet); gzip is gRPC's stream compression
+    compression: Literal["none", "gzip", "zstd"] = "zstd"
     connect_timeout_s: float | None = Field(None, gt=0)
     max_batches: int = Field(4096, ge=4)
     spool_dir: Path = Path("./spanrec-spool")  # batches the controller has not acknowledged

@@ -65,7 +65,7 @@ class Hello(_message.Message):
     def __init__(self, sensor_id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., interfaces: _Optional[_Iterable[str]] = ..., session: _Optional[str] = ..., mode: _Optional[str] = ..., acked_seq: _Optional[int] = ..., ring: _Optional[_Iterable[str]] = ..., clock_ns: _Optional[int] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("seq", "sensor_id", "linktype", "timestamps_ns", "lengths", "data", "wire_lengths", "broadcast")
+    __slots__ = ("seq", "sensor_id", "linktype", "timestamps_ns", "lengths", "data", "wire_lengths", "broadcast", "first_ns", "ts_deltas_ns", "zstd")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SENSOR_ID_FIELD_NUMBER: _ClassVar[int]
     LINKTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,9 @@ class Batch(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     WIRE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     BROADCAST_FIELD_NUMBER: _ClassVar[int]
+    FIRST_NS_FIELD_NUMBER: _ClassVar[int]
+    TS_DELTAS_NS_FIELD_NUMBER: _ClassVar[int]
+    ZSTD_FIELD_NUMBER: _ClassVar[int]
     seq: int
     sensor_id: str
     linktype: int
@@ -82,7 +85,10 @@ class Batch(_message.Message):
     data: bytes
     wire_lengths: _containers.RepeatedScalarFieldContainer[int]
     broadcast: bool
-    def __init__(self, seq: _Optional[int] = ..., sensor_id: _Optional[str] = ..., linktype: _Optional[int] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., wire_lengths: _Optional[_Iterable[int]] = ..., broadcast: _Optional[bool] = ...) -> None: ...
+    first_ns: int
+    ts_deltas_ns: _containers.RepeatedScalarFieldContainer[int]
+    zstd: bool
+    def __init__(self, seq: _Optional[int] = ..., sensor_id: _Optional[str] = ..., linktype: _Optional[int] = ..., timestamps_ns: _Optional[_Iterable[int]] = ..., lengths: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., wire_lengths: _Optional[_Iterable[int]] = ..., broadcast: _Optional[bool] = ..., first_ns: _Optional[int] = ..., ts_deltas_ns: _Optional[_Iterable[int]] = ..., zstd: _Optional[bool] = ...) -> None: ...
 
 class Counters(_message.Message):
     __slots__ = ("captured", "forwarded", "filtered", "decode_errors", "kernel_drops", "interface_drops", "queue_drops", "send_queue", "batches_sent", "batches_acked", "reconnects", "backlog_drops", "expected_flows", "rtp_heuristic_flows", "rtp_heuristic_packets", "sip_tls_flows", "sip_tls_packets", "sdp_endpoints_refused", "media_not_rtp")

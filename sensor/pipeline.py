@@ -33,6 +33,7 @@ from proto import sensor_pb2
 from protocols.pcapfile import CaptureFileError
 from sensor.capture import CaptureError, FileReplay, LiveCapture, PacketSource
 from sensor.classify import Classifier
+from transport.batches import unpack as unpack_batch
 from sensor.refilter import RefilterableCapture
 from sensor.route import parse_shards
 from sensor.sender import VERSION, ControllerRefused, ControllerUnreachable, Sender
@@ -363,12 +364,12 @@ def outbox_batches(outbox: Any) -> list[tuple[int, list[tuple[int, bytes]], bool
             if isinstance(msg, (bytes, bytearray)):
                 msg = sensor_pb2.SensorMessage.FromString(bytes(msg))
             if msg.HasField("batch"):
-                b = msg.batch
+                f = unpack_batch(msg.batch)
                 frames, off = [], 0
-                for ts, n in zip(b.timestamps_ns, b.lengths):
-                    frames.append((ts, b.data[off:off + n]))
+                for ts, n in zip(f.timestamps, f.lengths):
+                    frames.append((ts, f.data[off:off + n]))
                     off += n
-                out.append((b.linktype, frames, b.broadcast))
+                out.append((f.linktype, frames, f.broadcast))
             seq = item.seq
 
 

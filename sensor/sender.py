@@ -44,6 +44,7 @@ from tenacity import (
 
 from proto import sensor_pb2
 from sensor.spool import Spool, SpoolError, SpoolFull
+from transport.batches import COMPRESSIONS, pack
 
 log = logging.getLogger("spanrec.sensor.sender")
 
@@ -277,8 +278,13 @@ class Sender:
         compression: str = "none",
     ) -> None:
         self.target = target
-        # gRPC message compression on the link (--compression; docs/BENCHMARK.md "WAN")
+        # --compression (docs/BENCHMARK.md "WAN"): gzip is gRPC's compression of the
+        # stream, zstd compresses each batch once when it is made (transport/batches.py),
+        # so the spool holds it compressed too
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression {compression!r}: one of {', '.join(COMPRESSIONS)}")
         self._compression = grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression
+        self._batch_compression = compression
         # Sharded controller: the sorted shard ids this sensor routes over, sent in
         # every Hello (sensor/route.py); empty with one controller.  A callable for a
         # ring kept in etcd: asked again for every new stream, so a sensor refused
@@ -331,20 +337,12 @@ class Sender:
         (Batch.broadcast; sensor/route.py). Batches keep submission order."""
         if not frames:
             return
-        data = b"".join([f[1] for f in frames])
-        payload = sensor_pb2.Batch(
-            sensor_id=self.sensor_id,
-            linktype=linktype,
-            timestamps_ns=[f[0] for f in frames],
-            lengths=[len(f[1]) for f in frames],
-            data=data,
-            broadcast=broadcast,
-        ).SerializeToString()
+        payload = pack(self.sensor_id, linktype, frames, broadcast, self._batch_compression)
         block = self.mode != "live"
         if isinstance(self.outbox, SpoolOutbox):
             self.outbox.add_payload(payload, len(frames), frames[0][0], cursor, block, self._stop)
         else:
-            self.outbox.add(lambda seq: batch_message(seq, payload), len(frames), len(data),
+            self.outbox.add(lambda seq: batch_message(seq, payload), len(frames), len(payload),
                             block=block, stop=self._stop, first_ts=frames[0][0])
         if frames[-1][0] > self._clock_ns:
             self._clock_ns = frames[-1][0]

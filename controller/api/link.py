@@ -35,6 +35,7 @@ from proto import admin_pb2, admin_pb2_grpc, sensor_pb2, sensor_pb2_grpc
 from storage.base import StorageError
 from storage.layout import CALL_JSON, recording_prefix
 from transport import handshakes
+from transport.batches import BatchFormatError, unpack as unpack_batch
 from transport.channels import add_port
 from transport.limits import HANDSHAKE_TIMEOUT_MS
 from controller.api.authz import Authorizer, AuthzInterceptor
@@ -201,13 +202,15 @@ class SensorLinkServicer(sensor_pb2_grpc.SensorLinkServicer):
                     b = msg.batch
                     if not sensor_id:
                         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "Hello must come first")
-                    if len(b.timestamps_ns) != len(b.lengths) or sum(b.lengths) != len(b.data):
+                    try:
+                        f = unpack_batch(b)     # times as deltas, zstd (transport/batches.py)
+                    except BatchFormatError as exc:
                         rec.bad_batches += 1
-                        log.error("malformed batch", extra={"sensor_id": sensor_id, "seq": b.seq})
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                            f"batch {b.seq}: lengths do not match data")
-                    acked = rec.ingest(sensor_id, b.seq, b.linktype, b.timestamps_ns, b.lengths, b.data,
-                                       broadcast=b.broadcast)
+                        log.error("malformed batch", extra={"sensor_id": sensor_id, "seq": b.seq,
+                                                            "error": str(exc)})
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {b.seq}: {exc}")
+                    acked = rec.ingest(sensor_id, b.seq, f.linktype, f.timestamps, f.lengths, f.data,
+                                       broadcast=f.broadcast)
                     yield sensor_pb2.ControllerMessage(ack=sensor_pb2.Ack(seq=acked))
                 elif kind == "heartbeat":
                     h = msg.heartbeat

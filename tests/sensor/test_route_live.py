@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from proto import sensor_pb2, sensor_pb2_grpc
+from transport.batches import unpack
 from protocols.errors import DecodeError
 from protocols.layers import decode
 from protocols.sip import looks_like_sip, parse_sip
@@ -58,7 +59,7 @@ class Shard(sensor_pb2_grpc.SensorLinkServicer):
 
     def frames(self, broadcast: bool | None = None) -> list[bytes]:
         out = []
-        for b in self.batches:
+        for b in map(unpack, self.batches):      # zstd batches too (the sensor's default)
             if broadcast is not None and b.broadcast != broadcast:
                 continue
             at = 0
