@@ -159,7 +159,14 @@ def watch_filter(registry, source: RefilterableCapture, flag_bpf: str | None) ->
         apply({"bpf": current})
 
 
-def open_source(opts: SensorOptions, fast_frames: int = 0, batch_size: int = 256) -> PacketSource:
+#: frames a replay sends per batch (a live capture sends what one read of its pipe
+#: holds, up to 4096): 1024 rather than 256 cut the controller's CPU of `spanrec
+#: record` on 300 calls x 20 s by ~1 s of ~10 (gRPC, asyncio and ack work per
+#: message; docs/BENCHMARK.md)
+REPLAY_BATCH = 1024
+
+
+def open_source(opts: SensorOptions, fast_frames: int = 0, batch_size: int = REPLAY_BATCH) -> PacketSource:
     if opts.pcap:
         if not os.path.isfile(opts.pcap):
             raise SensorFailed(f"capture file not found: {opts.pcap}")
@@ -488,10 +495,10 @@ def run_sensor(opts: SensorOptions, stop: threading.Event | None = None) -> str:
             spools.append(sp)
             resumes.append(res)
         resume = min(resumes)
-        # a replay reads 256 frames per shard at a time: each shard's stream still
-        # gets batches of ~256 (gRPC's cost is per message; scripts/bench --shards)
+        # a replay reads REPLAY_BATCH frames per shard at a time: each shard's stream
+        # still gets batches of ~REPLAY_BATCH (gRPC's cost is per message)
         source = open_source(opts, fast_frames=resume,
-                             batch_size=256 * (len(ring.shards) if ring is not None else 1))
+                             batch_size=REPLAY_BATCH * (len(ring.shards) if ring is not None else 1))
     except BaseException:
         for sp in spools:
             if sp is not None:
