@@ -68,22 +68,33 @@ def _entropy(w: np.ndarray) -> np.ndarray:
 
 def _shape(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(spectral flatness, lag-1 autocorrelation) of every row of ``x`` (float64)."""
-    k = x.shape[0]
+    xc, r1 = _correlation(x)
+    return _flatness(xc), r1
+
+
+def _correlation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows less their mean, lag-1 autocorrelation) of every row of ``x``."""
     xc = x - x.mean(axis=1, keepdims=True)
     energy = (xc * xc).sum(axis=1)
     safe = np.where(energy > 0, energy, 1.0)
     r1 = np.where(energy > 0, (xc[:, 1:] * xc[:, :-1]).sum(axis=1) / safe, 1.0)
+    return xc, r1
+
+
+def _flatness(xc: np.ndarray) -> np.ndarray:
+    """Spectral flatness (Welch, Hann, `_SEG`-sample segments, no DC) of every row."""
+    k = xc.shape[0]
     segs = xc.reshape(k, -1, _SEG) * _HANN
     psd = (np.abs(np.fft.rfft(segs, axis=2)) ** 2).mean(axis=1)[:, 1:]   # no DC
     psd = np.maximum(psd, 1e-12)
-    flat = np.exp(np.log(psd).mean(axis=1)) / psd.mean(axis=1)
-    return flat, r1
+    return np.exp(np.log(psd).mean(axis=1)) / psd.mean(axis=1)
 
 
 def _noise_like(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(loud, noise-like) of every row of ``w``: the same verdicts as thresholds on
     `window_stats`, each test run only on the rows that passed the cheaper ones
-    before it (rms, then entropy, then the spectrum: most real audio stops early)."""
+    before it (rms, entropy, neighbour correlation, then the spectrum: most real
+    audio never reaches the FFT)."""
     x = w.astype(np.float64)
     loud = _rms(x) >= QUIET_RMS
     noisy = loud.copy()
@@ -92,8 +103,11 @@ def _noise_like(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         noisy[rows] = _entropy(w[rows]) >= ENTROPY_BITS
     if noisy.any():
         rows = np.flatnonzero(noisy)
-        flat, r1 = _shape(x[rows])
-        noisy[rows] = (flat >= FLATNESS) & (np.abs(r1) <= CORRELATION)
+        xc, r1 = _correlation(x[rows])
+        white = np.abs(r1) <= CORRELATION      # tones and speech stop here, before the FFT
+        noisy[rows] = white
+        if white.any():
+            noisy[rows[white]] = _flatness(xc[white]) >= FLATNESS
     return loud, noisy
 
 
