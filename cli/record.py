@@ -103,6 +103,8 @@ def _start_sensors(files: list[Path], controller: str, logdir: Path,
                 [sys.executable, "-m", "cli.main", "sensor", "--pcap", str(path),
                  "--controller", controller, "--sensor-id", sid,
                  "--log-level", "warning", "--log-format", "text", "--connect-timeout", "30",
+                 # one machine: compressing the link would only cost CPU on both ends
+                 "--compression", "none",
                  # each run spools into its own temporary folder: a crashed
                  # earlier run must not resume into this one
                  "--spool-dir", str(logdir / "spool")],
