@@ -136,3 +136,13 @@ def test_bench_wan_tiny() -> None:
     for c in ("gzip", "zstd"):
         assert runs[(c, False)]["link_bytes"] < runs[("none", False)]["link_bytes"]
     assert all(r["controller_cpu_s"] > 0 for r in runs.values())
+
+
+def test_bench_engine_tiny() -> None:
+    """`scripts/bench-engine`: one shard's CPU without gRPC; every generated call
+    finalised, and the three parts reported for each run."""
+    out = _run([PY, "scripts/bench-engine", "--calls", "3", "--duration", "1", "--runs", "2", "--json"])
+    fig = json.loads(out.stdout)
+    assert fig["calls"] == 3 and len(fig["runs"]) == 2
+    assert all(r["calls"] == 3 and r["packets"] == fig["packets"] > 0 for r in fig["runs"])
+    assert fig["best_packets_per_cpu_s"] > 0
