@@ -54,7 +54,7 @@ class SensorOptions:
     snaplen: int = 65535
     timeout_ms: int = 10
     buffer_bytes: int = 64 << 20          # kernel capture ring (libpcap's buffer size)
-    compression: str = "none"             # gRPC compression of the link: "none" or "gzip"
+    compression: str = "none"             # the link (transport/batches.py): "none", "gzip" or "zstd"
     connect_timeout_s: float | None = None
     max_batches: int = 4096
     spool_dir: str | None = None          # disk spool of unacknowledged batches
