@@ -35,10 +35,12 @@ def run_record(settings: ControllerSettings, files: list[Path], *, fmt: str = "t
     tune_gc()
     stats_path = os.environ.get("SPANREC_BENCH_STATS")
     rss_start = _rss_kib()
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    startup_cpu = me.ru_utime + me.ru_stime     # imports, storage and recorder set-up
     t0 = time.monotonic()
     ok = asyncio.run(_record(settings, recorder, files, fmt, progress))
     if stats_path:
-        _write_stats(stats_path, recorder, time.monotonic() - t0, rss_start)
+        _write_stats(stats_path, recorder, time.monotonic() - t0, rss_start, startup_cpu)
     return ok
 
 
@@ -74,13 +76,14 @@ def _rss_kib() -> int:
     return 0
 
 
-def _write_stats(path: str, recorder, elapsed: float, rss_start: int) -> None:
+def _write_stats(path: str, recorder, elapsed: float, rss_start: int, startup_cpu: float = 0.0) -> None:
     """Figures for scripts/bench: this process is the controller, children are sensors."""
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     Path(path).write_text(json.dumps({
         "elapsed_s": elapsed,
         "controller_cpu_s": me.ru_utime + me.ru_stime,
+        "controller_startup_cpu_s": startup_cpu,
         "controller_peak_rss_kib": me.ru_maxrss,
         "controller_start_rss_kib": rss_start,
         "sensors_cpu_s": kids.ru_utime + kids.ru_stime,
