@@ -6,6 +6,7 @@ tables of the sample captures in the background at session start.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
@@ -43,6 +44,7 @@ FIELDS = (
 
 Row = dict[str, list[str]]
 
+_ENV = dict(os.environ)
 _lock = threading.Lock()
 _tables: dict[str, Future[tuple[Row, ...]]] = {}
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tshark")
@@ -56,7 +58,12 @@ def _run(path: str) -> tuple[Row, ...]:
            "-E", "occurrence=a", "-E", f"aggregator={SEP}"]
     for f in FIELDS:
         cmd += ["-e", f]
-    proc = subprocess.run(cmd, capture_output=True, check=True, timeout=120)
+    # env given explicitly (taken at import, on the main thread): this runs on a
+    # background thread while tests change the environment (monkeypatch.setenv);
+    # with env=None the vfork'ed child execs with the process's live `environ`
+    # array, which a concurrent setenv may move (seen once in CI: OSError EFAULT,
+    # "Bad address", from execve of tshark)
+    proc = subprocess.run(cmd, capture_output=True, check=True, timeout=120, env=_ENV)
     rows = []
     for line in proc.stdout.decode("utf-8", "replace").split("\n"):
         if line:
