@@ -13,10 +13,11 @@ Controller::
     reg.on_change(lambda ev: ...)    # MemberEvent(kind join/update/leave, member)
     reg.start()
 """
+from typing import TYPE_CHECKING, Any
+
 from .members import DEFAULT_PREFIX, EventKind, MemberEvent, MemberRecord, RegistryState
 from .schema import SchemaError
 from .security import EtcdSecurity, EtcdSecurityError
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .service import Registry

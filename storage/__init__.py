@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from storage.base import RecordingStore, StorageError
 from storage.layout import recording_id, recording_prefix
 from storage.local import LocalStore
 from storage.redact import redact_url
-from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from storage.s3 import RetryPolicy, S3Store
@@ -31,7 +31,6 @@ __all__ = [
     "LocalStore", "RecordingStore", "RetryPolicy", "S3Store", "StorageError",
     "open_store", "recording_id", "recording_prefix",
 ]
-
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ Both sides run this once per batch, with numpy, never per frame in Python.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -36,7 +37,7 @@ ZSTD_LEVEL = 1
 #: what a batch may decompress to: the link's gRPC message bound
 MAX_BATCH_BYTES = 64 << 20
 
-_compressor = None
+_local = threading.local()       # the zstd compressor of each thread that packs
 
 
 class BatchFormatError(ValueError):
@@ -65,11 +66,11 @@ def pack(sensor_id: str, linktype: int, frames: Sequence[tuple[int, bytes]],
     payload = batch.SerializeToString()
     if compression != "zstd":
         return payload
-    global _compressor
-    if _compressor is None:
+    compressor = getattr(_local, "compressor", None)
+    if compressor is None:        # one per thread: a ZstdCompressor must not be shared
         import zstandard
-        _compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    return sensor_pb2.Batch(zstd=True, data=_compressor.compress(payload)).SerializeToString()
+        compressor = _local.compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return sensor_pb2.Batch(zstd=True, data=compressor.compress(payload)).SerializeToString()
 
 
 def unpack(b: sensor_pb2.Batch) -> Frames:

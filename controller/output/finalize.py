@@ -30,11 +30,11 @@ import heapq
 import io
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
