@@ -92,6 +92,14 @@ def _with_rules(f):
     return f
 
 
+def _with_index(f):
+    f = click.option("--index-password-file", type=click.Path(dir_okay=False),
+                     help="File holding the PostgreSQL index's password (else env "
+                          "SPANREC_INDEX_PASSWORD, PGPASSWORD or ~/.pgpass).")(f)
+    return click.option("--index", help="Call index the recordings are entered in: sqlite:///PATH or "
+                                        "postgresql://USER@HOST[:PORT]/DB, or none; env SPANREC_INDEX.")(f)
+
+
 _audio_format_option = click.option(
     "--audio-format", type=click.Choice(["wav", "flac", "opus"]),
     help="Audio file of each recording: audio.wav (16-bit PCM, default), audio.flac "
@@ -124,22 +132,28 @@ def cli() -> None:
                    "Default (or 0): the cores available less one per FILE (its sensor), at most "
                    "3 per FILE, and 1 (the controller in this process) for inputs under 32 MiB.")
 @_audio_format_option
+@_with_index
 @_with_rules
 @_config_option
 @_with_logs
 def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_progress: bool,
            shards: int | None, config_file: str | None, log_level: str | None,
-           log_format: str | None, **rules: Any) -> None:
+           log_format: str | None, index: str | None, index_password_file: str | None,
+           **rules: Any) -> None:
     """Record capture FILES (pcap or pcapng) into --out.
 
     Runs the whole path on this machine: a controller in this process and one
     sensor process per file, talking real gRPC on loopback. Waits until every
     call is written, then prints the calls. Exit status 1 when a file was
     truncated or corrupt (everything before the bad spot is still recorded).
+    Each recording is entered in a call index: by default index.sqlite in the
+    recordings folder (`spanrec index search`).
     """
     settings = load(ControllerSettings, "controller", config_file, {
         "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
-        "listen": "127.0.0.1:0", "shards": shards, **rules})
+        "listen": "127.0.0.1:0", "shards": shards, "index": index,
+        "index_password_file": index_password_file, **rules})
+    settings = _record_index(settings)
     _setup_logs(settings)
     _file_modes(settings)
     # Exempt from mTLS: the controller listens on 127.0.0.1 only and the sensors
@@ -151,6 +165,26 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
     ok = run_record(settings, [Path(f) for f in files], fmt=fmt, progress=not no_progress)
     if not ok:
         sys.exit(1)
+
+
+def _record_index(settings: ControllerSettings) -> ControllerSettings:
+    """record's default index: index.sqlite in a local recordings folder (the
+    call.json it cannot take kept in .index-pending there). With S3 storage
+    only an --index given is used."""
+    folder = _local_folder(settings.storage)
+    update: dict[str, Any] = {}
+    if settings.index is None and folder is not None:
+        update["index"] = f"sqlite:///{folder / 'index.sqlite'}"
+    if settings.index_pending_dir is None and folder is not None:
+        update["index_pending_dir"] = folder / ".index-pending"
+    return settings.model_copy(update=update) if update else settings
+
+
+def _local_folder(storage: str) -> Path | None:
+    if storage.startswith("s3://"):
+        return None
+    path = storage[len("file://"):] if storage.startswith("file://") else storage
+    return Path(path).expanduser().absolute()
 
 
 @cli.command()
@@ -215,6 +249,7 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
 @click.option("--shard-members", metavar="ID=HOST:PORT,...",
               help="Every shard of a static ring (this one included); sensors route each call "
                    "to the shard that owns it and must be given the same list.")
+@_with_index
 @_audio_format_option
 @_with_rules
 @_with_cluster
@@ -369,6 +404,12 @@ def _setup_logs(settings: Any) -> None:
     logs.setup(settings.log_level, settings.log_format)
 
 
+def _add_index_commands() -> None:
+    from cli.index import index_group
+    cli.add_command(index_group)
+
+
+_add_index_commands()
 _ARGV: list[str] = []
 
 

@@ -79,6 +79,40 @@ def print_calls(calls: Iterable[dict[str, Any]], fmt: str = "table", title: str 
     out.print(table)
 
 
+SEARCH_COLUMNS = [
+    ("id", "recording"), ("started_at", "started (UTC)"), ("from", "from"), ("to", "to"),
+    ("status", "status"), ("duration", "duration"), ("codecs", "codecs"), ("mos", "MOS"),
+    ("marks", ""),
+]
+
+
+def print_search(page: Any, fmt: str = "table") -> None:
+    """`spanrec index search` / `spanrecctl search`: one page of the call index."""
+    page = _plain(page)
+    if fmt == "json":
+        print_json(page)
+        return
+    calls = page["calls"]
+    total = page.get("total")
+    first = page.get("offset", 0) + 1
+    shown = f"{first}-{first + len(calls) - 1}" if calls else "0"
+    table = Table(title=f"{shown} of {total if total is not None else '?'} call(s)", title_justify="left")
+    for _, header in SEARCH_COLUMNS:
+        table.add_column(header, overflow="fold")
+    for c in calls:
+        mos = [m for m in (c.get("mos_caller"), c.get("mos_callee")) if m is not None]
+        marks = [m for m, on in (("dtmf", c.get("has_dtmf")), ("hold", c.get("has_hold")),
+                                 ("encrypted", c.get("encrypted")),
+                                 ("not recorded", c.get("recorded") is False)) if on]
+        dur = c.get("duration_s")
+        table.add_row(str(c.get("id", "")), _short(c.get("started_at") or ""), str(c.get("from") or ""),
+                      str(c.get("to") or ""), str(c.get("status") or ""),
+                      f"{dur:.1f}s" if isinstance(dur, (int, float)) else "",
+                      ",".join(c.get("codecs") or []), f"{min(mos):.2f}" if mos else "",
+                      " ".join(marks))
+    out.print(table)
+
+
 # -- spanrecctl --------------------------------------------------------------
 def _age(iso: str, now: datetime | None = None) -> str:
     """'3s ago' / '5m ago' / '2h ago' for an ISO 8601 UTC time; '-' when empty."""
@@ -216,6 +250,10 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
             title += f", {fleet[key]} {what}"
     if fleet.get("storage_pending"):
         title += f", {fleet['storage_pending']} waiting for storage"
+    if fleet.get("index_pending"):
+        title += f", {fleet['index_pending']} waiting for the call index"
+    if fleet.get("index_errors"):
+        title += f", {fleet['index_errors']} not indexable"
     if fleet.get("registry_state"):
         title += f"; etcd registry {fleet['registry_state']}"
     out.print(_sensor_table(title, fleet["sensors"], _fleet_columns(fleet["sensors"]),

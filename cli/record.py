@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli import output
-from cli.serve import build_recorder, open_storage, tune_gc
+from cli.serve import build_recorder, close_indexer, open_storage, tune_gc
 from cli.settings import ControllerSettings, Failure
 from cli.shards import describe_exit, free_ports, reap, spawn, stop_all
 from controller.api.link import serve
@@ -166,14 +166,26 @@ async def _record(settings, recorder, files: list[Path], fmt: str, show: bool) -
     await asyncio.to_thread(recorder.shutdown)
     await server.stop(grace=1.0)
     logdir.cleanup()
+    await asyncio.to_thread(close_indexer, recorder)
     if recorder.writer.errors:
         ok = False
         output.error(f"{recorder.writer.errors} recording(s) could not be written")
+    _index_warnings(recorder.status())
     output.print_unsignalled(recorder.status())   # media seen without signalling, SIP over TLS
     _clock_warnings(recorder.status(), {sid: path for sid, path, _, _ in procs})
     output.print_calls(list(recorder.writer.recent), fmt,
                        title=f"{recorder.writer.written} call(s) recorded to {recorder.writer.store.url}")
     return ok
+
+
+def _index_warnings(status: dict) -> None:
+    """The call index could not take every recording: say so (they are kept)."""
+    if status.get("index_pending"):
+        output.error(f"{status['index_pending']} recording(s) not yet in the call index "
+                     f"{status.get('index', '')}: kept and indexed at the next run, or run "
+                     "`spanrec index rebuild`")
+    if status.get("index_errors"):
+        output.error(f"{status['index_errors']} recording(s) could not be indexed (see the log)")
 
 
 # -- `spanrec record --shards N` ---------------------------------------------
@@ -183,7 +195,8 @@ async def _record(settings, recorder, files: list[Path], fmt: str, show: bool) -
 _SHARD_SETTINGS = ("storage", "s3_endpoint", "s3_access_key", "s3_secret_key",
                    "answered_timeout_s", "setup_timeout_s", "linger_s", "sip_dedup_window_ms",
                    "media_dedup_window_ms", "leg_headers", "merge_by_media", "audio_format",
-                   "file_mode", "log_level", "log_format")
+                   "file_mode", "log_level", "log_format", "index", "index_password_file",
+                   "index_pending_dir")
 _RECORD_STOP_TIMEOUT_S = 300.0
 _READY_TIMEOUT_S = 30.0
 

@@ -59,9 +59,54 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def open_indexer(settings: ControllerSettings):
+    """The call index of --index (callindex/indexer.py), or None without one. A
+    URL that cannot work stops the start; a database that is down does not:
+    recordings are kept for it (index_pending) and indexed when it is back."""
+    url = settings.index
+    if not url or url.lower() == "none":
+        return None
+    from callindex.db import IndexUnavailable, IndexUrlError, check_url, open_index
+    from callindex.indexer import Indexer
+    try:
+        shown = check_url(url, settings.index_password_file)
+    except IndexUrlError as exc:
+        raise Failure(str(exc)) from None
+    pending = settings.index_pending_dir or Path(settings.state_dir).expanduser().absolute() / "index-pending"
+
+    def connect():
+        return open_index(url, password_file=settings.index_password_file)
+    indexer = Indexer(connect, pending)
+    indexer.url = shown
+    try:
+        indexer.index = connect()
+    except IndexUrlError as exc:
+        indexer.close(drain=False)
+        raise Failure(str(exc)) from None
+    except IndexUnavailable as exc:
+        log.warning("call index unavailable at start: recordings are indexed when it is back",
+                    extra={"index": shown, "error": str(exc)})
+    indexer.wake()       # what an earlier run left pending
+    return indexer
+
+
+def close_indexer(recorder: Recorder) -> None:
+    """Index what is pending once more and let the database go (at stop)."""
+    indexer = getattr(recorder.writer.store, "indexer", None)
+    if indexer is not None:
+        indexer.close()
+        if indexer.pending:
+            log.warning("stopping with recordings not yet in the call index; they are indexed "
+                        "at the next start", extra={"pending": indexer.pending, "index": indexer.url})
+
+
 def build_recorder(settings: ControllerSettings, store: RecordingStore,
                    expected_sensors: int = 0, wal: WriteAheadLog | None = None,
                    spill_dir: Path | None = None) -> Recorder:
+    indexer = open_indexer(settings)
+    if indexer is not None:
+        from callindex.indexer import IndexingStore
+        store = IndexingStore(store, indexer)
     recorder = Recorder(
         store,
         call_config=CallConfig(answered_timeout_s=settings.answered_timeout_s,
@@ -417,6 +462,7 @@ def run_controller(settings: ControllerSettings) -> None:
         if outbox is not None and not await asyncio.to_thread(outbox.drain, 10.0):
             log.warning("controller stopping with recordings not yet uploaded; they are "
                         "uploaded at the next start", extra={"pending": outbox.pending})
+        await asyncio.to_thread(close_indexer, recorder)
         log.info("controller stopped", extra={"recordings_written": recorder.writer.written})
         if settings.results_file is not None:
             write_results(Path(settings.results_file), recorder, store, rss_start)

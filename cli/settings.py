@@ -136,6 +136,10 @@ class ControllerSettings(_Cluster):
     keep_calls_on_stop: bool = False           # SIGTERM leaves active calls to the next start (WAL)
     otlp_endpoint: str | None = None           # OTLP/gRPC collector for metrics and traces
     audio_format: Literal["wav", "flac", "opus"] = "wav"   # audio.wav | audio.flac | audio.opus
+    # the call index (callindex/): sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB, or none
+    index: str | None = None
+    index_password_file: Path | None = None    # else SPANREC_INDEX_PASSWORD or libpq's own
+    index_pending_dir: Path | None = None      # call.json kept while the index is away (state_dir/index-pending)
     # recording rules (controller/calls/rules.py): a table ([controller.record_rules], or JSON in
     # SPANREC_RECORD_RULES), and single settings that replace one of its fields
     record_rules: Annotated[dict[str, Any] | None, NoDecode] = None

@@ -898,6 +898,10 @@ class Recorder:
             c = counters()
             out.update({"storage_pending": c["pending"], "storage_uploaded": c["uploaded"],
                         "storage_retries": c["retries"], "storage_upload_errors": c["errors"]})
+        indexer = getattr(self.writer.store, "indexer", None)
+        if indexer is not None:          # callindex/indexer.py (IndexingStore)
+            out.update(indexer.counters())
+            out["index"] = indexer.url
         if self.wal is not None:
             out["wal"] = self.wal.stats()
             out["replay_suppressed"] = self.replay_suppressed

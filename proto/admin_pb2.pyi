@@ -94,7 +94,7 @@ class Member(_message.Message):
     def __init__(self, role: _Optional[str] = ..., id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[str] = ..., interfaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped", "packets_in", "bad_batches", "storage", "registry_state", "members", "storage_pending", "storage_retries", "unsignalled_media", "authz_refused", "tls_handshakes_failed", "shard_id", "ring", "not_owned_packets", "ring_refused", "shard_members")
+    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped", "packets_in", "bad_batches", "storage", "registry_state", "members", "storage_pending", "storage_retries", "unsignalled_media", "authz_refused", "tls_handshakes_failed", "shard_id", "ring", "not_owned_packets", "ring_refused", "shard_members", "index", "indexed", "index_pending", "index_errors")
     CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,10 @@ class Status(_message.Message):
     NOT_OWNED_PACKETS_FIELD_NUMBER: _ClassVar[int]
     RING_REFUSED_FIELD_NUMBER: _ClassVar[int]
     SHARD_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_PENDING_FIELD_NUMBER: _ClassVar[int]
+    INDEX_ERRORS_FIELD_NUMBER: _ClassVar[int]
     controller_id: str
     version: str
     sensors: _containers.RepeatedCompositeFieldContainer[SensorStatus]
@@ -141,7 +145,11 @@ class Status(_message.Message):
     not_owned_packets: int
     ring_refused: int
     shard_members: _containers.RepeatedCompositeFieldContainer[ShardMember]
-    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ..., packets_in: _Optional[int] = ..., bad_batches: _Optional[int] = ..., storage: _Optional[str] = ..., registry_state: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., storage_pending: _Optional[int] = ..., storage_retries: _Optional[int] = ..., unsignalled_media: _Optional[_Union[UnsignalledMedia, _Mapping]] = ..., authz_refused: _Optional[int] = ..., tls_handshakes_failed: _Optional[int] = ..., shard_id: _Optional[str] = ..., ring: _Optional[_Iterable[str]] = ..., not_owned_packets: _Optional[int] = ..., ring_refused: _Optional[int] = ..., shard_members: _Optional[_Iterable[_Union[ShardMember, _Mapping]]] = ...) -> None: ...
+    index: str
+    indexed: int
+    index_pending: int
+    index_errors: int
+    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ..., packets_in: _Optional[int] = ..., bad_batches: _Optional[int] = ..., storage: _Optional[str] = ..., registry_state: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., storage_pending: _Optional[int] = ..., storage_retries: _Optional[int] = ..., unsignalled_media: _Optional[_Union[UnsignalledMedia, _Mapping]] = ..., authz_refused: _Optional[int] = ..., tls_handshakes_failed: _Optional[int] = ..., shard_id: _Optional[str] = ..., ring: _Optional[_Iterable[str]] = ..., not_owned_packets: _Optional[int] = ..., ring_refused: _Optional[int] = ..., shard_members: _Optional[_Iterable[_Union[ShardMember, _Mapping]]] = ..., index: _Optional[str] = ..., indexed: _Optional[int] = ..., index_pending: _Optional[int] = ..., index_errors: _Optional[int] = ...) -> None: ...
 
 class ShardMember(_message.Message):
     __slots__ = ("shard_id", "address")

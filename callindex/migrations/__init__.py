@@ -1,0 +1,1 @@
+"""Alembic migrations of the call index (run by callindex.db.CallIndex.migrate)."""

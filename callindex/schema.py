@@ -1,0 +1,74 @@
+"""The index's tables (SQLAlchemy Core). The database is changed only by the
+Alembic migrations in callindex/migrations/versions/, which must create exactly
+this; tests/callindex/test_migrations.py compares the two.
+
+Times are UTC microseconds since the epoch (BIGINT): exact, sortable and the
+same in SQLite and PostgreSQL. List-valued fields (codecs, sensors, sites) are
+stored as ' a b c ' so that one LIKE '% a %' finds a member; the Call-IDs of a
+call's legs have their own table, searched by equality.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData,
+                        String, Table, Text)
+
+__all__ = ["metadata", "calls", "call_legs", "SCHEMA_REVISION"]
+
+#: the Alembic revision this module describes
+SCHEMA_REVISION = "0001"
+
+metadata = MetaData()
+
+calls = Table(
+    "calls", metadata,
+    Column("id", String(200), primary_key=True),
+    Column("prefix", String(300), nullable=False, unique=True),
+    Column("location", Text),
+    Column("started_us", BigInteger, nullable=False),
+    Column("answered_us", BigInteger),
+    Column("ended_us", BigInteger),
+    Column("duration_s", Float),
+    Column("talk_s", Float),
+    Column("from_uri", Text),
+    Column("to_uri", Text),
+    Column("from_user", String(1024), nullable=False),
+    Column("to_user", String(1024), nullable=False),
+    Column("from_number", String(1024)),
+    Column("to_number", String(1024)),
+    Column("status", String(64), nullable=False),
+    Column("final_response", Integer),
+    Column("end_reason", String(128)),
+    Column("recorded", Boolean, nullable=False),
+    Column("not_recorded_reason", Text),
+    Column("encrypted", Boolean, nullable=False),
+    Column("signalling", String(64)),
+    Column("has_dtmf", Boolean, nullable=False),
+    Column("has_hold", Boolean, nullable=False),
+    Column("codecs", Text, nullable=False),
+    Column("sensors", Text, nullable=False),
+    Column("sites", Text, nullable=False),
+    Column("mos_caller", Float),
+    Column("mos_callee", Float),
+    Column("min_mos", Float),
+    Column("loss_caller", Float),
+    Column("loss_callee", Float),
+    Column("audio_file", String(64)),
+    Column("pcap_file", String(64)),
+    Column("warnings", Integer, nullable=False),
+    Column("doc_sha256", String(64), nullable=False),
+    Column("indexed_us", BigInteger, nullable=False),
+    Index("ix_calls_started", "started_us"),
+    Index("ix_calls_from_number", "from_number"),
+    Index("ix_calls_to_number", "to_number"),
+    Index("ix_calls_from_user", "from_user"),
+    Index("ix_calls_to_user", "to_user"),
+    Index("ix_calls_status_started", "status", "started_us"),
+    Index("ix_calls_duration", "duration_s"),
+)
+
+call_legs = Table(
+    "call_legs", metadata,
+    Column("recording_id", String(200), ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True),
+    Column("call_id", String(1024), primary_key=True),
+    Index("ix_call_legs_call_id", "call_id"),
+)

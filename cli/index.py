@@ -1,0 +1,149 @@
+"""`spanrec index`: the call index from the command line (callindex/).
+
+    spanrec index rebuild --storage URL --index URL [--since DATE]
+    spanrec index search --index URL [--number N] [--since T] ... [-o json]
+
+`rebuild` reads every recording's call.json from storage and brings the index
+in line with it (storage is the source of truth); `search` queries an index
+directly (the same query `spanrecctl search` sends to a controller).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import click
+
+from cli import output
+from cli.settings import Failure
+
+#: the search filters, shared by `spanrec index search` and `spanrecctl search`
+_search_options = [
+    click.option("--number", help="Either party's number or user (substring; see --match)."),
+    click.option("--from-number", help="The caller's number or user."),
+    click.option("--to-number", help="The callee's number or user."),
+    click.option("--match", type=click.Choice(["substring", "prefix", "exact"]), default="substring",
+                 show_default=True, help="How --number/--from-number/--to-number match."),
+    click.option("--since", help="Calls started at or after (ISO 8601, UTC unless it says otherwise)."),
+    click.option("--until", help="Calls started before (ISO 8601)."),
+    click.option("--status", help="answered, cancelled, failed, ... as in call.json."),
+    click.option("--call-id", help="A Call-ID of any leg, exactly."),
+    click.option("--min-duration", type=float, help="Seconds, at least."),
+    click.option("--max-duration", type=float, help="Seconds, at most."),
+    click.option("--site", help="Seen by a sensor of this site."),
+    click.option("--sensor", help="Seen by this sensor."),
+    click.option("--codec", help="A codec of the recorded audio (PCMA, G722, opus, ...)."),
+    click.option("--mos-below", type=float, help="Either direction's MOS below this."),
+    click.option("--has-dtmf/--no-dtmf", default=None, help="With (without) DTMF events."),
+    click.option("--has-hold/--no-hold", default=None, help="With (without) hold."),
+    click.option("--sort", default="-started", show_default=True,
+                 help="started, duration, from, to, status or mos; a leading - for descending."),
+    click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True),
+    click.option("--offset", type=click.IntRange(0), default=0, show_default=True),
+]
+
+
+def search_options(f: Callable) -> Callable:
+    for opt in reversed(_search_options):
+        f = opt(f)
+    return f
+
+
+def query_from_flags(flags: dict[str, Any]):
+    """CallQuery from the flags above (QueryError -> a usage error)."""
+    from callindex.query import CallQuery, QueryError, parse_when
+    try:
+        return CallQuery(
+            since_us=parse_when(flags.get("since")), until_us=parse_when(flags.get("until")),
+            number=flags.get("number"), from_number=flags.get("from_number"),
+            to_number=flags.get("to_number"), match=flags.get("match") or "substring",
+            call_id=flags.get("call_id"), status=flags.get("status"),
+            min_duration_s=flags.get("min_duration"), max_duration_s=flags.get("max_duration"),
+            site=flags.get("site"), sensor=flags.get("sensor"), codec=flags.get("codec"),
+            mos_below=flags.get("mos_below"), has_dtmf=flags.get("has_dtmf"),
+            has_hold=flags.get("has_hold"), sort=flags.get("sort") or "-started",
+            limit=flags.get("limit") or 50, offset=flags.get("offset") or 0)
+    except QueryError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _open(url: str, password_file: str | None):
+    from callindex.db import IndexUnavailable, IndexUrlError, open_index
+    try:
+        return open_index(url, password_file=password_file)
+    except (IndexUrlError, IndexUnavailable) as exc:
+        raise Failure(str(exc)) from None
+
+
+_index_url = click.option("--index", "index_url", required=True, envvar="SPANREC_INDEX",
+                          help="sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB (env SPANREC_INDEX).")
+_password_file = click.option("--index-password-file", type=click.Path(dir_okay=False),
+                              help="File holding the PostgreSQL password (else SPANREC_INDEX_PASSWORD, "
+                                   "PGPASSWORD or ~/.pgpass).")
+
+
+@click.group("index")
+def index_group() -> None:
+    """The call index: rebuild it from storage, search it."""
+
+
+@index_group.command("rebuild")
+@click.option("--storage", required=True, help="Folder, file:///path or s3://BUCKET/PREFIX "
+                                               "(S3 endpoint and keys from SPANREC_S3_* env).")
+@click.option("--s3-endpoint", envvar="SPANREC_S3_ENDPOINT", help="S3 endpoint URL.")
+@_index_url
+@_password_file
+@click.option("--since", help="Only recordings started on or after this date (ISO 8601).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table")
+def rebuild_cmd(storage: str, s3_endpoint: str | None, index_url: str, index_password_file: str | None,
+                since: str | None, fmt: str) -> None:
+    """Bring the index in line with the recordings in storage (which stay the truth)."""
+    from callindex.db import IndexUnavailable
+    from callindex.query import QueryError, parse_when
+    from callindex.rebuild import rebuild
+    from storage import open_store
+    from storage.base import StorageError
+    try:
+        since_us = parse_when(since)
+    except QueryError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        store = open_store(storage, endpoint=s3_endpoint)
+    except StorageError as exc:
+        raise Failure(f"storage {storage}: {exc}") from None
+    index = _open(index_url, index_password_file)
+    try:
+        res = rebuild(store, index, since_us)
+    except (StorageError, IndexUnavailable) as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        index.close()
+    if fmt == "json":
+        output.print_json(res.to_dict())
+    else:
+        output.note(f"{res.recordings} recording(s) in {store.url}: {res.added} added, {res.updated} "
+                    f"updated, {res.unchanged} unchanged, {res.removed} removed from {index.url}")
+        for prefix, why in res.failed:
+            output.error(f"{prefix}: {why}")
+    if res.failed:
+        sys.exit(1)
+
+
+@index_group.command("search")
+@_index_url
+@_password_file
+@search_options
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table")
+def search_cmd(index_url: str, index_password_file: str | None, fmt: str, **flags: Any) -> None:
+    """Search the call index directly (spanrecctl search asks a controller)."""
+    from callindex.db import IndexUnavailable
+    q = query_from_flags(flags)
+    index = _open(index_url, index_password_file)
+    try:
+        page = index.search(q)
+    except IndexUnavailable as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        index.close()
+    output.print_search({"calls": page.calls, "total": page.total, "offset": page.offset,
+                         "limit": page.limit}, fmt)
