@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what spanrec needs on a Debian/Ubuntu machine, into ./.venv. Idempotent.
 #   scripts/install.sh          runtime: libpcap, Python venv, spanrec
-#   scripts/install.sh --test   also the test tools: tshark, sipp, tcpdump, iproute2, SeaweedFS,
+#   scripts/install.sh --test   also the test tools: tshark, sipp, tcpdump, tcpreplay, iproute2, SeaweedFS,
+#                               PostgreSQL (the call index tests start their own server),
 #                               systemd (systemd-analyze verify of the sensor unit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 pkgs="python3 python3-venv python3-dev gcc libpcap-dev"
 if [ "$want_test" = 1 ]; then
-  pkgs="$pkgs tshark sip-tester tcpdump iproute2 ethtool etcd-server libopus0 systemd"
+  pkgs="$pkgs tshark sip-tester tcpdump tcpreplay iproute2 ethtool etcd-server libopus0 systemd postgresql"
 fi
 missing=""
 for p in $pkgs; do
