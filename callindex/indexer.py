@@ -235,6 +235,12 @@ class IndexingStore:
     def get(self, prefix: str, name: str) -> bytes:
         return self.target.get(prefix, name)
 
+    def size(self, prefix: str, name: str) -> int:
+        return self.target.size(prefix, name)
+
+    def get_range(self, prefix: str, name: str, start: int, length: int) -> bytes:
+        return self.target.get_range(prefix, name, start, length)
+
     def list_recordings(self) -> list[str]:
         return self.target.list_recordings()
 

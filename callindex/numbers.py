@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-__all__ = ["uri_user", "normalise_number", "number_query", "pattern_to_like"]
+__all__ = ["uri_user", "normalise_number", "number_query", "pattern_to_like", "party_matches"]
 
 _SEPARATORS = str.maketrans("", "", "-.() \t")
 _NUMBER = re.compile(r"\+?[0-9*#]+")
@@ -99,3 +99,34 @@ def pattern_to_like(pattern: str) -> str:
             out.append(ch.lower())
         i += 1
     return "".join(out)
+
+
+def _like_regex(like: str) -> re.Pattern[str]:
+    out = []
+    i = 0
+    while i < len(like):
+        ch = like[i]
+        if ch == "\\" and i + 1 < len(like):
+            out.append(re.escape(like[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def party_matches(patterns: list[str] | tuple[str, ...], *uris: str | None) -> bool:
+    """True when the number or user part of one of `uris` matches one of the
+    patterns — the rule the index applies in SQL (callindex/query.py), for a
+    call that is not in the index (an active call, a call.json read from storage)."""
+    regexes = [_like_regex(pattern_to_like(p)) for p in patterns]
+    for uri in uris:
+        user = uri_user(uri)
+        values = [user.lower()]
+        num = normalise_number(user)
+        if num is not None:
+            values.append(num)
+        for v in values:
+            if any(r.fullmatch(v) for r in regexes):
+                return True
+    return False

@@ -12,10 +12,10 @@ from __future__ import annotations
 from sqlalchemy import (BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData,
                         String, Table, Text)
 
-__all__ = ["metadata", "calls", "call_legs", "SCHEMA_REVISION"]
+__all__ = ["metadata", "calls", "call_legs", "users", "audit", "audit_head", "SCHEMA_REVISION"]
 
 #: the Alembic revision this module describes
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 metadata = MetaData()
 
@@ -71,4 +71,42 @@ call_legs = Table(
     Column("recording_id", String(200), ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True),
     Column("call_id", String(1024), primary_key=True),
     Index("ix_call_legs_call_id", "call_id"),
+)
+
+# -- who may see what, and what they did (revision 0002, callindex/users.py, audit.py)
+
+users = Table(
+    "users", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("role", String(32), nullable=False),          # admin | supervisor | listener | auditor
+    Column("numbers", Text, nullable=False),             # JSON list of number patterns
+    Column("password_hash", Text, nullable=False),       # argon2id (PHC string)
+    Column("created_us", BigInteger, nullable=False),
+    Column("disabled", Boolean, nullable=False),
+)
+
+#: append-only: each entry carries the SHA-256 of the one before it (hash chain)
+audit = Table(
+    "audit", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("actor", String(256), nullable=False),        # user name or certificate CN
+    Column("role", String(32), nullable=False),
+    Column("action", String(32), nullable=False),        # search | play | download | view | sign-in ...
+    Column("recording_id", String(200)),
+    Column("address", String(256), nullable=False),      # the client's address
+    Column("detail", Text, nullable=False),              # JSON: the query, the file
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_at", "at_us"),
+    Index("ix_audit_recording", "recording_id"),
+)
+
+#: one row: the chain's last sequence number and hash; updating it first in a
+#: transaction serialises writers across processes on both databases
+audit_head = Table(
+    "audit_head", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
 )

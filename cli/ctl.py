@@ -205,6 +205,49 @@ def get(recording_id: str, out_dir: str, fmt: str, **conn: Any) -> None:
                                              f"{Path(out_dir) / recording_id}")
 
 
+from cli.index import search_options  # noqa: E402 - the same filters as `spanrec index search`
+
+
+@ctl.command()
+@search_options
+@_client_options
+def search(fmt: str, controller: str, etcd: str | None, etcd_prefix: str, tls_cert: str | None,
+           tls_key: str | None, tls_ca: str | None, insecure: bool, timeout_s: float,
+           **flags: Any) -> None:
+    """Search the call index of the cluster (needs an operator certificate; one
+    limited to number patterns finds only those calls). Every search is audited."""
+    from cli.index import query_from_flags
+    query_from_flags(flags)          # a bad flag is a usage error here, before connecting
+    fields = {"since": flags["since"], "until": flags["until"], "number": flags["number"],
+              "from_number": flags["from_number"], "to_number": flags["to_number"],
+              "match": flags["match"], "call_id": flags["call_id"], "status": flags["status"],
+              "min_duration_s": flags["min_duration"], "max_duration_s": flags["max_duration"],
+              "site": flags["site"], "sensor": flags["sensor"], "codec": flags["codec"],
+              "mos_below": flags["mos_below"], "has_dtmf": flags["has_dtmf"],
+              "has_hold": flags["has_hold"], "sort": flags["sort"], "limit": flags["limit"],
+              "offset": flags["offset"]}
+    with _connect(controller, tls_cert, tls_key, tls_ca, insecure, timeout_s, etcd, etcd_prefix) as admin:
+        output.print_search(admin.search(**fields), fmt)
+
+
+@ctl.command()
+@click.option("--since", help="Entries at or after (ISO 8601).")
+@click.option("--recording", "recording_id", metavar="ID", help="Only entries about this recording.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@_client_options
+def audit(since: str | None, recording_id: str | None, limit: int, offset: int, fmt: str,
+          **conn: Any) -> None:
+    """The audit trail: who searched, viewed, played or downloaded what, when and
+    from where (needs an auditor certificate). Exit 1 when its hash chain does
+    not verify (an entry was changed or removed behind spanrec's back)."""
+    with _connect(**conn) as admin:
+        trail = admin.audit(since=since, limit=limit, offset=offset, recording_id=recording_id)
+    output.print_audit(trail, fmt)
+    if not trail["verified"]:
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per error; exit 2 for usage/TLS settings, 1 for failures."""
     from cli.errors import run

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import click
 
 from cli import output
-from cli.settings import Failure
+from cli.settings import ConfigError, Failure
 
 #: the search filters, shared by `spanrec index search` and `spanrecctl search`
 _search_options = [
@@ -71,7 +71,9 @@ def _open(url: str, password_file: str | None):
     from callindex.db import IndexUnavailable, IndexUrlError, open_index
     try:
         return open_index(url, password_file=password_file)
-    except (IndexUrlError, IndexUnavailable) as exc:
+    except IndexUrlError as exc:
+        raise ConfigError(str(exc)) from None
+    except IndexUnavailable as exc:
         raise Failure(str(exc)) from None
 
 
@@ -147,3 +149,110 @@ def search_cmd(index_url: str, index_password_file: str | None, fmt: str, **flag
         index.close()
     output.print_search({"calls": page.calls, "total": page.total, "offset": page.offset,
                          "limit": page.limit}, fmt)
+
+
+@click.group("user")
+def user_group() -> None:
+    """Users of the web player: add, list, remove (stored in the call index)."""
+
+
+def _read_password(password_file: str | None) -> str:
+    if password_file:
+        try:
+            text = open(password_file, encoding="utf-8").read()
+        except OSError as exc:
+            raise click.UsageError(f"--password-file {password_file}: {exc.strerror or exc}") from None
+    else:
+        if sys.stdin.isatty():
+            text = click.prompt("password", hide_input=True, confirmation_prompt=True)
+        else:
+            text = sys.stdin.readline()
+    return text.rstrip("\r\n")
+
+
+def _local_actor() -> str:
+    import getpass
+    try:
+        return f"{getpass.getuser()} (spanrec user)"
+    except Exception:  # noqa: BLE001 - no name for this uid
+        return "(spanrec user)"
+
+
+@user_group.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "supervisor", "listener", "auditor"]), required=True,
+              help="admin: everything; supervisor / listener: calls of --numbers; auditor: the audit trail.")
+@click.option("--numbers", "numbers", multiple=True, metavar="GLOB",
+              help="Number pattern whose calls the user may see (either party; '+4930*'); repeatable.")
+@click.option("--password-file", type=click.Path(dir_okay=False),
+              help="Read the password from this file (else one line from stdin).")
+@_index_url
+@_password_file
+def user_add(name: str, role: str, numbers: tuple[str, ...], password_file: str | None, index_url: str,
+             index_password_file: str | None) -> None:
+    """Add a user (password hashed with argon2id)."""
+    from callindex.audit import AuditTrail
+    from callindex.db import IndexUnavailable
+    from callindex.users import UserError, Users
+    password = _read_password(password_file)
+    index = _open(index_url, index_password_file)
+    try:
+        user = Users(index).add(name, role, password, list(numbers))
+        AuditTrail(index).append(_local_actor(), "admin", "user-add",
+                                 detail={"user": name, "role": role, "numbers": list(user.numbers)})
+    except UserError as exc:
+        raise click.UsageError(str(exc)) from None
+    except IndexUnavailable as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        index.close()
+    output.note(f"user {name} added ({role}{': ' + ', '.join(user.numbers) if user.numbers else ''})")
+
+
+@user_group.command("remove")
+@click.argument("name")
+@_index_url
+@_password_file
+def user_remove(name: str, index_url: str, index_password_file: str | None) -> None:
+    """Remove a user."""
+    from callindex.audit import AuditTrail
+    from callindex.db import IndexUnavailable
+    from callindex.users import Users
+    index = _open(index_url, index_password_file)
+    try:
+        if not Users(index).remove(name):
+            raise Failure(f"no user {name!r}")
+        AuditTrail(index).append(_local_actor(), "admin", "user-remove", detail={"user": name})
+    except IndexUnavailable as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        index.close()
+    output.note(f"user {name} removed")
+
+
+@user_group.command("list")
+@_index_url
+@_password_file
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table")
+def user_list(index_url: str, index_password_file: str | None, fmt: str) -> None:
+    """The users, their roles and number patterns (never a password or its hash)."""
+    from callindex.db import IndexUnavailable
+    from callindex.users import Users
+    index = _open(index_url, index_password_file)
+    try:
+        found = Users(index).list()
+    except IndexUnavailable as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        index.close()
+    rows = [{"name": u.name, "role": u.role, "numbers": list(u.numbers)} for u in found]
+    if fmt == "json":
+        output.print_json(rows)
+        return
+    from rich.table import Table
+    table = Table(title=f"{len(rows)} user(s)", title_justify="left")
+    for h in ("name", "role", "numbers"):
+        table.add_column(h)
+    for r in rows:
+        table.add_row(r["name"], r["role"], ", ".join(r["numbers"]))
+    output.out.print(table)

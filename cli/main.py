@@ -405,8 +405,11 @@ def _setup_logs(settings: Any) -> None:
 
 
 def _add_index_commands() -> None:
-    from cli.index import index_group
+    from cli.index import index_group, user_group
     cli.add_command(index_group)
+    cli.add_command(user_group)
+    from cli.web import web_cmd
+    cli.add_command(web_cmd)
 
 
 _add_index_commands()

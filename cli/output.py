@@ -113,6 +113,27 @@ def print_search(page: Any, fmt: str = "table") -> None:
     out.print(table)
 
 
+def print_audit(trail: Any, fmt: str = "table") -> None:
+    """`spanrecctl audit`: entries newest first; the chain's verdict below."""
+    trail = _plain(trail)
+    if fmt == "json":
+        print_json(trail)
+    else:
+        table = Table(title=f"audit trail: {len(trail['entries'])} entr(y/ies)", title_justify="left")
+        for h in ("#", "at (UTC)", "actor", "role", "action", "recording", "address", "detail"):
+            table.add_column(h, overflow="fold")
+        for e in trail["entries"]:
+            table.add_row(str(e["seq"]), _short(e["at"] or ""), e["actor"], e["role"], e["action"],
+                          e.get("recording_id") or "", e["address"],
+                          json.dumps(e["detail"], sort_keys=True) if e["detail"] else "")
+        out.print(table)
+    if trail["verified"]:
+        note(f"hash chain verified over {trail['checked']} entr(y/ies)")
+    else:
+        error(f"audit trail altered: the hash chain breaks at entry {trail['broken_at']} "
+              f"({trail['checked']} checked)")
+
+
 # -- spanrecctl --------------------------------------------------------------
 def _age(iso: str, now: datetime | None = None) -> str:
     """'3s ago' / '5m ago' / '2h ago' for an ISO 8601 UTC time; '-' when empty."""

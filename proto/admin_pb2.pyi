@@ -7,6 +7,158 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SearchRequest(_message.Message):
+    __slots__ = ("since", "until", "number", "from_number", "to_number", "match", "call_id", "status", "min_duration_s", "max_duration_s", "site", "sensor", "codec", "mos_below", "has_dtmf", "has_hold", "sort", "limit", "offset")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    FROM_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TO_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MIN_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    MOS_BELOW_FIELD_NUMBER: _ClassVar[int]
+    HAS_DTMF_FIELD_NUMBER: _ClassVar[int]
+    HAS_HOLD_FIELD_NUMBER: _ClassVar[int]
+    SORT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    since: str
+    until: str
+    number: str
+    from_number: str
+    to_number: str
+    match: str
+    call_id: str
+    status: str
+    min_duration_s: float
+    max_duration_s: float
+    site: str
+    sensor: str
+    codec: str
+    mos_below: float
+    has_dtmf: bool
+    has_hold: bool
+    sort: str
+    limit: int
+    offset: int
+    def __init__(self, since: _Optional[str] = ..., until: _Optional[str] = ..., number: _Optional[str] = ..., from_number: _Optional[str] = ..., to_number: _Optional[str] = ..., match: _Optional[str] = ..., call_id: _Optional[str] = ..., status: _Optional[str] = ..., min_duration_s: _Optional[float] = ..., max_duration_s: _Optional[float] = ..., site: _Optional[str] = ..., sensor: _Optional[str] = ..., codec: _Optional[str] = ..., mos_below: _Optional[float] = ..., has_dtmf: _Optional[bool] = ..., has_hold: _Optional[bool] = ..., sort: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class IndexedCall(_message.Message):
+    __slots__ = ("id", "prefix", "location", "started_at", "answered_at", "ended_at", "duration_s", "from_uri", "to_uri", "from_number", "to_number", "call_ids", "status", "final_response", "end_reason", "recorded", "encrypted", "has_dtmf", "has_hold", "codecs", "sensors", "sites", "mos_caller", "mos_callee", "loss_caller", "loss_callee")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    FROM_URI_FIELD_NUMBER: _ClassVar[int]
+    TO_URI_FIELD_NUMBER: _ClassVar[int]
+    FROM_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TO_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CALL_IDS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTED_FIELD_NUMBER: _ClassVar[int]
+    HAS_DTMF_FIELD_NUMBER: _ClassVar[int]
+    HAS_HOLD_FIELD_NUMBER: _ClassVar[int]
+    CODECS_FIELD_NUMBER: _ClassVar[int]
+    SENSORS_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    MOS_CALLER_FIELD_NUMBER: _ClassVar[int]
+    MOS_CALLEE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_CALLER_FIELD_NUMBER: _ClassVar[int]
+    LOSS_CALLEE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    prefix: str
+    location: str
+    started_at: str
+    answered_at: str
+    ended_at: str
+    duration_s: float
+    from_uri: str
+    to_uri: str
+    from_number: str
+    to_number: str
+    call_ids: _containers.RepeatedScalarFieldContainer[str]
+    status: str
+    final_response: int
+    end_reason: str
+    recorded: bool
+    encrypted: bool
+    has_dtmf: bool
+    has_hold: bool
+    codecs: _containers.RepeatedScalarFieldContainer[str]
+    sensors: _containers.RepeatedScalarFieldContainer[str]
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    mos_caller: float
+    mos_callee: float
+    loss_caller: float
+    loss_callee: float
+    def __init__(self, id: _Optional[str] = ..., prefix: _Optional[str] = ..., location: _Optional[str] = ..., started_at: _Optional[str] = ..., answered_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., duration_s: _Optional[float] = ..., from_uri: _Optional[str] = ..., to_uri: _Optional[str] = ..., from_number: _Optional[str] = ..., to_number: _Optional[str] = ..., call_ids: _Optional[_Iterable[str]] = ..., status: _Optional[str] = ..., final_response: _Optional[int] = ..., end_reason: _Optional[str] = ..., recorded: _Optional[bool] = ..., encrypted: _Optional[bool] = ..., has_dtmf: _Optional[bool] = ..., has_hold: _Optional[bool] = ..., codecs: _Optional[_Iterable[str]] = ..., sensors: _Optional[_Iterable[str]] = ..., sites: _Optional[_Iterable[str]] = ..., mos_caller: _Optional[float] = ..., mos_callee: _Optional[float] = ..., loss_caller: _Optional[float] = ..., loss_callee: _Optional[float] = ...) -> None: ...
+
+class SearchResult(_message.Message):
+    __slots__ = ("calls", "total", "offset", "limit")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[IndexedCall]
+    total: int
+    offset: int
+    limit: int
+    def __init__(self, calls: _Optional[_Iterable[_Union[IndexedCall, _Mapping]]] = ..., total: _Optional[int] = ..., offset: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AuditRequest(_message.Message):
+    __slots__ = ("since", "limit", "offset", "recording_id")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    RECORDING_ID_FIELD_NUMBER: _ClassVar[int]
+    since: str
+    limit: int
+    offset: int
+    recording_id: str
+    def __init__(self, since: _Optional[str] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., recording_id: _Optional[str] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("seq", "at", "actor", "role", "action", "recording_id", "address", "detail_json")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RECORDING_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at: str
+    actor: str
+    role: str
+    action: str
+    recording_id: str
+    address: str
+    detail_json: str
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[str] = ..., actor: _Optional[str] = ..., role: _Optional[str] = ..., action: _Optional[str] = ..., recording_id: _Optional[str] = ..., address: _Optional[str] = ..., detail_json: _Optional[str] = ...) -> None: ...
+
+class AuditList(_message.Message):
+    __slots__ = ("entries", "checked", "broken_at")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_AT_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    checked: int
+    broken_at: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., checked: _Optional[int] = ..., broken_at: _Optional[int] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -57,6 +57,16 @@ class AdminStub:
                 request_serializer=proto_dot_admin__pb2.GetRecordingFileRequest.SerializeToString,
                 response_deserializer=proto_dot_admin__pb2.FileChunk.FromString,
                 _registered_method=True)
+        self.SearchCalls = channel.unary_unary(
+                '/spanrec.v1.Admin/SearchCalls',
+                request_serializer=proto_dot_admin__pb2.SearchRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.SearchResult.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/spanrec.v1.Admin/ListAudit',
+                request_serializer=proto_dot_admin__pb2.AuditRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.AuditList.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -91,6 +101,21 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchCalls(self, request, context):
+        """Search the call index (issue #14; operator certificates; one limited to number
+        patterns sees only calls where either party matches). Audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The audit trail, newest first, and whether its hash chain verifies (auditor certificates).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +138,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetRecordingFile,
                     request_deserializer=proto_dot_admin__pb2.GetRecordingFileRequest.FromString,
                     response_serializer=proto_dot_admin__pb2.FileChunk.SerializeToString,
+            ),
+            'SearchCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchCalls,
+                    request_deserializer=proto_dot_admin__pb2.SearchRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.SearchResult.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=proto_dot_admin__pb2.AuditRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.AuditList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +261,60 @@ class Admin:
             '/spanrec.v1.Admin/GetRecordingFile',
             proto_dot_admin__pb2.GetRecordingFileRequest.SerializeToString,
             proto_dot_admin__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spanrec.v1.Admin/SearchCalls',
+            proto_dot_admin__pb2.SearchRequest.SerializeToString,
+            proto_dot_admin__pb2.SearchResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spanrec.v1.Admin/ListAudit',
+            proto_dot_admin__pb2.AuditRequest.SerializeToString,
+            proto_dot_admin__pb2.AuditList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,8 @@
 # Installs what spanrec needs on a Debian/Ubuntu machine, into ./.venv. Idempotent.
 #   scripts/install.sh          runtime: libpcap, Python venv, spanrec
 #   scripts/install.sh --test   also the test tools: tshark, sipp, tcpdump, tcpreplay, iproute2, SeaweedFS,
-#                               PostgreSQL (the call index tests start their own server),
+#                               PostgreSQL (the call index tests start their own server), chromium
+#                               and chromium-driver (the web player's browser test),
 #                               systemd (systemd-analyze verify of the sensor unit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 pkgs="python3 python3-venv python3-dev gcc libpcap-dev"
 if [ "$want_test" = 1 ]; then
-  pkgs="$pkgs tshark sip-tester tcpdump tcpreplay iproute2 ethtool etcd-server libopus0 systemd postgresql"
+  pkgs="$pkgs tshark sip-tester tcpdump tcpreplay iproute2 ethtool etcd-server libopus0 systemd postgresql chromium chromium-driver"
 fi
 missing=""
 for p in $pkgs; do

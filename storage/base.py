@@ -6,6 +6,7 @@ identical results.
 """
 from __future__ import annotations
 
+import operator
 import shutil
 from pathlib import Path
 from typing import BinaryIO, Protocol, Union, runtime_checkable
@@ -26,6 +27,15 @@ def write_data(fh: BinaryIO, data: FileData) -> None:
         return
     with open(data, "rb") as src:
         shutil.copyfileobj(src, fh, 1 << 20)
+
+
+def check_range(start: int, length: int) -> tuple[int, int]:
+    """Validate a byte range of ``get_range``: integers, neither negative
+    (``ValueError``; ``TypeError`` for a non-integer)."""
+    start, length = operator.index(start), operator.index(length)
+    if start < 0 or length < 0:
+        raise ValueError(f"invalid byte range: start {start}, length {length} (both must be >= 0)")
+    return start, length
 
 
 class StorageError(Exception):
@@ -59,6 +69,26 @@ class RecordingStore(Protocol):
 
     def get(self, prefix: str, name: str) -> bytes:
         """Bytes of one file of a recording; :class:`StorageError` if absent."""
+        ...
+
+    def size(self, prefix: str, name: str) -> int:
+        """Size in bytes of one file of a recording, without reading it.
+
+        :class:`StorageError` if the file is absent (or the prefix or name is
+        invalid, as for :meth:`get`).
+        """
+        ...
+
+    def get_range(self, prefix: str, name: str, start: int, length: int) -> bytes:
+        """At most ``length`` bytes of one file of a recording from offset ``start``
+        (an HTTP Range request), without reading the rest of the file.
+
+        Fewer bytes when the range reaches the end of the file, ``b""`` when
+        ``start`` is at or after the end or ``length`` is 0.  Prefix and name are
+        checked as for :meth:`get` and an absent file is a :class:`StorageError`
+        (also for a 0-length range); a negative ``start`` or ``length`` is a
+        ``ValueError``.
+        """
         ...
 
     def list_recordings(self) -> list[str]:

@@ -7,11 +7,12 @@ a truncated recording under its real name.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 from storage import files as filemodes
-from storage.base import FileData, StorageError, write_data
+from storage.base import FileData, StorageError, check_range, write_data
 from storage.layout import valid_name, valid_prefix
 
 _TMP_PREFIX = ".tmp-"
@@ -95,6 +96,32 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(f"{self.url}: cannot read {prefix}/{name}: {exc.strerror or exc}") from exc
 
+    def size(self, prefix: str, name: str) -> int:
+        folder = self._dir(prefix)
+        try:
+            st = os.stat(folder / valid_name(name))
+        except ValueError as exc:
+            raise StorageError(f"{self.url}: {exc}") from None
+        except FileNotFoundError:
+            raise StorageError(f"{self.url}: no file {name} in recording {prefix}") from None
+        except OSError as exc:
+            raise StorageError(f"{self.url}: cannot read {prefix}/{name}: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(f"{self.url}: cannot read {prefix}/{name}: not a file")
+        return st.st_size
+
+    def get_range(self, prefix: str, name: str, start: int, length: int) -> bytes:
+        start, length = check_range(start, length)
+        folder = self._dir(prefix)
+        try:
+            return read_range(folder / valid_name(name), start, length)
+        except ValueError as exc:
+            raise StorageError(f"{self.url}: {exc}") from None
+        except FileNotFoundError:
+            raise StorageError(f"{self.url}: no file {name} in recording {prefix}") from None
+        except OSError as exc:
+            raise StorageError(f"{self.url}: cannot read {prefix}/{name}: {exc.strerror or exc}") from exc
+
     def list_recordings(self) -> list[str]:
         """Every folder under the root that directly holds a (non-temporary) file."""
         found: list[str] = []
@@ -120,6 +147,20 @@ class LocalStore:
             os.unlink(probe)
         except OSError as exc:
             raise StorageError(f"{self.url}: folder is not writable: {exc.strerror or exc}") from exc
+
+
+def read_range(path: Path, start: int, length: int) -> bytes:
+    """At most `length` bytes of a file from offset `start` (b"" at/after its end):
+    open, seek, read; never the whole file. OSError as raised (FileNotFoundError
+    when absent, IsADirectoryError for a folder). Shared with the outbox."""
+    with open(path, "rb") as fh:
+        # bounded by what the file holds, so a huge `length` (an open-ended HTTP
+        # range) never allocates more than the bytes actually returned
+        length = min(length, max(0, os.fstat(fh.fileno()).st_size - start))
+        if length == 0:
+            return b""
+        fh.seek(start)
+        return fh.read(length)
 
 
 def fsync_path(path: Path) -> None:

@@ -27,8 +27,9 @@ from pathlib import Path
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
 
 from storage import files as filemodes
-from storage.base import FileData, RecordingStore, StorageError, write_data
+from storage.base import FileData, RecordingStore, StorageError, check_range, write_data
 from storage.layout import valid_name, valid_prefix
+from storage.local import read_range
 
 log = logging.getLogger("spanrec.storage.outbox")
 
@@ -170,7 +171,55 @@ class OutboxStore:
         return f"{self.url.rstrip('/')}/{prefix}"
 
     def get(self, prefix: str, name: str) -> bytes:
+        """A file of a recording still waiting in the outbox is read from there (the
+        newest version: what size/get_range serve too), else from the store."""
+        path = self._pending_file(prefix, name)
+        if path is not None:
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                pass             # uploaded and removed meanwhile: the store has it now
+            except OSError as exc:
+                raise StorageError(f"outbox {path}: {exc.strerror or exc}") from exc
         return self.target.get(prefix, name)
+
+    def _pending_file(self, prefix: str, name: str) -> Path | None:
+        """The file `name` of the version of a recording still waiting in the
+        outbox (the newest one), or None: not pending, or not in the entry (an
+        entry of late additions holds only those) - then the store has it."""
+        try:
+            entry = self.dir.joinpath(*valid_prefix(prefix).split("/"))
+            path = entry / valid_name(name)
+        except ValueError as exc:
+            raise StorageError(f"outbox {self.dir}: {exc}") from None
+        if self._token(entry) is None or not path.is_file():
+            return None
+        return path
+
+    def size(self, prefix: str, name: str) -> int:
+        path = self._pending_file(prefix, name)
+        if path is not None:
+            try:
+                return path.stat().st_size
+            except FileNotFoundError:
+                pass             # uploaded and removed meanwhile: the store has it now
+            except OSError as exc:
+                raise StorageError(f"outbox {path}: {exc.strerror or exc}") from exc
+        return self.target.size(prefix, name)
+
+    def get_range(self, prefix: str, name: str, start: int, length: int) -> bytes:
+        start, length = check_range(start, length)
+        path = self._pending_file(prefix, name)
+        if path is not None:
+            try:
+                # once open, the file stays readable even if the entry is
+                # uploaded and removed (or replaced) meanwhile
+                return read_range(path, start, length)
+            except FileNotFoundError:
+                pass             # uploaded and removed meanwhile: the store has it now
+            except OSError as exc:
+                raise StorageError(f"outbox {path}: {exc.strerror or exc}") from exc
+        return self.target.get_range(prefix, name, start, length)
 
     def list_recordings(self) -> list[str]:
         return self.target.list_recordings()

@@ -21,12 +21,15 @@ from minio.helpers import check_bucket_name
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from storage.base import FileData, StorageError, data_size
+from storage.base import FileData, StorageError, check_range, data_size
 from storage.layout import content_type, valid_name, valid_prefix
 
 T = TypeVar("T")
 
 #: S3 error codes worth another try; everything else is a permanent answer.
+#: S3 error codes meaning the object (or its whole bucket) is not there.
+_ABSENT_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"})
+
 _TRANSIENT_CODES = frozenset({
     "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
     "RequestTimeTooSkewed", "OperationAborted", "Throttling", "ThrottlingException",
@@ -203,6 +206,72 @@ class S3Store:
                 resp.release_conn()
 
         return self._call(f"reading {key}", read)
+
+    def _file_key(self, prefix: str, name: str) -> str:
+        """Key of one file; unlike `_key`, an empty name is refused (not the folder)."""
+        try:
+            valid_name(name)
+        except ValueError as exc:
+            raise StorageError(f"{self._where}: {exc}") from None
+        return self._key(prefix, name)
+
+    def _absent(self, prefix: str, name: str) -> StorageError:
+        return StorageError(f"{self._where}: no file {name} in recording {prefix}")
+
+    def size(self, prefix: str, name: str) -> int:
+        key = self._file_key(prefix, name)
+
+        def stat() -> int | None:
+            try:
+                return self._client.stat_object(self.bucket, key).size
+            except S3Error as exc:
+                if exc.code in _ABSENT_CODES:
+                    return None
+                raise
+
+        size = self._call(f"reading size of {key}", stat)
+        if size is None:
+            raise self._absent(prefix, name)
+        return int(size)
+
+    def get_range(self, prefix: str, name: str, start: int, length: int) -> bytes:
+        start, length = check_range(start, length)
+        key = self._file_key(prefix, name)
+        if length == 0:
+            # minio sends no Range (or an open-ended one) for length 0: nothing to
+            # read, but an absent file is still an error, as for any other range
+            self.size(prefix, name)
+            return b""
+
+        def read() -> bytes | None:
+            try:
+                resp = self._client.get_object(self.bucket, key, offset=start, length=length)
+            except S3Error as exc:
+                if exc.code in _ABSENT_CODES:
+                    return None
+                if exc.code == "InvalidRange":   # start at/after the end (or an empty object)
+                    return b""
+                raise
+            try:
+                if resp.status == 206:
+                    return resp.read()[:length]
+                # a server that ignores Range answers 200 with the whole object:
+                # skip to `start` in chunks, keep only the range
+                skip = start
+                while skip:
+                    chunk = resp.read(min(skip, 1 << 20))
+                    if not chunk:
+                        return b""
+                    skip -= len(chunk)
+                return resp.read(length)
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        data = self._call(f"reading {key} bytes {start}+{length}", read)
+        if data is None:
+            raise self._absent(prefix, name)
+        return data
 
     def list_recordings(self) -> list[str]:
         """Every key folder under the store prefix that directly holds an object."""

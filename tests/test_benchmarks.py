@@ -148,3 +148,35 @@ def test_bench_engine_tiny() -> None:
     assert fig["calls"] == 3 and len(fig["runs"]) == 2
     assert all(r["calls"] == 3 and r["packets"] == fig["packets"] > 0 for r in fig["runs"])
     assert fig["best_packets_per_cpu_s"] > 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_bench_index_tiny(backend: str) -> None:
+    """`scripts/bench-index`: 300 generated recordings indexed (one by one, in bulk,
+    one by one on the full index), every query searched twice, the database's
+    size, the plans and one tried index; the figures are the script's."""
+    if backend == "postgresql":
+        from tests.pgserver import find_pg_bin
+        if find_pg_bin() is None:
+            pytest.skip("PostgreSQL not installed (apt postgresql)")
+    out = _run([PY, "scripts/bench-index", "--recordings", "300", "--runs", "2", "--json",
+                "--backends", backend, "--one-by-one", "100", "--tail-one-by-one", "50", "--batch", "64",
+                "--explain", "--try-index", "CREATE INDEX ix_try_dtmf ON calls (has_dtmf, started_us)"])
+    fig = json.loads(out.stdout)
+    assert fig["recordings"] == 300 and fig["goal_p95_ms"] == 200
+    r = fig["backends"][backend]
+    assert r["recordings"] == 300
+    ix = r["indexing"]
+    assert [ix[k]["recordings"] for k in ("one_by_one", "bulk", "one_by_one_full")] == [100, 150, 50]
+    assert {"per_s", "p50_ms", "p99_ms"} <= set(ix["one_by_one"]) and "insert_only_per_s" in ix["bulk"]
+    assert {"bytes", "bytes_per_recording", "parts"} <= set(r["size"])
+    assert set(r["queries"]) == {
+        "recent calls (newest 50)", "number, either party, substring", "number, either party, exact",
+        "from-number prefix", "one day", "one day + status", "Call-ID exact", "MOS < 3, last 7 days",
+        "has DTMF"}
+    for q in r["queries"].values():
+        assert q["runs"] == 2
+        assert {"p50_ms", "p95_ms", "max_ms", "page_p50_ms", "page_p95_ms", "matches_median",
+                "meets_goal"} <= set(q)
+    assert set(r["plans"]) == set(r["queries"]) and all(p["page"] and p["count"] for p in r["plans"].values())
+    assert set(r["tried"]["queries"]) == set(r["queries"]) and len(r["tried"]["statements"]) == 1

@@ -17,6 +17,8 @@ from typing import Any
 
 import grpc
 
+from google.protobuf.json_format import MessageToDict
+
 from proto import admin_pb2, admin_pb2_grpc
 from transport.channels import open_channel
 from transport.tls import Security
@@ -294,6 +296,33 @@ class AdminClient:
             out += page
             if not token or not page or (limit and len(out) >= limit):
                 return out[:limit] if limit else out
+
+    def search(self, **fields: Any) -> dict[str, Any]:
+        """One page of the call index (fields as admin.proto SearchRequest; None = unset)."""
+        req = admin_pb2.SearchRequest(**{k: v for k, v in fields.items() if v is not None})
+        res = self._unary(self._stub.SearchCalls, req)
+        calls = []
+        for c in res.calls:
+            d = MessageToDict(c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            d["from"] = d.pop("from_uri", "")
+            d["to"] = d.pop("to_uri", "")
+            calls.append(d)
+        return {"calls": calls, "total": res.total, "offset": res.offset, "limit": res.limit}
+
+    def audit(self, *, since: str | None = None, limit: int = 100, offset: int = 0,
+              recording_id: str | None = None) -> dict[str, Any]:
+        """Audit entries, newest first, and the hash chain's verdict."""
+        req = admin_pb2.AuditRequest(limit=limit, offset=offset)
+        if since is not None:
+            req.since = since
+        if recording_id is not None:
+            req.recording_id = recording_id
+        res = self._unary(self._stub.ListAudit, req)
+        entries = [{"seq": e.seq, "at": e.at, "actor": e.actor, "role": e.role, "action": e.action,
+                    "recording_id": e.recording_id or None, "address": e.address,
+                    "detail": json.loads(e.detail_json or "{}")} for e in res.entries]
+        return {"entries": entries, "checked": res.checked,
+                "verified": res.broken_at == 0, "broken_at": res.broken_at or None}
 
     def call(self, recording_id: str) -> CallDetail:
         d = self._unary(self._stub.GetCall, admin_pb2.GetCallRequest(id=recording_id))

@@ -9,6 +9,11 @@ Roles: `sensor` streams packets (SensorLink) and nothing else; `operator`
 uses the whole Admin API (status, calls, recording files); `auditor` reads
 status and call metadata but no recording files (no audio, no pcap).
 
+An operator certificate may be limited to number patterns like a supervisor
+of the web player (`--numbers '+4930*'`, SAN URIs `spanrec:numbers:PATTERN`,
+percent-encoded): it then sees, searches and downloads only calls where either
+party matches one (controller/api/indexadmin.py).
+
 A certificate issued before roles existed carries no role URI: it is treated
 as a `sensor` (`legacy=True`), the least privilege that keeps an upgraded
 fleet recording. Such a certificate can no longer read recordings: operators
@@ -19,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -26,6 +32,7 @@ from cryptography.x509.oid import NameOID
 ROLES = ("sensor", "operator", "auditor")
 ROLE_URI = "spanrec:role:"
 SITE_URI = "spanrec:site:"
+NUMBERS_URI = "spanrec:numbers:"
 LEGACY_ROLE = "sensor"
 
 
@@ -37,6 +44,7 @@ class PeerIdentity:
     site: str = ""       # sensors: the site it may speak for ("" = not bound)
     legacy: bool = False  # no role in the certificate (made before roles existed)
     problem: str = ""    # why role is "" (two roles, unknown role)
+    numbers: tuple[str, ...] | None = None   # number patterns it is limited to (None: all)
 
 
 def identity_of(cert: x509.Certificate) -> PeerIdentity:
@@ -52,13 +60,15 @@ def identity_of(cert: x509.Certificate) -> PeerIdentity:
     if len(sites) > 1:
         return PeerIdentity(name, "", problem=f"several sites {sites}")
     site = sites[0] if sites else ""
+    pats = tuple(sorted(unquote(u[len(NUMBERS_URI):]) for u in uris if u.startswith(NUMBERS_URI)))
+    numbers = pats if pats else None
     if not roles:
         return PeerIdentity(name, LEGACY_ROLE, site, legacy=True)
     if len(roles) > 1:
         return PeerIdentity(name, "", site, problem=f"several roles {roles}")
     if roles[0] not in ROLES:
         return PeerIdentity(name, "", site, problem=f"unknown role {roles[0]!r}")
-    return PeerIdentity(name, roles[0], site)
+    return PeerIdentity(name, roles[0], site, numbers=numbers)
 
 
 @lru_cache(maxsize=1024)

@@ -27,6 +27,7 @@ log = logging.getLogger("spanrec.controller.api.authz")
 SENSOR_LINK = "/spanrec.v1.SensorLink/"
 ADMIN = "/spanrec.v1.Admin/"
 READ_ONLY_ADMIN = frozenset({"GetStatus", "ListCalls", "GetCall"})   # auditor: no files
+AUDITOR_ONLY = frozenset({"ListAudit"})      # the audit trail: auditors, nobody else
 # Health checking and reflection (schema only) answer any certificate of the CA.
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")
@@ -43,6 +44,8 @@ def allowed_roles(method: str) -> frozenset[str] | None:
         return frozenset({"sensor"})
     if method.startswith(ADMIN) and method[len(ADMIN):] in READ_ONLY_ADMIN:
         return frozenset({"operator", "auditor"})
+    if method.startswith(ADMIN) and method[len(ADMIN):] in AUDITOR_ONLY:
+        return frozenset({"auditor"})
     return frozenset({"operator"})
 
 

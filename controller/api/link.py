@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.api.callpages import PageError, call_page, find_active
+from controller.api.indexadmin import IndexAdmin, Refused
 from controller.core import Recorder
 from controller.calls.unsignalled import summarize as summarize_unsignalled
 from proto import admin_pb2, admin_pb2_grpc, sensor_pb2, sensor_pb2_grpc
@@ -320,6 +321,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self.links = links or LinkTable()
         self.registry = registry    # registry.Registry or None (no etcd)
         self.authorizer = authorizer   # its refusal counts go into the status
+        self.index_admin = IndexAdmin(recorder.writer.store)   # search, audit, number limits
 
     async def GetStatus(self, request: admin_pb2.StatusRequest,
                         context: grpc.aio.ServicerContext) -> admin_pb2.Status:
@@ -381,9 +383,41 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             await _abort(context, AdminError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
             raise AssertionError("unreachable") from None
         out = admin_pb2.CallList(next_page_token=token, active_total=total)
+        peer = peer_identity(context)
         for c, active in rows:
-            out.calls.append(_summary(c, active=active))
+            if self.index_admin.may_see(peer, c):     # an operator limited to numbers
+                out.calls.append(_summary(c, active=active))
         return out
+
+    async def SearchCalls(self, request: admin_pb2.SearchRequest,
+                          context: grpc.aio.ServicerContext) -> admin_pb2.SearchResult:
+        try:
+            return await asyncio.to_thread(self.index_admin.search, request, peer_identity(context),
+                                           context.peer())
+        except Refused as exc:
+            await _abort(context, AdminError(exc.code, str(exc)))
+            raise AssertionError("unreachable") from None
+
+    async def ListAudit(self, request: admin_pb2.AuditRequest,
+                        context: grpc.aio.ServicerContext) -> admin_pb2.AuditList:
+        try:
+            return await asyncio.to_thread(self.index_admin.list_audit, request)
+        except Refused as exc:
+            await _abort(context, AdminError(exc.code, str(exc)))
+            raise AssertionError("unreachable") from None
+
+    async def _allow(self, context: grpc.aio.ServicerContext, action: str, recording_id: str,
+                     call: dict | None, detail: dict | None = None) -> None:
+        """A limited certificate sees only its numbers' calls; what is served is audited."""
+        peer = peer_identity(context)
+        if call is not None and not self.index_admin.may_see(peer, call):
+            raise AdminError(grpc.StatusCode.PERMISSION_DENIED,
+                             f"recording {recording_id}: not a call of this certificate's numbers")
+        try:
+            await asyncio.to_thread(self.index_admin.audit, peer, context.peer(), action,
+                                    recording_id=recording_id, detail=detail)
+        except Refused as exc:
+            raise AdminError(exc.code, str(exc)) from None
 
     def _status(self) -> dict:
         with self.recorder._lock:   # consistent counters; the packet path waits ms, not the loop
@@ -395,6 +429,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             prefix = recording_prefix_of(request.id)
             c = await asyncio.to_thread(find_active, self.recorder, request.id)
             if c is not None:
+                await self._allow(context, "view", request.id, c)
                 return admin_pb2.CallDetail(summary=_summary(c, active=True),
                                             call_json=json.dumps(c, default=str))
             raw = await self._read(prefix, request.id, CALL_JSON)
@@ -404,6 +439,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 raise AdminError(grpc.StatusCode.DATA_LOSS,
                                  f"recording {request.id}: call.json is not JSON") from None
             meta.setdefault("location", self._location(request.id, prefix))
+            await self._allow(context, "view", request.id, meta)
             return admin_pb2.CallDetail(summary=_summary(meta, active=False),
                                         call_json=raw.decode("utf-8"), files=_files(meta))
         except AdminError as exc:
@@ -414,7 +450,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                                context: grpc.aio.ServicerContext) -> AsyncIterator[admin_pb2.FileChunk]:
         try:
             prefix = recording_prefix_of(request.id)
+            meta = None
+            if self.index_admin.limited(peer_identity(context)) is not None:
+                try:
+                    meta = json.loads(await self._read(prefix, request.id, CALL_JSON))
+                except ValueError:
+                    raise AdminError(grpc.StatusCode.DATA_LOSS,
+                                     f"recording {request.id}: call.json is not JSON") from None
             data = await self._read(prefix, request.id, request.name)
+            await self._allow(context, "download", request.id, meta, {"file": request.name})
         except AdminError as exc:
             await _abort(context, exc)
             return

@@ -220,3 +220,121 @@ def test_large_file_put_from_a_path(store: RecordingStore, tmp_path):
     got = store.get("2026/01/02/20260102T000000Z-0123456789ab", "call.pcap")
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
     assert big.exists()          # the store copies; the caller deletes its file
+
+
+# -- byte ranges (HTTP Range requests of a web player) ----------------------
+
+RANGE_PREFIX = "2026/01/02/20260102T000000Z-0123456789ab"
+
+
+def _range_cases(size: int) -> list[tuple[int, int]]:
+    mib = 1 << 20
+    return [
+        (0, 0), (0, 1), (0, 100), (1, 10), (12345, 0),       # start, 0-length
+        (mib - 10, 20), (mib - 1, 2), (mib, 1),              # crossing / at 1 MiB
+        (mib - 100_000, 2 * mib),                            # crossing two MiB boundaries
+        (size - 1, 1), (size - 1, 1000),                     # the last byte
+        (size - 10, 10), (size - 10, 11),                    # up to / beyond the end
+        (size, 0), (size, 1), (size + 1, 5), (10 * size, 1 << 40),   # at / after the end
+        (0, size), (0, size + 1), (0, 1 << 40),              # whole file, open-ended
+    ]
+
+
+def test_size_and_get_range(store: RecordingStore):
+    import os
+
+    data = os.urandom(3 << 20)
+    store.put(RANGE_PREFIX, {"call.json": b"{}", "audio.wav": data, "empty.bin": b""})
+    assert store.size(RANGE_PREFIX, "audio.wav") == len(data)
+    assert store.size(RANGE_PREFIX, "call.json") == 2
+    assert store.size(RANGE_PREFIX, "empty.bin") == 0
+    for start, length in _range_cases(len(data)):
+        got = store.get_range(RANGE_PREFIX, "audio.wav", start, length)
+        assert got == data[start:start + length], (start, length, len(got))
+    for start, length in ((0, 0), (0, 1), (0, 100), (1, 1)):
+        assert store.get_range(RANGE_PREFIX, "empty.bin", start, length) == b""
+    # stitching consecutive ranges gives back the file (what a player does)
+    step = 700_001
+    assert b"".join(store.get_range(RANGE_PREFIX, "audio.wav", a, step)
+                    for a in range(0, len(data), step)) == data
+
+
+def test_size_and_get_range_errors(store: RecordingStore):
+    store.put(RANGE_PREFIX, {"call.json": b"{}"})
+    # absent file / recording: StorageError naming file and recording, as get does
+    for prefix, name in ((RANGE_PREFIX, "audio.wav"), ("2026/01/02/other", "call.json")):
+        with pytest.raises(StorageError) as got:
+            store.get(prefix, name)
+        with pytest.raises(StorageError, match=f"no file {name} in recording {prefix}"):
+            store.size(prefix, name)
+        for start, length in ((0, 10), (0, 0), (5, 1)):
+            with pytest.raises(StorageError, match=f"no file {name} in recording {prefix}"):
+                store.get_range(prefix, name, start, length)
+        if isinstance(store, LocalStore):
+            assert f"no file {name} in recording {prefix}" in str(got.value)
+    # invalid prefix or name: the same error type as get
+    for prefix, name in (("../escape", "call.json"), (RANGE_PREFIX, "../call.json"),
+                         ("", "call.json"), (RANGE_PREFIX, ".tmp-call.json"), (RANGE_PREFIX, "")):
+        if name or isinstance(store, LocalStore):   # S3Store.get(prefix, "") reads the folder key
+            with pytest.raises(StorageError):
+                store.get(prefix, name)
+        with pytest.raises(StorageError, match="invalid"):
+            store.size(prefix, name)
+        with pytest.raises(StorageError, match="invalid"):
+            store.get_range(prefix, name, 0, 1)
+    # negative start or length
+    for start, length in ((-1, 1), (0, -1), (-5, -5)):
+        with pytest.raises(ValueError):
+            store.get_range(RANGE_PREFIX, "call.json", start, length)
+    with pytest.raises(TypeError):
+        store.get_range(RANGE_PREFIX, "call.json", 0.5, 1)
+
+
+def test_outbox_reads_ranges_of_a_pending_recording(tmp_path):
+    """While a recording waits in the outbox (store down, not uploaded yet) a
+    player can already stream it; once uploaded the store answers."""
+    import os
+
+    from storage.outbox import OutboxStore
+
+    target = LocalStore(tmp_path / "store", fsync=False)
+    box = OutboxStore(target, tmp_path / "outbox", initial_wait=0.01, max_wait=0.05)
+    data = os.urandom(3 << 20)
+    stored_before = b"older version in the store"
+    target.put(RANGE_PREFIX, {"call.json": b"{}", "call.pcap": stored_before})
+    box.put(RANGE_PREFIX, {"call.json": b"{}", "audio.wav": data})   # not started: stays pending
+    assert (tmp_path / "outbox" / RANGE_PREFIX / "audio.wav").is_file()
+    with pytest.raises(StorageError):
+        target.size(RANGE_PREFIX, "audio.wav")                     # only in the outbox
+    assert box.size(RANGE_PREFIX, "audio.wav") == len(data)
+    for start, length in _range_cases(len(data)):
+        assert box.get_range(RANGE_PREFIX, "audio.wav", start, length) == data[start:start + length]
+    # a file not in the pending entry comes from the store; absent in both: error
+    assert box.get_range(RANGE_PREFIX, "call.pcap", 6, 7) == stored_before[6:13]
+    with pytest.raises(StorageError, match="no file missing.wav in recording"):
+        box.get_range(RANGE_PREFIX, "missing.wav", 0, 1)
+    with pytest.raises(StorageError, match="invalid"):
+        box.get_range("../x", "audio.wav", 0, 1)
+    with pytest.raises(ValueError):
+        box.get_range(RANGE_PREFIX, "audio.wav", -1, 1)
+
+    box.start()
+    assert box.drain(10)
+    box.stop()
+    assert not (tmp_path / "outbox" / RANGE_PREFIX).exists()
+    assert box.size(RANGE_PREFIX, "audio.wav") == len(data)        # now from the store
+    assert box.get_range(RANGE_PREFIX, "audio.wav", (1 << 20) - 5, 10) == data[(1 << 20) - 5:(1 << 20) + 5]
+    with pytest.raises(StorageError):
+        box.size(RANGE_PREFIX, "call.pcap")                        # the upload replaced the recording
+
+
+def test_indexing_store_delegates_ranges(tmp_path):
+    from callindex.indexer import IndexingStore
+
+    target = LocalStore(tmp_path / "store", fsync=False)
+    target.put(RANGE_PREFIX, {"audio.wav": b"0123456789"})
+    wrapped = IndexingStore.__new__(IndexingStore)   # no Indexer thread: reads never index
+    wrapped.target, wrapped.url = target, target.url
+    assert "size" in vars(IndexingStore) and "get_range" in vars(IndexingStore)
+    assert wrapped.size(RANGE_PREFIX, "audio.wav") == 10
+    assert wrapped.get_range(RANGE_PREFIX, "audio.wav", 8, 5) == b"89"
