@@ -106,18 +106,25 @@ class _Reader:
 def read_frames(path: str | os.PathLike[str]) -> Iterator[tuple[int, int, bytes]]:
     """Yield `(ts_ns, linktype, data)` for every frame of a pcap or pcapng file."""
     with open(path, "rb", buffering=0) as f:
-        r = _Reader(f)
-        if not r.fill(4):
-            raise CaptureFileError(path, 0, "empty file" if len(r.buf) == 0 else "file too short")
-        magic = r.buf[0:4]
-        if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-            yield from _read_pcap(r, path, "<")
-        elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
-            yield from _read_pcap(r, path, ">")
-        elif magic == b"\x0a\x0d\x0d\x0a":
-            yield from _read_pcapng(r, path)
-        else:
-            raise CaptureFileError(path, 0, f"unknown file magic {magic.hex()}")
+        yield from read_frames_from(f, path)
+
+
+def read_frames_from(fileobj: BinaryIO, name: str | os.PathLike[str] = "<stream>"
+                     ) -> Iterator[tuple[int, int, bytes]]:
+    """`read_frames` of an open binary file (a BytesIO of a recording's call.pcap);
+    `name` is what CaptureFileError calls it."""
+    r = _Reader(fileobj)
+    if not r.fill(4):
+        raise CaptureFileError(name, 0, "empty file" if len(r.buf) == 0 else "file too short")
+    magic = r.buf[0:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        yield from _read_pcap(r, name, "<")
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        yield from _read_pcap(r, name, ">")
+    elif magic == b"\x0a\x0d\x0d\x0a":
+        yield from _read_pcapng(r, name)
+    else:
+        raise CaptureFileError(name, 0, f"unknown file magic {magic.hex()}")
 
 
 def _read_pcap(r: _Reader, path: str | os.PathLike[str], bo: str) -> Iterator[tuple[int, int, bytes]]:

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from protocols.fragments import Reassembler
 from protocols.layers import decode
 # the reader of read_frames(path), on bytes in memory (no public bytes reader yet)
-from protocols.pcapfile import CaptureFileError, _read_pcap, _read_pcapng, _Reader
+from protocols.pcapfile import CaptureFileError, read_frames_from
 from protocols.sip import SipMessage, frame_stream, looks_like_sip, parse_sip
 
 __all__ = ["MAX_MESSAGES", "Ladder", "LadderError", "LadderMessage", "ladder"]
@@ -86,14 +86,12 @@ class Ladder:
 def _frames(pcap: bytes) -> Iterator[tuple[int, int, bytes]]:
     """(ts_ns, linktype, frame) of the capture; LadderError when it is no capture file."""
     magic = bytes(pcap[:4])
-    reader = _Reader(io.BytesIO(pcap))
     if magic in _PCAP_LE or magic in _PCAP_BE:
         if len(pcap) < 24:
             raise LadderError("not a pcap file: truncated pcap file header")
-        return _read_pcap(reader, _NAME, "<" if magic in _PCAP_LE else ">")
-    if magic == _PCAPNG:
-        return _read_pcapng(reader, _NAME)
-    raise LadderError(f"not a pcap file: unknown file magic {magic.hex() or '(empty)'}")
+    elif magic != _PCAPNG:
+        raise LadderError(f"not a pcap file: unknown file magic {magic.hex() or '(empty)'}")
+    return read_frames_from(io.BytesIO(pcap), _NAME)
 
 
 def _host(ip: bytes, port: int) -> str:
