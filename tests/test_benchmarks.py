@@ -180,3 +180,13 @@ def test_bench_index_tiny(backend: str) -> None:
                 "meets_goal"} <= set(q)
     assert set(r["plans"]) == set(r["queries"]) and all(p["page"] and p["count"] for p in r["plans"].values())
     assert set(r["tried"]["queries"]) == set(r["queries"]) and len(r["tried"]["statements"]) == 1
+
+
+def test_bench_web_times_each_request() -> None:
+    """`scripts/bench-web` (issue #14): page, audio start, seek, waveform, ladder per call."""
+    out = _run([PY, "scripts/bench-web", "--durations", "1,2", "--runs", "1", "--json"])
+    fig = json.loads(out.stdout)
+    assert len(fig["calls"]) == 2
+    for row in fig["calls"]:
+        for k in ("page", "audio_start", "seek", "peaks", "ladder"):
+            assert row[f"{k}_ms_best"] > 0

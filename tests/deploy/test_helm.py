@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,6 +35,8 @@ def _helm() -> str | None:
 
 HELM = _helm()
 pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary: run scripts/get-helm")
+
+INDEX_URL = "postgresql://spanrec@postgres.db.svc:5432/spanrec"
 
 VALUE_SETS: dict[str, dict] = {
     "defaults": {},
@@ -78,6 +81,26 @@ VALUE_SETS: dict[str, dict] = {
     },
     "etcd-insecure": {
         "registry": {"endpoints": "etcd.infra:2379", "tls": {"enabled": False}, "insecure": True},
+    },
+    "index": {
+        "index": {"url": INDEX_URL, "existingSecret": "pg-spanrec", "passwordKey": "pw"},
+        "s3": {"existingSecret": "s3-keys"},
+    },
+    "web": {
+        "index": {"url": INDEX_URL, "existingSecret": "pg-spanrec"},
+        "s3": {"existingSecret": "s3-keys", "endpoint": "https://s3.example.net"},
+        "controller": {"storage": "s3://calls/site-a"},
+        "web": {"enabled": True, "replicas": 3, "tls": {"secretName": "web-tls"},
+                "sessionKey": {"existingSecret": "web-session"}, "clientCertSecret": "web-operator",
+                "service": {"type": "LoadBalancer", "annotations": {"a": "b"}},
+                "tolerations": [{"key": "web", "operator": "Exists", "effect": "NoSchedule"}]},
+    },
+    "web-lab": {
+        "etcd": {"enabled": True},
+        "minio": {"enabled": True},
+        "tls": {"enabled": False},
+        "index": {"url": "postgresql://spanrec@postgres:5432/spanrec"},
+        "web": {"enabled": True, "replicas": 1, "insecureCookies": True},
     },
 }
 
@@ -383,6 +406,26 @@ def test_rendered_etcd_settings_let_the_controller_start(tmp_path: Path, name: s
      "refusing to send the etcd user and password in plain text"),
     ({"registry": {"auth": {"user": "spanrec", "password": "pw"}}, "etcd": {"enabled": True}},
      "the in-chart etcd is plain text without auth"),
+    # the call index and the web player
+    ({"index": {"url": "postgresql://spanrec:s3cr3t@db/spanrec"}}, "put no password in the URL"),
+    ({"index": {"url": "sqlite:///var/lib/spanrec/index.sqlite"}}, "/index/url"),
+    ({"index": {"url": "postgresql://db/spanrec"}}, "/index/url"),
+    ({"index": {"existingSecret": "pg"}}, "index.existingSecret is set but index.url is empty"),
+    ({"index": {"password": "pw"}}, "password"),
+    ({"web": {"enabled": True}}, "web.enabled needs index.url"),
+    ({"web": {"enabled": True, "replicas": 1}}, "web.enabled needs index.url"),
+    ({"web": {"enabled": True}, "index": {"url": INDEX_URL}},
+     "web.replicas=2 needs web.sessionKey.existingSecret"),
+    ({"web": {"enabled": True, "replicas": 1}, "index": {"url": INDEX_URL},
+      "controller": {"storage": "/var/lib/spanrec/calls"}}, "web.enabled needs S3 storage"),
+    ({"web": {"enabled": True, "replicas": 1, "controller": "ctl.example:7600"}, "index": {"url": INDEX_URL}},
+     "web.controller with tls.enabled needs web.clientCertSecret"),
+    ({"web": {"enabled": True, "replicas": 1, "controller": "no-port"}, "index": {"url": INDEX_URL}},
+     "/web/controller"),
+    ({"web": {"replica": 2}}, "replica"),
+    ({"web": {"enabled": "yes"}}, "/web/enabled"),
+    ({"web": {"sessionKey": {"secret": "x"}}}, "secret"),
+    ({"web": {"service": {"type": "Ingress"}}}, "/web/service/type"),
 ])
 def test_bad_values_refused(tmp_path: Path, values: dict, message: str) -> None:
     proc = helm("template", "rec", str(CHART), "-f", str(_values_file(tmp_path, values)), check=False)
@@ -411,3 +454,202 @@ def test_one_pod_one_shard_without_etcd(tmp_path: Path) -> None:
     env = env_of(c)
     assert env["SPANREC_SHARDS"]["value"] == "1" and "SPANREC_ETCD" not in env
     assert [p["name"] for p in c["ports"]] == ["grpc"]
+
+
+# -- the call index and the web player ------------------------------------------------
+
+def web_objects(docs: list[dict]) -> tuple[dict, dict]:
+    (dep,) = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "rec-spanrec-web"]
+    (svc,) = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "rec-spanrec-web"]
+    return dep, svc
+
+
+def _strings(obj) -> list[str]:
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return [obj] if isinstance(obj, str) else []
+
+
+def test_no_index_and_no_web_by_default(tmp_path: Path) -> None:
+    docs = render(tmp_path, {})
+    assert not by_kind(docs, "Deployment")
+    (c,) = controller(docs)["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    assert "SPANREC_INDEX" not in env and "SPANREC_INDEX_PASSWORD" not in env
+
+
+def test_index_url_and_password_from_the_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render(tmp_path, VALUE_SETS["index"])
+    assert not by_kind(docs, "Deployment")            # the index alone: no web player
+    (c,) = controller(docs)["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    # the controller's --index, set as its environment like every controller setting
+    assert env["SPANREC_INDEX"]["value"] == INDEX_URL
+    assert env["SPANREC_INDEX_PASSWORD"] == {"name": "SPANREC_INDEX_PASSWORD", "valueFrom": {
+        "secretKeyRef": {"name": "pg-spanrec", "key": "pw"}}}
+    # never a password in the command line or a plain value: no args at all, no
+    # user:password@ in any string of the pod
+    assert c["command"] == ["spanrec", "controller"] and "args" not in c
+    assert not [v for v in _strings(docs) if re.search(r"://[^/@]*:[^/@]*@", v)]
+    # the controller takes what the chart rendered (flags > SPANREC_* env)
+    from callindex.db import check_url
+    from cli.settings import ControllerSettings, load
+    for key in list(os.environ):
+        if key.startswith("SPANREC_") or key == "PGPASSWORD":
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SPANREC_INDEX", env["SPANREC_INDEX"]["value"])
+    monkeypatch.setenv("SPANREC_INDEX_PASSWORD", "from-the-secret")
+    monkeypatch.setenv("SPANREC_INSECURE", "true")
+    settings = load(ControllerSettings, "controller", None, {})
+    assert settings.index == INDEX_URL and settings.index_password_file is None
+    # accepted; the password comes from SPANREC_INDEX_PASSWORD and is never shown
+    assert check_url(settings.index) == "postgresql://spanrec:***@postgres.db.svc:5432/spanrec"
+
+
+def test_web_player(tmp_path: Path) -> None:
+    docs = render(tmp_path, VALUE_SETS["web"])
+    dep, svc = web_objects(docs)
+    assert dep["spec"]["replicas"] == 3
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == controller(docs)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert c["command"] == ["spanrec", "web"]
+    assert c["args"] == [
+        "--listen", "0.0.0.0:8080", "--index", INDEX_URL, "--storage", "s3://calls/site-a",
+        "--log-level", "info",
+        "--tls-cert", "/etc/spanrec/web-tls/tls.crt", "--tls-key", "/etc/spanrec/web-tls/tls.key",
+        "--session-key-file", "/etc/spanrec/web-session/session-key",
+        "--controller", "rec-spanrec-admin.voip.svc:7600"]
+    env = env_of(c)
+    assert env["SPANREC_INDEX_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "pg-spanrec", "key": "password"}
+    assert env["SPANREC_S3_ENDPOINT"]["value"] == "https://s3.example.net"
+    assert env["SPANREC_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-keys", "key": "access-key"}
+    assert env["SPANREC_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-keys", "key": "secret-key"}
+    assert env["SPANREC_TLS_CERT"]["value"] == "/etc/spanrec/tls/tls.crt"
+    assert env["SPANREC_TLS_KEY"]["value"] == "/etc/spanrec/tls/tls.key"
+    assert env["SPANREC_TLS_CA"]["value"] == "/etc/spanrec/tls/ca.crt"
+    assert "SPANREC_INSECURE" not in env
+    # HTTPS in the pod: the probes speak it on the named port
+    assert c["ports"] == [{"name": "https", "containerPort": 8080, "protocol": "TCP"}]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/login", "port": "https", "scheme": "HTTPS"}, probe
+    # mounts: every file named in the args/env comes from a Secret item
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert {n: m["mountPath"] for n, m in mounts.items()} == {
+        "tmp": "/tmp", "web-tls": "/etc/spanrec/web-tls", "session-key": "/etc/spanrec/web-session",
+        "client-tls": "/etc/spanrec/tls"}
+    assert all(m.get("readOnly") for n, m in mounts.items() if n != "tmp")
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in vols["tmp"]
+    assert vols["web-tls"]["secret"]["secretName"] == "web-tls"
+    assert vols["session-key"]["secret"] == {"secretName": "web-session", "defaultMode": 0o440,
+                                             "items": [{"key": "session-key", "path": "session-key"}]}
+    assert vols["client-tls"]["secret"]["secretName"] == "web-operator"
+    files = {f"{mounts[name]['mountPath']}/{item['path']}"
+             for name, v in vols.items() for item in v.get("secret", {}).get("items", [])}
+    named = [a for a in c["args"] + [e.get("value", "") for e in c["env"]] if a.startswith("/etc/spanrec/")]
+    assert named and set(named) <= files
+    # the controller's security settings
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10001
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["tolerations"] == [{"key": "web", "operator": "Exists", "effect": "NoSchedule"}]
+    assert c["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    # Service: 443 with TLS, selecting the web pods only (and the controller's Services not them)
+    assert svc["spec"]["type"] == "LoadBalancer" and svc["metadata"]["annotations"] == {"a": "b"}
+    assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP",
+                                     "appProtocol": "https"}]
+    web_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= web_labels.items()
+    assert dep["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    for other in by_kind(docs, "Service"):
+        if other is not svc:
+            assert not other["spec"]["selector"].items() <= web_labels.items(), other["metadata"]["name"]
+    ctl_labels = controller(docs)["spec"]["template"]["metadata"]["labels"]
+    assert not svc["spec"]["selector"].items() <= ctl_labels.items()
+    pdbs = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "PodDisruptionBudget")}
+    assert pdbs["rec-spanrec-web"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    assert pdbs["rec-spanrec"]["selector"]["matchLabels"].items() <= ctl_labels.items()
+    # the controllers index into the same database
+    (ctl,) = controller(docs)["spec"]["template"]["spec"]["containers"]
+    assert env_of(ctl)["SPANREC_INDEX"]["value"] == INDEX_URL
+
+
+def test_web_args_parse_with_spanrec_web(tmp_path: Path) -> None:
+    """The rendered command line is one `spanrec web` takes (its own click options;
+    the mounted files replaced by local ones)."""
+    from cli.web import web_cmd
+    (c,) = web_objects(render(tmp_path, VALUE_SETS["web"]))[0]["spec"]["template"]["spec"]["containers"]
+    for name in ("tls.crt", "tls.key", "session-key"):
+        (tmp_path / name).write_text("x" * 40)
+    args = [str(tmp_path / Path(a).name) if a.startswith("/etc/spanrec/") else a for a in c["args"]]
+    ctx = web_cmd.make_context("web", args)
+    p = ctx.params
+    assert p["listen"] == "0.0.0.0:8080" and p["index_url"] == INDEX_URL
+    assert p["storage"] == "s3://calls/site-a" and p["controller"] == "rec-spanrec-admin.voip.svc:7600"
+    assert p["session_key_file"] and p["tls_cert"] and p["tls_key"] and p["insecure_cookies"] is False
+
+
+def test_web_lab_plain_http(tmp_path: Path) -> None:
+    docs = render(tmp_path, VALUE_SETS["web-lab"])
+    dep, svc = web_objects(docs)
+    assert dep["spec"]["replicas"] == 1
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["--listen", "0.0.0.0:8080", "--index", "postgresql://spanrec@postgres:5432/spanrec",
+                         "--storage", "s3://spanrec-recordings", "--log-level", "info",
+                         "--insecure-cookies", "--controller", "rec-spanrec-admin.voip.svc:7600"]
+    env = env_of(c)
+    assert env["SPANREC_INSECURE"]["value"] == "true"     # the chart's controller is plain text
+    assert env["SPANREC_S3_ENDPOINT"]["value"] == "http://rec-minio:9000"
+    assert env["SPANREC_S3_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "rec-minio", "key": "rootUser"}
+    assert "SPANREC_INDEX_PASSWORD" not in env             # no index.existingSecret
+    assert not [k for k in env if k.startswith("SPANREC_TLS_")]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/login", "port": "http", "scheme": "HTTP"}
+    assert {m["name"] for m in c["volumeMounts"]} == {"tmp"}
+    assert svc["spec"]["ports"][0]["port"] == 8080 and svc["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_web_without_operator_certificate_has_no_active_calls(tmp_path: Path) -> None:
+    """mTLS on the Admin API and no client certificate: no --controller (the page
+    says none is configured) rather than a controller it cannot speak to."""
+    docs = render(tmp_path, {"index": {"url": INDEX_URL}, "web": {
+        "enabled": True, "sessionKey": {"existingSecret": "web-session", "key": "k"},
+        "service": {"port": 8443}, "port": 9090}})
+    dep, svc = web_objects(docs)
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert "--controller" not in c["args"] and "--insecure-cookies" not in c["args"]
+    assert c["args"][:2] == ["--listen", "0.0.0.0:9090"]
+    env = env_of(c)
+    assert "SPANREC_INSECURE" not in env and "SPANREC_TLS_CERT" not in env
+    (vol,) = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "session-key"]
+    assert vol["secret"]["items"] == [{"key": "k", "path": "session-key"}]
+    assert c["ports"][0]["containerPort"] == 9090
+    assert svc["spec"]["ports"][0]["port"] == 8443
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_web_without_pdb(tmp_path: Path) -> None:
+    docs = render(tmp_path, {**VALUE_SETS["web"], "pdb": {"enabled": False}})
+    assert not by_kind(docs, "PodDisruptionBudget")
+    assert web_objects(docs)
+
+
+def test_notes_tell_the_web_player_and_the_first_admin(tmp_path: Path) -> None:
+    proc = helm("install", "rec", str(CHART), "--dry-run=client", "--namespace", "voip",
+                "-f", str(_values_file(tmp_path, VALUE_SETS["web"])))
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "port-forward svc/rec-spanrec-web 8443:443" in notes and "https://localhost:8443/" in notes
+    assert "kubectl -n voip exec -i deploy/rec-spanrec-web -- " in notes
+    assert f"spanrec user add admin --role admin --index '{INDEX_URL}'" in notes
+    assert "read -rs PASSWORD" in notes and "printf '%s\\n' \"$PASSWORD\" |" in notes
+    assert "not deployed by this chart" in notes
+    proc = helm("install", "rec", str(CHART), "--dry-run=client", "--namespace", "voip",
+                "-f", str(_values_file(tmp_path, VALUE_SETS["web-lab"])))
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "port-forward svc/rec-spanrec-web 8080:8080" in notes and "http://localhost:8080/" in notes
+    assert "every restart of the pod signs everyone out" in notes

@@ -23,6 +23,11 @@ app.kubernetes.io/component: controller
 
 {{- define "spanrec.labels" -}}
 {{ include "spanrec.selector" . }}
+{{ include "spanrec.commonLabels" . }}
+{{- end -}}
+
+{{/* Labels of every object, apart from the selector ones. */}}
+{{- define "spanrec.commonLabels" -}}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: spanrec
@@ -118,4 +123,40 @@ the main port answers it. */}}
 {{/* Shard processes per pod (controller.shards): shard i listens on port + i. */}}
 {{- define "spanrec.shards" -}}
 {{- max 1 (int .Values.controller.shards) -}}
+{{- end -}}
+
+{{/* The web player (web.enabled): its own component, so the controller's
+Services and PodDisruptionBudget never select its pods (and the other way round). */}}
+{{- define "spanrec.webName" -}}
+{{- printf "%s-web" (include "spanrec.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- define "spanrec.webSelector" -}}
+app.kubernetes.io/name: {{ include "spanrec.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: web
+{{- end -}}
+{{- define "spanrec.webLabels" -}}
+{{ include "spanrec.webSelector" . }}
+{{ include "spanrec.commonLabels" . }}
+{{- end -}}
+
+{{/* Controller Admin API the web player lists active calls from: web.controller,
+else the chart's own admin Service. */}}
+{{- define "spanrec.webController" -}}
+{{- .Values.web.controller | default (printf "%s-admin.%s.svc:%d" (include "spanrec.fullname" .) .Release.Namespace (int .Values.controller.port)) -}}
+{{- end -}}
+{{/* How the web player reaches that controller: "mtls" (web.clientCertSecret,
+an operator certificate), "insecure" (the chart's controller in plain text,
+tls.enabled=false) or "" (no --controller: mTLS without a client certificate). */}}
+{{- define "spanrec.webControllerMode" -}}
+{{- if .Values.web.clientCertSecret -}}mtls
+{{- else if not .Values.tls.enabled -}}insecure
+{{- end -}}
+{{- end -}}
+{{/* Port of the web Service: web.service.port, else 443 with web.tls, 8080 without. */}}
+{{- define "spanrec.webServicePort" -}}
+{{- if .Values.web.service.port -}}{{ .Values.web.service.port }}
+{{- else if .Values.web.tls.secretName -}}443
+{{- else -}}{{ .Values.web.port }}
+{{- end -}}
 {{- end -}}
