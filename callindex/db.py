@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -86,6 +86,11 @@ def _engine_url(url: str, password_file: str | Path | None):
                         "sqlite:///PATH or postgresql://USER@HOST[:PORT]/DB")
 
 
+def _no_table(exc: DBAPIError) -> bool:
+    text_ = str(getattr(exc, "orig", exc)).lower()
+    return "no such table" in text_ or "does not exist" in text_ and "relation" in text_
+
+
 def check_url(url: str, password_file: str | Path | None = None) -> str:
     """The URL as it may be shown (no password); IndexUrlError if it cannot work."""
     eu = _engine_url(url, password_file)
@@ -96,6 +101,13 @@ def _unavailable(what: str, url: str, exc: BaseException) -> IndexUnavailable:
     orig = getattr(exc, "orig", None) or exc
     msg = " ".join(str(orig).split())[:300]
     return IndexUnavailable(f"index {url}: {what}: {msg}")
+
+
+_SELECT_OLD = select(calls.c.doc_sha256, calls.c.location).where(calls.c.id == bindparam("rid"))
+_INSERT_CALL = insert(calls)
+_UPDATE_CALL = update(calls).where(calls.c.id == bindparam("rid"))
+_DELETE_LEGS = delete(call_legs).where(call_legs.c.recording_id == bindparam("rid"))
+_INSERT_LEG = insert(call_legs)
 
 
 class CallIndex:
@@ -138,6 +150,18 @@ class CallIndex:
                 os.close(lock_fd)
         return self.revision()
 
+    def current_revision(self) -> str | None:
+        """The schema's revision, None for an empty database (no alembic_version)."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except DBAPIError as exc:
+            if _no_table(exc):
+                return None
+            raise _unavailable("cannot read the schema revision", self.url, exc) from None
+        except SQLAlchemyError as exc:
+            raise _unavailable("cannot read the schema revision", self.url, exc) from None
+
     def revision(self) -> str | None:
         try:
             with self.engine.connect() as conn:
@@ -160,24 +184,25 @@ class CallIndex:
         for attempt in (1, 2):
             try:
                 with self.engine.begin() as conn:
-                    old = conn.execute(select(calls.c.doc_sha256, calls.c.location)
-                                       .where(calls.c.id == row["id"])).first()
+                    # prebuilt statements with bound parameters: compiled once (the
+                    # controller indexes every recording it writes)
+                    old = conn.execute(_SELECT_OLD, {"rid": row["id"]}).first()
                     if old is not None and old[0] == row["doc_sha256"] and \
                             (row["location"] is None or old[1] == row["location"]):
                         return "unchanged"
                     if old is None:
                         # the same folder under another id cannot be: the prefix ends in the id
-                        conn.execute(insert(calls).values(**row))
+                        conn.execute(_INSERT_CALL, row)
                         result = "added"
                     else:
                         if row["location"] is None:
                             row["location"] = old[1]
-                        conn.execute(update(calls).where(calls.c.id == row["id"]).values(**row))
-                        conn.execute(delete(call_legs).where(call_legs.c.recording_id == row["id"]))
+                        conn.execute(_UPDATE_CALL, {**row, "rid": row["id"]})
+                        conn.execute(_DELETE_LEGS, {"rid": row["id"]})
                         result = "updated"
                     if call_ids:
-                        conn.execute(insert(call_legs), [{"recording_id": row["id"], "call_id": c}
-                                                         for c in dict.fromkeys(call_ids)])
+                        conn.execute(_INSERT_LEG, [{"recording_id": row["id"], "call_id": c}
+                                                   for c in dict.fromkeys(call_ids)])
                     return result
             except IntegrityError:
                 if attempt == 2:
@@ -304,7 +329,9 @@ def open_index(url: str, *, password_file: str | Path | None = None, migrate: bo
                                              "application_name": "spanrec"})
     index = CallIndex(engine, shown, lock_path)
     if migrate:
-        rev = index.migrate()
+        rev = index.current_revision()
+        if rev != SCHEMA_REVISION:      # Alembic (and its import) only when there is work
+            rev = index.migrate()
         if rev != SCHEMA_REVISION:
             raise IndexUrlError(f"index {shown}: schema revision {rev}, this spanrec knows {SCHEMA_REVISION}")
     return index
