@@ -3,7 +3,9 @@ is made, and its SQL (`where`, `order_by`), the same for SQLite and PostgreSQL.
 
 Numbers: ``number`` matches either party, ``from_number``/``to_number`` one
 side; ``match`` is ``substring`` (default), ``prefix`` or ``exact``. A number
-with letters (``alice``) is looked for in the URIs' user parts. ``allowed``
+with letters (``alice``) is looked for in the URIs' user parts; a URI
+(``sip:alice@example.com``, or anything with an ``@``) in the stored URIs,
+ignoring case. ``allowed``
 are a role's number patterns (callindex/numbers.py `pattern_to_like`): a call is
 visible when either party matches one of them; None means no restriction, an
 empty list means nothing is visible.
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import and_, false, or_, select, true
+from sqlalchemy import and_, false, func, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from callindex.entry import EntryError, parse_time_us
@@ -96,10 +98,17 @@ def _escape(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _side(text: str, match: str, number_col, user_col) -> ColumnElement:
-    q = number_query(text)
-    is_number = normalise_number(q) is not None
-    col = number_col if is_number else user_col
+_URI_SCHEMES = ("sip:", "sips:", "tel:")
+
+
+def _side(text: str, match: str, number_col, user_col, uri_col) -> ColumnElement:
+    if text.strip().lower().startswith(_URI_SCHEMES) or "@" in text:
+        # a URI (or user@host): the stored URI, case-insensitively
+        q = text.strip().lower()
+        col = func.lower(uri_col)
+    else:
+        q = number_query(text)
+        col = number_col if normalise_number(q) is not None else user_col
     if match == "exact":
         return col == q
     pat = _escape(q) + "%" if match == "prefix" else "%" + _escape(q) + "%"
@@ -126,12 +135,12 @@ def where(q: CallQuery) -> ColumnElement:
     if q.until_us is not None:
         terms.append(c.started_us < q.until_us)
     if q.number:
-        terms.append(or_(_side(q.number, q.match, c.from_number, c.from_user),
-                         _side(q.number, q.match, c.to_number, c.to_user)))
+        terms.append(or_(_side(q.number, q.match, c.from_number, c.from_user, c.from_uri),
+                         _side(q.number, q.match, c.to_number, c.to_user, c.to_uri)))
     if q.from_number:
-        terms.append(_side(q.from_number, q.match, c.from_number, c.from_user))
+        terms.append(_side(q.from_number, q.match, c.from_number, c.from_user, c.from_uri))
     if q.to_number:
-        terms.append(_side(q.to_number, q.match, c.to_number, c.to_user))
+        terms.append(_side(q.to_number, q.match, c.to_number, c.to_user, c.to_uri))
     if q.call_id:
         terms.append(c.id.in_(select(call_legs.c.recording_id).where(call_legs.c.call_id == q.call_id)))
     if q.status:

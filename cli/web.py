@@ -93,7 +93,7 @@ def _active_source(controller: str) -> Any:
     """A function giving the controller's active calls (dicts with from/to)."""
     import os
 
-    from transport.admin_client import AdminClient
+    from transport.admin_client import AdminClient, Cluster
     from transport.tls import Security
 
     def active() -> list[dict]:
@@ -101,7 +101,8 @@ def _active_source(controller: str) -> Any:
                                          os.environ.get("SPANREC_TLS_CA"),
                                          bool(os.environ.get("SPANREC_INSECURE")))
         with AdminClient(controller, security, timeout_s=3.0) as admin:
+            # a sharded controller: every shard's active calls (the asked one names them all)
+            found, _missing = Cluster(admin).calls(active_only=True, limit=500)
             return [{"id": c.id, "from": c.from_uri, "to": c.to_uri, "status": c.status,
-                     "started_at": c.started_at, "packets": getattr(c, "packets", "")}
-                    for c in admin.calls(active_only=True, limit=500)]
+                     "started_at": c.started_at, "packets": getattr(c, "packets", "")} for c in found]
     return active

@@ -95,3 +95,25 @@ def test_rebuild_from_storage_equals_the_live_index(recorded, tmp_path):
 def test_the_index_file_is_private(recorded):
     _, out, _ = recorded
     assert (out / "index.sqlite").stat().st_mode & 0o077 == 0
+
+
+def test_shards_write_to_one_postgresql_index(pg_server, tmp_path):
+    """`spanrec record --shards 2 --index postgresql://...`: both shard processes
+    index into the one database; every recording is there once."""
+    from tests.callindex.conftest import _DBS
+    name = f"t{next(_DBS)}"
+    pg_server._run(str(pg_server.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(pg_server.port),
+                   "-U", pg_server.user, name)
+    url = f"postgresql://{pg_server.user}@127.0.0.1:{pg_server.port}/{name}"
+    paths = [REPO / "samples" / "sample-call.pcap", capture("sip-rtp-g711.pcap")]
+    out = tmp_path / "recordings"
+    done = subprocess.run([sys.executable, "-m", "cli.main", "record", *map(str, paths), "--out", str(out),
+                           "--no-progress", "-o", "json", "--shards", "2", "--index", url],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    stored = {p.parent.name for p in out.rglob("call.json")}
+    index = open_index(url)
+    page = index.search(CallQuery(limit=1000))
+    assert {c["id"] for c in page.calls} == stored and page.total == len(stored) >= 3
+    assert not (out / "index.sqlite").exists()          # --index given: no default SQLite file
+    index.close()

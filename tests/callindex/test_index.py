@@ -81,6 +81,10 @@ def test_indexing_the_same_call_json_twice_changes_nothing(index):
     (dict(number="30-999"), ["r2"]),                     # tel: with separators is stored as +4930999
     (dict(number="alice"), ["r3"]),                      # a name, not a number
     (dict(number="ALI", match="prefix"), ["r3"]),
+    (dict(number="sip:alice@example.com", match="exact"), []),       # the stored URI has a display name
+    (dict(number="alice@EXAMPLE.com"), ["r3"]),                      # a URI: substring, any case
+    (dict(to_number="tel:+49-30-999", match="exact"), ["r2"]),
+    (dict(from_number="sip:201@", match="prefix"), ["r2"]),
     (dict(call_id="leg-b@y"), ["r3"]),
     (dict(status="cancelled"), ["r2"]),
     (dict(since_us=parse_when("2024-01-16"), until_us=parse_when("2024-01-17")), ["r3"]),

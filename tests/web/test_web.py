@@ -134,3 +134,19 @@ def test_security_headers(app):
     assert "script-src 'self'" in r.headers["content-security-policy"]
     assert r.headers["x-frame-options"] == "DENY"
     assert "<script>" not in r.text                     # no inline script anywhere
+
+
+def test_active_calls_are_filtered_by_role(web_lab):
+    """The controller's active calls (here a function standing in for its Admin
+    API answer) pass the same access rule as stored calls."""
+    index = open_index(web_lab.index_url)
+    calls = [{"id": "a1", "from": "sip:10001@pbx", "to": "sip:555@x", "status": "answered",
+              "started_at": "2024-01-15T10:00:00Z", "packets": 10},
+             {"id": "a2", "from": "sip:777@pbx", "to": "sip:888@x", "status": "ringing",
+              "started_at": "2024-01-15T10:00:01Z", "packets": 3}]
+    a = create_app(WebConfig(index=index, store=LocalStore(web_lab.out), secret="k" * 40,
+                             secure_cookies=False, active_calls=lambda: calls))
+    assert "sip:777@pbx" in signed_in(a, "ada").get("/active").text
+    lee = signed_in(a, "lee").get("/active").text
+    assert "sip:10001@pbx" in lee and "sip:777@pbx" not in lee and "1 active call(s)" in lee
+    index.close()
