@@ -244,5 +244,8 @@ class IndexingStore:
     def list_recordings(self) -> list[str]:
         return self.target.list_recordings()
 
+    def list_files(self, prefix: str) -> list[str]:
+        return self.target.list_files(prefix)
+
     def check(self) -> None:
         self.target.check()

@@ -100,6 +100,12 @@ def _with_index(f):
                                         "postgresql://USER@HOST[:PORT]/DB, or none; env SPANREC_INDEX.")(f)
 
 
+_retention_option = click.option(
+    "--retention-days", "retention_days", type=click.IntRange(1, 36600),
+    help="Keep recordings this many days from the call's start (the default retention rule; "
+         "rules per number or site: [controller.retention]); env SPANREC_RETENTION_DAYS.")
+
+
 _audio_format_option = click.option(
     "--audio-format", type=click.Choice(["wav", "flac", "opus"]),
     help="Audio file of each recording: audio.wav (16-bit PCM, default), audio.flac "
@@ -132,6 +138,7 @@ def cli() -> None:
                    "Default (or 0): the cores available less one per FILE (its sensor), at most "
                    "3 per FILE, and 1 (the controller in this process) for inputs under 32 MiB.")
 @_audio_format_option
+@_retention_option
 @_with_index
 @_with_rules
 @_config_option
@@ -139,7 +146,7 @@ def cli() -> None:
 def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_progress: bool,
            shards: int | None, config_file: str | None, log_level: str | None,
            log_format: str | None, index: str | None, index_password_file: str | None,
-           **rules: Any) -> None:
+           retention_days: int | None, **rules: Any) -> None:
     """Record capture FILES (pcap or pcapng) into --out.
 
     Runs the whole path on this machine: a controller in this process and one
@@ -152,7 +159,7 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
     settings = load(ControllerSettings, "controller", config_file, {
         "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
         "listen": "127.0.0.1:0", "shards": shards, "index": index,
-        "index_password_file": index_password_file, **rules})
+        "index_password_file": index_password_file, "retention_days": retention_days, **rules})
     settings = _record_index(settings)
     _setup_logs(settings)
     _file_modes(settings)
@@ -250,6 +257,7 @@ def _local_folder(storage: str) -> Path | None:
               help="Every shard of a static ring (this one included); sensors route each call "
                    "to the shard that owns it and must be given the same list.")
 @_with_index
+@_retention_option
 @_audio_format_option
 @_with_rules
 @_with_cluster

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 from pathlib import Path
+from typing import Any
 
 from cli.settings import ConfigError, ControllerSettings, Failure
 from controller.api.authz import Authorizer
@@ -123,6 +124,8 @@ def build_recorder(settings: ControllerSettings, store: RecordingStore,
         wal=wal, wall_clock=True, site_networks=settings.site_ranges(),
         **shard_option(settings))
     recorder.writer.audio_format = settings.audio_format
+    policy = settings.retention_policy()
+    recorder.writer.retention = policy if (policy.default_days is not None or policy.rules) else None
     return recorder
 
 
@@ -267,6 +270,37 @@ def watch_record_rules(registry, recorder: Recorder, base: RecordingRules) -> No
                             "(audio off): %s", changed, extra=extra)
             else:
                 log.info("recording rules changed", extra=extra)
+
+    watcher = registry.config("controller")
+    watcher.add_validator(check)
+    watcher.on_change(apply)
+    apply(watcher.current())
+
+
+def watch_retention(registry, recorder: Recorder, base: Any) -> None:
+    """Retention rules from etcd: the "retention" object of <prefix>config/controller
+    replaces the policy for recordings stored from then on (stored ones keep the
+    retain-until their call.json names). No key: the policy of the settings. An
+    invalid object is logged and ignored: the policy in force stays."""
+    from storage.retention import RetentionError, RetentionPolicy
+
+    def check(config: dict) -> None:
+        try:
+            RetentionPolicy.from_dict(config.get("retention") or {})
+        except RetentionError as exc:
+            raise ValueError(f"retention from etcd ignored, the policy in force stays: {exc}") from None
+
+    def apply(config: dict) -> None:
+        raw = config.get("retention")
+        try:
+            policy = base if raw is None else RetentionPolicy.from_dict(raw)
+        except RetentionError as exc:
+            log.warning("retention from etcd ignored, the policy in force stays: %s", exc)
+            return
+        if policy != (recorder.writer.retention or RetentionPolicy()):
+            recorder.writer.retention = policy if (policy.default_days is not None or policy.rules) else None
+            log.info("retention changed", extra={"source": "etcd" if raw is not None else "settings",
+                                                 "retention": policy.to_dict()})
 
     watcher = registry.config("controller")
     watcher.add_validator(check)
@@ -429,6 +463,7 @@ def run_controller(settings: ControllerSettings) -> None:
         server._spanrec_admin.registry = registry  # type: ignore[attr-defined]
         if registry is not None:
             watch_record_rules(registry, recorder, settings.recording_rules())
+            watch_retention(registry, recorder, settings.retention_policy())
         fds = FdWatch(nofile)
 
         async def watch_fds() -> None:

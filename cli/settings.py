@@ -140,6 +140,11 @@ class ControllerSettings(_Cluster):
     index: str | None = None
     index_password_file: Path | None = None    # else SPANREC_INDEX_PASSWORD or libpq's own
     index_pending_dir: Path | None = None      # call.json kept while the index is away (state_dir/index-pending)
+    # retention (storage/retention.py): the default rule's days and the rules table
+    # ([controller.retention], JSON in SPANREC_RETENTION, or etcd like the recording rules)
+    retention_days: int | None = Field(None, ge=1, le=36600)
+    retention: Annotated[dict[str, Any] | None, NoDecode] = None
+    expire_every_s: float = Field(3600.0, ge=0)   # the controller's expiry job (0: off)
     # recording rules (controller/calls/rules.py): a table ([controller.record_rules], or JSON in
     # SPANREC_RECORD_RULES), and single settings that replace one of its fields
     record_rules: Annotated[dict[str, Any] | None, NoDecode] = None
@@ -235,7 +240,7 @@ class ControllerSettings(_Cluster):
         return v
     _check_health = field_validator("health_listen")(lambda cls, v: v if v is None else _hostport(v))
 
-    @field_validator("record_rules", mode="before")
+    @field_validator("record_rules", "retention", mode="before")
     @classmethod
     def _parse_record_rules(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -281,6 +286,23 @@ class ControllerSettings(_Cluster):
         """controller.ingest.sitefilter.SiteNetworks, or None when no site has ranges."""
         from controller.ingest.sitefilter import SiteNetworks
         return SiteNetworks.from_dict(self.site_networks) if self.site_networks else None
+
+    @model_validator(mode="after")
+    def _check_retention(self) -> ControllerSettings:
+        from storage.retention import RetentionError
+        try:
+            self.retention_policy()
+        except RetentionError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def retention_policy(self) -> Any:
+        """storage.retention.RetentionPolicy: the retention table with --retention-days as its default."""
+        from storage.retention import RetentionPolicy
+        data = dict(self.retention or {})
+        if self.retention_days is not None:
+            data["default_days"] = self.retention_days
+        return RetentionPolicy.from_dict(data)
 
     def recording_rules(self) -> RecordingRules:
         """The rules: the record_rules table with the single settings over it."""
@@ -355,7 +377,7 @@ def _read_file(path: str | None, section: str) -> dict[str, Any]:
 
 
 #: settings that are tables in the config file ([controller.record_rules])
-_TABLES = {"controller": ("record_rules", "site_networks")}
+_TABLES = {"controller": ("record_rules", "site_networks", "retention")}
 
 
 def load(cls: type[_Base], section: str, config_file: str | None, flags: dict[str, Any]) -> Any:

@@ -89,6 +89,7 @@ class RecordingWriter:
         self.on_done = on_done      # on_done(call, recording or None) after each attempt
         self.telemetry = None       # controller.output.telemetry.Telemetry, when exported
         self.audio_format = "wav"   # wav | flac | opus (settings.audio_format)
+        self.retention = None       # storage.retention.RetentionPolicy (settings; etcd may replace it)
         self.written = 0
         self.errors = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
@@ -152,7 +153,7 @@ class RecordingWriter:
             t0 = time.monotonic()
             t1 = t0
             try:
-                rec = build_recording(call, self.audio_format)
+                rec = build_recording(call, self.audio_format, self.retention)
                 t1 = time.monotonic()
                 location = self.store.put(rec.prefix, rec.files)
                 summary = dict(rec.metadata)

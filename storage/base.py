@@ -95,6 +95,12 @@ class RecordingStore(Protocol):
         """Sorted prefixes (``YYYY/MM/DD/<id>``) of every stored recording."""
         ...
 
+    def list_files(self, prefix: str) -> list[str]:
+        """Sorted names of the files of one recording (``[]`` for a recording
+        that does not exist); hidden/temporary files (``.name``) are left out.
+        The prefix is checked as for :meth:`get`."""
+        ...
+
     def check(self) -> None:
         """Raise :class:`StorageError` if the store cannot be written to."""
         ...

@@ -138,6 +138,19 @@ class LocalStore:
             raise StorageError(f"{self.url}: cannot list recordings: {exc.strerror or exc}") from exc
         return sorted(found)
 
+    def list_files(self, prefix: str) -> list[str]:
+        """Names of the regular files in the recording's folder (none starting with
+        "."), sorted; [] when the folder does not exist."""
+        folder = self._dir(prefix)
+        try:
+            with os.scandir(folder) as entries:
+                return sorted(e.name for e in entries
+                              if not e.name.startswith(".") and e.is_file(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise StorageError(f"{self.url}: cannot list recording {prefix}: {exc.strerror or exc}") from exc
+
     def check(self) -> None:
         """Create the root if needed and prove it is writable with a probe file."""
         try:

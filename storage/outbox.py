@@ -224,6 +224,25 @@ class OutboxStore:
     def list_recordings(self) -> list[str]:
         return self.target.list_recordings()
 
+    def list_files(self, prefix: str) -> list[str]:
+        """The files of a recording as get/size serve them: a whole version still
+        waiting here is the recording; an entry of additions adds its files to
+        the store's; else the store's."""
+        try:
+            entry = self.dir.joinpath(*valid_prefix(prefix).split("/"))
+        except ValueError as exc:
+            raise StorageError(f"outbox {self.dir}: {exc}") from None
+        try:
+            if self._token(entry) is None:
+                raise FileNotFoundError
+            adds = (entry / _ADD).exists()
+            names = {p.name for p in entry.iterdir() if p.is_file() and not p.name.startswith(".")}
+        except FileNotFoundError:    # not pending, or uploaded and removed meanwhile
+            return self.target.list_files(prefix)
+        except OSError as exc:
+            raise StorageError(f"outbox {entry}: {exc.strerror or exc}") from exc
+        return sorted(names | set(self.target.list_files(prefix)) if adds else names)
+
     def check(self) -> None:
         self.target.check()
 

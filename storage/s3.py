@@ -294,6 +294,24 @@ class S3Store:
 
         return self._call("listing recordings", listing)
 
+    def list_files(self, prefix: str) -> list[str]:
+        """Names of the objects directly under the recording's key folder (none
+        starting with "."), sorted; [] when there are none (or no bucket)."""
+        folder = self._key(prefix)
+
+        def listing() -> list[str]:
+            try:
+                return sorted(name for o in self._client.list_objects(self.bucket, prefix=folder)
+                              if not o.is_dir
+                              for name in [o.object_name[len(folder):]]
+                              if name and "/" not in name and not name.startswith("."))
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket":
+                    return []
+                raise
+
+        return self._call(f"listing {folder}", listing)
+
     def check(self) -> None:
         """Prove endpoint, credentials and bucket work (creating the bucket if missing)."""
         self._bucket_ready = False

@@ -28,13 +28,13 @@ Globs, not regular expressions: the examples operators write (``sip:+4930*``,
 """
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocols.sip import COMPACT_FORMS
+from protocols.uripatterns import SIDES as _SIDES, UriPattern, compile_pattern, party_uris
 
 __all__ = ["Decision", "RECORD", "RecordingRules", "RulesError", "DEFAULT_SKIP_HEADER",
            "DEFAULT_SKIP_VALUES", "RECORD_MODE", "SIGNALLING_ONLY"]
@@ -50,7 +50,6 @@ _HEADER_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _MAX_PATTERNS = 1000
 _MAX_PATTERN_LEN = 512
 _FIELDS = ("skip_header", "skip_values", "include", "exclude", "default")
-_SIDES = ("from", "to")
 
 
 class RulesError(ValueError):
@@ -72,43 +71,8 @@ class Decision:
 RECORD = Decision(True, None)
 
 
-@dataclass(frozen=True, slots=True)
-class _Pattern:
-    text: str                  # as configured (for reasons)
-    side: str | None           # "from", "to" or None (both)
-    regex: re.Pattern[str]
-
-    def match(self, uris: tuple[tuple[str, str, str, str], ...]) -> str | None:
-        """The side name and URI matched, e.g. "to sip:1001@pbx", or None."""
-        for side, uri, low, user in uris:
-            if self.side is not None and side != self.side:
-                continue
-            if self.regex.match(low) or (user and self.regex.match(user)):
-                return f"{side} {uri}"
-        return None
-
-
-def _compile(text: str) -> _Pattern:
-    side: str | None = None
-    body = text
-    head, sep, rest = text.partition(":")
-    if sep and head.lower() in _SIDES:
-        side, body = head.lower(), rest
-    return _Pattern(text, side, re.compile(fnmatch.translate(body.lower())))
-
-
-def _user_part(uri: str) -> str:
-    """'sip:+4930123@host' -> '+4930123'; 'tel:+4930123;ext=1' -> '+4930123'; '' if none."""
-    scheme, sep, rest = uri.partition(":")
-    if not sep:
-        return ""
-    if scheme.lower() == "tel":
-        user = rest
-    else:
-        user, at, _host = rest.rpartition("@")
-        if not at:
-            return ""
-    return user.split(";", 1)[0].lower()
+_Pattern = UriPattern
+_compile = compile_pattern
 
 
 @dataclass(frozen=True)
@@ -218,8 +182,7 @@ class RecordingRules:
                 if token.lower() in self._no:
                     return Decision(False, f"header {self.skip_header}: {token}")
         if self._in or self._out:
-            uris = tuple((side, uri, uri.lower(), _user_part(uri))
-                         for side, uri in (("from", from_uri or ""), ("to", to_uri or "")))
+            uris = party_uris(from_uri, to_uri)
             for p in self._out:
                 hit = p.match(uris)
                 if hit is not None:

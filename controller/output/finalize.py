@@ -355,7 +355,7 @@ def _signalling_only(call: FinishedCall) -> None:
     call.streams = []
 
 
-def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
+def build_recording(call: FinishedCall, audio_format: str = "wav", retention: Any = None) -> Recording:
     """call.json + call.pcap (+ audio.wav, .flac or .opus when a direction was decoded)."""
     rid = recording_id(call.call_ids[0] if call.call_ids else call.key or "", call.started_ns)
     started_at = prefix_date(call.started_ns)
@@ -418,6 +418,8 @@ def build_recording(call: FinishedCall, audio_format: str = "wav") -> Recording:
     for entry, q in zip(meta["streams"], quality):  # issue #5: quality fields per stream
         entry.update(q)
     meta.update(call.counts)
+    # issue #15: how long it is kept (storage/retention.py); None: until erased
+    meta["retention"] = retention.decide(meta) if retention is not None else None
     files = {CALL_JSON: json.dumps(meta, indent=2, sort_keys=False, ensure_ascii=False).encode("utf-8"),
              CALL_PCAP: pcap}
     if audio.rendered is not None:
