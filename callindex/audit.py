@@ -27,7 +27,7 @@ from callindex.schema import audit, audit_head
 __all__ = ["AuditTrail", "AuditEntry", "ACTIONS"]
 
 ACTIONS = ("search", "view", "play", "download", "sign-in", "sign-in-failed", "sign-out",
-           "user-add", "user-remove")
+           "user-add", "user-remove", "hold-add", "hold-remove", "expire", "erase", "verify")
 _GENESIS = "0" * 64
 
 

@@ -103,7 +103,7 @@ def _unavailable(what: str, url: str, exc: BaseException) -> IndexUnavailable:
     return IndexUnavailable(f"index {url}: {what}: {msg}")
 
 
-_SELECT_OLD = select(calls.c.doc_sha256, calls.c.location).where(calls.c.id == bindparam("rid"))
+_SELECT_OLD = select(calls.c.doc_sha256, calls.c.location, calls.c.held).where(calls.c.id == bindparam("rid"))
 _INSERT_CALL = insert(calls)
 _UPDATE_CALL = update(calls).where(calls.c.id == bindparam("rid"))
 _DELETE_LEGS = delete(call_legs).where(call_legs.c.recording_id == bindparam("rid"))
@@ -188,7 +188,8 @@ class CallIndex:
                     # controller indexes every recording it writes)
                     old = conn.execute(_SELECT_OLD, {"rid": row["id"]}).first()
                     if old is not None and old[0] == row["doc_sha256"] and \
-                            (row["location"] is None or old[1] == row["location"]):
+                            (row["location"] is None or old[1] == row["location"]) and \
+                            ("held" not in row or bool(old[2]) == row["held"]):
                         return "unchanged"
                     if old is None:
                         # the same folder under another id cannot be: the prefix ends in the id
@@ -211,6 +212,14 @@ class CallIndex:
             except SQLAlchemyError as exc:
                 raise _unavailable("cannot index a recording", self.url, exc) from None
         raise AssertionError("unreachable")
+
+    def set_held(self, recording_id: str, held: bool) -> bool:
+        try:
+            with self.engine.begin() as conn:
+                return conn.execute(update(calls).where(calls.c.id == recording_id)
+                                    .values(held=held)).rowcount > 0
+        except SQLAlchemyError as exc:
+            raise _unavailable("cannot set a hold", self.url, exc) from None
 
     def remove(self, recording_id: str) -> bool:
         try:
@@ -243,14 +252,14 @@ class CallIndex:
             raise _unavailable("lookup failed", self.url, exc) from None
         return public_row(r, legs.get(recording_id, [])) if r is not None else None
 
-    def prefixes(self, since_us: int | None = None) -> dict[str, str]:
-        """prefix -> doc_sha256 of the indexed recordings started at or after `since_us`."""
-        stmt = select(calls.c.prefix, calls.c.doc_sha256)
+    def prefixes(self, since_us: int | None = None) -> dict[str, tuple[str, bool]]:
+        """prefix -> (doc_sha256, held) of the indexed recordings started at or after `since_us`."""
+        stmt = select(calls.c.prefix, calls.c.doc_sha256, calls.c.held)
         if since_us is not None:
             stmt = stmt.where(calls.c.started_us >= since_us)
         try:
             with self.engine.connect() as conn:
-                return {p: h for p, h in conn.execute(stmt)}
+                return {p: (h, bool(held)) for p, h, held in conn.execute(stmt)}
         except SQLAlchemyError as exc:
             raise _unavailable("listing failed", self.url, exc) from None
 
@@ -290,7 +299,8 @@ def public_row(r: Any, call_ids: list[str]) -> dict[str, Any]:
            "has_hold": d["has_hold"], "codecs": d["codecs"].split(), "sensors": d["sensors"].split(),
            "sites": d["sites"].split(), "mos_caller": d["mos_caller"], "mos_callee": d["mos_callee"],
            "loss_caller": d["loss_caller"], "loss_callee": d["loss_callee"],
-           "audio_file": d["audio_file"], "pcap_file": d["pcap_file"], "warnings": d["warnings"]}
+           "audio_file": d["audio_file"], "pcap_file": d["pcap_file"], "warnings": d["warnings"],
+           "retain_until": iso_us(d.get("retain_until_us")), "held": bool(d.get("held"))}
     return out
 
 

@@ -111,6 +111,8 @@ def index_row(doc: Any, prefix: str, location: str | None = None) -> dict[str, A
     audio = doc.get("audio") if isinstance(doc.get("audio"), dict) else {}
     call_ids = [c for c in doc.get("call_ids") or [] if isinstance(c, str)]
     final = doc.get("final_response")
+    retention = doc.get("retention") if isinstance(doc.get("retention"), dict) else {}
+    retain_until = parse_time_us(retention.get("retain_until"))
     if raw is None:
         raw = json.dumps(doc, sort_keys=True, ensure_ascii=False).encode("utf-8")
     return {
@@ -151,4 +153,5 @@ def index_row(doc: Any, prefix: str, location: str | None = None) -> dict[str, A
         "pcap_file": _text(doc.get("pcap")),
         "warnings": len(doc.get("warnings") or []) if isinstance(doc.get("warnings"), list) else 0,
         "doc_sha256": hashlib.sha256(raw).hexdigest(),
+        "retain_until_us": retain_until,
     }

@@ -244,6 +244,9 @@ class IndexingStore:
     def list_recordings(self) -> list[str]:
         return self.target.list_recordings()
 
+    def delete(self, prefix: str) -> bool:
+        return self.target.delete(prefix)
+
     def list_files(self, prefix: str) -> list[str]:
         return self.target.list_files(prefix)
 

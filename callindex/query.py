@@ -69,6 +69,8 @@ class CallQuery:
     has_dtmf: bool | None = None
     has_hold: bool | None = None
     recorded: bool | None = None
+    held: bool | None = None             # under legal hold (issue #15)
+    retain_until_before_us: int | None = None   # retention over by then
     sort: str = "-started"
     limit: int = 50
     offset: int = 0
@@ -163,6 +165,10 @@ def where(q: CallQuery) -> ColumnElement:
         terms.append(c.has_hold == q.has_hold)
     if q.recorded is not None:
         terms.append(c.recorded == q.recorded)
+    if q.held is not None:
+        terms.append(c.held == q.held)
+    if q.retain_until_before_us is not None:
+        terms.append(c.retain_until_us <= q.retain_until_before_us)
     if q.allowed is not None:
         terms.append(_allowed(q.allowed))
     return and_(true(), *terms)

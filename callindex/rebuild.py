@@ -15,6 +15,7 @@ from typing import Callable
 
 from callindex.db import CallIndex
 from callindex.entry import EntryError, index_row
+from callindex.lifecycle import held_in_storage
 from storage.base import RecordingStore, StorageError
 from storage.layout import CALL_JSON
 
@@ -72,7 +73,8 @@ def rebuild(store: RecordingStore, index: CallIndex, since_us: int | None = None
             continue
         res.recordings += 1
         seen.add(prefix)
-        if known.get(prefix) == hashlib.sha256(raw).hexdigest():
+        held = held_in_storage(store, prefix) is not None      # hold.json: storage is the truth
+        if known.get(prefix) == (hashlib.sha256(raw).hexdigest(), held):
             res.unchanged += 1    # nothing to do: not even a write
             continue
         try:
@@ -80,6 +82,7 @@ def rebuild(store: RecordingStore, index: CallIndex, since_us: int | None = None
         except EntryError as exc:
             res.failed.append((prefix, str(exc)))
             continue
+        row["held"] = held
         if since_us is not None and row["started_us"] < since_us:
             seen.discard(prefix)
             res.recordings -= 1

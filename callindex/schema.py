@@ -10,12 +10,12 @@ call's legs have their own table, searched by equality.
 from __future__ import annotations
 
 from sqlalchemy import (BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData,
-                        String, Table, Text)
+                        String, Table, Text, false)
 
 __all__ = ["metadata", "calls", "call_legs", "users", "audit", "audit_head", "SCHEMA_REVISION"]
 
 #: the Alembic revision this module describes
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 metadata = MetaData()
 
@@ -57,6 +57,9 @@ calls = Table(
     Column("warnings", Integer, nullable=False),
     Column("doc_sha256", String(64), nullable=False),
     Column("indexed_us", BigInteger, nullable=False),
+    # revision 0003 (issue #15): retention and legal hold (callindex/lifecycle.py)
+    Column("retain_until_us", BigInteger),                 # None: kept until erased
+    Column("held", Boolean, nullable=False, server_default=false()),
     Index("ix_calls_started", "started_us"),
     Index("ix_calls_from_number", "from_number"),
     Index("ix_calls_to_number", "to_number"),
@@ -64,6 +67,7 @@ calls = Table(
     Index("ix_calls_to_user", "to_user"),
     Index("ix_calls_status_started", "status", "started_us"),
     Index("ix_calls_duration", "duration_s"),
+    Index("ix_calls_retain_until", "retain_until_us"),
 )
 
 call_legs = Table(

@@ -248,6 +248,72 @@ def audit(since: str | None, recording_id: str | None, limit: int, offset: int, 
         sys.exit(1)
 
 
+@ctl.group()
+def hold() -> None:
+    """Legal hold: a held recording is never deleted by expiry or erasure (operator certificate)."""
+
+
+def _hold_cmd(release: bool):
+    @click.argument("ids", nargs=-1, metavar="[ID]...")
+    @click.option("--number", help="Every call where this number is either party (exact).")
+    @click.option("--since", help="With --number: calls started at or after (ISO 8601).")
+    @click.option("--until", help="With --number: calls started before (ISO 8601).")
+    @click.option("--reason", default="", help="Why (the case, the request): kept in hold.json and the trail.")
+    @_client_options
+    def cmd(ids: tuple[str, ...], number: str | None, since: str | None, until: str | None, reason: str,
+            fmt: str, **conn: Any) -> None:
+        if not ids and not number:
+            raise click.UsageError("give recording IDs or --number")
+        with _connect(**conn) as admin:
+            found = admin.hold(ids=list(ids), number=number, since=since, until=until, reason=reason,
+                               release=release)
+        output.print_outcomes(found, fmt, title=("released" if release else "held"))
+        if any(not o["done"] for o in found):
+            sys.exit(1)
+    return cmd
+
+
+hold.command("add", help="Put recordings under legal hold (IDs, or --number with a time range).")(_hold_cmd(False))
+hold.command("remove", help="Take the legal hold off.")(_hold_cmd(True))
+
+
+@ctl.command()
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--number", help="Every call where this number is either party (exact): a GDPR erasure.")
+@click.option("--reason", default="", help="Why (the request's reference): kept in the audit trail.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_client_options
+def erase(ids: tuple[str, ...], number: str | None, reason: str, yes: bool, fmt: str, **conn: Any) -> None:
+    """Erase recordings on request: gone from storage, the index and the controller's
+    outbox. Held recordings are refused. Exit 1 if any could not be erased."""
+    if not ids and not number:
+        raise click.UsageError("give recording IDs or --number")
+    if not yes and sys.stdin.isatty():
+        what = f"every recording of {number}" if number else f"{len(ids)} recording(s)"
+        click.confirm(f"erase {what} for good?", abort=True)
+    with _connect(**conn) as admin:
+        found = admin.erase(ids=list(ids), number=number, reason=reason)
+    output.print_outcomes(found, fmt, title="erased")
+    if any(not o["done"] for o in found):
+        sys.exit(1)
+
+
+@ctl.command()
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--since", help="Every recording of calls started since this date (YYYY-MM-DD).")
+@_client_options
+def verify(ids: tuple[str, ...], since: str | None, fmt: str, **conn: Any) -> None:
+    """Check recordings against their signed manifests (every file's SHA-256, the
+    Ed25519 signature). Exit 1 on any mismatch."""
+    if not ids and not since:
+        raise click.UsageError("give recording IDs or --since DATE")
+    with _connect(**conn) as admin:
+        res = admin.verify(ids=list(ids), since=since)
+    output.print_verify(res, fmt)
+    if res["failed"]:
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line per error; exit 2 for usage/TLS settings, 1 for failures."""
     from cli.errors import run

@@ -256,3 +256,49 @@ def user_list(index_url: str, index_password_file: str | None, fmt: str) -> None
     for r in rows:
         table.add_row(r["name"], r["role"], ", ".join(r["numbers"]))
     output.out.print(table)
+
+
+@click.command("expire")
+@click.option("--storage", required=True, envvar="SPANREC_STORAGE",
+              help="Folder, file:///path or s3://BUCKET/PREFIX (S3 endpoint and keys from SPANREC_S3_*).")
+@click.option("--s3-endpoint", envvar="SPANREC_S3_ENDPOINT", help="S3 endpoint URL.")
+@_index_url
+@_password_file
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+@click.option("--as-of", help="With --dry-run: what will have expired by this date (ISO 8601).")
+@click.option("--limit", type=click.IntRange(1), help="At most this many recordings in this run.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json"]), default="table")
+def expire_cmd(storage: str, s3_endpoint: str | None, index_url: str, index_password_file: str | None,
+               dry_run: bool, as_of: str | None, limit: int | None, fmt: str) -> None:
+    """Delete recordings whose retention is over (from storage and the index), unless
+    held; each deletion is in the audit trail. The controller also runs this
+    periodically (--expire-every). Exit 1 if some could not be deleted."""
+    from callindex.audit import AuditTrail
+    from callindex.db import IndexUnavailable
+    from callindex.lifecycle import Who, expire
+    from callindex.query import QueryError, parse_when
+    from storage import open_store
+    from storage.base import StorageError
+    if as_of and not dry_run:
+        raise click.UsageError("--as-of goes with --dry-run (expiry deletes only what is over now)")
+    try:
+        as_of_us = parse_when(as_of)
+    except QueryError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        store = open_store(storage, endpoint=s3_endpoint)
+    except StorageError as exc:
+        raise Failure(f"storage {storage}: {exc}") from None
+    index = _open(index_url, index_password_file)
+    try:
+        found = expire(store, index, AuditTrail(index), Who(_local_actor().replace("spanrec user", "spanrec expire"),
+                                                             "admin"),
+                       as_of_us=as_of_us, dry_run=dry_run, limit=limit)
+    except (StorageError, IndexUnavailable) as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        index.close()
+    output.print_outcomes([o.to_dict() for o in found], fmt,
+                          title="would expire" if dry_run else "expired")
+    if any(not o.done and o.what not in ("would expire",) for o in found):
+        sys.exit(1)

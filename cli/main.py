@@ -100,6 +100,25 @@ def _with_index(f):
                                         "postgresql://USER@HOST[:PORT]/DB, or none; env SPANREC_INDEX.")(f)
 
 
+def _with_protection(f):
+    """Issue #15: write once, encryption at rest, signed manifests."""
+    for opt in reversed([
+        click.option("--object-lock", type=click.Choice(["governance", "compliance"]),
+                     help="S3 Object Lock on every recording file until its retain-until (the bucket "
+                          "needs object lock and versioning; checked at start)."),
+        click.option("--encryption-key-file", "encryption_key_file", multiple=True,
+                     type=click.Path(dir_okay=False),
+                     help="Key-encryption key (scripts/make-keys); repeat for rotation, the first is "
+                          "used for new recordings. Else SPANREC_KEK; without one nothing is encrypted."),
+        click.option("--signing-key-file", type=click.Path(dir_okay=False),
+                     help="Ed25519 private key that signs each recording's manifest.json."),
+        click.option("--verify-key-file", "verify_key_file", multiple=True, type=click.Path(dir_okay=False),
+                     help="Older public keys still accepted when verifying (after a rotation)."),
+    ]):
+        f = opt(f)
+    return f
+
+
 _retention_option = click.option(
     "--retention-days", "retention_days", type=click.IntRange(1, 36600),
     help="Keep recordings this many days from the call's start (the default retention rule; "
@@ -139,6 +158,7 @@ def cli() -> None:
                    "3 per FILE, and 1 (the controller in this process) for inputs under 32 MiB.")
 @_audio_format_option
 @_retention_option
+@_with_protection
 @_with_index
 @_with_rules
 @_config_option
@@ -146,7 +166,8 @@ def cli() -> None:
 def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_progress: bool,
            shards: int | None, config_file: str | None, log_level: str | None,
            log_format: str | None, index: str | None, index_password_file: str | None,
-           retention_days: int | None, **rules: Any) -> None:
+           retention_days: int | None, object_lock: str | None, encryption_key_file: tuple[str, ...],
+           signing_key_file: str | None, verify_key_file: tuple[str, ...], **rules: Any) -> None:
     """Record capture FILES (pcap or pcapng) into --out.
 
     Runs the whole path on this machine: a controller in this process and one
@@ -159,7 +180,9 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
     settings = load(ControllerSettings, "controller", config_file, {
         "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
         "listen": "127.0.0.1:0", "shards": shards, "index": index,
-        "index_password_file": index_password_file, "retention_days": retention_days, **rules})
+        "index_password_file": index_password_file, "retention_days": retention_days,
+        "object_lock": object_lock, "encryption_key_file": encryption_key_file or None,
+        "signing_key_file": signing_key_file, "verify_key_file": verify_key_file or None, **rules})
     settings = _record_index(settings)
     _setup_logs(settings)
     _file_modes(settings)
@@ -258,6 +281,10 @@ def _local_folder(storage: str) -> Path | None:
                    "to the shard that owns it and must be given the same list.")
 @_with_index
 @_retention_option
+@click.option("--expire-every", "expire_every_s", type=click.FloatRange(min=0),
+              help="Seconds between runs of the expiry job (deletes recordings past their retention "
+                   "unless held; default 3600; 0: off; needs --index).")
+@_with_protection
 @_audio_format_option
 @_with_rules
 @_with_cluster
@@ -413,9 +440,10 @@ def _setup_logs(settings: Any) -> None:
 
 
 def _add_index_commands() -> None:
-    from cli.index import index_group, user_group
+    from cli.index import expire_cmd, index_group, user_group
     cli.add_command(index_group)
     cli.add_command(user_group)
+    cli.add_command(expire_cmd)
     from cli.web import web_cmd
     cli.add_command(web_cmd)
 

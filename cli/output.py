@@ -134,6 +134,33 @@ def print_audit(trail: Any, fmt: str = "table") -> None:
               f"({trail['checked']} checked)")
 
 
+def print_outcomes(found: list[dict], fmt: str = "table", title: str = "") -> None:
+    """`spanrecctl hold` / `erase`: one row per recording."""
+    if fmt == "json":
+        print_json(found)
+        return
+    done = len(found) if title == "would expire" else sum(1 for o in found if o["done"])
+    table = Table(title=f"{done} of {len(found)} recording(s) {title}", title_justify="left")
+    for h in ("recording", "done", "what", "reason"):
+        table.add_column(h, overflow="fold")
+    for o in found:
+        table.add_row(o["recording_id"], "yes" if o["done"] else "NO", o["what"], o["reason"])
+    out.print(table)
+
+
+def print_verify(res: dict, fmt: str = "table") -> None:
+    """`spanrecctl verify`: every recording checked, its problems."""
+    if fmt == "json":
+        print_json(res)
+        return
+    table = Table(title=f"{res['checked']} recording(s) checked, {res['failed']} failed", title_justify="left")
+    for h in ("recording", "verifies", "problems"):
+        table.add_column(h, overflow="fold")
+    for c in res["checks"]:
+        table.add_row(c["recording_id"], "yes" if c["ok"] else "NO", "; ".join(c["problems"]))
+    out.print(table)
+
+
 # -- spanrecctl --------------------------------------------------------------
 def _age(iso: str, now: datetime | None = None) -> str:
     """'3s ago' / '5m ago' / '2h ago' for an ISO 8601 UTC time; '-' when empty."""

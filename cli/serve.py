@@ -43,6 +43,11 @@ def open_storage(settings: ControllerSettings) -> RecordingStore:
             settings.storage, endpoint=settings.s3_endpoint,
             access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
             secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None)
+        if settings.object_lock is not None:
+            if not hasattr(store, "object_lock"):
+                raise Failure(f"--object-lock {settings.object_lock}: only S3 storage can lock objects "
+                              f"(storage {settings.storage})")
+            store.object_lock = settings.object_lock
         store.check()
     except StorageError as exc:
         keys = [s.get_secret_value() for s in (settings.s3_access_key, settings.s3_secret_key) if s]
@@ -91,6 +96,42 @@ def open_indexer(settings: ControllerSettings):
     return indexer
 
 
+def start_expiry(settings: ControllerSettings, recorder: Recorder):
+    """Issue #15: the expiry job every --expire-every seconds on a controller with a
+    call index (on a static ring only the first shard runs it: one deleter)."""
+    indexer = getattr(recorder.writer.store, "indexer", None)
+    if indexer is None or settings.expire_every_s <= 0:
+        return None
+    members = sorted(sid for sid, _ in settings.members())
+    if settings.shard_id and members and settings.shard_id != members[0]:
+        return None
+    from callindex.audit import AuditTrail
+    from callindex.lifecycle import Who, expire
+    who = Who(f"spanrec expiry ({settings.controller_id})", "controller")
+
+    def run_once() -> None:
+        index = indexer.index
+        if index is None:
+            return
+        found = expire(recorder.writer.store, index, AuditTrail(index), who, limit=10_000)
+        gone = sum(1 for o in found if o.done)
+        kept = [o for o in found if not o.done]
+        if gone or kept:
+            log.info("expiry: recordings past their retention deleted", extra={
+                "deleted": gone, "not_deleted": len(kept),
+                "why_not": sorted({o.what for o in kept})})
+
+    async def loop_() -> None:
+        while True:
+            await asyncio.sleep(min(60.0, settings.expire_every_s))   # not at once at start
+            try:
+                await asyncio.to_thread(run_once)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("expiry failed; tried again later", extra={"error": str(exc)})
+            await asyncio.sleep(max(0.0, settings.expire_every_s - 60.0))
+    return asyncio.get_running_loop().create_task(loop_())
+
+
 def close_indexer(recorder: Recorder) -> None:
     """Index what is pending once more and let the database go (at stop)."""
     indexer = getattr(recorder.writer.store, "indexer", None)
@@ -101,9 +142,42 @@ def close_indexer(recorder: Recorder) -> None:
                         "at the next start", extra={"pending": indexer.pending, "index": indexer.url})
 
 
+_warned_plain = False
+
+
+def secure_store(settings: ControllerSettings, store: RecordingStore) -> tuple[RecordingStore, dict]:
+    """Issue #15: manifests signed over what is stored (SigningStore, below the
+    encryption: verifiable without the key) and audio/pcap encrypted before they
+    leave the controller (EncryptingStore, above the outbox: it holds ciphertext).
+    Returns the store and the public keys verification accepts."""
+    global _warned_plain
+    verify_keys: dict = {}
+    try:
+        if settings.signing_key_file is not None:
+            from storage.manifest import SigningStore, load_signing_key, load_verify_key
+            key = load_signing_key(settings.signing_key_file)
+            olds = [load_verify_key(p) for p in settings.verify_key_file]
+            verify_keys = {k.key_id: k for k in [key.verify_key, *olds]}
+            store = SigningStore(store, key, verify_keys=olds)
+        from storage.encryption import load_keyring, EncryptingStore
+        keyring = load_keyring(settings.encryption_key_file)
+    except Exception as exc:  # ManifestError, EncryptionError: one sentence naming the file
+        if exc.__class__.__name__ in ("ManifestError", "EncryptionError"):
+            raise Failure(str(exc)) from None
+        raise
+    if keyring is not None:
+        store = EncryptingStore(store, keyring)
+    elif not _warned_plain:
+        _warned_plain = True
+        log.warning("recordings are stored unencrypted (no --encryption-key-file or SPANREC_KEK): "
+                    "anyone who can read the storage can listen to them")
+    return store, verify_keys
+
+
 def build_recorder(settings: ControllerSettings, store: RecordingStore,
                    expected_sensors: int = 0, wal: WriteAheadLog | None = None,
                    spill_dir: Path | None = None) -> Recorder:
+    store, verify_keys = secure_store(settings, store)
     indexer = open_indexer(settings)
     if indexer is not None:
         from callindex.indexer import IndexingStore
@@ -124,6 +198,7 @@ def build_recorder(settings: ControllerSettings, store: RecordingStore,
         wal=wal, wall_clock=True, site_networks=settings.site_ranges(),
         **shard_option(settings))
     recorder.writer.audio_format = settings.audio_format
+    recorder.writer.verify_keys = verify_keys
     policy = settings.retention_policy()
     recorder.writer.retention = policy if (policy.default_days is not None or policy.rules) else None
     return recorder
@@ -471,6 +546,7 @@ def run_controller(settings: ControllerSettings) -> None:
                 fds.check()
                 await asyncio.sleep(5.0)
         fd_task = asyncio.get_running_loop().create_task(watch_fds())
+        expiry_task = start_expiry(settings, recorder)
         stop = asyncio.Event()
         stop_again = asyncio.Event()         # a second signal: cut a shard's drain short
         loop = asyncio.get_running_loop()
@@ -483,6 +559,8 @@ def run_controller(settings: ControllerSettings) -> None:
         if registry is not None and settings.etcd_shard() and not settings.keep_calls_on_stop:
             await drain_shard(settings, registry, recorder, stop_again)
         fd_task.cancel()
+        if expiry_task is not None:
+            expiry_task.cancel()
         log.info("controller stopping: finishing active calls",
                  extra={"refused": authorizer.counts(), "open_files_peak": fds.peak})
         await server.stop(grace=2.0)

@@ -145,6 +145,18 @@ class ControllerSettings(_Cluster):
     retention_days: int | None = Field(None, ge=1, le=36600)
     retention: Annotated[dict[str, Any] | None, NoDecode] = None
     expire_every_s: float = Field(3600.0, ge=0)   # the controller's expiry job (0: off)
+    # issue #15: write once, encryption at rest, signed manifests
+    object_lock: Literal["governance", "compliance"] | None = None
+    encryption_key_file: Annotated[tuple[Path, ...], NoDecode] = ()   # KEKs, the first is current
+    signing_key_file: Path | None = None                               # Ed25519 private key (PEM)
+    verify_key_file: Annotated[tuple[Path, ...], NoDecode] = ()       # older public keys (rotation)
+
+    @field_validator("encryption_key_file", "verify_key_file", mode="before")
+    @classmethod
+    def _paths(cls, v: Any) -> Any:
+        if isinstance(v, (str, Path)):
+            v = [p.strip() for p in str(v).split(",") if p.strip()]
+        return tuple(v or ())
     # recording rules (controller/calls/rules.py): a table ([controller.record_rules], or JSON in
     # SPANREC_RECORD_RULES), and single settings that replace one of its fields
     record_rules: Annotated[dict[str, Any] | None, NoDecode] = None

@@ -39,11 +39,16 @@ log = logging.getLogger("spanrec.web")
               help="Session cookies without the Secure flag: a lab on plain HTTP only.")
 @click.option("--controller", envvar="SPANREC_CONTROLLER",
               help="Controller HOST:PORT for the active calls (operator certificate from SPANREC_TLS_*).")
+@click.option("--encryption-key-file", "encryption_key_file", multiple=True, type=click.Path(dir_okay=False),
+              help="Key-encryption key(s) to play encrypted recordings (else SPANREC_KEK).")
+@click.option("--verify-key-file", "verify_key_file", multiple=True, type=click.Path(dir_okay=False),
+              help="Public key(s) of the controllers' signing keys: each call page says whether "
+                   "the recording verifies.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def web_cmd(listen: str, index_url: str, index_password_file: str | None, storage: str,
             s3_endpoint: str | None, tls_cert: str | None, tls_key: str | None,
             session_key_file: str | None, insecure_cookies: bool, controller: str | None,
-            log_level: str) -> None:
+            encryption_key_file: tuple[str, ...], verify_key_file: tuple[str, ...], log_level: str) -> None:
     """Serve the web player: search, playback with the SIP ladder, roles, audit trail."""
     from cli import logs
     logs.setup(log_level, "json")
@@ -72,10 +77,19 @@ def web_cmd(listen: str, index_url: str, index_password_file: str | None, storag
         secret = load_secret(session_key_file)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    from storage.encryption import EncryptingStore, EncryptionError, load_keyring
+    from storage.manifest import ManifestError, load_verify_key
+    try:
+        keyring = load_keyring(encryption_key_file)
+        verify_keys = {k.key_id: k for k in (load_verify_key(p) for p in verify_key_file)}
+    except (EncryptionError, ManifestError) as exc:
+        raise ConfigError(str(exc)) from None
+    if keyring is not None:
+        store = EncryptingStore(store, keyring)
     if not tls_cert and not insecure_cookies:
         log.warning("serving plain HTTP with Secure session cookies: browsers sign in only on "
                     "localhost; give --tls-cert/--tls-key, or --insecure-cookies for a lab")
-    app = create_app(WebConfig(index=index, store=store, secret=secret,
+    app = create_app(WebConfig(index=index, store=store, secret=secret, verify_keys=verify_keys,
                                secure_cookies=not insecure_cookies,
                                active_calls=_active_source(controller) if controller else None))
     import uvicorn

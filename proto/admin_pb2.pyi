@@ -7,6 +7,80 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class HoldRequest(_message.Message):
+    __slots__ = ("ids", "number", "since", "until", "reason", "release")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    number: str
+    since: str
+    until: str
+    reason: str
+    release: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., number: _Optional[str] = ..., since: _Optional[str] = ..., until: _Optional[str] = ..., reason: _Optional[str] = ..., release: _Optional[bool] = ...) -> None: ...
+
+class EraseRequest(_message.Message):
+    __slots__ = ("ids", "number", "reason")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    number: str
+    reason: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., number: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LifecycleOutcome(_message.Message):
+    __slots__ = ("recording_id", "done", "what", "reason")
+    RECORDING_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    recording_id: str
+    done: bool
+    what: str
+    reason: str
+    def __init__(self, recording_id: _Optional[str] = ..., done: _Optional[bool] = ..., what: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LifecycleResult(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[LifecycleOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[LifecycleOutcome, _Mapping]]] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("ids", "since")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    since: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., since: _Optional[str] = ...) -> None: ...
+
+class RecordingCheck(_message.Message):
+    __slots__ = ("recording_id", "ok", "problems", "key_id")
+    RECORDING_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    recording_id: str
+    ok: bool
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    key_id: str
+    def __init__(self, recording_id: _Optional[str] = ..., ok: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class VerifyResult(_message.Message):
+    __slots__ = ("checks", "checked", "failed")
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    checks: _containers.RepeatedCompositeFieldContainer[RecordingCheck]
+    checked: int
+    failed: int
+    def __init__(self, checks: _Optional[_Iterable[_Union[RecordingCheck, _Mapping]]] = ..., checked: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
     __slots__ = ("since", "until", "number", "from_number", "to_number", "match", "call_id", "status", "min_duration_s", "max_duration_s", "site", "sensor", "codec", "mos_below", "has_dtmf", "has_hold", "sort", "limit", "offset")
     SINCE_FIELD_NUMBER: _ClassVar[int]

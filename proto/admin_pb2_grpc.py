@@ -67,6 +67,21 @@ class AdminStub:
                 request_serializer=proto_dot_admin__pb2.AuditRequest.SerializeToString,
                 response_deserializer=proto_dot_admin__pb2.AuditList.FromString,
                 _registered_method=True)
+        self.HoldRecordings = channel.unary_unary(
+                '/spanrec.v1.Admin/HoldRecordings',
+                request_serializer=proto_dot_admin__pb2.HoldRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.LifecycleResult.FromString,
+                _registered_method=True)
+        self.EraseRecordings = channel.unary_unary(
+                '/spanrec.v1.Admin/EraseRecordings',
+                request_serializer=proto_dot_admin__pb2.EraseRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.LifecycleResult.FromString,
+                _registered_method=True)
+        self.VerifyRecordings = channel.unary_unary(
+                '/spanrec.v1.Admin/VerifyRecordings',
+                request_serializer=proto_dot_admin__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=proto_dot_admin__pb2.VerifyResult.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -116,6 +131,27 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldRecordings(self, request, context):
+        """Issue #15 (operator certificates; every change audited): legal hold on or off by
+        recording id or by a search (number, time range); erasure by id or by number
+        (refused for held recordings); verification of the signed manifests.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseRecordings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyRecordings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +184,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=proto_dot_admin__pb2.AuditRequest.FromString,
                     response_serializer=proto_dot_admin__pb2.AuditList.SerializeToString,
+            ),
+            'HoldRecordings': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldRecordings,
+                    request_deserializer=proto_dot_admin__pb2.HoldRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.LifecycleResult.SerializeToString,
+            ),
+            'EraseRecordings': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseRecordings,
+                    request_deserializer=proto_dot_admin__pb2.EraseRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.LifecycleResult.SerializeToString,
+            ),
+            'VerifyRecordings': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyRecordings,
+                    request_deserializer=proto_dot_admin__pb2.VerifyRequest.FromString,
+                    response_serializer=proto_dot_admin__pb2.VerifyResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -315,6 +366,87 @@ class Admin:
             '/spanrec.v1.Admin/ListAudit',
             proto_dot_admin__pb2.AuditRequest.SerializeToString,
             proto_dot_admin__pb2.AuditList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldRecordings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spanrec.v1.Admin/HoldRecordings',
+            proto_dot_admin__pb2.HoldRequest.SerializeToString,
+            proto_dot_admin__pb2.LifecycleResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseRecordings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spanrec.v1.Admin/EraseRecordings',
+            proto_dot_admin__pb2.EraseRequest.SerializeToString,
+            proto_dot_admin__pb2.LifecycleResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyRecordings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spanrec.v1.Admin/VerifyRecordings',
+            proto_dot_admin__pb2.VerifyRequest.SerializeToString,
+            proto_dot_admin__pb2.VerifyResult.FromString,
             options,
             channel_credentials,
             insecure,

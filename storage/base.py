@@ -95,6 +95,12 @@ class RecordingStore(Protocol):
         """Sorted prefixes (``YYYY/MM/DD/<id>``) of every stored recording."""
         ...
 
+    def delete(self, prefix: str) -> bool:
+        """Remove a recording's folder and every file (every object version on a
+        versioned bucket); False if there was none. StorageError when the store
+        refuses (an S3 Object Lock retention not yet over)."""
+        ...
+
     def list_files(self, prefix: str) -> list[str]:
         """Sorted names of the files of one recording (``[]`` for a recording
         that does not exist); hidden/temporary files (``.name``) are left out.

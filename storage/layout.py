@@ -9,6 +9,7 @@ first instead of adding a duplicate.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
 
 #: File names a recording folder may contain (one audio file, by `audio_format`).
@@ -17,6 +18,7 @@ AUDIO_WAV = "audio.wav"      # 16-bit PCM (RF64 beyond 4 GiB)
 AUDIO_FLAC = "audio.flac"    # FLAC, 16 bit
 AUDIO_OPUS = "audio.opus"    # Opus in Ogg (RFC 7845)
 CALL_PCAP = "call.pcap"
+HOLD_JSON = "hold.json"      # a legal hold on the recording (callindex/lifecycle.py)
 
 #: `audio_format` setting -> audio file name.
 AUDIO_FILES: dict[str, str] = {"wav": AUDIO_WAV, "flac": AUDIO_FLAC, "opus": AUDIO_OPUS}
@@ -60,6 +62,19 @@ def recording_prefix(started_at: datetime, recording_id: str) -> str:
         raise ValueError(f"invalid recording id {recording_id!r}")
     day = _utc(started_at)
     return f"{day:%Y/%m/%d}/{recording_id}"
+
+
+_ID = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{12}$")
+
+
+def prefix_of_id(recording_id: str) -> str | None:
+    """`YYYY/MM/DD/<id>` of a recording id (the id starts with the call's UTC start
+    second, the date of the folder); None when it is not a recording id."""
+    m = _ID.match(recording_id)
+    if not m:
+        return None
+    started = datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return recording_prefix(started, recording_id)
 
 
 def recording_id(first_call_id: str, started_ns: int) -> str:

@@ -7,6 +7,7 @@ a truncated recording under its real name.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -137,6 +138,18 @@ class LocalStore:
         except OSError as exc:
             raise StorageError(f"{self.url}: cannot list recordings: {exc.strerror or exc}") from exc
         return sorted(found)
+
+    def delete(self, prefix: str) -> bool:
+        folder = self._dir(prefix)
+        if not folder.is_dir():
+            return False
+        try:
+            shutil.rmtree(folder)
+            if self.fsync:
+                fsync_path(folder.parent)
+        except OSError as exc:
+            raise StorageError(f"{self.url}: cannot delete recording {prefix}: {exc.strerror or exc}") from exc
+        return True
 
     def list_files(self, prefix: str) -> list[str]:
         """Names of the regular files in the recording's folder (none starting with

@@ -224,6 +224,20 @@ class OutboxStore:
     def list_recordings(self) -> list[str]:
         return self.target.list_recordings()
 
+    def delete(self, prefix: str) -> bool:
+        """Drops a recording still waiting here (never uploaded) and deletes it from the store."""
+        try:
+            entry = self.dir.joinpath(*valid_prefix(prefix).split("/"))
+        except ValueError as exc:
+            raise StorageError(f"outbox {self.dir}: {exc}") from None
+        with self._lock:
+            while prefix in self._uploading:     # an upload in hand finishes first, then goes
+                self._idle.wait(0.1)
+            had = entry.is_dir()
+            if had:
+                shutil.rmtree(entry, ignore_errors=True)
+        return self.target.delete(prefix) or had
+
     def list_files(self, prefix: str) -> list[str]:
         """The files of a recording as get/size serve them: a whole version still
         waiting here is the recording; an entry of additions adds its files to

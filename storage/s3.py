@@ -10,9 +10,11 @@ endpoint, bucket and key only: credentials never appear in them.
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from datetime import datetime, timezone
+from typing import Any, Callable, TypeVar
 
 import certifi
 import urllib3
@@ -22,7 +24,7 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from storage.base import FileData, StorageError, check_range, data_size
-from storage.layout import content_type, valid_name, valid_prefix
+from storage.layout import CALL_JSON, HOLD_JSON, content_type, valid_name, valid_prefix
 
 T = TypeVar("T")
 
@@ -117,6 +119,8 @@ class S3Store:
         except ValueError as exc:
             raise StorageError(f"{self._where}: invalid S3 endpoint: {exc}") from None
         self._bucket_ready = False
+        self.bypass_governance = False     # erasure of governance-locked objects (an admin's choice)
+        self.object_lock: str | None = None   # "governance" | "compliance" (issue #15)
 
     def __repr__(self) -> str:
         return f"S3Store({self._where})"
@@ -151,7 +155,8 @@ class S3Store:
         def ensure() -> None:
             if not self._client.bucket_exists(self.bucket):
                 try:
-                    self._client.make_bucket(self.bucket)
+                    # with --object-lock a new bucket gets it (S3 can add it only at creation)
+                    self._client.make_bucket(self.bucket, object_lock=self.object_lock is not None)
                 except S3Error as exc:  # created meanwhile by another writer
                     if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                         raise
@@ -160,12 +165,35 @@ class S3Store:
         self._bucket_ready = True
 
     # -- RecordingStore ----------------------------------------------------
+    def _retention(self, files: dict[str, FileData]):
+        """Object Lock retention for the files of a put/add: the retain-until of the
+        call.json among them (issue #15); None without --object-lock or retention."""
+        if self.object_lock is None:
+            return None
+        doc = files.get(CALL_JSON)
+        until = None
+        if isinstance(doc, (bytes, bytearray, memoryview)):
+            try:
+                until = ((json.loads(bytes(doc)).get("retention") or {}).get("retain_until"))
+            except (ValueError, AttributeError):
+                until = None
+        if until is None:
+            return None
+        from minio.commonconfig import COMPLIANCE, GOVERNANCE
+        from minio.retention import Retention
+        t = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        if t <= datetime.now(timezone.utc):
+            return None          # already over (an old capture replayed): nothing to lock
+        return Retention(COMPLIANCE if self.object_lock == "compliance" else GOVERNANCE, t)
+
     def put(self, prefix: str, files: dict[str, FileData]) -> str:
         folder = self._key(prefix)
         keys = {self._key(prefix, name): (name, data) for name, data in files.items()}
         self._ensure_bucket()
+        lock = self._retention(files)
         for key, (name, data) in keys.items():
-            self._call(f"writing {key}", lambda key=key, name=name, data=data: self._put(key, name, data))
+            self._call(f"writing {key}", lambda key=key, name=name, data=data: self._put(
+                key, name, data, None if name == HOLD_JSON else lock))
 
         # Objects directly under the folder that this recording no longer has.
         def stale() -> list[str]:
@@ -178,21 +206,24 @@ class S3Store:
 
     def add(self, prefix: str, files: dict[str, FileData]) -> str:
         self._ensure_bucket()
+        lock = self._retention(files)
         for name, data in files.items():
             key = self._key(prefix, name)
-            self._call(f"writing {key}", lambda key=key, name=name, data=data: self._put(key, name, data))
+            self._call(f"writing {key}", lambda key=key, name=name, data=data: self._put(
+                key, name, data, None if name == HOLD_JSON else lock))
         return f"s3://{self.bucket}/{self._key(prefix).rstrip('/')}"
 
-    def _put(self, key: str, name: str, data: FileData) -> None:
+    def _put(self, key: str, name: str, data: FileData, retention: Any = None) -> None:
         """One object: bytes in one request; a file (a long call's audio or pcap)
-        streamed, as a multipart upload when larger than one part (16 MiB)."""
+        streamed, as a multipart upload when larger than one part (16 MiB);
+        with Object Lock retention when given."""
         if isinstance(data, (bytes, bytearray, memoryview)):
             self._client.put_object(self.bucket, key, io.BytesIO(data), len(data),
-                                    content_type=content_type(name))
+                                    content_type=content_type(name), retention=retention)
             return
         with open(data, "rb") as fh:
             self._client.put_object(self.bucket, key, fh, data_size(data), content_type=content_type(name),
-                                    part_size=16 << 20)
+                                    part_size=16 << 20, retention=retention)
 
     def get(self, prefix: str, name: str) -> bytes:
         key = self._key(prefix, name)
@@ -294,6 +325,35 @@ class S3Store:
 
         return self._call("listing recordings", listing)
 
+    def delete(self, prefix: str) -> bool:
+        """Every object version under the recording's folder (a delete marker alone
+        would leave the data on a versioned bucket); Object Lock refusals name the
+        object and the server's reason."""
+        from minio.deleteobjects import DeleteObject
+        folder = self._key(prefix)
+
+        def versions() -> list:
+            try:
+                return [DeleteObject(o.object_name, o.version_id) for o in self._client.list_objects(
+                    self.bucket, prefix=folder, recursive=True, include_version=True) if not o.is_dir]
+            except S3Error as exc:
+                if exc.code == "NoSuchBucket":
+                    return []
+                raise
+        targets = self._call(f"listing {folder}", versions)
+        if not targets:
+            return False
+
+        def remove() -> list[str]:
+            errs = self._client.remove_objects(self.bucket, targets,
+                                               bypass_governance_mode=self.bypass_governance)
+            return [f"{e.name}: {e.code} {e.message}" for e in errs]
+        failed = self._call(f"deleting {folder}", remove)
+        if failed:
+            raise StorageError(f"{self._where}: cannot delete recording {prefix}: {failed[0]}"
+                               + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+        return True
+
     def list_files(self, prefix: str) -> list[str]:
         """Names of the objects directly under the recording's key folder (none
         starting with "."), sorted; [] when there are none (or no bucket)."""
@@ -318,3 +378,26 @@ class S3Store:
         self._ensure_bucket()
         self._call("listing bucket", lambda: next(iter(self._client.list_objects(
             self.bucket, prefix=self.key_prefix or None)), None))
+        if self.object_lock is not None:
+            self._check_object_lock()
+
+    def _check_object_lock(self) -> None:
+        """--object-lock needs a bucket with versioning and Object Lock enabled."""
+        def config():
+            try:
+                return self._client.get_object_lock_config(self.bucket)
+            except S3Error as exc:
+                if exc.code in ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound",
+                                "InvalidRequest", "NoSuchObjectLockConfiguration"):
+                    return None
+                raise
+        cfg = self._call("reading the bucket's object lock", config)
+        if cfg is None:
+            raise StorageError(f"{self._where}: --object-lock {self.object_lock} needs a bucket created "
+                               "with Object Lock (and versioning) enabled; this one has none: make a new "
+                               "bucket with object lock, or drop --object-lock")
+        versioning = self._call("reading the bucket's versioning",
+                                lambda: self._client.get_bucket_versioning(self.bucket))
+        if getattr(versioning, "status", None) != "Enabled":
+            raise StorageError(f"{self._where}: --object-lock {self.object_lock} needs versioning enabled "
+                               f"on the bucket (it is {getattr(versioning, 'status', None) or 'off'})")

@@ -214,6 +214,11 @@ def _one_line(text: str) -> str:
     return " ".join((text or "").split())
 
 
+def _outcome_dicts(res: Any) -> list[dict]:
+    return [{"recording_id": o.recording_id, "done": o.done, "what": o.what, "reason": o.reason}
+            for o in res.outcomes]
+
+
 class AdminClient:
     """`with AdminClient("host:7600", security) as admin: admin.fleet()`."""
 
@@ -323,6 +328,29 @@ class AdminClient:
                     "detail": json.loads(e.detail_json or "{}")} for e in res.entries]
         return {"entries": entries, "checked": res.checked,
                 "verified": res.broken_at == 0, "broken_at": res.broken_at or None}
+
+    def hold(self, *, ids: list[str] = (), number: str | None = None, since: str | None = None,
+             until: str | None = None, reason: str = "", release: bool = False) -> list[dict]:
+        req = admin_pb2.HoldRequest(ids=list(ids), reason=reason, release=release)
+        for k, v in (("number", number), ("since", since), ("until", until)):
+            if v is not None:
+                setattr(req, k, v)
+        return _outcome_dicts(self._unary(self._stub.HoldRecordings, req))
+
+    def erase(self, *, ids: list[str] = (), number: str | None = None, reason: str = "") -> list[dict]:
+        req = admin_pb2.EraseRequest(ids=list(ids), reason=reason)
+        if number is not None:
+            req.number = number
+        return _outcome_dicts(self._unary(self._stub.EraseRecordings, req))
+
+    def verify(self, *, ids: list[str] = (), since: str | None = None) -> dict:
+        req = admin_pb2.VerifyRequest(ids=list(ids))
+        if since is not None:
+            req.since = since
+        res = self._unary(self._stub.VerifyRecordings, req)
+        return {"checked": res.checked, "failed": res.failed,
+                "checks": [{"recording_id": c.recording_id, "ok": c.ok, "problems": list(c.problems),
+                            "key_id": c.key_id} for c in res.checks]}
 
     def call(self, recording_id: str) -> CallDetail:
         d = self._unary(self._stub.GetCall, admin_pb2.GetCallRequest(id=recording_id))

@@ -55,6 +55,7 @@ class WebConfig:
     active_calls: Callable[[], list[dict]] | None = None   # a controller's active calls
     page_size: int = 50
     ladder_cache: dict = field(default_factory=dict)
+    verify_keys: dict = field(default_factory=dict)     # key id -> storage.manifest.VerifyKey
 
 
 class _Refused(Exception):
@@ -215,7 +216,12 @@ def create_app(cfg: WebConfig) -> FastAPI:
         row, meta = load_call(user, recording_id)
         audit(request, user, "view", recording_id)
         files = _files(cfg.store, row["prefix"], meta)
-        return render(request, "call.html", user, row=row, meta=meta, files=files,
+        verified = None
+        if cfg.verify_keys:          # issue #15: does the signed manifest still match?
+            from storage.manifest import verify_recording
+            verified = verify_recording(cfg.store if not hasattr(cfg.store, "keyring") else cfg.store.target,
+                                        row["prefix"], cfg.verify_keys)
+        return render(request, "call.html", user, row=row, meta=meta, files=files, verified=verified,
                       player=json.dumps(_player_data(meta, recording_id, files)),
                       streams=meta.get("streams") or [])
 
@@ -319,6 +325,12 @@ def _size(store, prefix: str, name: str) -> int:
 
 
 def _files(store, prefix: str, meta: dict) -> list[str]:
+    try:
+        found = store.list_files(prefix)     # every file, manifest.json and hold.json too
+    except (StorageError, AttributeError):
+        found = None
+    if found:
+        return found
     names = [CALL_JSON]
     audio = (meta.get("audio") or {}).get("file")
     if audio:

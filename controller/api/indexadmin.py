@@ -163,3 +163,133 @@ class IndexAdmin:
                 recording_id=e.recording_id or "", address=e.address,
                 detail_json=json.dumps(e.detail, sort_keys=True)))
         return out
+
+
+def _below_encryption(store: Any) -> Any:
+    """The store under the indexing and encrypting wrappers (what is really stored)."""
+    while type(store).__name__ in ("IndexingStore", "EncryptingStore") and hasattr(store, "target"):
+        store = store.target
+    return store
+
+
+def _outcomes(found) -> admin_pb2.LifecycleResult:
+    return admin_pb2.LifecycleResult(outcomes=[admin_pb2.LifecycleOutcome(
+        recording_id=o.recording_id, done=o.done, what=o.what, reason=o.reason) for o in found])
+
+
+class LifecycleAdmin:
+    """Hold, erase and verify over the Admin API (issue #15), through the
+    controller's own store stack (so hold.json is signed, the outbox emptied)."""
+
+    def __init__(self, index_admin: IndexAdmin, store: Any, verify_keys: Any = None) -> None:
+        self.ia = index_admin
+        self.store = store
+        self.verify_keys = verify_keys      # callable -> {key_id: VerifyKey} or None
+
+    def _who(self, peer: PeerIdentity | None, address: str):
+        from callindex.lifecycle import Who
+        return Who(peer.name if peer is not None else "(plain text)", peer.role if peer is not None else "",
+                   address)
+
+    def _ids_allowed(self, index, ids: list[str], peer: PeerIdentity | None) -> list[str]:
+        """Ids a limited certificate may touch (the others are refused as not found)."""
+        if self.ia.limited(peer) is None:
+            return list(ids)
+        keep = []
+        for rid in ids:
+            row = index.get(rid)
+            if row is not None and self.ia.may_see(peer, row):
+                keep.append(rid)
+        return keep
+
+    def hold(self, request: admin_pb2.HoldRequest, peer: PeerIdentity | None, address: str):
+        from callindex.audit import AuditTrail
+        from callindex.db import IndexUnavailable
+        from callindex.lifecycle import hold, release
+        from callindex.query import CallQuery, QueryError, parse_when
+        index = self.ia._index()
+        if not request.ids and not request.HasField("number"):
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "give recording ids or a number")
+        query = None
+        try:
+            if request.HasField("number"):
+                query = CallQuery(number=request.number, match="exact",
+                                  since_us=parse_when(_opt(request, "since")),
+                                  until_us=parse_when(_opt(request, "until")),
+                                  allowed=self.ia.limited(peer), limit=1000)
+        except QueryError as exc:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        ids = self._ids_allowed(index, list(request.ids), peer)
+        fn = release if request.release else hold
+        try:
+            found = fn(self.store, index, AuditTrail(index), self._who(peer, address), ids=ids,
+                       query=query, reason=request.reason)
+        except IndexUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        refused = [r for r in request.ids if r not in ids]
+        from callindex.lifecycle import Outcome
+        found += [Outcome(r, "", False, "not found", "not a call of this certificate's numbers")
+                  for r in refused]
+        return _outcomes(found)
+
+    def erase(self, request: admin_pb2.EraseRequest, peer: PeerIdentity | None, address: str):
+        from callindex.audit import AuditTrail
+        from callindex.db import IndexUnavailable
+        from callindex.lifecycle import Outcome, erase
+        index = self.ia._index()
+        if not request.ids and not request.HasField("number"):
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "give recording ids or a number")
+        number = _opt(request, "number")
+        pats = self.ia.limited(peer)
+        if number is not None and pats is not None:
+            from callindex.numbers import party_matches
+            if not party_matches(pats, f"tel:{number}"):
+                raise Refused(grpc.StatusCode.PERMISSION_DENIED,
+                              f"number {number}: not among this certificate's numbers")
+        ids = self._ids_allowed(index, list(request.ids), peer)
+        try:
+            found = erase(self.store, index, AuditTrail(index), self._who(peer, address), ids=ids,
+                          number=number, reason=request.reason)
+        except IndexUnavailable as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        found += [Outcome(r, "", False, "not found", "not a call of this certificate's numbers")
+                  for r in request.ids if r not in ids]
+        return _outcomes(found)
+
+    def verify(self, request: admin_pb2.VerifyRequest, peer: PeerIdentity | None, address: str):
+        from storage.manifest import verify_recording, verify_since
+        if self.ia.limited(peer) is not None:
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, "verification needs an operator certificate "
+                          "without number limits")
+        keys = self.verify_keys() if self.verify_keys is not None else None
+        if not keys:
+            raise Refused(grpc.StatusCode.FAILED_PRECONDITION,
+                          "this controller signs nothing (spanrec controller --signing-key-file)")
+        checks = []
+        store = _below_encryption(self.store)    # manifests hash what is stored: ciphertext
+        if request.HasField("since"):
+            from callindex.query import QueryError, parse_when
+            try:
+                parse_when(request.since)
+            except QueryError as exc:
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            for prefix, res in verify_since(store, keys, request.since[:10]):
+                checks.append((prefix.rsplit("/", 1)[-1], res))
+        index = self.ia.indexer.index if self.ia.indexer is not None else None
+        for rid in request.ids:
+            row = index.get(rid) if index is not None else None
+            if row is not None:
+                prefix = row["prefix"]
+            else:
+                from storage.layout import prefix_of_id
+                prefix = prefix_of_id(rid)
+                if prefix is None:
+                    raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"invalid recording id {rid!r}")
+            checks.append((rid, verify_recording(store, prefix, keys)))
+        self.ia.audit(peer, address, "verify", detail={"ids": list(request.ids)[:50],
+                                                      "since": _opt(request, "since")})
+        out = admin_pb2.VerifyResult(checked=len(checks), failed=sum(1 for _, r in checks if not r.ok))
+        for rid, r in checks:
+            out.checks.append(admin_pb2.RecordingCheck(recording_id=rid, ok=r.ok, problems=r.problems,
+                                                      key_id=r.key_id or ""))
+        return out

@@ -1,0 +1,739 @@
+"""Encryption at rest of recording files (issue #15), with random access.
+
+Two levels of keys (envelope encryption):
+
+* a **data key** (256 bits, ``os.urandom(32)``) encrypts the files of one
+  recording; it is stored in each file's header, wrapped (encrypted) by
+* a **key-encryption key** (KEK) of a :class:`KeyProvider`: :class:`FileKeyring`
+  reads them from key files or ``SPANREC_KEK``; a KMS can be plugged in later
+  by implementing the same three methods.
+
+Key lines
+    ``spanrec-kek-v1:<key-id>:<base64 of 32 bytes>`` (what scripts/make-keys
+    writes), one per line; blank lines and ``#`` comments are ignored.  The
+    FIRST key given is current (wraps the data keys of new recordings), the
+    others only unwrap: to rotate, put a new key first and keep the old ones -
+    old recordings are never rewritten and stay readable while their KEK is in
+    the keyring.  Key files accessible by group or others are refused.
+
+Wrapping a data key
+    AES-256-GCM under the KEK with a random 96-bit nonce; associated data
+    ``b"spanrec-kek-wrap-v1\\0" + kek_id``; stored as nonce || ciphertext || tag
+    (60 bytes).  Chosen over AES key wrap (RFC 3394) because it is the same
+    primitive and library call as the data encryption, and its associated data
+    binds the wrapped key to its KEK id (and this format), which RFC 3394
+    cannot.  Random nonces are safe far beyond our rate: one wrap per recording
+    (or per ``add``), and the NIST bound of 2^32 random-nonce messages per key
+    is ~4 billion recordings per KEK.  The 28 extra bytes per file do not matter.
+
+File format (all integers big-endian)::
+
+    offset  size  field
+    0       8     magic  b"SPANENC1"
+    8       1     version (1)
+    9       2     header length H (bytes, from offset 0, incl. the magic)
+    11      4     chunk size C: plaintext bytes per chunk (default 64 KiB, <= 16 MiB)
+    15      8     plaintext size P
+    23      8     file nonce prefix (random per file)
+    31      1     length n of the KEK id (1..255)
+    32      n     KEK id (UTF-8)
+    32+n    2     length m of the wrapped data key (1..1024)
+    34+n    m     wrapped data key
+    H       ...   chunks 0 .. N-1, N = max(1, ceil(P / C))
+
+    chunk i = AES-256-GCM(data key,
+                          nonce = file nonce prefix || uint32(i),
+                          plaintext[i*C : (i+1)*C],
+                          associated data = SHA-256(header) || uint32(i) || uint8(is last))
+            = ciphertext || 16-byte tag, so the file is H + P + 16*N bytes.
+
+This is the STREAM construction (Hoang, Reyhanitabar, Rogaway, Vizár 2015):
+the index in nonce and associated data stops reordering, the last-chunk flag
+stops truncation at a chunk boundary, and the header digest authenticates
+every header field (plaintext size, chunk size, KEK id, wrapped key) with each
+chunk, so a modified header fails on the first chunk read.  An empty file
+still has one (empty, last) chunk, so even it is authenticated.  Any chunk can
+be decrypted alone: a range read costs the header plus the chunks it touches.
+
+One data key per recording write: ``put`` makes a new data key and uses it
+for all the files it encrypts, each file with its own random 8-byte nonce
+prefix (nonce uniqueness: chunk indexes within a file, random prefixes between
+files; the chance of two equal prefixes under one key is ~k^2/2^65 for k files).
+``add`` (late-N.pcap) makes a new data key too, instead of unwrapping the one of
+the recording's existing files: a write never depends on reading the store
+(the store may be an outbox in front of an S3 that is down, or the old KEK may
+have been retired from the writer), there is no read-modify race with a
+concurrent ``put``, and late files get the *current* KEK after a rotation.
+Nothing relies on the files of a recording sharing a key.
+
+What is and is not protected
+    Confidentiality and integrity of the encrypted files' contents.  call.json
+    stays plain (the call index is built from it).  ``size`` reports the
+    header's plaintext size without authenticating it (no key use, one small
+    read); every read of the content authenticates it.  A file without the
+    magic is served as it is (recordings written before encryption was turned
+    on stay readable) - so someone who can write to the store can also replace
+    an encrypted file by a plain one; ``allow_plain=False`` refuses plain files
+    whose name would be encrypted.  Appending bytes after the last chunk is
+    detected by :func:`decrypt` (whole file) but ignored by range reads (they
+    only ever return authenticated plaintext).
+
+Errors are :class:`EncryptionError`, a :class:`storage.base.StorageError`
+(so code that handles storage failures handles these too), with one sentence
+naming the file; key material never appears in messages or reprs.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import stat
+import struct
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from storage.base import FileData, RecordingStore, StorageError, check_range
+
+__all__ = [
+    "CHUNK_SIZE", "DataKey", "EncryptingStore", "EncryptionError", "FileKeyring", "Header",
+    "KeyProvider", "MAGIC", "decrypt", "decrypt_range", "default_encrypt_names", "encrypt_file",
+    "is_encrypted", "load_keyring", "new_data_key", "plain_size", "read_header",
+]
+
+MAGIC = b"SPANENC1"
+VERSION = 1
+CHUNK_SIZE = 64 * 1024            # plaintext bytes per chunk (default)
+MAX_CHUNK_SIZE = 16 << 20         # a header asking for more is refused (memory bound)
+KEY_SIZE = 32                     # AES-256
+TAG_SIZE = 16
+NONCE_PREFIX_SIZE = 8
+MAX_CHUNKS = 1 << 32              # 4-byte chunk index in the nonce
+MAX_WRAPPED = 1024                # a KMS ciphertext blob is a few hundred bytes
+KEK_LINE_PREFIX = "spanrec-kek-v1"
+ENV_VAR = "SPANREC_KEK"
+
+_FIXED = struct.Struct(">8sBHIQ8sB")   # magic, version, H, C, P, nonce prefix, len(kek id)
+_WRAP_LEN = struct.Struct(">H")
+_INDEX = struct.Struct(">I")
+_AD_TAIL = struct.Struct(">IB")
+_MAX_HEADER = _FIXED.size + 255 + _WRAP_LEN.size + MAX_WRAPPED
+_PROBE = 512                      # first read of a file: its whole header, usually
+_WRAP_NONCE = 12
+_WRAP_AD = b"spanrec-kek-wrap-v1\0"
+
+
+class EncryptionError(StorageError):
+    """A file cannot be encrypted or decrypted: modified, truncated, not
+    encrypted, or the key to read it is missing or wrong; or a key file is
+    unusable.  One sentence naming the file; never key material."""
+
+
+# -- key-encryption keys ------------------------------------------------------
+
+@runtime_checkable
+class KeyProvider(Protocol):
+    """Wraps and unwraps data keys with key-encryption keys (KEKs): a keyring
+    of local keys (:class:`FileKeyring`) or, later, a KMS."""
+
+    def current_id(self) -> str:
+        """Id of the KEK that :meth:`wrap` uses (new recordings)."""
+        ...
+
+    def wrap(self, data_key: bytes) -> tuple[str, bytes]:
+        """(KEK id, wrapped data key) under the current KEK."""
+        ...
+
+    def unwrap(self, kek_id: str, wrapped: bytes) -> bytes:
+        """The data key wrapped by KEK ``kek_id``; :class:`EncryptionError` when
+        that KEK is unknown or does not unwrap it."""
+        ...
+
+
+def _valid_kek_id(kek_id: str) -> bool:
+    """1..128 printable ASCII characters, no ':' ',' or whitespace."""
+    return 0 < len(kek_id) <= 128 and all("!" <= ch <= "~" and ch not in ":," for ch in kek_id)
+
+
+def _parse_key_line(line: str) -> tuple[str, bytes] | None:
+    """(id, 32-byte key) of a ``spanrec-kek-v1:<id>:<base64>`` line, else None."""
+    head, sep, b64 = line.rpartition(":")
+    tag, sep2, kek_id = head.partition(":")
+    if not sep or not sep2 or tag != KEK_LINE_PREFIX or not _valid_kek_id(kek_id):
+        return None
+    text = b64.strip()
+    try:
+        alt = b"-_" if ("-" in text or "_" in text) else None
+        key = base64.b64decode(text + "=" * (-len(text) % 4), altchars=alt, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return (kek_id, key) if len(key) == KEY_SIZE else None
+
+
+def _read_key_file(path: Path) -> str:
+    """Text of a key file, refused when group or others may access it."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise EncryptionError(f"key file {path} is not a regular file")
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & 0o077:
+                raise EncryptionError(f"key file {path} is accessible by group or others "
+                                      f"(mode {mode:04o}): run chmod 600 {path}")
+            raw = fh.read(1 << 20)
+    except OSError as exc:
+        raise EncryptionError(f"key file {path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise EncryptionError(f"key file {path} is not a text file of "
+                              f"{KEK_LINE_PREFIX}:<key-id>:<base64 of 32 bytes> lines") from None
+
+
+class FileKeyring:
+    """KEKs from key files and/or ``SPANREC_KEK``-style text; the first key is current.
+
+    ``FileKeyring(path, ...)`` reads the files in order (each may hold several
+    key lines); :meth:`from_text` parses the same lines from a string (an
+    environment variable: lines may also be separated by spaces or commas);
+    :meth:`from_env` reads ``SPANREC_KEK`` or the file(s) in ``SPANREC_KEK_FILE``.
+    """
+
+    def __init__(self, *paths: str | os.PathLike[str]) -> None:
+        if not paths:
+            raise EncryptionError("no key file given: a keyring needs at least one key-encryption key")
+        self._init([(f"key file {Path(p)}", [(f"line {no}", line) for no, line in
+                                             enumerate(_read_key_file(Path(p)).splitlines(), 1)])
+                    for p in paths])
+
+    @classmethod
+    def from_text(cls, text: str, source: str = ENV_VAR) -> FileKeyring:
+        """Keys from text (one ``spanrec-kek-v1:...`` item per line, or separated
+        by spaces/commas); ``source`` names it in messages."""
+        items = [item for line in text.splitlines() if not line.strip().startswith("#")
+                 for item in line.replace(",", " ").split()]
+        self = cls.__new__(cls)
+        self._init([(source, [(f"entry {no}", item) for no, item in enumerate(items, 1)])])
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> FileKeyring | None:
+        """``SPANREC_KEK`` (key lines), else ``SPANREC_KEK_FILE`` (key files,
+        separated by ``os.pathsep``); None when neither is set."""
+        env = os.environ if environ is None else environ
+        text = env.get(ENV_VAR, "")
+        if text.strip():
+            return cls.from_text(text, ENV_VAR)
+        files = [p for p in env.get(ENV_VAR + "_FILE", "").split(os.pathsep) if p.strip()]
+        return cls(*files) if files else None
+
+    def _init(self, sources: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        keys: dict[str, bytes] = {}
+        for source, lines in sources:
+            for where, line in lines:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                parsed = _parse_key_line(line)
+                if parsed is None:
+                    raise EncryptionError(
+                        f"{source}: {where} is not a key-encryption key "
+                        f"({KEK_LINE_PREFIX}:<key-id>:<base64 of 32 bytes>)")
+                kek_id, key = parsed
+                if keys.get(kek_id, key) != key:
+                    raise EncryptionError(f"{source}: key id {kek_id!r} is given twice with different keys")
+                keys.setdefault(kek_id, key)
+        if not keys:
+            names = ", ".join(s for s, _ in sources)
+            raise EncryptionError(f"{names}: no key-encryption key found")
+        self._current = next(iter(keys))
+        self._keys = {kek_id: AESGCM(key) for kek_id, key in keys.items()}
+
+    def __repr__(self) -> str:
+        return f"FileKeyring(current={self._current!r}, ids={self.ids!r})"
+
+    @property
+    def ids(self) -> list[str]:
+        """KEK ids, the current one first."""
+        return list(self._keys)
+
+    def current_id(self) -> str:
+        return self._current
+
+    def wrap(self, data_key: bytes) -> tuple[str, bytes]:
+        if len(data_key) != KEY_SIZE:
+            raise EncryptionError(f"a data key has {KEY_SIZE} bytes, not {len(data_key)}")
+        nonce = os.urandom(_WRAP_NONCE)
+        ad = _WRAP_AD + self._current.encode()
+        return self._current, nonce + self._keys[self._current].encrypt(nonce, bytes(data_key), ad)
+
+    def unwrap(self, kek_id: str, wrapped: bytes) -> bytes:
+        aead = self._keys.get(kek_id)
+        if aead is None:
+            raise EncryptionError(f"its data key is wrapped by key-encryption key {kek_id!r}, which is "
+                                  f"not in the keyring (it holds {', '.join(map(repr, self._keys))})")
+        try:
+            key = aead.decrypt(bytes(wrapped[:_WRAP_NONCE]), bytes(wrapped[_WRAP_NONCE:]),
+                               _WRAP_AD + kek_id.encode())
+        except (InvalidTag, ValueError):
+            key = b""
+        if len(key) != KEY_SIZE:
+            raise EncryptionError(f"key-encryption key {kek_id!r} of the keyring does not unwrap its data "
+                                  f"key (a different key under the same id, or a modified header)")
+        return key
+
+
+def load_keyring(paths: Iterable[str | os.PathLike[str]] = (), *,
+                 environ: Mapping[str, str] | None = None) -> FileKeyring | None:
+    """The keyring of key files ``paths`` if any, else of the environment
+    (:meth:`FileKeyring.from_env`); None: encryption is off."""
+    paths = list(paths)
+    return FileKeyring(*paths) if paths else FileKeyring.from_env(environ)
+
+
+# -- the file format --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Header:
+    """The parsed header of an encrypted file (see the module doc)."""
+
+    version: int
+    length: int          # H: bytes of the header
+    chunk_size: int      # C
+    plain_size: int      # P
+    nonce_prefix: bytes
+    kek_id: str
+    wrapped: bytes = field(repr=False)
+    raw: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+    @property
+    def chunks(self) -> int:
+        """N: number of chunks (at least 1: an empty file has one empty chunk)."""
+        return max(1, -(-self.plain_size // self.chunk_size))
+
+    @property
+    def encrypted_size(self) -> int:
+        return self.length + self.plain_size + TAG_SIZE * self.chunks
+
+    def chunk_offset(self, i: int) -> int:
+        """Offset of chunk ``i`` in the encrypted file."""
+        return self.length + i * (self.chunk_size + TAG_SIZE)
+
+    def chunk_plain_size(self, i: int) -> int:
+        return min(self.chunk_size, self.plain_size - i * self.chunk_size)
+
+    def nonce(self, i: int) -> bytes:
+        return self.nonce_prefix + _INDEX.pack(i)
+
+    def associated_data(self, i: int) -> bytes:
+        return self.digest + _AD_TAIL.pack(i, 1 if i == self.chunks - 1 else 0)
+
+
+def is_encrypted(data: bytes | bytearray | memoryview) -> bool:
+    """Whether data (a file, or its first bytes) starts with the format's magic."""
+    return bytes(data[:len(MAGIC)]) == MAGIC
+
+
+def _header_length(data: bytes | bytearray | memoryview, name: str) -> int:
+    """H from the first 11 bytes of a file (magic and version checked)."""
+    if not is_encrypted(data):
+        raise EncryptionError(f"{name}: not an encrypted spanrec file (no {MAGIC.decode()} header)")
+    if len(data) < 11:
+        raise EncryptionError(f"{name}: truncated header ({len(data)} bytes)")
+    if data[8] != VERSION:
+        raise EncryptionError(f"{name}: unsupported encryption format version {data[8]} (this spanrec reads {VERSION})")
+    length = int.from_bytes(data[9:11], "big")
+    if not _FIXED.size + 1 + _WRAP_LEN.size + 1 <= length <= _MAX_HEADER:
+        raise EncryptionError(f"{name}: invalid header length {length}")
+    return length
+
+
+def read_header(data: bytes | bytearray | memoryview, *, name: str = "encrypted file") -> Header:
+    """Parse (not authenticate) the header at the start of ``data``, which may
+    hold more of the file; :class:`EncryptionError` when it is no valid header."""
+    length = _header_length(data, name)
+    if len(data) < length:
+        raise EncryptionError(f"{name}: truncated header ({len(data)} of {length} bytes)")
+    raw = bytes(data[:length])
+    _magic, version, _h, chunk_size, size, prefix, id_len = _FIXED.unpack_from(raw)
+    pos = _FIXED.size
+    if id_len == 0 or pos + id_len + _WRAP_LEN.size > length:
+        raise EncryptionError(f"{name}: invalid key id length {id_len} in the header")
+    try:
+        kek_id = raw[pos:pos + id_len].decode("utf-8")
+    except UnicodeDecodeError:
+        raise EncryptionError(f"{name}: the key id in the header is not UTF-8") from None
+    pos += id_len
+    (wrap_len,) = _WRAP_LEN.unpack_from(raw, pos)
+    pos += _WRAP_LEN.size
+    if wrap_len == 0 or wrap_len > MAX_WRAPPED or pos + wrap_len != length:
+        raise EncryptionError(f"{name}: invalid wrapped key length {wrap_len} in the header")
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise EncryptionError(f"{name}: invalid chunk size {chunk_size} in the header")
+    if size > chunk_size * MAX_CHUNKS:
+        raise EncryptionError(f"{name}: invalid plaintext size {size} in the header")
+    return Header(version, length, chunk_size, size, prefix, kek_id, raw[pos:], raw,
+                  hashlib.sha256(raw).digest())
+
+
+def plain_size(header_bytes: bytes | bytearray | memoryview) -> int:
+    """Plaintext size of an encrypted file from its header (its first bytes;
+    :data:`_PROBE` = 512 bytes hold any header a FileKeyring writes).  Not
+    authenticated: reading the content is."""
+    return read_header(header_bytes).plain_size
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A data key and its wrapped form (what a file header stores)."""
+
+    key: bytes = field(repr=False)
+    kek_id: str
+    wrapped: bytes = field(repr=False)
+
+
+def new_data_key(keyring: KeyProvider) -> DataKey:
+    """A random data key (``os.urandom(32)``), wrapped by the keyring's current KEK."""
+    key = os.urandom(KEY_SIZE)
+    kek_id, wrapped = keyring.wrap(key)
+    id_bytes = kek_id.encode("utf-8")
+    if not 0 < len(id_bytes) <= 255 or not 0 < len(wrapped) <= MAX_WRAPPED:
+        raise EncryptionError(f"key provider returned an unusable key id or wrapped key "
+                              f"({len(id_bytes)} and {len(wrapped)} bytes)")
+    return DataKey(key, kek_id, bytes(wrapped))
+
+
+def _new_header(dk: DataKey, size: int, chunk_size: int) -> Header:
+    if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk size must be 1..{MAX_CHUNK_SIZE} bytes, got {chunk_size}")
+    if size > chunk_size * MAX_CHUNKS:
+        raise EncryptionError(f"{size} bytes are too many for chunks of {chunk_size} bytes")
+    id_bytes = dk.kek_id.encode("utf-8")
+    length = _FIXED.size + len(id_bytes) + _WRAP_LEN.size + len(dk.wrapped)
+    prefix = os.urandom(NONCE_PREFIX_SIZE)
+    raw = (_FIXED.pack(MAGIC, VERSION, length, chunk_size, size, prefix, len(id_bytes))
+           + id_bytes + _WRAP_LEN.pack(len(dk.wrapped)) + dk.wrapped)
+    return Header(VERSION, length, chunk_size, size, prefix, dk.kek_id, dk.wrapped, raw,
+                  hashlib.sha256(raw).digest())
+
+
+def _readinto_exact(fh: Any, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def encrypt_file(data: FileData, keyring: KeyProvider, *, data_key: DataKey | None = None,
+                 chunk_size: int = CHUNK_SIZE) -> bytes | Path:
+    """The encrypted form of ``data``: bytes for bytes; for a Path, a new file
+    beside it (``.<name>.*.spanenc``, mode 0600) written chunk by chunk - the
+    caller owns and removes it.  ``data_key``: the recording's key (default: a
+    new one from ``keyring``).  OSError as raised when the file cannot be read
+    or written."""
+    dk = data_key or new_data_key(keyring)
+    aead = AESGCM(dk.key)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data).cast("B")
+        hdr = _new_header(dk, len(view), chunk_size)
+        parts = [hdr.raw]
+        for i in range(hdr.chunks):
+            parts.append(aead.encrypt(hdr.nonce(i), view[i * chunk_size:(i + 1) * chunk_size],
+                                      hdr.associated_data(i)))
+        return b"".join(parts)
+    src = Path(data)
+    with open(src, "rb") as fin:
+        size = os.fstat(fin.fileno()).st_size
+        hdr = _new_header(dk, size, chunk_size)
+        fd, tmp = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".spanenc", dir=src.parent)
+        try:
+            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                out.write(hdr.raw)
+                buf = memoryview(bytearray(min(chunk_size, max(size, 1))))
+                for i in range(hdr.chunks):
+                    want = hdr.chunk_plain_size(i)
+                    if _readinto_exact(fin, buf[:want]) != want:
+                        raise EncryptionError(f"{src}: the file shrank while it was being encrypted")
+                    out.write(aead.encrypt(hdr.nonce(i), buf[:want], hdr.associated_data(i)))
+                if fin.read(1):
+                    raise EncryptionError(f"{src}: the file grew while it was being encrypted")
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    return Path(tmp)
+
+
+def _unwrap(hdr: Header, keyring: KeyProvider, name: str) -> AESGCM:
+    try:
+        key = keyring.unwrap(hdr.kek_id, hdr.wrapped)
+    except EncryptionError as exc:
+        raise EncryptionError(f"{name}: cannot decrypt: {exc}") from None
+    if len(key) != KEY_SIZE:
+        raise EncryptionError(f"{name}: cannot decrypt: the key provider returned a {len(key)}-byte data key")
+    return AESGCM(key)
+
+
+def _open_chunks(hdr: Header, aead: AESGCM, first: int, last: int,
+                 data: bytes | memoryview, name: str) -> list[bytes]:
+    """Plaintext of chunks first..last from their ciphertext ``data`` (read
+    from the chunk_offset of `first`)."""
+    view = memoryview(data)
+    out: list[bytes] = []
+    pos = 0
+    for i in range(first, last + 1):
+        size = hdr.chunk_plain_size(i) + TAG_SIZE
+        if pos + size > len(view):
+            raise EncryptionError(f"{name}: the file is truncated (chunk {i} of {hdr.chunks} is incomplete)")
+        try:
+            out.append(aead.decrypt(hdr.nonce(i), view[pos:pos + size], hdr.associated_data(i)))
+        except InvalidTag:
+            raise EncryptionError(f"{name}: chunk {i} of {hdr.chunks} failed authentication "
+                                  f"(the file was modified, truncated or reordered, or the key is wrong)") from None
+        pos += size
+    return out
+
+
+def decrypt(blob: bytes | bytearray | memoryview, keyring: KeyProvider, *,
+            name: str = "encrypted file") -> bytes:
+    """Plaintext of a whole encrypted file, every chunk and its length authenticated."""
+    hdr = read_header(blob, name=name)
+    if len(blob) != hdr.encrypted_size:
+        what = "truncated" if len(blob) < hdr.encrypted_size else "followed by extra data"
+        raise EncryptionError(f"{name}: the file is {what} ({len(blob)} bytes, the header "
+                              f"announces {hdr.encrypted_size})")
+    aead = _unwrap(hdr, keyring, name)
+    return b"".join(_open_chunks(hdr, aead, 0, hdr.chunks - 1, memoryview(blob)[hdr.length:], name))
+
+
+def _read_header_via(read: Callable[[int, int], bytes], name: str, probe: bytes | None = None) -> Header:
+    data = read(0, _PROBE) if probe is None else probe
+    length = _header_length(data, name)
+    if len(data) < length:
+        data = bytes(data) + read(len(data), length - len(data))
+    return read_header(data, name=name)
+
+
+def _range(hdr: Header, aead: Callable[[], AESGCM], read: Callable[[int, int], bytes],
+           start: int, length: int, name: str) -> bytes:
+    """Plaintext bytes start..start+length, reading only the chunks they touch.
+    At or past the end, the last chunk is read and authenticated anyway, so an
+    empty answer is never the result of a modified plaintext size."""
+    if length == 0:
+        return b""
+    if start >= hdr.plain_size:
+        first = last = hdr.chunks - 1
+        end = start
+    else:
+        end = min(start + length, hdr.plain_size)
+        first, last = start // hdr.chunk_size, (end - 1) // hdr.chunk_size
+    offset = hdr.chunk_offset(first)
+    want = hdr.chunk_offset(last) + hdr.chunk_plain_size(last) + TAG_SIZE - offset
+    plain = _open_chunks(hdr, aead(), first, last, read(offset, want), name)
+    if start >= hdr.plain_size:
+        return b""
+    skip = start - first * hdr.chunk_size
+    if first == last:
+        return plain[0][skip:skip + end - start]
+    return b"".join(plain)[skip:skip + end - start]
+
+
+def decrypt_range(read: Callable[[int, int], bytes], start: int, length: int,
+                  keyring: KeyProvider, *, name: str = "encrypted file") -> bytes:
+    """At most ``length`` plaintext bytes from offset ``start`` of an encrypted
+    file read through ``read(offset, length)`` (a ranged read of the encrypted
+    file: fewer bytes at its end): the header, then only the chunks the range
+    touches.  ``b""`` past the end, as for ``RecordingStore.get_range``."""
+    start, length = check_range(start, length)
+    hdr = _read_header_via(read, name)
+    return _range(hdr, lambda: _unwrap(hdr, keyring, name), read, start, length, name)
+
+
+# -- the store wrapper --------------------------------------------------------
+
+def default_encrypt_names(name: str) -> bool:
+    """The files encrypted by default: audio.*, call.pcap and late-*.pcap
+    (call.json stays plain: the call index is built from it)."""
+    return name.startswith("audio.") or name == "call.pcap" or fnmatchcase(name, "late-*.pcap")
+
+
+class _Opened:
+    """A header read from the store and, once needed, its unwrapped data key."""
+
+    __slots__ = ("header", "aead")
+
+    def __init__(self, header: Header) -> None:
+        self.header = header
+        self.aead: AESGCM | None = None
+
+
+class EncryptingStore:
+    """A RecordingStore that encrypts files on write and decrypts them on read.
+
+    ``put``/``add`` encrypt the files ``encrypt_names(name)`` selects with one
+    new data key per call (see the module doc); ``get``/``size``/``get_range``
+    decrypt any file with the magic (``size``: plaintext size; ``get_range``:
+    the header, then only the chunks the range needs) and return other files
+    as stored (unless ``allow_plain=False``).  Everything else is forwarded.
+
+    Headers (and unwrapped data keys) of recently read files are cached
+    (``cache_size`` entries), so the web player's sequence of range requests
+    costs one store read each.  A cached header is only a hint: were the file
+    replaced, its chunks fail authentication under the old header, and the read
+    is retried once with the header read again.
+    """
+
+    def __init__(self, target: RecordingStore, keyring: KeyProvider, *,
+                 encrypt_names: Callable[[str], bool] = default_encrypt_names,
+                 chunk_size: int = CHUNK_SIZE, allow_plain: bool = True, cache_size: int = 256) -> None:
+        if not 0 < chunk_size <= MAX_CHUNK_SIZE:
+            raise ValueError(f"chunk size must be 1..{MAX_CHUNK_SIZE} bytes, got {chunk_size}")
+        self.target = target
+        self.keyring = keyring
+        self.encrypt_names = encrypt_names
+        self.chunk_size = chunk_size
+        self.allow_plain = allow_plain
+        self.url = target.url
+        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, str], _Opened] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"EncryptingStore({self.target!r}, kek={self.keyring.current_id()!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "target" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.target, name)
+
+    def _where(self, prefix: str, name: str) -> str:
+        return f"{self.url.rstrip('/')}/{prefix}/{name}"
+
+    # -- writing -------------------------------------------------------------
+    def put(self, prefix: str, files: dict[str, FileData]) -> str:
+        return self._write(prefix, files, self.target.put)
+
+    def add(self, prefix: str, files: dict[str, FileData]) -> str:
+        return self._write(prefix, files, self.target.add)
+
+    def _write(self, prefix: str, files: dict[str, FileData],
+               write: Callable[[str, dict[str, FileData]], str]) -> str:
+        names = [n for n in files if self.encrypt_names(n)]
+        self._forget(prefix)
+        if not names:
+            return write(prefix, dict(files))
+        dk = new_data_key(self.keyring)
+        out = dict(files)
+        temps: list[Path] = []
+        try:
+            for n in names:
+                try:
+                    enc = encrypt_file(files[n], self.keyring, data_key=dk, chunk_size=self.chunk_size)
+                except OSError as exc:
+                    raise StorageError(f"{self._where(prefix, n)}: cannot encrypt: {exc.strerror or exc}") from exc
+                if isinstance(enc, Path):
+                    temps.append(enc)
+                out[n] = enc
+            return write(prefix, out)
+        finally:
+            for tmp in temps:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+            self._forget(prefix)
+
+    # -- reading ---------------------------------------------------------------
+    def _plain(self, prefix: str, name: str) -> None:
+        if not self.allow_plain and self.encrypt_names(name):
+            raise EncryptionError(f"{self._where(prefix, name)}: not encrypted, and plain files are not allowed")
+
+    def get(self, prefix: str, name: str) -> bytes:
+        data = self.target.get(prefix, name)
+        if not is_encrypted(data):
+            self._plain(prefix, name)
+            return data
+        return decrypt(data, self.keyring, name=self._where(prefix, name))
+
+    def size(self, prefix: str, name: str) -> int:
+        probe = self.target.get_range(prefix, name, 0, _PROBE)
+        if not is_encrypted(probe):
+            self._plain(prefix, name)
+            return len(probe) if len(probe) < _PROBE else self.target.size(prefix, name)
+        return self._load(prefix, name, probe).header.plain_size
+
+    def get_range(self, prefix: str, name: str, start: int, length: int) -> bytes:
+        start, length = check_range(start, length)
+        where = self._where(prefix, name)
+        cached = self._cached(prefix, name)
+        # a range that needs no chunk must still find an absent file: no cache then
+        if cached is not None and length and start < cached.header.plain_size:
+            try:
+                return self._read(prefix, name, cached, start, length, where)
+            except EncryptionError:
+                self._forget(prefix, name)   # replaced meanwhile? read its header again
+        probe = self.target.get_range(prefix, name, 0, _PROBE)
+        if not is_encrypted(probe):
+            self._plain(prefix, name)
+            if len(probe) < _PROBE or start + length <= len(probe):
+                return probe[start:start + length]
+            return self.target.get_range(prefix, name, start, length)
+        return self._read(prefix, name, self._load(prefix, name, probe), start, length, where)
+
+    def _read(self, prefix: str, name: str, opened: _Opened, start: int, length: int, where: str) -> bytes:
+        def aead() -> AESGCM:
+            if opened.aead is None:
+                opened.aead = _unwrap(opened.header, self.keyring, where)
+            return opened.aead
+
+        return _range(opened.header, aead, lambda s, n: self.target.get_range(prefix, name, s, n),
+                      start, length, where)
+
+    def _load(self, prefix: str, name: str, probe: bytes) -> _Opened:
+        """The header of a file from its first bytes (read more if needed), cached."""
+        hdr = _read_header_via(lambda s, n: self.target.get_range(prefix, name, s, n),
+                               self._where(prefix, name), probe)
+        with self._lock:
+            old = self._cache.get((prefix, name))
+            if old is not None and old.header.raw == hdr.raw:
+                self._cache.move_to_end((prefix, name))
+                return old                          # keeps its unwrapped key
+            opened = self._cache[(prefix, name)] = _Opened(hdr)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return opened
+
+    def _cached(self, prefix: str, name: str) -> _Opened | None:
+        with self._lock:
+            opened = self._cache.get((prefix, name))
+            if opened is not None:
+                self._cache.move_to_end((prefix, name))
+            return opened
+
+    def _forget(self, prefix: str, name: str | None = None) -> None:
+        with self._lock:
+            for key in [k for k in self._cache if k[0] == prefix and (name is None or k[1] == name)]:
+                del self._cache[key]
+
+    # -- forwarded -------------------------------------------------------------
+    def list_recordings(self) -> list[str]:
+        return self.target.list_recordings()
+
+    def check(self) -> None:
+        self.target.check()
