@@ -255,7 +255,12 @@ def open_durable(settings: ControllerSettings, store: RecordingStore,
         if not isinstance(store, LocalStore):
             outbox = OutboxStore(store, state / "outbox")
             target = outbox
-        wal = WriteAheadLog(state / "wal")
+        from storage.encryption import EncryptionError, load_keyring
+        try:   # the log holds the calls' packets: encrypted like the recordings (issue #15)
+            keyring = load_keyring(settings.encryption_key_file)
+        except EncryptionError as exc:
+            raise Failure(str(exc)) from None
+        wal = WriteAheadLog(state / "wal", keyring=keyring)
         # long calls' frames (controller/calls/spill.py): what a crash left is rebuilt
         # from the write-ahead log, so the folder starts empty
         shutil.rmtree(state / "spill", ignore_errors=True)

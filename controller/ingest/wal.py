@@ -28,6 +28,14 @@ Durability (``fsync``):
 * ``"never"``: durable once written to the kernel (page cache): survives
   ``kill -9`` of the controller, not a machine crash.
 
+Encryption (issue #15, ``keyring``: storage/encryption.py): the log holds the
+calls' packets, so with a key-encryption key each segment gets a data key of
+its own, wrapped by the KEK in a KEY record right after the magic; every later
+record's payload is ``nonce (12) | AES-256-GCM(data key, payload, aad=kind)``
+(the CRC is over that). A segment without a KEY record is plain (written before
+encryption was on); an encrypted one without the key to unwrap it is skipped
+and counted (``undecryptable_segments``).
+
 Segments: a new one is started every ``segment_bytes`` and at every open (old
 segments are never appended to). The recorder deletes closed segments, oldest
 first, once every packet in them is older than what it still needs
@@ -57,9 +65,9 @@ _HEAD = struct.Struct("<IIB")            # payload length, crc32(kind + payload)
 _BATCH = struct.Struct("<HQIIq")         # sensor id length, seq, linktype, packets, max ts
 _MAX_RECORD = 1 << 30
 
-BATCH, HELLO, DISCONNECT, END, STORED, SNAPSHOT, BATCH_BROADCAST = 1, 2, 3, 4, 5, 6, 7
+BATCH, HELLO, DISCONNECT, END, STORED, SNAPSHOT, BATCH_BROADCAST, KEY = 1, 2, 3, 4, 5, 6, 7, 8
 KINDS = {BATCH: "batch", HELLO: "hello", DISCONNECT: "disconnect", END: "end",
-         STORED: "stored", SNAPSHOT: "snapshot", BATCH_BROADCAST: "batch-broadcast"}
+         STORED: "stored", SNAPSHOT: "snapshot", BATCH_BROADCAST: "batch-broadcast", KEY: "key"}
 FSYNC_POLICIES = ("group", "always", "never")
 
 
@@ -114,6 +122,18 @@ def _decode_batch(payload: bytes) -> Batch:
     return Batch(sid, seq, linktype, ts.tolist(), ln.tolist(), bytes(data), max_ts)
 
 
+def _open_payload(aead: Any, kind: int, payload: Any) -> bytes | None:
+    """A record's payload in the clear (None when it does not authenticate)."""
+    if aead is None:
+        return bytes(payload)
+    from cryptography.exceptions import InvalidTag
+    p = bytes(payload)
+    try:
+        return aead.decrypt(p[:12], p[12:], bytes((kind,)))
+    except (InvalidTag, ValueError):
+        return None
+
+
 def _record(kind: int, payload: bytes) -> bytes:
     crc = zlib.crc32(payload, zlib.crc32(bytes((kind,))))
     return _HEAD.pack(len(payload), crc, kind) + payload
@@ -123,13 +143,17 @@ class WriteAheadLog:
     """Segmented append-only log with group commit. Thread-safe."""
 
     def __init__(self, directory: Path | str, *, segment_bytes: int = 64 << 20,
-                 max_bytes: int = 4 << 30, fsync: str = "group") -> None:
+                 max_bytes: int = 4 << 30, fsync: str = "group", keyring: Any = None) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
         self.dir = Path(directory)
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
         self.fsync = fsync
+        self.keyring = keyring              # storage.encryption KeyProvider, or None: plain
+        self._aead: Any = None              # the current segment's cipher
+        self._nonce_prefix = b""
+        self._nonce_counter = 0
         try:
             filemodes.private_dir(self.dir)
         except OSError as exc:
@@ -150,6 +174,7 @@ class WriteAheadLog:
             "records_appended": 0, "bytes_appended": 0, "fsyncs": 0,
             "records_replayed": 0, "torn_tail_bytes": 0, "corrupt_segments": 0,
             "segments_deleted": 0, "segments_forced": 0, "bytes_forced": 0,
+            "undecryptable_segments": 0,
         }
 
     # -- replay ----------------------------------------------------------
@@ -184,6 +209,7 @@ class WriteAheadLog:
             with fh:
                 if fh.read(len(MAGIC)) != MAGIC:
                     continue
+                aead = None
                 while True:
                     head = fh.read(_HEAD.size)
                     if len(head) < _HEAD.size:
@@ -191,13 +217,21 @@ class WriteAheadLog:
                     length, crc, kind = _HEAD.unpack(head)
                     if length > _MAX_RECORD:
                         break
-                    if kind not in kinds:
+                    if kind not in kinds and kind != KEY:
                         fh.seek(length, os.SEEK_CUR)
                         continue
                     payload = fh.read(length)
                     if len(payload) < length or zlib.crc32(payload, zlib.crc32(bytes((kind,)))) != crc:
                         break
-                    yield kind, json.loads(payload)
+                    if kind == KEY:
+                        aead = self._unwrap(payload, seg)
+                        if aead is False:
+                            break
+                        continue
+                    plain = _open_payload(aead, kind, payload)
+                    if plain is None:
+                        break
+                    yield kind, json.loads(plain)
 
     def _read(self, seg: Segment, last: bool) -> Iterator[tuple[int, bytes]]:
         try:
@@ -215,6 +249,7 @@ class WriteAheadLog:
             return
         off, end = len(MAGIC), len(buf)
         mv = memoryview(buf)
+        aead = None
         while off < end:
             bad = ""
             if off + _HEAD.size > end:
@@ -243,8 +278,44 @@ class WriteAheadLog:
                               extra={"path": str(seg.path), "offset": off, "bytes": lost,
                                      "reason": bad})
                 return
-            yield kind, bytes(payload)
             off = stop
+            if kind == KEY:
+                aead = self._unwrap(payload, seg)
+                if aead is False:
+                    return
+                continue
+            plain = _open_payload(aead, kind, payload)
+            if plain is None:
+                self.counters["corrupt_segments"] += 1
+                log.error("write-ahead log record does not decrypt; rest of the segment skipped",
+                          extra={"path": str(seg.path), "offset": off})
+                return
+            yield kind, plain
+
+    def _unwrap(self, payload: Any, seg: Segment) -> Any:
+        """The cipher of a segment's KEY record, or False (counted, logged) when
+        it cannot be unwrapped with the keys at hand."""
+        import base64
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        try:
+            rec = json.loads(bytes(payload))
+            if self.keyring is None:
+                raise ValueError("the segment is encrypted and no key-encryption key is configured")
+            key = self.keyring.unwrap(rec["kek"], base64.b64decode(rec["wrapped"]))
+            return AESGCM(key)
+        except Exception as exc:  # noqa: BLE001 - EncryptionError, bad JSON: the segment is unreadable
+            self.counters["undecryptable_segments"] += 1
+            log.error("write-ahead log segment cannot be decrypted; skipped",
+                      extra={"path": str(seg.path), "error": str(exc)})
+            return False
+
+    def _seal(self, kind: int, payload: bytes) -> bytes:
+        """The payload as written: encrypted under the segment's data key, if any."""
+        if self._aead is None:
+            return payload
+        self._nonce_counter += 1
+        nonce = self._nonce_prefix + self._nonce_counter.to_bytes(8, "big")
+        return nonce + self._aead.encrypt(nonce, payload, bytes((kind,)))
 
     # -- appending ---------------------------------------------------------
     def open(self, snapshot: dict[str, Any]) -> None:
@@ -287,22 +358,34 @@ class WriteAheadLog:
         self.segments.append(Segment(number, path))
         self._write_locked(MAGIC, None)
         fsync_path(self.dir)
-        self._write_locked(_record(SNAPSHOT, json.dumps(snapshot).encode()), None)
+        self._aead = None
+        if self.keyring is not None:           # a data key per segment, wrapped by the KEK
+            import base64
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            key = os.urandom(32)
+            kek, wrapped = self.keyring.wrap(key)
+            self._write_locked(_record(KEY, json.dumps(
+                {"kek": kek, "wrapped": base64.b64encode(wrapped).decode()}).encode()), None)
+            self._aead = AESGCM(key)
+            self._nonce_prefix = os.urandom(4)
+            self._nonce_counter = 0
+        self._write_locked(_record(SNAPSHOT, self._seal(SNAPSHOT, json.dumps(snapshot).encode())), None)
         self._enforce_bound_locked()
 
     def append_batch(self, sensor_id: str, seq: int, linktype: int, timestamps: Any,
                      lengths: Any, data: bytes, broadcast: bool = False) -> int:
         payload, max_ts = _encode_batch(sensor_id, seq, linktype, timestamps, lengths, data)
-        return self._append(_record(BATCH_BROADCAST if broadcast else BATCH, payload), max_ts)
+        return self._append(BATCH_BROADCAST if broadcast else BATCH, payload, max_ts)
 
     def append_event(self, kind: int, value: dict[str, Any]) -> int:
-        return self._append(_record(kind, json.dumps(value).encode()), None)
+        return self._append(kind, json.dumps(value).encode(), None)
 
-    def _append(self, rec: bytes, max_ts: int | None) -> int:
+    def _append(self, kind: int, payload: bytes, max_ts: int | None) -> int:
         with self._lock:
             if self._fd is None:
                 raise WalError("write-ahead log is not open")
-            self._write_locked(rec, max_ts)
+            # sealed under the lock: a roll changes the segment's key
+            self._write_locked(_record(kind, self._seal(kind, payload)), max_ts)
             self.appended_lsn += 1
             lsn = self.appended_lsn
             if self.fsync == "never":

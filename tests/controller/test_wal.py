@@ -337,3 +337,39 @@ def test_graceful_stop_keeping_active_calls_does_not_split_them(tmp_path: Path) 
     assert sorted(got) == sorted(expected) and written < set(got)
     for prefix, (meta, pcap) in expected.items():
         assert got[prefix] == (meta, pcap), prefix
+
+
+def _keyring(tmp_path: Path, name: str):
+    import base64
+    from storage.encryption import FileKeyring
+    path = tmp_path / f"{name}.key"
+    path.write_text(f"spanrec-kek-v1:{name}:{base64.b64encode(os.urandom(32)).decode()}")
+    path.chmod(0o600)
+    return FileKeyring(path), path
+
+
+def test_an_encrypted_log_holds_no_packet_in_the_clear_and_replays(tmp_path: Path) -> None:
+    """Issue #15: with a key-encryption key every record after the segment's KEY
+    record is AES-GCM; replay with the key gives the batches back; without it
+    the segment is skipped and counted, never misread."""
+    keyring, _ = _keyring(tmp_path, "k1")
+    marker = b"SECRET-RTP-PAYLOAD-" * 20
+    wal = WriteAheadLog(tmp_path / "wal", fsync="never", keyring=keyring, segment_bytes=4096)
+    wal.open({"sessions": {}})
+    for seq in range(1, 6):
+        wal.append_batch("s1", seq, 1, [seq * 1000], [len(marker)], marker)
+        if wal.needs_roll():
+            wal.roll({"sessions": {}})
+    wal.append_event(END, {"sensor_id": "s1"})
+    wal.close()
+    raw = b"".join(p.read_bytes() for p in sorted((tmp_path / "wal").glob("*.wal")))
+    assert marker[:20] not in raw and b"sensor_id" not in raw
+    again = WriteAheadLog(tmp_path / "wal", fsync="never", keyring=keyring)
+    got = list(again.replay())
+    batches = [v for k, v in got if k == BATCH]
+    assert [b.seq for b in batches] == [1, 2, 3, 4, 5] and all(b.data == marker for b in batches)
+    assert (END, {"sensor_id": "s1"}) in got
+    assert [v for k, v in again.scan({END})] == [{"sensor_id": "s1"}]
+    blind = WriteAheadLog(tmp_path / "wal", fsync="never")
+    assert [k for k, _ in blind.replay() if k == BATCH] == []
+    assert blind.counters["undecryptable_segments"] >= 1
