@@ -148,6 +148,9 @@ def test_bench_engine_tiny() -> None:
     assert fig["calls"] == 3 and len(fig["runs"]) == 2
     assert all(r["calls"] == 3 and r["packets"] == fig["packets"] > 0 for r in fig["runs"])
     assert fig["best_packets_per_cpu_s"] > 0
+    prot = json.loads(_run([PY, "scripts/bench-engine", "--calls", "3", "--duration", "1", "--runs", "1",
+                            "--protect", "--json"]).stdout)
+    assert prot["protected"] is True and prot["runs"][0]["calls"] == 3
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

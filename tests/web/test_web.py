@@ -150,3 +150,39 @@ def test_active_calls_are_filtered_by_role(web_lab):
     lee = signed_in(a, "lee").get("/active").text
     assert "sip:10001@pbx" in lee and "sip:777@pbx" not in lee and "1 active call(s)" in lee
     index.close()
+
+
+def test_the_call_page_says_whether_the_recording_verifies(tmp_path):
+    """Issue #15: signed and encrypted recordings play in the web player, and the
+    call page says whether the files still match the signed manifest."""
+    import subprocess
+    import sys
+
+    from storage.encryption import EncryptingStore, FileKeyring
+    from storage.manifest import load_verify_key
+    from tests.web.conftest import SAMPLE, spanrec
+    keys = tmp_path / "keys"
+    subprocess.run([sys.executable, "scripts/make-keys", "--out", str(keys)], check=True, capture_output=True)
+    out = tmp_path / "rec"
+    done = spanrec("record", str(SAMPLE), "--out", str(out), "--no-progress", "--signing-key-file",
+                   str(keys / "signing.key"), "--encryption-key-file", str(keys / "kek.key"))
+    assert done.returncode == 0, done.stderr
+    url = f"sqlite:///{out / 'index.sqlite'}"
+    assert spanrec("user", "add", "ada", "--role", "admin", "--index", url, stdin="admin-pass-1\n").returncode == 0
+    index = open_index(url)
+    key = load_verify_key(keys / "signing.pub")
+    a = create_app(WebConfig(index=index, store=EncryptingStore(LocalStore(out), FileKeyring(keys / "kek.key")),
+                             secret="k" * 40, secure_cookies=False, verify_keys={key.key_id: key}))
+    c = signed_in(a, "ada")
+    rid = sorted(ids(c.get("/").text))[0]
+    page = c.get(f"/calls/{rid}").text
+    assert "Verified: every file matches the signed manifest" in page
+    wav = c.get(f"/calls/{rid}/audio", headers={"Range": "bytes=0-3"})
+    assert wav.status_code == 206 and wav.content == b"RIFF"           # decrypted for the player
+    stored = folder_of(out, rid) / "call.pcap"
+    data = bytearray(stored.read_bytes())
+    data[-5] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    page = c.get(f"/calls/{rid}").text
+    assert "Does not verify" in page and "call.pcap" in page
+    index.close()
