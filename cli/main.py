@@ -106,6 +106,9 @@ def _with_protection(f):
         click.option("--object-lock", type=click.Choice(["governance", "compliance"]),
                      help="S3 Object Lock on every recording file until its retain-until (the bucket "
                           "needs object lock and versioning; checked at start)."),
+        click.option("--s3-sse", type=click.Choice(["s3"]),
+                     help="Also ask the S3 server to encrypt every object (SSE-S3, x-amz-server-side-"
+                          "encryption: AES256); spanrec's own encryption is --encryption-key-file."),
         click.option("--encryption-key-file", "encryption_key_file", multiple=True,
                      type=click.Path(dir_okay=False),
                      help="Key-encryption key (scripts/make-keys); repeat for rotation, the first is "
@@ -166,7 +169,8 @@ def cli() -> None:
 def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_progress: bool,
            shards: int | None, config_file: str | None, log_level: str | None,
            log_format: str | None, index: str | None, index_password_file: str | None,
-           retention_days: int | None, object_lock: str | None, encryption_key_file: tuple[str, ...],
+           retention_days: int | None, object_lock: str | None, s3_sse: str | None,
+           encryption_key_file: tuple[str, ...],
            signing_key_file: str | None, verify_key_file: tuple[str, ...], **rules: Any) -> None:
     """Record capture FILES (pcap or pcapng) into --out.
 
@@ -181,7 +185,7 @@ def record(files: tuple[str, ...], out: str, storage: str | None, fmt: str, no_p
         "storage": storage or out, "log_level": log_level or "warning", "log_format": log_format,
         "listen": "127.0.0.1:0", "shards": shards, "index": index,
         "index_password_file": index_password_file, "retention_days": retention_days,
-        "object_lock": object_lock, "encryption_key_file": encryption_key_file or None,
+        "object_lock": object_lock, "s3_sse": s3_sse, "encryption_key_file": encryption_key_file or None,
         "signing_key_file": signing_key_file, "verify_key_file": verify_key_file or None, **rules})
     settings = _record_index(settings)
     _setup_logs(settings)

@@ -196,7 +196,7 @@ _SHARD_SETTINGS = ("storage", "s3_endpoint", "s3_access_key", "s3_secret_key",
                    "answered_timeout_s", "setup_timeout_s", "linger_s", "sip_dedup_window_ms",
                    "media_dedup_window_ms", "leg_headers", "merge_by_media", "audio_format",
                    "file_mode", "log_level", "log_format", "index", "index_password_file",
-                   "index_pending_dir", "retention_days", "retention", "object_lock",
+                   "index_pending_dir", "retention_days", "retention", "object_lock", "s3_sse",
                    "encryption_key_file", "signing_key_file", "verify_key_file")
 _RECORD_STOP_TIMEOUT_S = 300.0
 _READY_TIMEOUT_S = 30.0

@@ -48,6 +48,10 @@ def open_storage(settings: ControllerSettings) -> RecordingStore:
                 raise Failure(f"--object-lock {settings.object_lock}: only S3 storage can lock objects "
                               f"(storage {settings.storage})")
             store.object_lock = settings.object_lock
+        if settings.s3_sse is not None:
+            if not hasattr(store, "sse"):
+                raise Failure(f"--s3-sse: only S3 storage has server-side encryption (storage {settings.storage})")
+            store.sse = settings.s3_sse
         store.check()
     except StorageError as exc:
         keys = [s.get_secret_value() for s in (settings.s3_access_key, settings.s3_secret_key) if s]

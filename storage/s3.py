@@ -121,6 +121,7 @@ class S3Store:
         self._bucket_ready = False
         self.bypass_governance = False     # erasure of governance-locked objects (an admin's choice)
         self.object_lock: str | None = None   # "governance" | "compliance" (issue #15)
+        self.sse: str | None = None           # "s3": server-side encryption SSE-S3 as well (issue #15)
 
     def __repr__(self) -> str:
         return f"S3Store({self._where})"
@@ -217,13 +218,17 @@ class S3Store:
         """One object: bytes in one request; a file (a long call's audio or pcap)
         streamed, as a multipart upload when larger than one part (16 MiB);
         with Object Lock retention when given."""
+        sse = None
+        if self.sse == "s3":
+            from minio.sse import SseS3
+            sse = SseS3()
         if isinstance(data, (bytes, bytearray, memoryview)):
             self._client.put_object(self.bucket, key, io.BytesIO(data), len(data),
-                                    content_type=content_type(name), retention=retention)
+                                    content_type=content_type(name), retention=retention, sse=sse)
             return
         with open(data, "rb") as fh:
             self._client.put_object(self.bucket, key, fh, data_size(data), content_type=content_type(name),
-                                    part_size=16 << 20, retention=retention)
+                                    part_size=16 << 20, retention=retention, sse=sse)
 
     def get(self, prefix: str, name: str) -> bytes:
         key = self._key(prefix, name)
