@@ -8,8 +8,9 @@ back is validated before it is believed (pydantic, strict types and bounds):
   unknown fields are still ignored, so a newer member can add some;
 * runtime config (``config/sensor``, ``config/controller``) refuses unknown
   keys and wrong types: the watcher logs the refusal and keeps the last good
-  config.  ``record_rules`` is checked here as an object only; its content is
-  the controller's to check (``controller.calls.rules``).
+  config.  ``record_rules`` and ``retention`` are checked here as objects only;
+  their content is the controller's to check (``controller.calls.rules``,
+  ``storage.retention``).
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ class ControllerConfig(BaseModel):
     """``<prefix>config/controller``."""
     model_config = ConfigDict(extra="forbid", strict=True)
     record_rules: dict[str, Any] | None = None
+    retention: dict[str, Any] | None = None     # its content: storage.retention (issue #15)
 
 
 CONFIG_SCHEMAS: dict[str, type[BaseModel]] = {"sensor": SensorConfig, "controller": ControllerConfig}

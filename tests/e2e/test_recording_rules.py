@@ -214,3 +214,30 @@ def test_rules_changed_in_etcd_apply_to_the_next_calls(tmp_path: Path, etcd) -> 
         assert controller.poll() is None
     finally:
         assert stop(controller) == 0, (tmp_path / "controller.log").read_text()[-3000:]
+
+
+def test_retention_changed_in_etcd_applies_to_the_next_recordings(tmp_path: Path, etcd) -> None:  # noqa: F811
+    """Issue #15: the "retention" object of <prefix>config/controller replaces the
+    retention policy at run time; a bad one is refused and the policy in force stays."""
+    (port,) = free_ports(1)
+    key = "/spanrec/config/controller"
+    controller = start_controller(tmp_path, port, etcd)
+    rec = tmp_path / "rec"
+    try:
+        wait_for(lambda: fleet(port)["registry_state"] == "ok", 30, "controller registered")
+        replay(tmp_path, port, write_calls(tmp_path / "r0.pcap", {"call_id": "r0", "to_user": "1001"}), "replay-0")
+        wait_for(lambda: "r0" in recordings(rec), 30, "r0 written")
+        assert recordings(rec)["r0"][0]["retention"] is None          # no policy: kept until erased
+        etcd_put(etcd.endpoint, key, json.dumps({"retention": {
+            "default_days": 30, "rules": [{"name": "desk", "match": ["to:1???"], "days": 2555}]}}))
+        wait_for(lambda: log_count(tmp_path, "retention changed") == 1, 15, "retention applied")
+        replay(tmp_path, port, write_calls(tmp_path / "r1.pcap", {"call_id": "r1-desk", "to_user": "1001"},
+                                           {"call_id": "r1-bob", "to_user": "bob"}, t0=T0 + 60), "replay-1")
+        wait_for(lambda: {"r1-desk", "r1-bob"} <= recordings(rec).keys(), 30, "r1 written")
+        desk, bob = recordings(rec)["r1-desk"][0]["retention"], recordings(rec)["r1-bob"][0]["retention"]
+        assert (desk["rule"], desk["days"]) == ("desk", 2555) and (bob["rule"], bob["days"]) == ("default", 30)
+        etcd_put(etcd.endpoint, key, json.dumps({"retention": {"default_days": -1}}))
+        wait_for(lambda: log_count(tmp_path, "retention from etcd ignored") >= 1, 15, "bad retention refused")
+        assert controller.poll() is None
+    finally:
+        stop(controller)
