@@ -112,3 +112,23 @@ def test_erasure_leaves_nothing_in_storage_index_or_outbox(lab, tmp_path):
     assert index.search(CallQuery(number="10000")).total == 0
     e = trail.entries(limit=1)[0]
     assert (e.action, e.recording_id, e.detail["reason"]) == ("erase", meta["id"], "GDPR")
+
+
+def test_spanrec_expire_command(recorded, tmp_path):
+    """`spanrec expire --storage --index [--dry-run [--as-of]]` on a copy of the recordings."""
+    out = tmp_path / "recordings"
+    shutil.copytree(recorded, out)
+    url = f"sqlite:///{out / 'index.sqlite'}"
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "cli.main", "expire", "--storage", str(out), "--index", url,
+                               "-o", "json", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    early = run("--dry-run", "--as-of", "2024-01-20")
+    assert early.returncode == 0 and json.loads(early.stdout) == []
+    later = run("--dry-run", "--as-of", "2024-03-01")
+    assert later.returncode == 0 and [o["what"] for o in json.loads(later.stdout)] == ["would expire"] * 2
+    assert len(list(out.rglob("call.json"))) == 2
+    assert run("--as-of", "2024-03-01").returncode == 2              # --as-of only with --dry-run
+    gone = run()
+    assert gone.returncode == 0 and [o["what"] for o in json.loads(gone.stdout)] == ["expired"] * 2
+    assert not list(out.rglob("call.json"))
