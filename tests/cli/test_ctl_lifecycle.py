@@ -168,3 +168,27 @@ def test_a_rotated_key_still_reads_old_recordings(tmp_path, lab):
     wrong = EncryptingStore(LocalStore(work / "recordings"), FileKeyring(new_keys / "kek.key"))
     with pytest.raises(EncryptionError):
         wrong.get(prefix.as_posix(), "audio.wav")
+
+
+def test_the_controller_expires_recordings_itself(tmp_path):
+    """--expire-every: the controller's own expiry job deletes what is past its
+    retention (a 2024 capture kept 1 day) and says so in the audit trail."""
+    from callindex.audit import AuditTrail
+    from callindex.db import open_index
+    c = Controller(tmp_path, None, extra=("--index", f"sqlite:///{tmp_path / 'index.sqlite'}",
+                                          "--retention-days", "1", "--expire-every", "1"))
+    try:
+        assert c.replay(SAMPLE, "branch-1", None, workdir=tmp_path).returncode == 0
+        deadline = time.monotonic() + 60
+        seen = False
+        while True:
+            n = len(list(c.storage.rglob("call.json"))) if c.storage.exists() else 0
+            seen = seen or n > 0
+            trail = AuditTrail(open_index(f"sqlite:///{tmp_path / 'index.sqlite'}")).entries()
+            if len([e for e in trail if e.action == "expire"]) == 2 and n == 0:
+                break
+            assert time.monotonic() < deadline, c.log.read_text()[-2000:]
+            time.sleep(0.5)
+        assert all(e.actor.startswith("spanrec expiry") for e in trail if e.action == "expire")
+    finally:
+        assert c.stop() == 0, c.log.read_text()[-2000:]
