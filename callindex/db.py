@@ -132,11 +132,22 @@ class CallIndex:
             if self._lock_path is not None:
                 lock_fd = filemodes.open_fd(self._lock_path, os.O_RDWR)
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            with self.engine.begin() as conn:
-                if self.dialect == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+            with self.engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    # a batch migration re-creates tables: with foreign keys on, dropping
+                    # the old `calls` would cascade into call_legs (PRAGMA outside a transaction)
+                    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                    conn.commit()          # SQLAlchemy's autobegin; SQLite itself is outside one
+                try:
+                    with conn.begin():
+                        if self.dialect == "postgresql":
+                            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATE_LOCK})
+                        cfg.attributes["connection"] = conn
+                        command.upgrade(cfg, "head")
+                finally:
+                    if self.dialect == "sqlite":
+                        conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                        conn.commit()
         except DBAPIError as exc:
             raise _unavailable("cannot migrate the schema", self.url, exc) from None
         except SQLAlchemyError as exc:
@@ -310,6 +321,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")     # durable at checkpoints; storage is the truth
     cur.execute("PRAGMA busy_timeout=30000")     # shards of one `record` share the file
     cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA case_sensitive_like=ON")   # LIKE 'prefix%' can use the indexes (stored lower-case)
     cur.close()
 
 

@@ -185,6 +185,8 @@ def order_by(q: CallQuery, dialect: str = "sqlite") -> list:
     col = SORTS[name]
     if name in _TEXT_SORTS and dialect == "postgresql":
         col = col.collate("C")
-    first = (col.desc() if q.sort.startswith("-") else col.asc()).nulls_last()
+    first = col.desc() if q.sort.startswith("-") else col.asc()
+    if name != "started":          # started_us is never NULL: its index serves the ORDER BY as is
+        first = first.nulls_last()
     tie = calls.c.id.desc() if q.sort.startswith("-") else calls.c.id.asc()
     return [first, tie]

@@ -15,7 +15,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, Float, ForeignKey, Index, I
 __all__ = ["metadata", "calls", "call_legs", "users", "audit", "audit_head", "SCHEMA_REVISION"]
 
 #: the Alembic revision this module describes
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 metadata = MetaData()
 
@@ -68,6 +68,9 @@ calls = Table(
     Index("ix_calls_status_started", "status", "started_us"),
     Index("ix_calls_duration", "duration_s"),
     Index("ix_calls_retain_until", "retain_until_us"),
+    Index("ix_calls_dtmf_started", "has_dtmf", "started_us"),     # revision 0004
+    # PostgreSQL only (revision 0004): varchar_pattern_ops and pg_trgm indexes on the
+    # number and user columns; not declared here (dialect-specific operator classes)
 )
 
 call_legs = Table(

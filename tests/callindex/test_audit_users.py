@@ -2,7 +2,6 @@
 SQLite and a real PostgreSQL server."""
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
