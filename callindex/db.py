@@ -108,6 +108,9 @@ _INSERT_CALL = insert(calls)
 _UPDATE_CALL = update(calls).where(calls.c.id == bindparam("rid"))
 _DELETE_LEGS = delete(call_legs).where(call_legs.c.recording_id == bindparam("rid"))
 _INSERT_LEG = insert(call_legs)
+_FTS_DELETE = text("DELETE FROM calls_numbers WHERE id = :rid")
+_FTS_INSERT = text("INSERT INTO calls_numbers (id, from_number, to_number, from_user, to_user) "
+                   "VALUES (:rid, :fn, :tn, :fu, :tu)")
 
 
 class CallIndex:
@@ -215,6 +218,12 @@ class CallIndex:
                     if call_ids:
                         conn.execute(_INSERT_LEG, [{"recording_id": row["id"], "call_id": c}
                                                    for c in dict.fromkeys(call_ids)])
+                    if self.dialect == "sqlite":     # the substring search table (revision 0005)
+                        conn.execute(_FTS_DELETE, {"rid": row["id"]})
+                        conn.execute(_FTS_INSERT, {
+                            "rid": row["id"], "fn": row.get("from_number") or "",
+                            "tn": row.get("to_number") or "", "fu": row.get("from_user") or "",
+                            "tu": row.get("to_user") or ""})
                     return result
             except IntegrityError:
                 if attempt == 2:
@@ -236,13 +245,15 @@ class CallIndex:
         try:
             with self.engine.begin() as conn:
                 conn.execute(delete(call_legs).where(call_legs.c.recording_id == recording_id))
+                if self.dialect == "sqlite":
+                    conn.execute(_FTS_DELETE, {"rid": recording_id})
                 return conn.execute(delete(calls).where(calls.c.id == recording_id)).rowcount > 0
         except SQLAlchemyError as exc:
             raise _unavailable("cannot remove a recording", self.url, exc) from None
 
     # -- reading -----------------------------------------------------------
     def search(self, q: CallQuery, count: bool = True) -> SearchPage:
-        cond = where(q)
+        cond = where(q, self.dialect)
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(select(calls).where(cond).order_by(*order_by(q, self.dialect))

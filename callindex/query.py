@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import and_, false, func, or_, select, true
+from sqlalchemy import and_, bindparam, column, false, func, or_, select, table, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from callindex.entry import EntryError, parse_time_us
@@ -103,7 +103,18 @@ def _escape(s: str) -> str:
 _URI_SCHEMES = ("sip:", "sips:", "tel:")
 
 
-def _side(text: str, match: str, number_col, user_col, uri_col) -> ColumnElement:
+_FTS = table("calls_numbers", column("id"), column("calls_numbers"))
+
+
+def _fts(col_name: str, needle: str) -> ColumnElement:
+    """SQLite: calls whose `col_name` contains `needle` (3+ characters), through the
+    FTS5 trigram table (revision 0005) instead of a scan of LIKE '%…%'."""
+    expr = "{" + col_name + "} : \"" + needle.replace('"', '""') + "\""
+    return calls.c.id.in_(select(_FTS.c.id).where(
+        _FTS.c.calls_numbers.op("MATCH")(bindparam("fts", expr, unique=True))))
+
+
+def _side(text: str, match: str, number_col, user_col, uri_col, dialect: str = "sqlite") -> ColumnElement:
     if text.strip().lower().startswith(_URI_SCHEMES) or "@" in text:
         # a URI (or user@host): the stored URI, case-insensitively
         q = text.strip().lower()
@@ -111,6 +122,8 @@ def _side(text: str, match: str, number_col, user_col, uri_col) -> ColumnElement
     else:
         q = number_query(text)
         col = number_col if normalise_number(q) is not None else user_col
+        if match == "substring" and dialect == "sqlite" and len(q) >= 3:
+            return _fts(col.name, q)
     if match == "exact":
         return col == q
     pat = _escape(q) + "%" if match == "prefix" else "%" + _escape(q) + "%"
@@ -129,20 +142,25 @@ def _allowed(patterns: list[str]) -> ColumnElement:
     return or_(*terms)
 
 
-def where(q: CallQuery) -> ColumnElement:
+def where(q: CallQuery, dialect: str = "sqlite") -> ColumnElement:
     c = calls.c
     terms: list[ColumnElement] = []
     if q.since_us is not None:
         terms.append(c.started_us >= q.since_us)
     if q.until_us is not None:
         terms.append(c.started_us < q.until_us)
-    if q.number:
-        terms.append(or_(_side(q.number, q.match, c.from_number, c.from_user, c.from_uri),
-                         _side(q.number, q.match, c.to_number, c.to_user, c.to_uri)))
+    if q.number and dialect == "sqlite" and q.match == "substring" and not (
+            q.number.strip().lower().startswith(_URI_SCHEMES) or "@" in q.number) and len(number_query(q.number)) >= 3:
+        qn = number_query(q.number)             # either party in one full-text lookup
+        cols = "from_number to_number" if normalise_number(qn) is not None else "from_user to_user"
+        terms.append(_fts(cols, qn))
+    elif q.number:
+        terms.append(or_(_side(q.number, q.match, c.from_number, c.from_user, c.from_uri, dialect),
+                         _side(q.number, q.match, c.to_number, c.to_user, c.to_uri, dialect)))
     if q.from_number:
-        terms.append(_side(q.from_number, q.match, c.from_number, c.from_user, c.from_uri))
+        terms.append(_side(q.from_number, q.match, c.from_number, c.from_user, c.from_uri, dialect))
     if q.to_number:
-        terms.append(_side(q.to_number, q.match, c.to_number, c.to_user, c.to_uri))
+        terms.append(_side(q.to_number, q.match, c.to_number, c.to_user, c.to_uri, dialect))
     if q.call_id:
         terms.append(c.id.in_(select(call_legs.c.recording_id).where(call_legs.c.call_id == q.call_id)))
     if q.status:

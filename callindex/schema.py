@@ -15,7 +15,7 @@ from sqlalchemy import (BigInteger, Boolean, Column, Float, ForeignKey, Index, I
 __all__ = ["metadata", "calls", "call_legs", "users", "audit", "audit_head", "SCHEMA_REVISION"]
 
 #: the Alembic revision this module describes
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 
 metadata = MetaData()
 
@@ -70,7 +70,9 @@ calls = Table(
     Index("ix_calls_retain_until", "retain_until_us"),
     Index("ix_calls_dtmf_started", "has_dtmf", "started_us"),     # revision 0004
     # PostgreSQL only (revision 0004): varchar_pattern_ops and pg_trgm indexes on the
-    # number and user columns; not declared here (dialect-specific operator classes)
+    # number and user columns; SQLite only (revision 0005): the FTS5 trigram table
+    # calls_numbers (id, from_number, to_number, from_user, to_user) kept by db.py;
+    # neither declared here (dialect-specific)
 )
 
 call_legs = Table(

@@ -118,8 +118,16 @@ def test_sort_pagination_and_total(index):
 
 
 def test_remove(index):
+    assert ids(index, number="30999") == ["r2"]
     assert index.remove("r2") and not index.remove("r2")
     assert index.count() == 3 and index.get("r2") is None
+    assert ids(index, number="30999") == []          # the substring table follows (SQLite)
+
+
+def test_a_changed_number_is_found_by_its_new_digits_only(index):
+    d = dict(CALLS[3], **{"from": "sip:777888@pbx"})
+    assert index.add(prefix(d), json.dumps(d).encode(), None) == "updated"
+    assert ids(index, number="7788") == ["r4"] and ids(index, from_number="30123", match="exact") == []
 
 
 def test_both_backends_answer_alike(tmp_path, pg_server):
