@@ -142,7 +142,7 @@ def _allowed(patterns: list[str]) -> ColumnElement:
     return or_(*terms)
 
 
-def where(q: CallQuery, dialect: str = "sqlite") -> ColumnElement:
+def where(q: CallQuery, dialect: str) -> ColumnElement:
     c = calls.c
     terms: list[ColumnElement] = []
     if q.since_us is not None:
