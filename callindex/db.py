@@ -108,9 +108,11 @@ _INSERT_CALL = insert(calls)
 _UPDATE_CALL = update(calls).where(calls.c.id == bindparam("rid"))
 _DELETE_LEGS = delete(call_legs).where(call_legs.c.recording_id == bindparam("rid"))
 _INSERT_LEG = insert(call_legs)
-_FTS_DELETE = text("DELETE FROM calls_numbers WHERE id = :rid")
-_FTS_INSERT = text("INSERT INTO calls_numbers (id, from_number, to_number, from_user, to_user) "
-                   "VALUES (:rid, :fn, :tn, :fu, :tu)")
+# SQLite's substring table (revision 0005): rows keyed by the calls row's rowid
+_FTS_DELETE = text("DELETE FROM calls_numbers WHERE rowid = (SELECT rowid FROM calls WHERE id = :rid)")
+_FTS_INSERT = text("INSERT INTO calls_numbers (rowid, id, from_number, to_number, from_user, to_user) "
+                   "SELECT rowid, id, coalesce(from_number, ''), coalesce(to_number, ''), from_user, to_user "
+                   "FROM calls WHERE id = :rid")
 
 
 class CallIndex:
@@ -219,11 +221,9 @@ class CallIndex:
                         conn.execute(_INSERT_LEG, [{"recording_id": row["id"], "call_id": c}
                                                    for c in dict.fromkeys(call_ids)])
                     if self.dialect == "sqlite":     # the substring search table (revision 0005)
-                        conn.execute(_FTS_DELETE, {"rid": row["id"]})
-                        conn.execute(_FTS_INSERT, {
-                            "rid": row["id"], "fn": row.get("from_number") or "",
-                            "tn": row.get("to_number") or "", "fu": row.get("from_user") or "",
-                            "tu": row.get("to_user") or ""})
+                        if result == "updated":
+                            conn.execute(_FTS_DELETE, {"rid": row["id"]})
+                        conn.execute(_FTS_INSERT, {"rid": row["id"]})
                     return result
             except IntegrityError:
                 if attempt == 2:

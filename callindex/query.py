@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import and_, bindparam, column, false, func, or_, select, table, true
+from sqlalchemy import and_, bindparam, column, false, func, literal_column, or_, select, table, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from callindex.entry import EntryError, parse_time_us
@@ -103,14 +103,15 @@ def _escape(s: str) -> str:
 _URI_SCHEMES = ("sip:", "sips:", "tel:")
 
 
-_FTS = table("calls_numbers", column("id"), column("calls_numbers"))
+_FTS = table("calls_numbers", column("rowid"), column("calls_numbers"))
 
 
 def _fts(col_name: str, needle: str) -> ColumnElement:
     """SQLite: calls whose `col_name` contains `needle` (3+ characters), through the
-    FTS5 trigram table (revision 0005) instead of a scan of LIKE '%…%'."""
+    FTS5 trigram table (revision 0005, rows keyed by the calls rowid) instead of a
+    scan of LIKE '%…%'."""
     expr = "{" + col_name + "} : \"" + needle.replace('"', '""') + "\""
-    return calls.c.id.in_(select(_FTS.c.id).where(
+    return literal_column("calls.rowid").in_(select(_FTS.c.rowid).where(
         _FTS.c.calls_numbers.op("MATCH")(bindparam("fts", expr, unique=True))))
 
 

@@ -26,9 +26,11 @@ def upgrade() -> None:
     bind.exec_driver_sql(
         "CREATE VIRTUAL TABLE IF NOT EXISTS calls_numbers USING fts5("
         "id UNINDEXED, from_number, to_number, from_user, to_user, tokenize='trigram')")
+    # the FTS row's rowid is the calls row's rowid: deleting one by rowid is a lookup
+    # (FTS5 cannot index the UNINDEXED id column)
     bind.exec_driver_sql(
-        "INSERT INTO calls_numbers (id, from_number, to_number, from_user, to_user) "
-        "SELECT id, coalesce(from_number, ''), coalesce(to_number, ''), from_user, to_user FROM calls")
+        "INSERT INTO calls_numbers (rowid, id, from_number, to_number, from_user, to_user) "
+        "SELECT rowid, id, coalesce(from_number, ''), coalesce(to_number, ''), from_user, to_user FROM calls")
 
 
 def downgrade() -> None:
