@@ -149,7 +149,8 @@ def close_indexer(recorder: Recorder) -> None:
 _warned_plain = False
 
 
-def secure_store(settings: ControllerSettings, store: RecordingStore) -> tuple[RecordingStore, dict]:
+def secure_store(settings: ControllerSettings, store: RecordingStore,
+                 quiet: bool = False) -> tuple[RecordingStore, dict]:
     """Issue #15: manifests signed over what is stored (SigningStore, below the
     encryption: verifiable without the key) and audio/pcap encrypted before they
     leave the controller (EncryptingStore, above the outbox: it holds ciphertext).
@@ -173,15 +174,18 @@ def secure_store(settings: ControllerSettings, store: RecordingStore) -> tuple[R
         store = EncryptingStore(store, keyring)
     elif not _warned_plain:
         _warned_plain = True
-        log.warning("recordings are stored unencrypted (no --encryption-key-file or SPANREC_KEK): "
-                    "anyone who can read the storage can listen to them")
+        # a controller says it once at start; `spanrec record` (a local run into a
+        # folder of one's own) only at info level, not on every newcomer's first run
+        (log.info if quiet else log.warning)(
+            "recordings are stored unencrypted (no --encryption-key-file or SPANREC_KEK): "
+            "anyone who can read the storage can listen to them")
     return store, verify_keys
 
 
 def build_recorder(settings: ControllerSettings, store: RecordingStore,
                    expected_sensors: int = 0, wal: WriteAheadLog | None = None,
                    spill_dir: Path | None = None) -> Recorder:
-    store, verify_keys = secure_store(settings, store)
+    store, verify_keys = secure_store(settings, store, quiet=expected_sensors > 0)
     indexer = open_indexer(settings)
     if indexer is not None:
         from callindex.indexer import IndexingStore

@@ -125,3 +125,8 @@ def test_an_altered_trail_fails_audit(lab):
     db.close()
     proc = ctl(lab, "audit-carol", "audit")
     assert proc.returncode == 1 and "hash chain breaks at entry 1" in proc.stderr
+
+
+def test_a_controller_without_a_key_says_once_that_recordings_are_unencrypted(lab):
+    log = lab.c.log.read_text()
+    assert log.count("recordings are stored unencrypted") == 1
