@@ -179,11 +179,7 @@ class CallIndex:
             raise _unavailable("cannot read the schema revision", self.url, exc) from None
 
     def revision(self) -> str | None:
-        try:
-            with self.engine.connect() as conn:
-                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except SQLAlchemyError as exc:
-            raise _unavailable("cannot read the schema revision", self.url, exc) from None
+        return self.current_revision()
 
     # -- writing -----------------------------------------------------------
     def add(self, prefix: str, doc: Any, location: str | None = None) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from callindex.entry import EntryError
 from storage import files as filemodes
-from storage.base import FileData, RecordingStore
+from storage.base import FileData, RecordingStore, StoreWrapper
 from storage.layout import CALL_JSON
 
 log = logging.getLogger("spanrec.index")
@@ -195,19 +195,15 @@ class Indexer:
             self.index.close()
 
 
-class IndexingStore:
+class IndexingStore(StoreWrapper):
     """A RecordingStore that indexes each call.json it stores (see module doc)."""
 
     def __init__(self, target: RecordingStore, indexer: Indexer) -> None:
-        self.target = target
+        super().__init__(target)
         self.indexer = indexer
-        self.url = target.url
 
     def __repr__(self) -> str:
         return f"IndexingStore({self.target!r})"
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.target, name)
 
     def _index(self, prefix: str, files: dict[str, FileData], location: str) -> None:
         data = files.get(CALL_JSON)
@@ -232,23 +228,3 @@ class IndexingStore:
         self._index(prefix, files, location)
         return location
 
-    def get(self, prefix: str, name: str) -> bytes:
-        return self.target.get(prefix, name)
-
-    def size(self, prefix: str, name: str) -> int:
-        return self.target.size(prefix, name)
-
-    def get_range(self, prefix: str, name: str, start: int, length: int) -> bytes:
-        return self.target.get_range(prefix, name, start, length)
-
-    def list_recordings(self) -> list[str]:
-        return self.target.list_recordings()
-
-    def delete(self, prefix: str) -> bool:
-        return self.target.delete(prefix)
-
-    def list_files(self, prefix: str) -> list[str]:
-        return self.target.list_files(prefix)
-
-    def check(self) -> None:
-        self.target.check()

@@ -67,6 +67,15 @@ def query_from_flags(flags: dict[str, Any]):
         raise click.UsageError(str(exc)) from None
 
 
+def _open_store(storage: str, s3_endpoint: str | None):
+    from storage import open_store
+    from storage.base import StorageError
+    try:
+        return open_store(storage, endpoint=s3_endpoint)
+    except StorageError as exc:
+        raise Failure(f"storage {storage}: {exc}") from None
+
+
 def _open(url: str, password_file: str | None):
     from callindex.db import IndexUnavailable, IndexUrlError, open_index
     try:
@@ -103,16 +112,12 @@ def rebuild_cmd(storage: str, s3_endpoint: str | None, index_url: str, index_pas
     from callindex.db import IndexUnavailable
     from callindex.query import QueryError, parse_when
     from callindex.rebuild import rebuild
-    from storage import open_store
     from storage.base import StorageError
     try:
         since_us = parse_when(since)
     except QueryError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        store = open_store(storage, endpoint=s3_endpoint)
-    except StorageError as exc:
-        raise Failure(f"storage {storage}: {exc}") from None
+    store = _open_store(storage, s3_endpoint)
     index = _open(index_url, index_password_file)
     try:
         res = rebuild(store, index, since_us)
@@ -277,7 +282,6 @@ def expire_cmd(storage: str, s3_endpoint: str | None, index_url: str, index_pass
     from callindex.db import IndexUnavailable
     from callindex.lifecycle import Who, expire
     from callindex.query import QueryError, parse_when
-    from storage import open_store
     from storage.base import StorageError
     if as_of and not dry_run:
         raise click.UsageError("--as-of goes with --dry-run (expiry deletes only what is over now)")
@@ -285,10 +289,7 @@ def expire_cmd(storage: str, s3_endpoint: str | None, index_url: str, index_pass
         as_of_us = parse_when(as_of)
     except QueryError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        store = open_store(storage, endpoint=s3_endpoint)
-    except StorageError as exc:
-        raise Failure(f"storage {storage}: {exc}") from None
+    store = _open_store(storage, s3_endpoint)
     index = _open(index_url, index_password_file)
     try:
         found = expire(store, index, AuditTrail(index), Who(_local_actor().replace("spanrec user", "spanrec expire"),

@@ -327,31 +327,46 @@ def start_registry(settings: ControllerSettings, port: int, loop: asyncio.Abstra
     return reg
 
 
+def _watch_config_key(registry, key: str, parse, errors, refused: str, use) -> None:
+    """One key of <prefix>config/controller in etcd: a bad value is refused before
+    it is accepted (logged with `refused`; the value in force stays), a good one
+    is handed to ``use(value, from_etcd)`` at start and at every change; no key:
+    ``use(None, False)``, the settings' own."""
+    def check(config: dict) -> None:  # refused values never reach apply(): the last good stays
+        try:
+            parse(config.get(key) or {})
+        except errors as exc:
+            raise ValueError(f"{refused}: {exc}") from None
+
+    def apply(config: dict) -> None:
+        raw = config.get(key)
+        try:
+            value = None if raw is None else parse(raw)
+        except errors as exc:
+            log.warning("%s: %s", refused, exc)
+            return
+        use(value, raw is not None)
+
+    watcher = registry.config("controller")
+    watcher.add_validator(check)
+    watcher.on_change(apply)
+    apply(watcher.current())
+
+
 def watch_record_rules(registry, recorder: Recorder, base: RecordingRules) -> None:
     """Recording rules from etcd: the "record_rules" object of
     <prefix>config/controller replaces the rules for calls that start from then
     on (calls already started keep their decision). No key, or no record_rules
     in it: the rules of the flags, environment and file (`base`). An invalid
     object is logged and ignored: the rules in force stay."""
-    def check(config: dict) -> None:  # refused values never reach apply(): the last good stays
-        try:
-            RecordingRules.from_dict(config.get("record_rules") or {})
-        except RulesError as exc:
-            raise ValueError(f"recording rules from etcd ignored, the rules in force stay: {exc}") from None
-
-    def apply(config: dict) -> None:
-        raw = config.get("record_rules")
-        try:
-            rules = base if raw is None else RecordingRules.from_dict(raw)
-        except RulesError as exc:
-            log.warning("recording rules from etcd ignored, the rules in force stay: %s", exc)
-            return
+    def use(rules: RecordingRules | None, from_etcd: bool) -> None:
+        rules = rules or base
         old = recorder.engine.rules
         if rules != old:
             recorder.engine.rules = rules   # read once per new leg: no lock needed
             before, after = old.to_dict(), rules.to_dict()
             changed = {k: {"from": before[k], "to": v} for k, v in after.items() if before[k] != v}
-            extra = {"source": "etcd" if raw is not None else "settings", "rules": after,
+            extra = {"source": "etcd" if from_etcd else "settings", "rules": after,
                      "changed": changed}
             if rules.records_nothing() and not old.records_nothing():
                 log.warning("recording rules changed: NO CALL WILL HAVE ITS MEDIA RECORDED from now on "
@@ -359,10 +374,8 @@ def watch_record_rules(registry, recorder: Recorder, base: RecordingRules) -> No
             else:
                 log.info("recording rules changed", extra=extra)
 
-    watcher = registry.config("controller")
-    watcher.add_validator(check)
-    watcher.on_change(apply)
-    apply(watcher.current())
+    _watch_config_key(registry, "record_rules", RecordingRules.from_dict, RulesError,
+                      "recording rules from etcd ignored, the rules in force stay", use)
 
 
 def watch_retention(registry, recorder: Recorder, base: Any) -> None:
@@ -372,28 +385,15 @@ def watch_retention(registry, recorder: Recorder, base: Any) -> None:
     invalid object is logged and ignored: the policy in force stays."""
     from storage.retention import RetentionError, RetentionPolicy
 
-    def check(config: dict) -> None:
-        try:
-            RetentionPolicy.from_dict(config.get("retention") or {})
-        except RetentionError as exc:
-            raise ValueError(f"retention from etcd ignored, the policy in force stays: {exc}") from None
-
-    def apply(config: dict) -> None:
-        raw = config.get("retention")
-        try:
-            policy = base if raw is None else RetentionPolicy.from_dict(raw)
-        except RetentionError as exc:
-            log.warning("retention from etcd ignored, the policy in force stays: %s", exc)
-            return
+    def use(policy: RetentionPolicy | None, from_etcd: bool) -> None:
+        policy = policy or base
         if policy != (recorder.writer.retention or RetentionPolicy()):
             recorder.writer.retention = policy if (policy.default_days is not None or policy.rules) else None
-            log.info("retention changed", extra={"source": "etcd" if raw is not None else "settings",
+            log.info("retention changed", extra={"source": "etcd" if from_etcd else "settings",
                                                  "retention": policy.to_dict()})
 
-    watcher = registry.config("controller")
-    watcher.add_validator(check)
-    watcher.on_change(apply)
-    apply(watcher.current())
+    _watch_config_key(registry, "retention", RetentionPolicy.from_dict, RetentionError,
+                      "retention from etcd ignored, the policy in force stays", use)
 
 
 def start_telemetry(settings: ControllerSettings, recorder: Recorder):

@@ -110,3 +110,47 @@ class RecordingStore(Protocol):
     def check(self) -> None:
         """Raise :class:`StorageError` if the store cannot be written to."""
         ...
+
+
+class StoreWrapper:
+    """A RecordingStore over another one (`target`): every method forwards to it
+    unless a subclass overrides it — the index (callindex/indexer.py), signed
+    manifests (storage/manifest.py) and encryption (storage/encryption.py) each
+    change only what they add. Anything else (an S3 store's ``object_lock``, an
+    outbox's ``counters``) is read through from the target."""
+
+    def __init__(self, target: RecordingStore) -> None:
+        self.target = target
+        self.url = target.url
+
+    def __getattr__(self, name: str):
+        if name == "target" or name.startswith("__"):   # not yet set (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.target, name)
+
+    def put(self, prefix: str, files: dict[str, FileData]) -> str:
+        return self.target.put(prefix, files)
+
+    def add(self, prefix: str, files: dict[str, FileData]) -> str:
+        return self.target.add(prefix, files)
+
+    def get(self, prefix: str, name: str) -> bytes:
+        return self.target.get(prefix, name)
+
+    def size(self, prefix: str, name: str) -> int:
+        return self.target.size(prefix, name)
+
+    def get_range(self, prefix: str, name: str, start: int, length: int) -> bytes:
+        return self.target.get_range(prefix, name, start, length)
+
+    def list_recordings(self) -> list[str]:
+        return self.target.list_recordings()
+
+    def list_files(self, prefix: str) -> list[str]:
+        return self.target.list_files(prefix)
+
+    def delete(self, prefix: str) -> bool:
+        return self.target.delete(prefix)
+
+    def check(self) -> None:
+        self.target.check()

@@ -102,7 +102,7 @@ from typing import Any, Protocol, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from storage.base import FileData, RecordingStore, StorageError, check_range
+from storage.base import FileData, RecordingStore, StorageError, StoreWrapper, check_range
 
 __all__ = [
     "CHUNK_SIZE", "DataKey", "EncryptingStore", "EncryptionError", "FileKeyring", "Header",
@@ -583,7 +583,7 @@ class _Opened:
         self.aead: AESGCM | None = None
 
 
-class EncryptingStore:
+class EncryptingStore(StoreWrapper):
     """A RecordingStore that encrypts files on write and decrypts them on read.
 
     ``put``/``add`` encrypt the files ``encrypt_names(name)`` selects with one
@@ -604,23 +604,17 @@ class EncryptingStore:
                  chunk_size: int = CHUNK_SIZE, allow_plain: bool = True, cache_size: int = 256) -> None:
         if not 0 < chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk size must be 1..{MAX_CHUNK_SIZE} bytes, got {chunk_size}")
-        self.target = target
+        super().__init__(target)
         self.keyring = keyring
         self.encrypt_names = encrypt_names
         self.chunk_size = chunk_size
         self.allow_plain = allow_plain
-        self.url = target.url
         self._cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], _Opened] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"EncryptingStore({self.target!r}, kek={self.keyring.current_id()!r})"
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "target" or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.target, name)
 
     def _where(self, prefix: str, name: str) -> str:
         return f"{self.url.rstrip('/')}/{prefix}/{name}"
@@ -730,10 +724,3 @@ class EncryptingStore:
         with self._lock:
             for key in [k for k in self._cache if k[0] == prefix and (name is None or k[1] == name)]:
                 del self._cache[key]
-
-    # -- forwarded -------------------------------------------------------------
-    def list_recordings(self) -> list[str]:
-        return self.target.list_recordings()
-
-    def check(self) -> None:
-        self.target.check()

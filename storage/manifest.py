@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from storage.base import FileData, RecordingStore, StorageError
+from storage.base import FileData, RecordingStore, StorageError, StoreWrapper
 from storage.layout import valid_name, valid_prefix
 
 log = logging.getLogger("spanrec.storage.manifest")
@@ -392,7 +392,7 @@ def verify_since(store: RecordingStore,
 
 # -- the signing wrapper ----------------------------------------------------
 
-class SigningStore:
+class SigningStore(StoreWrapper):
     """A `RecordingStore` that writes a signed manifest.json with every put/add.
 
     ``put`` writes the files and their manifest in one put. ``add`` (late
@@ -410,16 +410,12 @@ class SigningStore:
 
     def __init__(self, target: RecordingStore, signing_key: SigningKey, *,
                  verify_keys: Mapping[str, VerifyKey] | Iterable[VerifyKey] = ()) -> None:
-        self.target = target
+        super().__init__(target)
         self.signing_key = signing_key
-        self.url = target.url
         self.verify_keys = {**_key_table(verify_keys), signing_key.key_id: signing_key.verify_key}
 
     def __repr__(self) -> str:
         return f"SigningStore({self.target!r}, key {self.signing_key.key_id})"
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.target, name)
 
     def _refuse_manifest(self, files: Mapping[str, FileData]) -> None:
         if MANIFEST in files:
@@ -462,20 +458,3 @@ class SigningStore:
         entries.update(self._hash(files))
         return self.target.add(prefix, {**files, MANIFEST: self._sign(prefix, entries)})
 
-    def get(self, prefix: str, name: str) -> bytes:
-        return self.target.get(prefix, name)
-
-    def size(self, prefix: str, name: str) -> int:
-        return self.target.size(prefix, name)
-
-    def get_range(self, prefix: str, name: str, start: int, length: int) -> bytes:
-        return self.target.get_range(prefix, name, start, length)
-
-    def list_recordings(self) -> list[str]:
-        return self.target.list_recordings()
-
-    def list_files(self, prefix: str) -> list[str]:
-        return self.target.list_files(prefix)
-
-    def check(self) -> None:
-        self.target.check()

@@ -167,7 +167,9 @@ class IndexAdmin:
 
 def _below_encryption(store: Any) -> Any:
     """The store under the indexing and encrypting wrappers (what is really stored)."""
-    while type(store).__name__ in ("IndexingStore", "EncryptingStore") and hasattr(store, "target"):
+    from callindex.indexer import IndexingStore
+    from storage.encryption import EncryptingStore
+    while isinstance(store, (IndexingStore, EncryptingStore)):
         store = store.target
     return store
 
