@@ -26,9 +26,13 @@ def _run(argv: list[str], timeout: int = 240) -> subprocess.CompletedProcess[str
 
 def test_bench_records_every_call_beside_tcpdump() -> None:
     require_tool("tcpdump")
-    out = _run([PY, "scripts/bench", "--calls", "3", "--duration", "1", "--json"])
+    out = _run([PY, "scripts/bench", "--calls", "3", "--duration", "1", "--json", "--protect", "1"])
     fig = json.loads(out.stdout)
     rec = fig["spanrec_record"]
+    # --protect: the same record run with encryption and signing, every call recorded
+    prot = fig["protection"]
+    assert prot["pairs"] == 1 and prot["recordings"] == [3]
+    assert len(prot["controller_cpu_s_protected"]) == 1 and prot["cost_fraction_best"] is not None
     assert rec["exit_status"] == 0 and rec["recordings"] == 3 and rec["peak_active_calls"] == 3
     assert rec["controller_packets_per_cpu_s"] > 0 and rec["controller_mib_per_concurrent_call"] > 0
     # start-up CPU reported apart (imports alone take a measurable part of a second)
