@@ -302,6 +302,8 @@ def print_fleet(fleet: Any, fmt: str = "table") -> None:
         title += f", {fleet['index_pending']} waiting for the call index"
     if fleet.get("index_errors"):
         title += f", {fleet['index_errors']} not indexable"
+    if fleet.get("late_for_deleted"):
+        title += f", {fleet['late_for_deleted']} late packet(s) dropped (recording erased or expired)"
     if fleet.get("registry_state"):
         title += f"; etcd registry {fleet['registry_state']}"
     out.print(_sensor_table(title, fleet["sensors"], _fleet_columns(fleet["sensors"]),
@@ -364,7 +366,7 @@ SHARD_COLUMNS = [
 OPTIONAL_SHARD_COLUMNS = [
     ("decode_errors", "undecodable"), ("bad_batches", "refused batches"),
     ("ring_refused", "ring refused"), ("storage_pending", "storage pending"),
-    ("storage_errors", "storage errors"), ("error", "error"),
+    ("storage_errors", "storage errors"), ("late_for_deleted", "late for deleted"), ("error", "error"),
 ]
 
 

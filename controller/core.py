@@ -92,6 +92,7 @@ class RecordingWriter:
         self.retention = None       # storage.retention.RetentionPolicy (settings; etcd may replace it)
         self.written = 0
         self.errors = 0
+        self.late_for_deleted = 0   # late packets of a recording erased or expired meanwhile
         self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
         self._queue: queue.Queue = PriorityLanes()   # real calls before failed attempts
         self._count_lock = threading.Lock()
@@ -100,7 +101,16 @@ class RecordingWriter:
 
     def _write_late(self, late: LateFrames) -> None:
         """Adds late packets to their stored recording: late-N.pcap, and call.json
-        counting them (``late_packets``, ``late_dropped``, ``late_files``)."""
+        counting them (``late_packets``, ``late_dropped``, ``late_files``).
+        A recording no longer in storage (erased on request or expired since it
+        was written) is not brought back by its late packets: they are dropped
+        and counted (``late_for_deleted``)."""
+        if not self._still_stored(late.prefix):
+            with self._count_lock:
+                self.late_for_deleted += len(late.frames)
+            log.info("late packets dropped: their recording is no longer stored (erased or expired)",
+                     extra={"recording_id": late.recording_id, "packets": len(late.frames)})
+            return
         try:
             meta = None
             with self._count_lock:
@@ -127,6 +137,14 @@ class RecordingWriter:
                 self.errors += 1
             log.error("late packets not stored", extra={"recording_id": late.recording_id,
                                                          "error": str(exc)})
+
+    def _still_stored(self, prefix: str) -> bool:
+        """Whether the recording's folder still has files; True when the store
+        cannot tell now (it is away: the add goes to the outbox as before)."""
+        try:
+            return bool(self.store.list_files(prefix))
+        except StorageError:
+            return True
 
     def submit(self, calls: list) -> None:
         now = time.monotonic()
@@ -505,6 +523,9 @@ class Recorder:
                     self._submit(self._advance(now, correlate=False,
                                                      elsewhere=self.merger.apart(now) - live))
             if self.wal is not None:
+                if not self._replaying and self.wal.needs_roll():
+                    # a quiet site's segment closes by age, so what it holds can go
+                    self.wal.roll(self._snapshot())
                 keep = self._keep_ts()
         if keep is not None:
             self.wal.delete_before(keep)     # type: ignore[union-attr]
@@ -884,6 +905,7 @@ class Recorder:
             "active_calls": len(self.engine.table),
             "recordings_written": self.writer.written,
             "storage_errors": self.writer.errors,
+            "late_for_deleted": self.writer.late_for_deleted,
             "decode_errors": self.decode_errors,
             "bad_batches": self.bad_batches,
             "duplicates_dropped": self.dedup.dropped,

@@ -320,7 +320,7 @@ class Member(_message.Message):
     def __init__(self, role: _Optional[str] = ..., id: _Optional[str] = ..., site: _Optional[str] = ..., version: _Optional[str] = ..., address: _Optional[str] = ..., started_at: _Optional[str] = ..., interfaces: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped", "packets_in", "bad_batches", "storage", "registry_state", "members", "storage_pending", "storage_retries", "unsignalled_media", "authz_refused", "tls_handshakes_failed", "shard_id", "ring", "not_owned_packets", "ring_refused", "shard_members", "index", "indexed", "index_pending", "index_errors")
+    __slots__ = ("controller_id", "version", "sensors", "active_calls", "recordings_written", "storage_errors", "decode_errors", "duplicates_dropped", "packets_in", "bad_batches", "storage", "registry_state", "members", "storage_pending", "storage_retries", "unsignalled_media", "authz_refused", "tls_handshakes_failed", "shard_id", "ring", "not_owned_packets", "ring_refused", "shard_members", "index", "indexed", "index_pending", "index_errors", "late_for_deleted")
     CONTROLLER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -348,6 +348,7 @@ class Status(_message.Message):
     INDEXED_FIELD_NUMBER: _ClassVar[int]
     INDEX_PENDING_FIELD_NUMBER: _ClassVar[int]
     INDEX_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LATE_FOR_DELETED_FIELD_NUMBER: _ClassVar[int]
     controller_id: str
     version: str
     sensors: _containers.RepeatedCompositeFieldContainer[SensorStatus]
@@ -375,7 +376,8 @@ class Status(_message.Message):
     indexed: int
     index_pending: int
     index_errors: int
-    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ..., packets_in: _Optional[int] = ..., bad_batches: _Optional[int] = ..., storage: _Optional[str] = ..., registry_state: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., storage_pending: _Optional[int] = ..., storage_retries: _Optional[int] = ..., unsignalled_media: _Optional[_Union[UnsignalledMedia, _Mapping]] = ..., authz_refused: _Optional[int] = ..., tls_handshakes_failed: _Optional[int] = ..., shard_id: _Optional[str] = ..., ring: _Optional[_Iterable[str]] = ..., not_owned_packets: _Optional[int] = ..., ring_refused: _Optional[int] = ..., shard_members: _Optional[_Iterable[_Union[ShardMember, _Mapping]]] = ..., index: _Optional[str] = ..., indexed: _Optional[int] = ..., index_pending: _Optional[int] = ..., index_errors: _Optional[int] = ...) -> None: ...
+    late_for_deleted: int
+    def __init__(self, controller_id: _Optional[str] = ..., version: _Optional[str] = ..., sensors: _Optional[_Iterable[_Union[SensorStatus, _Mapping]]] = ..., active_calls: _Optional[int] = ..., recordings_written: _Optional[int] = ..., storage_errors: _Optional[int] = ..., decode_errors: _Optional[int] = ..., duplicates_dropped: _Optional[int] = ..., packets_in: _Optional[int] = ..., bad_batches: _Optional[int] = ..., storage: _Optional[str] = ..., registry_state: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., storage_pending: _Optional[int] = ..., storage_retries: _Optional[int] = ..., unsignalled_media: _Optional[_Union[UnsignalledMedia, _Mapping]] = ..., authz_refused: _Optional[int] = ..., tls_handshakes_failed: _Optional[int] = ..., shard_id: _Optional[str] = ..., ring: _Optional[_Iterable[str]] = ..., not_owned_packets: _Optional[int] = ..., ring_refused: _Optional[int] = ..., shard_members: _Optional[_Iterable[_Union[ShardMember, _Mapping]]] = ..., index: _Optional[str] = ..., indexed: _Optional[int] = ..., index_pending: _Optional[int] = ..., index_errors: _Optional[int] = ..., late_for_deleted: _Optional[int] = ...) -> None: ...
 
 class ShardMember(_message.Message):
     __slots__ = ("shard_id", "address")

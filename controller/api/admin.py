@@ -80,7 +80,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             shard_id=st.get("shard", {}).get("shard_id", ""), ring=st.get("shard", {}).get("ring", []),
             not_owned_packets=st.get("not_owned_packets", 0), ring_refused=st.get("ring_refused", 0),
             index=st.get("index", ""), indexed=st.get("indexed", 0),
-            index_pending=st.get("index_pending", 0), index_errors=st.get("index_errors", 0))
+            index_pending=st.get("index_pending", 0), index_errors=st.get("index_errors", 0),
+            late_for_deleted=st.get("late_for_deleted", 0))
         u = summarize_unsignalled(st)
         out.unsignalled_media.CopyFrom(admin_pb2.UnsignalledMedia(
             flows=u.flows, packets=u.packets, ambiguous_packets=u.ambiguous_packets,

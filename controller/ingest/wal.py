@@ -36,8 +36,11 @@ record's payload is ``nonce (12) | AES-256-GCM(data key, payload, aad=kind)``
 encryption was on); an encrypted one without the key to unwrap it is skipped
 and counted (``undecryptable_segments``).
 
-Segments: a new one is started every ``segment_bytes`` and at every open (old
-segments are never appended to). The recorder deletes closed segments, oldest
+Segments: a new one is started every ``segment_bytes``, when the current one
+holds packets and is ``segment_seconds`` old (default 5 minutes: on a quiet
+site a segment would otherwise stay open for days, and with it the packets of
+calls long stored - and of calls erased since, issue #15), and at every open
+(old segments are never appended to). The recorder deletes closed segments, oldest
 first, once every packet in them is older than what it still needs
 (`delete_before`); ``max_bytes`` bounds the whole log, deleting the oldest
 segment even if it is still needed (counted and logged).
@@ -49,9 +52,10 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from array import array
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -89,6 +93,7 @@ class Segment:
     path: Path
     size: int = 0
     max_ts: int = -1          # newest capture time of any packet in it (-1: none)
+    opened: float = field(default_factory=time.monotonic)   # when this process started it
 
 
 class WalError(Exception):
@@ -143,11 +148,15 @@ class WriteAheadLog:
     """Segmented append-only log with group commit. Thread-safe."""
 
     def __init__(self, directory: Path | str, *, segment_bytes: int = 64 << 20,
-                 max_bytes: int = 4 << 30, fsync: str = "group", keyring: Any = None) -> None:
+                 segment_seconds: float = 300.0, max_bytes: int = 4 << 30, fsync: str = "group",
+                 keyring: Any = None) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        if not segment_seconds > 0:
+            raise ValueError(f"segment_seconds must be positive, got {segment_seconds!r}")
         self.dir = Path(directory)
         self.segment_bytes = segment_bytes
+        self.segment_seconds = segment_seconds
         self.max_bytes = max_bytes
         self.fsync = fsync
         self.keyring = keyring              # storage.encryption KeyProvider, or None: plain
@@ -332,7 +341,12 @@ class WriteAheadLog:
             self._syncer.start()
 
     def needs_roll(self) -> bool:
-        return self._fd is not None and self.segments[-1].size >= self.segment_bytes
+        """The current segment is full, or holds packets and is segment_seconds old."""
+        if self._fd is None:
+            return False
+        seg = self.segments[-1]
+        return seg.size >= self.segment_bytes or (
+            seg.max_ts >= 0 and time.monotonic() - seg.opened >= self.segment_seconds)
 
     def roll(self, snapshot: dict[str, Any]) -> None:
         with self._lock:

@@ -29,7 +29,8 @@ SENSOR_COUNTERS = ("captured", "forwarded", "filtered", "decode_errors", "kernel
 # Controller totals from Recorder.status()
 CONTROLLER_COUNTERS = ("packets_in", "duplicates_dropped", "decode_errors", "bad_batches",
                        "recordings_written", "storage_errors", "storage_uploaded",
-                       "storage_retries", "storage_upload_errors", "replay_suppressed")
+                       "storage_retries", "storage_upload_errors", "replay_suppressed",
+                       "late_for_deleted")
 
 
 #: histogram bounds, seconds: a batch ack (tens of µs .. seconds when the

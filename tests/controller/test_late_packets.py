@@ -112,3 +112,29 @@ def test_late_packets_through_the_outbox(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["audio.wav", "call.json", "call.pcap", "late-1.pcap"]
     assert json.loads((folder / "call.json").read_text())["late_packets"] == len(late)
     box.stop()
+
+
+def test_late_packets_do_not_bring_back_an_erased_recording(tmp_path: Path) -> None:
+    """Issue #15: a recording erased on request (or expired) between its store
+    and its late packets stays gone: the packets are dropped and counted, no
+    folder, late-1.pcap or call.json appears again."""
+    out = tmp_path / "rec"
+    store = LocalStore(out, fsync=False)
+    rec = Recorder(store)
+    sensor = Sensor(rec)
+    call, late = _call(T0)
+    sensor.send(call)
+    _tick(sensor, call[-1][0] + 4 * S)
+    rec.writer.join()
+    (folder,) = [p.parent for p in out.rglob("call.json")]
+    prefix = folder.relative_to(out).as_posix()
+    assert store.delete(prefix)                  # spanrecctl erase, done by another process
+    sensor.send(late)
+    _tick(sensor, late[0][0] + 34 * S)
+    rec.writer.join()
+    assert not folder.exists() and list(out.rglob("*.pcap")) == []
+    st = rec.status()
+    assert st["late_for_deleted"] == len(late) and st["storage_errors"] == 0
+    assert st["engine"]["late_packets"] == len(late)   # seen as late, then dropped
+    rec.shutdown()
+    assert list(out.rglob("call.json")) == []

@@ -373,3 +373,39 @@ def test_an_encrypted_log_holds_no_packet_in_the_clear_and_replays(tmp_path: Pat
     blind = WriteAheadLog(tmp_path / "wal", fsync="never")
     assert [k for k, _ in blind.replay() if k == BATCH] == []
     assert blind.counters["undecryptable_segments"] >= 1
+
+
+def test_a_quiet_sites_log_lets_stored_calls_go(tmp_path: Path) -> None:
+    """Issue #15: with little traffic a segment would stay open (and keep every
+    stored call's packets, erased ones too) until it filled 64 MiB; it closes
+    after segment_seconds instead, and once the calls in it are stored the
+    next tick deletes it: no segment left holds a packet of them."""
+    keyring, _ = _keyring(tmp_path, "k1")
+    batches = _capture_batches(calls=2, duration=1.0, concurrent=1)
+    state = tmp_path / "state"
+    wal = WriteAheadLog(state, fsync="never", keyring=keyring, segment_seconds=0.2)
+    rec = Recorder(LocalStore(tmp_path / "rec", fsync=False), wal=wal, wal_horizon_s=1.0)
+    rec.recover()
+    rec.sensor_hello("s1", session="A", mode="replay")
+    _feed(rec, batches)
+    rec.end_of_capture("s1", {}, "")
+    rec.writer.join()
+    assert len(_recordings(tmp_path / "rec")) == 2
+    first = wal.segments[0].number
+    assert not wal.needs_roll()                  # young: no roll yet
+    time.sleep(0.3)
+    assert wal.needs_roll()
+    rec.tick()                                   # rolls by age, then deletes what is not needed
+    rec.tick()
+    assert wal.segments[0].number > first and wal.counters["segments_deleted"] >= 1
+    replayed = list(WriteAheadLog(state, keyring=keyring).replay())
+    assert [k for k, _ in replayed if k == BATCH] == []      # no packet of the stored calls
+    # a segment that holds no packet does not roll by age (a roll every tick otherwise)
+    time.sleep(0.3)
+    assert not wal.needs_roll()
+    rec.shutdown()
+
+
+def test_segment_seconds_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="segment_seconds"):
+        WriteAheadLog(tmp_path, segment_seconds=0)
