@@ -23,6 +23,7 @@ from cli.serve import build_recorder, close_indexer, open_storage, tune_gc
 from cli.settings import ControllerSettings, Failure
 from cli.shards import describe_exit, free_ports, reap, spawn, stop_all
 from controller.api.link import serve
+from storage.base import own_cpu_by_layer
 
 
 def run_record(settings: ControllerSettings, files: list[Path], *, fmt: str = "table",
@@ -91,6 +92,9 @@ def _write_stats(path: str, recorder, elapsed: float, rss_start: int, startup_cp
         "packets_in": recorder.packets_in,
         "recordings": recorder.writer.written,
         "peak_active_calls": recorder.peak_active_calls,
+        # issue #15: CPU of encryption and signed manifests (0 when off)
+        "controller_protection_cpu_s": sum(cpu for layer, cpu in own_cpu_by_layer(recorder.writer.store).items()
+                                           if layer in ("EncryptingStore", "SigningStore")),
     }))
 
 

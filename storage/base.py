@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 import shutil
+import threading
 from pathlib import Path
 from typing import BinaryIO, Protocol, Union, runtime_checkable
 
@@ -122,9 +123,19 @@ class StoreWrapper:
     def __init__(self, target: RecordingStore) -> None:
         self.target = target
         self.url = target.url
+        self.own_cpu_s = 0.0          # CPU of this wrapper's own work, its target's excluded
+        self._cpu_lock = threading.Lock()
+
+    def _count_cpu(self, seconds: float) -> None:
+        """Add thread CPU seconds spent on this wrapper's own work (writer
+        threads measure with time.thread_time around it, not around the
+        target): `scripts/bench --protect` reports what protection costs from
+        the same run instead of comparing two noisy runs."""
+        with self._cpu_lock:
+            self.own_cpu_s += seconds
 
     def __getattr__(self, name: str):
-        if name == "target" or name.startswith("__"):   # not yet set (copy, pickle): no recursion
+        if name in ("target", "_cpu_lock") or name.startswith("__"):   # not yet set (copy, pickle): no recursion
             raise AttributeError(name)
         return getattr(self.target, name)
 
@@ -154,3 +165,14 @@ class StoreWrapper:
 
     def check(self) -> None:
         self.target.check()
+
+
+def own_cpu_by_layer(store: object) -> dict[str, float]:
+    """CPU seconds each wrapper of a store stack spent on its own work, by class
+    name (``{"EncryptingStore": 0.12, "SigningStore": 0.34, ...}``)."""
+    out: dict[str, float] = {}
+    while isinstance(store, StoreWrapper):
+        name = type(store).__name__
+        out[name] = out.get(name, 0.0) + store.own_cpu_s
+        store = store.target
+    return out

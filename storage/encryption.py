@@ -92,6 +92,7 @@ import stat
 import struct
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -674,6 +675,7 @@ class EncryptingStore(StoreWrapper):
         self._forget(prefix)
         if not names:
             return write(prefix, dict(files))
+        started = time.thread_time()
         dk = new_data_key(self.keyring)
         out = dict(files)
         temps: list[Path] = []
@@ -703,6 +705,8 @@ class EncryptingStore(StoreWrapper):
                     raise StorageError(f"{self._where(prefix, n)}: cannot encrypt: {exc.strerror or exc}") from exc
                 temps.append(enc)  # type: ignore[arg-type]
                 out[n] = enc
+            sealed = time.thread_time()
+            self._count_cpu(sealed - started)
             return write(prefix, out)
         finally:
             out.clear()

@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -434,8 +435,10 @@ class SigningStore(StoreWrapper):
             raise StorageError(f"{self.url}: cannot read {exc.filename}: {exc.strerror or exc}") from exc
 
     def put(self, prefix: str, files: dict[str, FileData]) -> str:
+        started = time.thread_time()
         self._refuse_manifest(files)
         manifest = self._sign(prefix, self._hash(files))
+        self._count_cpu(time.thread_time() - started)
         return self.target.put(prefix, {**files, MANIFEST: manifest})
 
     def add(self, prefix: str, files: dict[str, FileData]) -> str:

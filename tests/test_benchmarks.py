@@ -33,6 +33,8 @@ def test_bench_records_every_call_beside_tcpdump() -> None:
     prot = fig["protection"]
     assert prot["pairs"] == 1 and prot["recordings"] == [3]
     assert len(prot["controller_cpu_s_protected"]) == 1 and prot["cost_fraction_best"] is not None
+    # the protected run measured its own encryption and signing CPU
+    assert prot["protection_cpu_s"][0] > 0 and 0 < prot["protection_share_of_controller_cpu"][0] < 1
     assert rec["exit_status"] == 0 and rec["recordings"] == 3 and rec["peak_active_calls"] == 3
     assert rec["controller_packets_per_cpu_s"] > 0 and rec["controller_mib_per_concurrent_call"] > 0
     # start-up CPU reported apart (imports alone take a measurable part of a second)
