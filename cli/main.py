@@ -106,9 +106,10 @@ def _with_protection(f):
         click.option("--object-lock", type=click.Choice(["governance", "compliance"]),
                      help="S3 Object Lock on every recording file until its retain-until (the bucket "
                           "needs object lock and versioning; checked at start)."),
-        click.option("--s3-sse", type=click.Choice(["s3"]),
-                     help="Also ask the S3 server to encrypt every object (SSE-S3, x-amz-server-side-"
-                          "encryption: AES256); spanrec's own encryption is --encryption-key-file."),
+        click.option("--s3-sse", type=click.Choice(["s3", "c"]),
+                     help="Also ask the S3 server to encrypt every object: s3 = SSE-S3 (its own keys), "
+                          "c = SSE-C with the key in SPANREC_S3_SSE_C_KEY_FILE (https only; every reader "
+                          "needs it). spanrec's own encryption is --encryption-key-file."),
         click.option("--encryption-key-file", "encryption_key_file", multiple=True,
                      type=click.Path(dir_okay=False),
                      help="Key-encryption key (scripts/make-keys); repeat for rotation, the first is "

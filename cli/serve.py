@@ -51,6 +51,12 @@ def open_storage(settings: ControllerSettings) -> RecordingStore:
         if settings.s3_sse is not None:
             if not hasattr(store, "sse"):
                 raise Failure(f"--s3-sse: only S3 storage has server-side encryption (storage {settings.storage})")
+            if settings.s3_sse == "c" and store.sse != "c":
+                raise Failure("--s3-sse c: no customer key: set SPANREC_S3_SSE_C_KEY_FILE (a 0600 file with "
+                              "the base64 of 32 bytes, scripts/make-keys writes s3-sse-c.key)")
+            if settings.s3_sse == "s3" and store.sse == "c":
+                raise Failure("--s3-sse s3 and SPANREC_S3_SSE_C_KEY together: an object has one kind of "
+                              "server-side encryption; choose one")
             store.sse = settings.s3_sse
         store.check()
     except StorageError as exc:
@@ -263,7 +269,7 @@ def open_durable(settings: ControllerSettings, store: RecordingStore,
         if not isinstance(store, LocalStore):
             outbox = OutboxStore(store, state / "outbox")
             target = outbox
-        from storage.encryption import EncryptionError, load_keyring
+        from storage.keys import EncryptionError, load_keyring
         try:   # the log holds the calls' packets: encrypted like the recordings (issue #15)
             keyring = load_keyring(settings.encryption_key_file)
         except EncryptionError as exc:

@@ -147,7 +147,7 @@ class ControllerSettings(_Cluster):
     expire_every_s: float = Field(3600.0, ge=0)   # the controller's expiry job (0: off)
     # issue #15: write once, encryption at rest, signed manifests
     object_lock: Literal["governance", "compliance"] | None = None
-    s3_sse: Literal["s3"] | None = None        # S3 server-side encryption (SSE-S3) on top
+    s3_sse: Literal["s3", "c"] | None = None   # S3 server-side encryption on top: SSE-S3 or SSE-C
     encryption_key_file: Annotated[tuple[Path, ...], NoDecode] = ()   # KEKs, the first is current
     signing_key_file: Path | None = None                               # Ed25519 private key (PEM)
     verify_key_file: Annotated[tuple[Path, ...], NoDecode] = ()       # older public keys (rotation)

@@ -11,6 +11,13 @@ S3 settings not passed explicitly come from the environment:
 ``SPANREC_S3_ACCESS_KEY``/``SPANREC_S3_SECRET_KEY`` (or ``AWS_ACCESS_KEY_ID``/
 ``AWS_SECRET_ACCESS_KEY``), ``SPANREC_S3_SECURE`` and ``SPANREC_S3_REGION``
 (or ``AWS_REGION``).  Keys are never put into URLs, messages or logs.
+``SPANREC_S3_SSE_C_KEY`` (or ``SPANREC_S3_SSE_C_KEY_FILE``, a 0600 file):
+server-side encryption with a customer key (SSE-C, issue #15) - the base64 of
+32 random bytes (``scripts/make-keys`` writes ``s3-sse-c.key``); several keys
+separated by blanks, commas or lines rotate it: the first encrypts new objects,
+each is tried to read one (then none: objects written before SSE-C was on).
+HTTPS only; every reader of the bucket (web player, index rebuild, expiry)
+needs the same variable.
 """
 from __future__ import annotations
 
@@ -61,6 +68,35 @@ def _env(*names: str) -> str | None:
             except OSError as exc:
                 raise StorageError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     return None
+
+
+def _sse_c_keys() -> list[bytes]:
+    """The SSE-C keys of SPANREC_S3_SSE_C_KEY(_FILE), current first; [] when unset."""
+    path = os.environ.get("SPANREC_S3_SSE_C_KEY_FILE")
+    if path and not os.environ.get("SPANREC_S3_SSE_C_KEY"):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise StorageError(f"SPANREC_S3_SSE_C_KEY_FILE: cannot read {path}: {exc.strerror}") from None
+        if mode & 0o077:
+            raise StorageError(f"SPANREC_S3_SSE_C_KEY_FILE: {path} is accessible by group or others "
+                               f"(mode {mode & 0o777:04o}): run chmod 600 {path}")
+    text = _env("SPANREC_S3_SSE_C_KEY")
+    if not text:
+        return []
+    import base64
+    import binascii
+    keys = []
+    for no, item in enumerate(text.replace(",", " ").split(), 1):
+        try:
+            key = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            raise StorageError(f"SPANREC_S3_SSE_C_KEY: key {no} is not the base64 of 32 bytes "
+                               f"(make one with scripts/make-keys or `openssl rand -base64 32`)")
+        keys.append(key)
+    return keys
 
 
 def _parse_bool(value: str, what: str) -> bool:
@@ -138,4 +174,5 @@ def open_store(
     host, is_secure = _split_endpoint(endpoint, secure)
     from storage.s3 import S3Store
     return S3Store(bucket, unquote(parts.path), host, access_key, secret_key, is_secure,
-                   region or _env("SPANREC_S3_REGION", "AWS_REGION"), retry=retry)
+                   region or _env("SPANREC_S3_REGION", "AWS_REGION"), retry=retry,
+                   sse_c_keys=_sse_c_keys())

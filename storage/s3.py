@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 import certifi
@@ -31,6 +32,9 @@ T = TypeVar("T")
 #: S3 error codes worth another try; everything else is a permanent answer.
 #: S3 error codes meaning the object (or its whole bucket) is not there.
 _ABSENT_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"})
+#: answers to a read whose SSE-C key does not fit the object (wrong key, a key
+#: for a plain object, none for an SSE-C one): the next key is tried
+_SSEC_MISMATCH = frozenset({"AccessDenied", "Forbidden", "InvalidRequest", "InvalidArgument", "BadRequest"})
 
 _TRANSIENT_CODES = frozenset({
     "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
@@ -93,6 +97,7 @@ class S3Store:
         region: str | None = None,
         *,
         retry: RetryPolicy | None = None,
+        sse_c_keys: Sequence[bytes] = (),
     ) -> None:
         self.bucket = bucket
         self.key_prefix = "/".join(p for p in prefix.split("/") if p)
@@ -121,7 +126,18 @@ class S3Store:
         self._bucket_ready = False
         self.bypass_governance = False     # erasure of governance-locked objects (an admin's choice)
         self.object_lock: str | None = None   # "governance" | "compliance" (issue #15)
-        self.sse: str | None = None           # "s3": server-side encryption SSE-S3 as well (issue #15)
+        # server-side encryption as well (issue #15): "s3" (SSE-S3) or "c" (SSE-C: the
+        # first key encrypts new objects, every key is tried to read one)
+        self.sse: str | None = None
+        self._ssec: list[Any] = []
+        self._ssec_hint = 0                   # index of the key that opened the last object
+        if sse_c_keys:
+            if not secure:
+                raise StorageError(f"{self._where}: SSE-C needs an https:// endpoint (the key is sent "
+                                   f"with every request; S3 servers refuse it over plain HTTP)")
+            from minio.sse import SseCustomerKey
+            self._ssec = [SseCustomerKey(bytes(k)) for k in sse_c_keys]
+            self.sse = "c"
 
     def __repr__(self) -> str:
         return f"S3Store({self._where})"
@@ -219,7 +235,9 @@ class S3Store:
         streamed, as a multipart upload when larger than one part (16 MiB);
         with Object Lock retention when given."""
         sse = None
-        if self.sse == "s3":
+        if self._ssec:
+            sse = self._ssec[0]
+        elif self.sse == "s3":
             from minio.sse import SseS3
             sse = SseS3()
         if isinstance(data, (bytes, bytearray, memoryview)):
@@ -230,11 +248,36 @@ class S3Store:
             self._client.put_object(self.bucket, key, fh, data_size(data), content_type=content_type(name),
                                     part_size=16 << 20, retention=retention, sse=sse)
 
+    def _with_ssec(self, op: Callable[[Any], T]) -> T:
+        """``op(ssec)`` with the SSE-C key that opens the object: the one that
+        opened the last object first, then the other keys (a rotation), then
+        none (an object stored before SSE-C was on). Without SSE-C: ``op(None)``."""
+        if not self._ssec:
+            return op(None)
+        hint = self._ssec_hint
+        order = [hint] + [i for i in range(len(self._ssec)) if i != hint] + [-1]
+        last: S3Error | None = None
+        for i in order:
+            try:
+                out = op(self._ssec[i] if i >= 0 else None)
+            except S3Error as exc:
+                # a wrong key is refused (403 AccessDenied), a key for a plain object
+                # or no key for an SSE-C one is a bad request; absence is final
+                if exc.code in _ABSENT_CODES or exc.code not in _SSEC_MISMATCH:
+                    raise
+                last = exc
+                continue
+            if i >= 0:
+                self._ssec_hint = i
+            return out
+        assert last is not None
+        raise last
+
     def get(self, prefix: str, name: str) -> bytes:
         key = self._key(prefix, name)
 
         def read() -> bytes:
-            resp = self._client.get_object(self.bucket, key)
+            resp = self._with_ssec(lambda k: self._client.get_object(self.bucket, key, ssec=k))
             try:
                 return resp.read()
             finally:
@@ -259,7 +302,7 @@ class S3Store:
 
         def stat() -> int | None:
             try:
-                return self._client.stat_object(self.bucket, key).size
+                return self._with_ssec(lambda k: self._client.stat_object(self.bucket, key, ssec=k)).size
             except S3Error as exc:
                 if exc.code in _ABSENT_CODES:
                     return None
@@ -281,7 +324,8 @@ class S3Store:
 
         def read() -> bytes | None:
             try:
-                resp = self._client.get_object(self.bucket, key, offset=start, length=length)
+                resp = self._with_ssec(lambda k: self._client.get_object(
+                    self.bucket, key, offset=start, length=length, ssec=k))
             except S3Error as exc:
                 if exc.code in _ABSENT_CODES:
                     return None

@@ -62,8 +62,10 @@ def free_ports(count: int) -> list[int]:
 class WeedS3Server:
     """One ``weed mini`` process serving S3 on ``endpoint`` (``127.0.0.1:port``)."""
 
-    def __init__(self, weed: str, workdir: Path | None = None, *, startup_timeout: float = 30.0) -> None:
+    def __init__(self, weed: str, workdir: Path | None = None, *, startup_timeout: float = 30.0,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.weed = weed
+        self.tls = tls                      # (certificate, key) PEM: S3 over HTTPS as well
         self._own_dir = workdir is None
         # Short path: weed puts unix sockets in here, and sun_path is 108 bytes.
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="spanrec-s3-"))
@@ -72,6 +74,8 @@ class WeedS3Server:
         self.secret_key = secrets.token_urlsafe(24)
         self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS))))
         self.endpoint = f"127.0.0.1:{self.ports['s3.port']}"
+        self.https_port = free_ports(1)[0] if tls else None
+        self.https_endpoint = f"127.0.0.1:{self.https_port}" if tls else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_seconds: float | None = None
 
@@ -98,6 +102,8 @@ class WeedS3Server:
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
             "-volume.preStopSeconds=0",
             f"-filer.localSocket={self.workdir / 'f.sock'}", f"-s3.localSocket={self.workdir / 's.sock'}",
+            *([f"-s3.port.https={self.https_port}", f"-s3.cert.file={self.tls[0]}",
+               f"-s3.key.file={self.tls[1]}"] if self.tls else []),
         ]
 
     def start(self) -> "WeedS3Server":

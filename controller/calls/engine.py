@@ -44,7 +44,7 @@ from controller.calls.provenance import note_copy, note_sip
 from controller.calls.rules import RecordingRules
 from controller.settings import CallConfig
 from controller.ingest.shard import BroadcastFrame, ShardIdentity
-from controller.calls.spill import CallSpill, FrameStore, TimeStore
+from controller.calls.spill import CallSpill, FrameStore, TimeStore, remove_leftovers
 from controller.media.streams import (NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_body, sdp_media,
                                 sdp_media_checked)
 from protocols.mediaports import rtp_shaped
@@ -118,6 +118,11 @@ class CallEngine:
         self._spill_dir = self.config.spill_dir or Path(tempfile.gettempdir()) / f"spanrec-spill-{os.getpid()}"
         self._spill_serial = count()
         self.spilled_calls = 0
+        if self.config.spill_dir is not None:     # this controller's own folder (state dir)
+            left = remove_leftovers(self._spill_dir)
+            if left:
+                log.warning("spill files of a previous run deleted (its calls come back from the "
+                            "write-ahead log)", extra={"files": left, "dir": str(self._spill_dir)})
         self._rtp_finished = 0  # RTP packets of finished calls (active ones: their streams)
         # SSRC -> {id(call): (call, sender, rtpmap)} of active streams (relay legs)
         self._ssrc_owners: dict[int, dict[int, tuple[Call, int, dict, str]]] = {}

@@ -33,7 +33,7 @@ from storage import files as filemodes
 if TYPE_CHECKING:
     from controller.media.streams import RtpStream
 
-__all__ = ["CallSpill", "FrameStore", "TimeStore", "load_runs"]
+__all__ = ["CallSpill", "FrameStore", "TimeStore", "load_runs", "remove_leftovers"]
 
 _REC = struct.Struct("<qI")
 _REF_FRAME_SHIFT = 34
@@ -150,6 +150,28 @@ class CallSpill:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+
+
+def remove_leftovers(directory: Path) -> int:
+    """Delete the spill files a previous process left in its spill folder (it
+    was killed: its files were never closed).  They hold the packets of calls
+    in the clear; the write-ahead log rebuilds those calls, so nothing is lost,
+    and an erased call's packets do not stay behind here.  Only spill files
+    (``<serial>.<suffix>``) are touched.  Returns how many were deleted."""
+    gone = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        stem = entry.name.split(".", 1)[0]
+        if stem.isdigit() and "." in entry.name and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                gone += 1
+            except FileNotFoundError:
+                pass
+    return gone
 
 
 def _copy(src, dst, n: int) -> None:

@@ -28,7 +28,7 @@ Durability (``fsync``):
 * ``"never"``: durable once written to the kernel (page cache): survives
   ``kill -9`` of the controller, not a machine crash.
 
-Encryption (issue #15, ``keyring``: storage/encryption.py): the log holds the
+Encryption (issue #15, ``keyring``: storage/keys.py): the log holds the
 calls' packets, so with a key-encryption key each segment gets a data key of
 its own, wrapped by the KEK in a KEY record right after the magic; every later
 record's payload is ``nonce (12) | AES-256-GCM(data key, payload, aad=kind)``
@@ -159,7 +159,7 @@ class WriteAheadLog:
         self.segment_seconds = segment_seconds
         self.max_bytes = max_bytes
         self.fsync = fsync
-        self.keyring = keyring              # storage.encryption KeyProvider, or None: plain
+        self.keyring = keyring              # storage.keys KeyProvider, or None: plain
         self._aead: Any = None              # the current segment's cipher
         self._nonce_prefix = b""
         self._nonce_counter = 0

@@ -179,3 +179,26 @@ def test_loss_accounting_folded_for_long_streams_counts_the_same() -> None:
     assert len(folded.bits) <= 200 + 500
     assert (folded.lost, folded.duplicates, folded.packets) == (plain.lost, plain.duplicates, plain.packets)
     assert plain.lost > 1000 and plain.duplicates > 100
+
+
+def test_spill_files_of_a_killed_run_are_deleted_at_start(tmp_path: Path) -> None:
+    """Issue #15: a controller killed during a long call leaves its spill files
+    (the call's packets in the clear); the next engine on the same folder
+    deletes them - the write-ahead log rebuilds the call - and nothing else."""
+    spill = tmp_path / "spill"
+    engine = CallEngine(CallConfig(spill_frames=5, spill_dir=spill))
+    t = 1_700_000_000_000_000_000
+    engine.process(t, "s1", 1, f := _frame("10.0.0.1", 5060, "10.0.0.2", 5060,
+                                          _sip("INVITE sip:bob@example.com SIP/2.0", "1 INVITE", None,
+                                               _sdp("10.0.0.1", 4000))),
+                   decode(1, f))
+    for i in range(50):
+        data = _frame("10.0.0.1", 4000, "10.0.0.2", 4002, struct.pack("!BBHII", 0x80, 8, i, i * 160, 7) + b"\xd5" * 160)
+        engine.process(t + (i + 1) * 20_000_000, "s1", 1, data, decode(1, data))
+    engine.advance(t + 2_000_000_000)
+    left = sorted(p.name for p in spill.iterdir())
+    assert engine.spilled_calls == 1 and left and all(n.split(".")[0].isdigit() for n in left)
+    (spill / "notes.txt").write_text("not ours")
+    del engine                                   # killed: nothing closed
+    CallEngine(CallConfig(spill_frames=5, spill_dir=spill))
+    assert sorted(p.name for p in spill.iterdir()) == ["notes.txt"]

@@ -341,7 +341,7 @@ def test_graceful_stop_keeping_active_calls_does_not_split_them(tmp_path: Path) 
 
 def _keyring(tmp_path: Path, name: str):
     import base64
-    from storage.encryption import FileKeyring
+    from storage.keys import FileKeyring
     path = tmp_path / f"{name}.key"
     path.write_text(f"spanrec-kek-v1:{name}:{base64.b64encode(os.urandom(32)).decode()}")
     path.chmod(0o600)

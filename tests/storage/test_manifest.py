@@ -419,7 +419,8 @@ def test_make_keys(tmp_path):
     assert run.returncode == 0, run.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
-    assert modes == {"signing.key": 0o600, "signing.pub": 0o644, "kek.key": 0o600}
+    assert modes == {"signing.key": 0o600, "signing.pub": 0o644, "kek.key": 0o600, "s3-sse-c.key": 0o600}
+    assert len(base64.b64decode((out / "s3-sse-c.key").read_text().strip(), validate=True)) == 32
     for name in modes:
         assert str(out / name) in run.stdout
     signing, verify = load_signing_key(out / "signing.key"), load_verify_key(out / "signing.pub")
@@ -442,12 +443,12 @@ def test_make_keys(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     (out / "signing.key").unlink()                       # one file left: still refused, nothing written
     assert _make_keys("--out", str(out)).returncode == 1
-    assert sorted(p.name for p in out.iterdir()) == ["kek.key", "signing.pub"]
+    assert sorted(p.name for p in out.iterdir()) == ["kek.key", "s3-sse-c.key", "signing.pub"]
     forced = _make_keys("--out", str(out), "--force")
     assert forced.returncode == 0, forced.stderr
     assert (out / "signing.pub").read_bytes() != before["signing.pub"]
     assert (out / "kek.key").read_bytes() != before["kek.key"]
-    assert sorted(p.name for p in out.iterdir()) == ["kek.key", "signing.key", "signing.pub"]
+    assert sorted(p.name for p in out.iterdir()) == ["kek.key", "s3-sse-c.key", "signing.key", "signing.pub"]
 
 
 # -- cost (printed, not asserted) ------------------------------------------------
