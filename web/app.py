@@ -236,7 +236,7 @@ def create_app(cfg: WebConfig) -> FastAPI:
         rng = request.headers.get("range")
         if not rng or rng.strip().startswith("bytes=0-"):
             audit(request, user, "play", recording_id, {"file": name})     # a playback starts
-        return file_response(cfg.store, row["prefix"], name, size, rng)
+        return _stream(cfg.store, row["prefix"], name, size, rng)
 
     @app.get("/calls/{recording_id}/files/{name}")
     def download(request: Request, recording_id: str, name: str):
@@ -248,7 +248,7 @@ def create_app(cfg: WebConfig) -> FastAPI:
         rng = request.headers.get("range")
         if not rng or rng.strip().startswith("bytes=0-"):
             audit(request, user, "download", recording_id, {"file": name})
-        return file_response(cfg.store, row["prefix"], name, size, rng, download=True)
+        return _stream(cfg.store, row["prefix"], name, size, rng, download=True)
 
     @app.get("/calls/{recording_id}/peaks")
     def peaks(request: Request, recording_id: str, n: int = 800):
@@ -315,6 +315,15 @@ def create_app(cfg: WebConfig) -> FastAPI:
 def _esc(s: str) -> str:
     import html
     return html.escape(s)
+
+
+def _stream(store, prefix: str, name: str, size: int, rng: str | None, download: bool = False):
+    """file_response; a file that cannot be read is an error page, never a
+    broken 200 (e.g. encrypted under a key this player does not have)."""
+    try:
+        return file_response(store, prefix, name, size, rng, download=download)
+    except StorageError as exc:
+        raise _Refused(500, f"The file cannot be read: {exc}") from None
 
 
 def _size(store, prefix: str, name: str) -> int:

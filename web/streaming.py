@@ -36,8 +36,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     return start, min(end, size - 1)
 
 
-def _chunks(store, prefix: str, name: str, start: int, end: int) -> Iterator[bytes]:
-    pos = start
+def _chunks(store, prefix: str, name: str, start: int, end: int, first: bytes) -> Iterator[bytes]:
+    if not first:
+        return
+    yield first
+    pos = start + len(first)
     while pos <= end:
         data = store.get_range(prefix, name, pos, min(_CHUNK, end - pos + 1))
         if not data:
@@ -48,6 +51,10 @@ def _chunks(store, prefix: str, name: str, start: int, end: int) -> Iterator[byt
 
 def file_response(store, prefix: str, name: str, size: int, range_header: str | None,
                   download: bool = False) -> Response:
+    """The file or the asked range of it. The first chunk is read before the
+    response starts, so a file that cannot be read (storage away, a key the
+    player lacks, a modified file) is a StorageError here, not a 200 whose body
+    breaks off; later chunks are read as the client takes them."""
     headers = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=300"}
     if download:
         headers["Content-Disposition"] = f'attachment; filename="{name}"'
@@ -55,11 +62,13 @@ def file_response(store, prefix: str, name: str, size: int, range_header: str | 
     if r == "unsatisfiable":
         return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
     if r is None:
+        first = store.get_range(prefix, name, 0, min(_CHUNK, size)) if size else b""
         headers["Content-Length"] = str(size)
-        return StreamingResponse(_chunks(store, prefix, name, 0, size - 1), media_type=content_type(name),
-                                 headers=headers)
+        return StreamingResponse(_chunks(store, prefix, name, 0, size - 1, first),
+                                 media_type=content_type(name), headers=headers)
     start, end = r
+    first = store.get_range(prefix, name, start, min(_CHUNK, end - start + 1))
     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
-    return StreamingResponse(_chunks(store, prefix, name, start, end), status_code=206,
+    return StreamingResponse(_chunks(store, prefix, name, start, end, first), status_code=206,
                              media_type=content_type(name), headers=headers)

@@ -179,6 +179,22 @@ def test_the_call_page_says_whether_the_recording_verifies(tmp_path):
     assert "Verified: every file matches the signed manifest" in page
     wav = c.get(f"/calls/{rid}/audio", headers={"Range": "bytes=0-3"})
     assert wav.status_code == 206 and wav.content == b"RIFF"           # decrypted for the player
+    whole = c.get(f"/calls/{rid}/audio").content
+    # after a key rotation (new key first, old kept) the old recording still plays,
+    # byte for byte; a player given only the new key cannot play it
+    new_keys = tmp_path / "keys2"
+    subprocess.run([sys.executable, "scripts/make-keys", "--out", str(new_keys)], check=True, capture_output=True)
+    for ring, plays in ((FileKeyring(new_keys / "kek.key", keys / "kek.key"), True),
+                        (FileKeyring(new_keys / "kek.key"), False)):
+        other = create_app(WebConfig(index=index, store=EncryptingStore(LocalStore(out), ring),
+                                     secret="k" * 40, secure_cookies=False, verify_keys={key.key_id: key}))
+        got = TestClient(other, raise_server_exceptions=False)
+        got.cookies.update(signed_in(other, "ada").cookies)
+        resp = got.get(f"/calls/{rid}/audio")
+        if plays:
+            assert resp.status_code == 200 and resp.content == whole
+        else:
+            assert resp.status_code >= 400 and b"RIFF" not in resp.content
     stored = folder_of(out, rid) / "call.pcap"
     data = bytearray(stored.read_bytes())
     data[-5] ^= 0xFF
