@@ -75,12 +75,13 @@ def _sse_c_keys() -> list[bytes]:
     path = os.environ.get("SPANREC_S3_SSE_C_KEY_FILE")
     if path and not os.environ.get("SPANREC_S3_SSE_C_KEY"):
         try:
-            mode = os.stat(path).st_mode
+            st = os.stat(path)
         except OSError as exc:
             raise StorageError(f"SPANREC_S3_SSE_C_KEY_FILE: cannot read {path}: {exc.strerror}") from None
-        if mode & 0o077:
-            raise StorageError(f"SPANREC_S3_SSE_C_KEY_FILE: {path} is accessible by group or others "
-                               f"(mode {mode & 0o777:04o}): run chmod 600 {path}")
+        from storage.files import key_file_problem
+        problem = key_file_problem(st, path)
+        if problem:
+            raise StorageError(f"SPANREC_S3_SSE_C_KEY_FILE: {problem}")
     text = _env("SPANREC_S3_SSE_C_KEY")
     if not text:
         return []

@@ -98,3 +98,17 @@ def open_file(path: Path | str, mode: str = "wb"):  # noqa: ANN201 - a file obje
 def fix_mode(path: Path | str) -> None:
     """A file made by something else (mkstemp, a library) set to FILE_MODE."""
     os.chmod(path, FILE_MODE)
+
+
+def key_file_problem(st: os.stat_result, path: Path | str) -> str | None:
+    """Why a secret key file (a key-encryption key, the signing key, an SSE-C
+    key) is too open, or None. Others may never access it; the group may read
+    it only when root owns the file and the group cannot write it - how
+    Kubernetes mounts a Secret for a pod with an fsGroup (root:fsGroup, 0440),
+    the rule PostgreSQL applies to its TLS key. One sentence naming the file."""
+    import stat as _stat
+    mode = _stat.S_IMODE(st.st_mode)
+    if mode & 0o007 or (mode & 0o070 and (st.st_uid != 0 or mode & 0o030)):
+        return (f"{path} is accessible by group or others (mode {mode:04o}): run chmod 600 {path} "
+                f"(group read is accepted only on a root-owned file, as a Kubernetes Secret is mounted)")
+    return None

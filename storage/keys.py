@@ -12,7 +12,8 @@ Key lines
     FIRST key given is current (wraps the data keys of new recordings), the
     others only unwrap: to rotate, put a new key first and keep the old ones -
     old recordings are never rewritten and stay readable while their KEK is in
-    the keyring.  Key files accessible by group or others are refused.
+    the keyring.  Key files accessible by others, or by the group unless root
+    owns them (a Kubernetes Secret), are refused (storage/files.py).
 
 Wrapping a data key
     AES-256-GCM under the KEK with a random 96-bit nonce; associated data
@@ -41,6 +42,7 @@ from typing import Protocol, runtime_checkable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from storage import files as filemodes
 from storage.base import StorageError
 
 __all__ = ["ENV_VAR", "EncryptionError", "FileKeyring", "KEK_LINE_PREFIX", "KEY_SIZE", "KeyProvider",
@@ -107,10 +109,9 @@ def _read_key_file(path: Path) -> str:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise EncryptionError(f"key file {path} is not a regular file")
-            mode = stat.S_IMODE(st.st_mode)
-            if mode & 0o077:
-                raise EncryptionError(f"key file {path} is accessible by group or others "
-                                      f"(mode {mode:04o}): run chmod 600 {path}")
+            problem = filemodes.key_file_problem(st, path)
+            if problem:
+                raise EncryptionError(f"key file {problem}")
             raw = fh.read(1 << 20)
     except OSError as exc:
         raise EncryptionError(f"key file {path}: cannot read it: {exc.strerror or exc}") from None

@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from storage import files as filemodes
 from storage.base import FileData, RecordingStore, StorageError, StoreWrapper
 from storage.layout import valid_name, valid_prefix
 
@@ -128,10 +129,9 @@ def _read_key_file(path: Path, what: str, private: bool) -> bytes:
             mode = os.fstat(fh.fileno()).st_mode
             if not stat.S_ISREG(mode):
                 raise ManifestError(f"{what} {path} is not a regular file.")
-            if private and mode & 0o077:
-                raise ManifestError(
-                    f"{what} {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}): "
-                    f"run chmod 600 {path}.")
+            problem = filemodes.key_file_problem(os.fstat(fh.fileno()), path) if private else None
+            if problem:
+                raise ManifestError(f"{what} {problem}.")
             return fh.read()
     except FileNotFoundError:
         raise ManifestError(f"{what} {path} does not exist.") from None

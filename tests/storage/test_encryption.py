@@ -286,13 +286,27 @@ def test_forwarding(tmp_path, keys):
 
 # -- keys ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o610])
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o610, 0o660, 0o620])
 def test_key_file_mode_refused(tmp_path, mode):
     path = key_file(tmp_path, "A", mode=mode)
     with pytest.raises(EncryptionError) as err:
         FileKeyring(path)
-    assert str(err.value) == (f"key file {path} is accessible by group or others "
-                              f"(mode {mode:04o}): run chmod 600 {path}")
+    assert str(err.value).startswith(f"key file {path} is accessible by group or others "
+                                     f"(mode {mode:04o}): run chmod 600 {path}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_group_read_only_on_a_root_owned_key_file(tmp_path):
+    """A Kubernetes Secret in a pod with an fsGroup is mounted root:fsGroup 0440:
+    accepted; the same mode on a file another user owns is not."""
+    for mode in (0o440, 0o640):
+        path = key_file(tmp_path, "A", mode=mode)
+        os.chown(path, 0, 10001)
+        assert FileKeyring(path).ids == ["A"]
+        os.chown(path, 10001, 10001)
+        with pytest.raises(EncryptionError, match="accessible by group or others"):
+            FileKeyring(path)
+        path.unlink()
 
 
 def test_key_file_format(tmp_path):

@@ -365,12 +365,24 @@ def test_load_keys(tmp_path, key):
     assert isinstance(load_verify_key(str(pub)), VerifyKey)
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660, 0o620])
 def test_private_key_readable_by_others_is_refused(tmp_path, key, mode):
     priv = _write_key(tmp_path / "signing.key", key.pem(), mode)
     with pytest.raises(ManifestError) as exc:
         load_signing_key(priv)
     assert str(priv) in str(exc.value) and f"{mode:04o}" in str(exc.value) and "chmod 600" in str(exc.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_private_key_group_readable_only_when_root_owns_it(tmp_path, key):
+    """root:fsGroup 0440 is how Kubernetes mounts a Secret: accepted; 0640 of
+    another owner is not."""
+    priv = _write_key(tmp_path / "signing.key", key.pem(), 0o440)
+    os.chown(priv, 0, 10001)
+    assert load_signing_key(priv).key_id == key.key_id
+    os.chown(priv, 10001, 10001)
+    with pytest.raises(ManifestError, match="accessible by group or others"):
+        load_signing_key(priv)
 
 
 def test_bad_key_files(tmp_path, key):
