@@ -98,3 +98,45 @@ def test_sse_s3_asks_the_server_to_encrypt_every_object(s3_server):
     st = _client(s3_server).stat_object(bucket, f"rec/{PREFIX}/audio.wav")
     assert st.metadata.get("X-Amz-Server-Side-Encryption") == "AES256"
     assert store.get(PREFIX, "audio.wav") == b"RIFF-sse"
+
+
+def test_a_legal_hold_is_enforced_by_the_server(s3_server, tmp_path):
+    """With --object-lock, `spanrecctl hold add` also puts an S3 Object Legal
+    Hold on every version of the recording's objects: the server refuses to
+    delete any of them after the retention is over, even with the governance
+    bypass; erasure is refused; `hold remove` lifts it and erasure works."""
+    from callindex.audit import AuditTrail
+    from callindex.db import open_index
+    from callindex.lifecycle import Who, erase, hold, release
+    bucket = f"lock-hold-{uuid.uuid4().hex[:8]}"
+    store = _store(s3_server, bucket, "governance")
+    store.bypass_governance = True                 # an admin's right: a legal hold still stands
+    store.check()
+    rid = PREFIX.rsplit("/", 1)[1]
+    meta = json.loads(_call_json(-1))              # retention already over: no retention lock
+    meta.update({"from": "sip:alice@pbx", "to": "sip:bob@pbx", "status": "answered"})
+    for audio in (b"RIFF-first", b"RIFF-second"):  # two versions of audio.wav and call.json
+        store.put(PREFIX, {"call.json": json.dumps(meta).encode(), "audio.wav": audio})
+    index = open_index(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    index.add(PREFIX, meta, f"s3://{bucket}/rec/{PREFIX}")
+    trail, who = AuditTrail(index), Who("ops", "operator")
+    (got,) = hold(store, index, trail, who, ids=[rid], reason="case 42")
+    assert got.done and got.what == "held" and got.reason == "case 42"
+    c = _client(s3_server)
+    versions = [(o.object_name, o.version_id) for o in c.list_objects(
+        bucket, prefix=f"rec/{PREFIX}/", include_version=True)]
+    assert len(versions) == 5                      # hold.json too: the hold record stays
+    for name, version in versions:
+        assert c.is_object_legal_hold_enabled(bucket, name, version_id=version)
+        with pytest.raises(S3Error):
+            c.remove_object(bucket, name, version_id=version)         # the server refuses
+    with pytest.raises(StorageError, match="cannot delete recording"):
+        store.delete(PREFIX)                                          # even spanrec with the bypass
+    assert sorted(store.list_files(PREFIX)) == ["audio.wav", "call.json", "hold.json"]   # nothing lost
+    (got,) = release(store, index, trail, who, ids=[rid], reason="case closed")
+    assert got.done and got.what == "released"
+    assert not any(c.is_object_legal_hold_enabled(bucket, n, version_id=v) for n, v in versions)
+    (gone,) = erase(store, index, trail, who, ids=[rid], reason="request 7")
+    assert gone.done and gone.what == "erased"
+    assert not list(c.list_objects(bucket, prefix="rec/", recursive=True, include_version=True))
+    index.close()
