@@ -37,6 +37,8 @@ HELM = _helm()
 pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary: run scripts/get-helm")
 
 INDEX_URL = "postgresql://spanrec@postgres.db.svc:5432/spanrec"
+KEYS_DIR = "/etc/spanrec/keys"
+RETENTION_JSON = '{"rules": [{"name": "trading", "match": ["to:+4969*", "from:+4969*"], "days": 3650}]}'
 
 VALUE_SETS: dict[str, dict] = {
     "defaults": {},
@@ -94,6 +96,14 @@ VALUE_SETS: dict[str, dict] = {
                 "sessionKey": {"existingSecret": "web-session"}, "clientCertSecret": "web-operator",
                 "service": {"type": "LoadBalancer", "annotations": {"a": "b"}},
                 "tolerations": [{"key": "web", "operator": "Exists", "effect": "NoSchedule"}]},
+    },
+    "protection": {
+        "index": {"url": INDEX_URL, "existingSecret": "pg-spanrec"},
+        "s3": {"existingSecret": "s3-keys", "endpoint": "https://s3.example.net"},
+        "controller": {"storage": "s3://calls/site-a"},
+        "web": {"enabled": True, "replicas": 1},
+        "protection": {"keysSecret": "spanrec-keys", "objectLock": "compliance", "retentionDays": 2555,
+                       "s3Sse": "c", "retention": RETENTION_JSON, "expireEveryS": 900},
     },
     "web-lab": {
         "etcd": {"enabled": True},
@@ -426,6 +436,28 @@ def test_rendered_etcd_settings_let_the_controller_start(tmp_path: Path, name: s
     ({"web": {"enabled": "yes"}}, "/web/enabled"),
     ({"web": {"sessionKey": {"secret": "x"}}}, "secret"),
     ({"web": {"service": {"type": "Ingress"}}}, "/web/service/type"),
+    # keeping recordings (protection.*)
+    ({"protection": {"s3Sse": "c"}, "s3": {"endpoint": "https://s3.example.net"}},
+     "protection.s3Sse=c needs protection.keysSecret"),
+    ({"protection": {"s3Sse": "c", "keysSecret": "spanrec-keys"}},
+     "protection.s3Sse=c needs an https:// S3 endpoint, not http://minio:9000"),
+    ({"protection": {"s3Sse": "c", "keysSecret": "spanrec-keys"}, "minio": {"enabled": True}},
+     "protection.s3Sse=c needs an https:// S3 endpoint, not http://rec-minio:9000"),
+    ({"protection": {"objectLock": "compliance"}, "controller": {"storage": "/var/lib/spanrec/calls"}},
+     "protection.objectLock=compliance needs S3 storage"),
+    ({"protection": {"s3Sse": "s3"}, "controller": {"storage": "file:///var/lib/spanrec/calls"}},
+     "protection.s3Sse=s3 needs S3 storage"),
+    ({"protection": {"s3Sse": "c", "keysSecret": "spanrec-keys"}, "s3": {"endpoint": "https://s3.example.net"},
+      "controller": {"storage": "/var/lib/spanrec/calls"}}, "protection.s3Sse=c needs S3 storage"),
+    ({"protection": {"retentionDays": 0}}, "/protection/retentionDays"),
+    ({"protection": {"retentionDays": 36601}}, "/protection/retentionDays"),
+    ({"protection": {"retentionDays": "2555"}}, "/protection/retentionDays"),
+    ({"protection": {"expireEveryS": -1}}, "/protection/expireEveryS"),
+    ({"protection": {"objectLock": "Compliance"}}, "/protection/objectLock"),
+    ({"protection": {"s3Sse": "kms"}}, "/protection/s3Sse"),
+    ({"protection": {"keysSecret": "Spanrec_Keys"}}, "/protection/keysSecret"),
+    ({"protection": {"encrypt": "yes"}}, "/protection/encrypt"),
+    ({"protection": {"retentionYears": 7}}, "retentionYears"),
 ])
 def test_bad_values_refused(tmp_path: Path, values: dict, message: str) -> None:
     proc = helm("template", "rec", str(CHART), "-f", str(_values_file(tmp_path, values)), check=False)
@@ -653,3 +685,172 @@ def test_notes_tell_the_web_player_and_the_first_admin(tmp_path: Path) -> None:
     notes = proc.stdout.split("NOTES:", 1)[1]
     assert "port-forward svc/rec-spanrec-web 8080:8080" in notes and "http://localhost:8080/" in notes
     assert "every restart of the pod signs everyone out" in notes
+
+
+# -- keeping recordings: retention, write once, encryption, signatures ---------------
+
+PROTECTION_ENV = ("SPANREC_RETENTION_DAYS", "SPANREC_RETENTION", "SPANREC_OBJECT_LOCK", "SPANREC_S3_SSE",
+                  "SPANREC_ENCRYPTION_KEY_FILE", "SPANREC_SIGNING_KEY_FILE", "SPANREC_S3_SSE_C_KEY_FILE")
+
+
+def _secret_files(pod: dict, container: dict) -> dict[str, tuple[str, str]]:
+    """{mounted path: (Secret, key)} of every Secret item mounted in the container."""
+    vols = {v["name"]: v for v in pod["volumes"]}
+    out = {}
+    for m in container["volumeMounts"]:
+        secret = vols.get(m["name"], {}).get("secret", {})   # "state": a volumeClaimTemplate
+        for item in secret.get("items", []):
+            out[f"{m['mountPath']}/{item['path']}"] = (secret["secretName"], item["key"])
+    return out
+
+
+def test_protection_keys_retention_and_object_lock(tmp_path: Path) -> None:
+    docs = render(tmp_path, VALUE_SETS["protection"])
+    for doc in docs:            # strict Kubernetes schemas, as test_renders_valid_kubernetes
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # the controller
+    pod = controller(docs)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = env_of(c)
+    assert env["SPANREC_RETENTION_DAYS"] == {"name": "SPANREC_RETENTION_DAYS", "value": "2555"}
+    assert env["SPANREC_RETENTION"]["value"] == RETENTION_JSON
+    assert env["SPANREC_EXPIRE_EVERY_S"]["value"] == "900"
+    assert env["SPANREC_OBJECT_LOCK"]["value"] == "compliance"
+    assert env["SPANREC_S3_SSE"]["value"] == "c"
+    assert env["SPANREC_ENCRYPTION_KEY_FILE"]["value"] == f"{KEYS_DIR}/kek.key"
+    assert env["SPANREC_SIGNING_KEY_FILE"]["value"] == f"{KEYS_DIR}/signing.key"
+    assert env["SPANREC_S3_SSE_C_KEY_FILE"]["value"] == f"{KEYS_DIR}/s3-sse-c.key"
+    assert "SPANREC_VERIFY_KEY_FILE" not in env
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "keys"]
+    assert mount == {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}
+    (vol,) = [v for v in pod["volumes"] if v["name"] == "keys"]
+    assert vol["secret"]["secretName"] == "spanrec-keys"
+    assert vol["secret"]["defaultMode"] == 0o400 == 256
+    assert vol["secret"]["items"] == [{"key": "kek.key", "path": "kek.key"},
+                                      {"key": "signing.key", "path": "signing.key"},
+                                      {"key": "s3-sse-c.key", "path": "s3-sse-c.key"}]
+    files = _secret_files(pod, c)
+    for name in ("SPANREC_ENCRYPTION_KEY_FILE", "SPANREC_SIGNING_KEY_FILE", "SPANREC_S3_SSE_C_KEY_FILE"):
+        assert files[env[name]["value"]][0] == "spanrec-keys", name
+    # the web player: decrypts, verifies, reads SSE-C objects; never the private signing key
+    dep, _ = web_objects(docs)
+    wpod = dep["spec"]["template"]["spec"]
+    (w,) = wpod["containers"]
+    args = w["args"]
+    assert args[args.index("--encryption-key-file") + 1] == f"{KEYS_DIR}/kek.key"
+    assert args[args.index("--verify-key-file") + 1] == f"{KEYS_DIR}/signing.pub"
+    wenv = env_of(w)
+    assert wenv["SPANREC_S3_SSE_C_KEY_FILE"]["value"] == f"{KEYS_DIR}/s3-sse-c.key"
+    (wmount,) = [m for m in w["volumeMounts"] if m["name"] == "keys"]
+    assert wmount == {"name": "keys", "mountPath": KEYS_DIR, "readOnly": True}
+    (wvol,) = [v for v in wpod["volumes"] if v["name"] == "keys"]
+    assert wvol["secret"] == {"secretName": "spanrec-keys", "defaultMode": 256, "items": [
+        {"key": "kek.key", "path": "kek.key"}, {"key": "signing.pub", "path": "signing.pub"},
+        {"key": "s3-sse-c.key", "path": "s3-sse-c.key"}]}
+    wfiles = _secret_files(wpod, w)
+    named = [a for a in args + [e.get("value", "") for e in w["env"]] if a.startswith(KEYS_DIR)]
+    assert len(named) == 3 and set(named) <= set(wfiles)
+    assert "signing.key" not in {key for _, key in wfiles.values()}
+    assert not [k for k in wenv if k in PROTECTION_ENV and k != "SPANREC_S3_SSE_C_KEY_FILE"]
+
+
+def test_protection_env_is_what_the_controller_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rendered names are cli/settings.py fields (pydantic-settings, prefix SPANREC_)
+    and the values parse: the controller gets what the chart meant."""
+    from cli.settings import ControllerSettings, load
+    (c,) = controller(render(tmp_path, VALUE_SETS["protection"]))["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    fields = {"SPANREC_" + name.upper(): name for name in ControllerSettings.model_fields}
+    for name in ("retention_days", "retention", "expire_every_s", "object_lock", "s3_sse",
+                 "encryption_key_file", "signing_key_file"):
+        assert "SPANREC_" + name.upper() in env, name
+        assert name in ControllerSettings.model_fields, name
+    for key in list(os.environ):
+        if key.startswith("SPANREC_"):
+            monkeypatch.delenv(key)
+    for name, value in env.items():
+        if name in fields:
+            monkeypatch.setenv(name, value.replace("$(POD_NAME)", "rec-spanrec-0"))
+    settings = load(ControllerSettings, "controller", None, {})
+    assert settings.retention_days == 2555
+    assert settings.retention == json.loads(RETENTION_JSON)
+    policy = settings.retention_policy()
+    assert policy.default_days == 2555 and [r.name for r in policy.rules] == ["trading"]
+    assert settings.expire_every_s == 900.0
+    assert settings.object_lock == "compliance" and settings.s3_sse == "c"
+    assert settings.encryption_key_file == (Path(f"{KEYS_DIR}/kek.key"),)
+    assert settings.signing_key_file == Path(f"{KEYS_DIR}/signing.key")
+    # SPANREC_S3_SSE_C_KEY_FILE is read by the storage (every reader of the bucket), not a
+    # settings field: a 0400 file like the mounted Secret item gives the key
+    import base64
+
+    import storage
+    key = tmp_path / "s3-sse-c.key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    key.chmod(0o400)
+    assert env["SPANREC_S3_SSE_C_KEY_FILE"].endswith("/" + key.name)
+    monkeypatch.setenv("SPANREC_S3_SSE_C_KEY_FILE", str(key))
+    monkeypatch.delenv("SPANREC_S3_SSE_C_KEY", raising=False)
+    assert len(storage._sse_c_keys()) == 1
+
+
+def test_protection_web_args_parse_with_spanrec_web(tmp_path: Path) -> None:
+    from cli.web import web_cmd
+    (w,) = web_objects(render(tmp_path, VALUE_SETS["protection"]))[0]["spec"]["template"]["spec"]["containers"]
+    p = web_cmd.make_context("web", list(w["args"])).params
+    assert p["encryption_key_file"] == (f"{KEYS_DIR}/kek.key",)
+    assert p["verify_key_file"] == (f"{KEYS_DIR}/signing.pub",)
+
+
+def test_no_protection_by_default(tmp_path: Path) -> None:
+    """Nothing is encrypted, signed, locked or expired by a rule unless asked: no keys
+    volume, none of the settings (the expiry job's period only)."""
+    for values in ({}, VALUE_SETS["web"]):
+        docs = render(tmp_path, values)
+        pods = [controller(docs)["spec"]["template"]["spec"]]
+        if values:
+            pods.append(web_objects(docs)[0]["spec"]["template"]["spec"])
+        for pod in pods:
+            assert "keys" not in {v["name"] for v in pod["volumes"]}
+            (c,) = pod["containers"]
+            assert "keys" not in {m["name"] for m in c["volumeMounts"]}
+            env = env_of(c)
+            assert not [k for k in env if k in PROTECTION_ENV]
+            assert not [a for a in c.get("args", []) if a in ("--encryption-key-file", "--verify-key-file")]
+            assert not [v for v in _strings(pod) if v.startswith(KEYS_DIR)]
+        assert env_of(pods[0]["containers"][0])["SPANREC_EXPIRE_EVERY_S"]["value"] == "3600"
+
+
+@pytest.mark.parametrize("protection, controller_items, web_items", [
+    # a keys Secret without encryption or signatures (nor SSE-C) uses none of its files
+    ({"keysSecret": "spanrec-keys", "encrypt": False, "sign": False}, None, None),
+    ({"keysSecret": "spanrec-keys", "sign": False}, ["kek.key"], ["kek.key"]),
+    ({"keysSecret": "spanrec-keys", "encrypt": False}, ["signing.key"], ["signing.pub"]),
+    ({"keysSecret": "spanrec-keys", "encrypt": False, "sign": False, "s3Sse": "c"},
+     ["s3-sse-c.key"], ["s3-sse-c.key"]),
+    # SSE-S3 and the lock need no key; encrypt/sign without keysSecret: nothing to do
+    ({"s3Sse": "s3", "objectLock": "governance", "encrypt": True, "sign": True}, None, None),
+])
+def test_protection_mounts_only_the_files_in_use(tmp_path: Path, protection: dict,
+                                                 controller_items: list[str] | None,
+                                                 web_items: list[str] | None) -> None:
+    values = {**VALUE_SETS["protection"], "protection": protection}
+    docs = render(tmp_path, values)
+    ctl = controller(docs)["spec"]["template"]["spec"]
+    web = web_objects(docs)[0]["spec"]["template"]["spec"]
+    for pod, items in ((ctl, controller_items), (web, web_items)):
+        (c,) = pod["containers"]
+        vols = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["name"] for m in c["volumeMounts"]}
+        if items is None:
+            assert "keys" not in vols and "keys" not in mounts
+        else:
+            assert [i["key"] for i in vols["keys"]["secret"]["items"]] == items
+            assert "keys" in mounts
+        named = {v for v in _strings(c) if v.startswith(KEYS_DIR + "/")}
+        assert named == {f"{KEYS_DIR}/{i}" for i in items or []}
+    env = env_of(ctl["containers"][0])
+    assert env.get("SPANREC_S3_SSE", {}).get("value", "") == protection.get("s3Sse", "")
+    assert env.get("SPANREC_OBJECT_LOCK", {}).get("value", "") == protection.get("objectLock", "")
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
