@@ -525,7 +525,11 @@ class Recorder:
             if self.wal is not None:
                 if not self._replaying and self.wal.needs_roll():
                     # a quiet site's segment closes by age, so what it holds can go
-                    self.wal.roll(self._snapshot())
+                    try:
+                        self.wal.roll(self._snapshot())
+                    except WalError as exc:    # disk full: the next batch's roll fails loudly
+                        log.error("write-ahead log: cannot start a new segment",
+                                  extra={"error": str(exc)})
                 keep = self._keep_ts()
         if keep is not None:
             self.wal.delete_before(keep)     # type: ignore[union-attr]

@@ -348,7 +348,10 @@ async def serve(recorder: Recorder, listen: str, *, tick_s: float = 1.0,
     async def ticker() -> None:
         while True:
             await asyncio.sleep(tick_s)
-            recorder.tick()
+            try:
+                recorder.tick()
+            except Exception:  # noqa: BLE001 - calls must keep ending on time whatever one tick hit
+                log.exception("recorder tick failed; the next one runs in %s s", tick_s)
 
     server._spanrec_ticker = asyncio.get_running_loop().create_task(ticker())  # type: ignore[attr-defined]
     return server, port
