@@ -30,7 +30,7 @@ from callindex.db import CallIndex, iso_us
 from callindex.entry import parse_time_us
 from callindex.query import CallQuery
 from storage.base import StorageError
-from storage.layout import CALL_JSON, HOLD_JSON
+from storage.layout import CALL_JSON, HOLD_JSON, prefix_of_id
 
 __all__ = ["Who", "Outcome", "hold", "release", "expire", "erase", "held_in_storage"]
 
@@ -198,12 +198,26 @@ def expire(store, index: CallIndex, trail: AuditTrail, who: Who, *, as_of_us: in
 def erase(store, index: CallIndex, trail: AuditTrail, who: Who, *, ids: list[str] | None = None,
           number: str | None = None, reason: str = "") -> list[Outcome]:
     """Erase recordings on request: by id, or every call where `number` is
-    either party (exact, as the index normalises it). Held ones are refused."""
+    either party (exact, as the index normalises it). Held ones are refused.
+    An id the index does not know is erased where its id places it (storage,
+    this controller's outbox) when anything is there."""
     q = CallQuery(number=number, match="exact", sort="started") if number else None
     out = []
     for rid, row in list(_targets(index, ids, q)):
         if row is None:
-            out.append(Outcome(rid, "", False, "not found", "not in the index"))
-            continue
+            # not (or no longer) in the index: a recording the index has not caught
+            # up with, or one still in this controller's outbox after another shard
+            # erased it from storage and the index (spanrecctl asks every shard):
+            # erased where its id says it is, if anything is there
+            prefix = prefix_of_id(rid)
+            try:
+                present = bool(prefix) and bool(store.list_files(prefix))
+            except StorageError as exc:
+                out.append(Outcome(rid, prefix or "", False, "refused", str(exc)))
+                continue
+            if not present:
+                out.append(Outcome(rid, prefix or "", False, "not found", "not in the index or storage"))
+                continue
+            row = {"id": rid, "prefix": prefix}
         out.append(_delete(store, index, trail, who, row, "erase", {"reason": reason, "number": number}))
     return out

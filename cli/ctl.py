@@ -284,18 +284,23 @@ hold.command("remove", help="Take the legal hold off.")(_hold_cmd(True))
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @_client_options
 def erase(ids: tuple[str, ...], number: str | None, reason: str, yes: bool, fmt: str, **conn: Any) -> None:
-    """Erase recordings on request: gone from storage, the index and the controller's
-    outbox. Held recordings are refused. Exit 1 if any could not be erased."""
+    """Erase recordings on request: gone from storage, the index and the outbox of
+    every shard of the controller. Held recordings are refused. Exit 1 if any
+    could not be erased, 3 if some shard did not answer."""
     if not ids and not number:
         raise click.UsageError("give recording IDs or --number")
     if not yes and sys.stdin.isatty():
         what = f"every recording of {number}" if number else f"{len(ids)} recording(s)"
         click.confirm(f"erase {what} for good?", abort=True)
+    from transport.admin_client import Cluster
     with _connect(**conn) as admin:
-        found = admin.erase(ids=list(ids), number=number, reason=reason)
+        # a sharded controller: the other shards drop what they still hold of
+        # the erased recordings (outbox); exit 3 when one did not answer
+        found, missing = Cluster(admin).erase(ids=list(ids), number=number, reason=reason)
     output.print_outcomes(found, fmt, title="erased")
     if any(not o["done"] for o in found):
         sys.exit(1)
+    _partial(missing)
 
 
 @ctl.command()

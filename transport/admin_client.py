@@ -585,6 +585,33 @@ class Cluster:
         with ThreadPoolExecutor(max_workers=min(len(members), 32)) as pool:
             return dict(zip((m.shard_id for m in members), pool.map(guarded, members)))
 
+    def erase(self, *, ids: list[str] = (), number: str | None = None,
+              reason: str = "") -> tuple[list[dict], list[str]]:
+        """Erase through the asked shard (storage and the index), then ask every
+        other shard to erase what it still holds of the erased recordings (a
+        version waiting in its outbox would otherwise be uploaded later):
+        (outcomes - another shard's only where it found something -, shards
+        that did not answer)."""
+        found = self.admin.erase(ids=list(ids), number=number, reason=reason)
+        done = [o["recording_id"] for o in found if o["done"]]
+        asked = self.status().shard_id
+        others = [m for m in self.members if m.shard_id != asked]
+        missing: list[str] = []
+        if not done or not others:
+            return found, missing
+        got = self._each(others, lambda c: c.erase(ids=done, reason=reason))
+        for sid, res in got.items():
+            if isinstance(res, Exception):
+                missing.append(sid)
+                continue
+            for o in res:
+                if o["done"]:
+                    found.append({**o, "what": f"{o['what']} on shard {sid}",
+                                  "reason": o["reason"] or "it still held a copy (outbox)"})
+                elif o["what"] != "not found":
+                    found.append({**o, "reason": f"shard {sid}: {o['reason']}"})
+        return found, missing
+
     def fleet(self) -> ClusterFleet:
         first = self.status()
         got = self._each(self.members, lambda c: first if c is self.admin else c.fleet())

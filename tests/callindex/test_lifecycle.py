@@ -114,6 +114,32 @@ def test_erasure_leaves_nothing_in_storage_index_or_outbox(lab, tmp_path):
     assert (e.action, e.recording_id, e.detail["reason"]) == ("erase", meta["id"], "GDPR")
 
 
+def test_erasure_does_not_wait_for_the_index(lab, tmp_path):
+    """An id the index does not know (its database was away when the call was
+    stored; or another shard already erased it and this controller's outbox
+    still holds a copy) is erased where its id places it, audited; an id found
+    nowhere is 'not found' and leaves no audit entry."""
+    store, index, trail, calls, out = lab
+    meta = calls["sip:10001@10.1.0.2"]
+    prefix = index.get(meta["id"])["prefix"]
+    index.remove(meta["id"])                                 # the index never had it
+    before = len(trail.entries(limit=1000))
+    (got,) = erase(store, index, trail, WHO, ids=[meta["id"]], reason="GDPR")
+    assert (got.recording_id, got.done, got.what) == (meta["id"], True, "erased")
+    assert not (out / prefix).exists()
+    assert trail.entries(limit=1)[0].recording_id == meta["id"]
+    # only a copy in the outbox (storage and index already without it)
+    outbox = OutboxStore(store, tmp_path / "outbox")         # not started: its entries stay pending
+    outbox.put(prefix, {"call.json": json.dumps(meta).encode(), "audio.wav": b"RIFF"})
+    assert any((tmp_path / "outbox").rglob("audio.wav")) and not (out / prefix).exists()
+    (got,) = erase(outbox, index, trail, WHO, ids=[meta["id"]], reason="GDPR")
+    assert got.done and got.what == "erased" and not any((tmp_path / "outbox").rglob("audio.wav"))
+    n = len(trail.entries(limit=1000))
+    assert n == before + 2
+    (got,) = erase(outbox, index, trail, WHO, ids=[meta["id"]], reason="GDPR")
+    assert (got.done, got.what) == (False, "not found") and len(trail.entries(limit=1000)) == n
+
+
 def test_spanrec_expire_command(recorded, tmp_path):
     """`spanrec expire --storage --index [--dry-run [--as-of]]` on a copy of the recordings."""
     out = tmp_path / "recordings"

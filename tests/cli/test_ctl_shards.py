@@ -37,7 +37,8 @@ class Sharded:
         self.proc = subprocess.Popen(
             [*SPANREC, "controller", "--shards", "2", "--insecure",
              "--listen", f"127.0.0.1:{self.port}", "--state-dir", str(tmp / "state"),
-             "--storage", str(self.storage), "--log-format", "text"],
+             "--storage", str(self.storage), "--log-format", "text",
+             "--index", f"sqlite:///{tmp / 'index.sqlite'}"],       # one index for both shards
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.pids: dict[str, int] = {}
 
@@ -258,3 +259,25 @@ def test_cluster_merges_sensors_and_finds_calls_elsewhere(monkeypatch) -> None:
     assert ac.Cluster(asked).call("r") is detail                         # found on shard b
     with pytest.raises(ac.AdminNotFound, match="recording q"):
         ac.Cluster(asked).call("q")
+
+
+def test_erase_asks_every_shard(sharded: Sharded) -> None:
+    """`spanrecctl erase` through one shard: the recording leaves storage and the
+    index, and every other shard is asked to drop what it still holds of it (a
+    copy in its outbox); with a shard that does not answer the erasure is done
+    and the answer partial (exit 3). Runs last: it deletes recordings."""
+    first, second = sorted(stored(sharded))[:2]
+    proc = ctl("erase", sharded.target(1), first, "--yes", "--reason", "GDPR 1", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert [(o["recording_id"], o["what"]) for o in json.loads(proc.stdout)] == [(first, "erased")]
+    assert first not in stored(sharded)
+    pid = sharded.pids["shard-0"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        proc = ctl("erase", sharded.target(1), second, "--yes", "--timeout", "2", "-o", "json")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert proc.returncode == 3, proc.stderr
+    assert "partial answer: shard(s) shard-0 did not answer" in proc.stderr
+    assert [(o["recording_id"], o["what"]) for o in json.loads(proc.stdout)] == [(second, "erased")]
+    assert second not in stored(sharded)
