@@ -378,7 +378,7 @@ def run_record_sharded(settings: ControllerSettings, files: list[Path], n: int, 
     return ok
 
 
-_RECENT = 200   # RecordingWriter.recent's bound (controller/core.py)
+_RECENT = 200   # RecordingWriter.recent bound (controller/output/writer.py)
 
 
 def _wait_ready(shards: list[_Shard]) -> None:

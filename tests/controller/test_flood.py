@@ -14,7 +14,7 @@ import tracemalloc
 
 from controller.calls.admission import Admission, PriorityLanes
 from controller.calls.engine import CallConfig, CallEngine
-from controller.core import RecordingWriter
+from controller.output.writer import RecordingWriter
 from controller.output.finalize import build_recording
 from protocols.layers import decode
 from tests.controller._sipbuild import S, audio_line, rtp, sdp, sip, udp_frame
