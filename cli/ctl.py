@@ -7,7 +7,7 @@ controller cannot be reached (within --timeout) or answers with an error.
 
 A sharded controller (`spanrec controller --shards N`, issue #12) is one view
 whichever shard is asked: its Status names every shard, and `fleet`, `calls`,
-`call` and `get` ask them all (`transport.admin_client.Cluster`).  When some
+`call` and `get` ask them all (`transport.admin_cluster.Cluster`).  When some
 shards do not answer, what the others said is printed, the missing shards are
 named on stderr, and the exit code is 3 (`EXIT_PARTIAL`).
 """
@@ -137,7 +137,7 @@ def fleet(fmt: str, **conn: Any) -> None:
 
     A sharded controller: every shard (its state, calls, packets, drops; the
     totals below), each sensor once; exit 3 when some shard did not answer."""
-    from transport.admin_client import Cluster
+    from transport.admin_cluster import Cluster
     with _connect(**conn) as admin:
         view = admin.fleet()
         if view.shard_members:
@@ -161,7 +161,7 @@ def calls(active: bool, limit: int, page: str | None, fmt: str, **conn: Any) -> 
 
     A sharded controller: every shard's calls in one list (without --page; a
     page is the asked shard's), exit 3 when some shard did not answer."""
-    from transport.admin_client import Cluster
+    from transport.admin_cluster import Cluster
     token, missing, shards = "", [], 0
     with _connect(**conn) as admin:
         cluster = Cluster(admin)
@@ -186,7 +186,7 @@ def calls(active: bool, limit: int, page: str | None, fmt: str, **conn: Any) -> 
 def call(recording_id: str, fmt: str, **conn: Any) -> None:
     """One call: its call.json (stored) or live summary (active), from whichever
     shard of a sharded controller has it."""
-    from transport.admin_client import Cluster
+    from transport.admin_cluster import Cluster
     with _connect(**conn) as admin:
         output.print_call(Cluster(admin).call(recording_id), fmt)
 
@@ -198,7 +198,7 @@ def call(recording_id: str, fmt: str, **conn: Any) -> None:
 @_client_options
 def get(recording_id: str, out_dir: str, fmt: str, **conn: Any) -> None:
     """Download a stored recording's files (call.json, call.pcap, audio.wav)."""
-    from transport.admin_client import Cluster
+    from transport.admin_cluster import Cluster
     with _connect(**conn) as admin:
         files = Cluster(admin).download(recording_id, Path(out_dir))
     output.print_downloads(files, fmt, title=f"recording {recording_id} -> "
@@ -292,7 +292,7 @@ def erase(ids: tuple[str, ...], number: str | None, reason: str, yes: bool, fmt:
     if not yes and sys.stdin.isatty():
         what = f"every recording of {number}" if number else f"{len(ids)} recording(s)"
         click.confirm(f"erase {what} for good?", abort=True)
-    from transport.admin_client import Cluster
+    from transport.admin_cluster import Cluster
     with _connect(**conn) as admin:
         # a sharded controller: the other shards drop what they still hold of
         # the erased recordings (outbox); exit 3 when one did not answer

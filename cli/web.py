@@ -107,7 +107,8 @@ def _active_source(controller: str) -> Any:
     """A function giving the controller's active calls (dicts with from/to)."""
     import os
 
-    from transport.admin_client import AdminClient, Cluster
+    from transport.admin_client import AdminClient
+    from transport.admin_cluster import Cluster
     from transport.tls import Security
 
     def active() -> list[dict]:

@@ -210,6 +210,7 @@ def test_a_stopped_shard_is_unreachable_and_the_answer_partial(sharded: Sharded)
 # -- the merge rules, without processes ---------------------------------------
 def test_cluster_merges_sensors_and_finds_calls_elsewhere(monkeypatch) -> None:
     import transport.admin_client as ac
+    import transport.admin_cluster as acl
 
     def sensor(**kw):
         base = {f: 0 for f, spec in ac.SensorInfo.__dataclass_fields__.items()
@@ -248,17 +249,17 @@ def test_cluster_merges_sensors_and_finds_calls_elsewhere(monkeypatch) -> None:
         def close(self):
             pass
 
-    monkeypatch.setattr(ac, "AdminClient", Fake)
+    monkeypatch.setattr(acl, "AdminClient", Fake)
     asked = Fake("h:1")
-    view = ac.Cluster(asked).fleet()
+    view = acl.Cluster(asked).fleet()
     (s,) = view.sensors
     assert (s.captured, s.filtered, s.kernel_drops) == (100, 10, 3)     # once: the freshest
     assert (s.forwarded, s.packets_received) == (90, 90)                 # summed over streams
     assert (s.state, s.link) == ("stale", "partial")
     assert view.totals["active_calls"] == 2 and view.totals["packets_in"] == 90
-    assert ac.Cluster(asked).call("r") is detail                         # found on shard b
+    assert acl.Cluster(asked).call("r") is detail                        # found on shard b
     with pytest.raises(ac.AdminNotFound, match="recording q"):
-        ac.Cluster(asked).call("q")
+        acl.Cluster(asked).call("q")
 
 
 def test_erase_asks_every_shard(sharded: Sharded) -> None:
