@@ -169,6 +169,24 @@ class Indexer:
             self._down_since = None
             return True
 
+    def has_pending(self, prefix: str) -> bool:
+        """Whether a call.json of this recording waits here for the database."""
+        return self._file(prefix).exists()
+
+    def forget(self, prefix: str) -> bool:
+        """Drop what waits here of a recording (erased meanwhile: its call.json
+        must not reach the index later); True when something was dropped."""
+        path = self._file(prefix)
+        with self._lock:
+            dropped = False
+            for p in (path, self.dir / "bad" / path.name):
+                try:
+                    p.unlink()
+                    dropped = True
+                except FileNotFoundError:
+                    pass
+            return dropped
+
     def wake(self) -> None:
         """Try the pending ones now (at start: what an earlier run left)."""
         self._wake.set()
@@ -227,4 +245,10 @@ class IndexingStore(StoreWrapper):
         location = self.target.add(prefix, files)
         self._index(prefix, files, location)
         return location
+
+    def delete(self, prefix: str) -> bool:
+        """The recording goes from storage and from what waits to be indexed
+        (an erasure while the database was away must not come back with it)."""
+        dropped = self.indexer.forget(prefix)
+        return self.target.delete(prefix) or dropped
 

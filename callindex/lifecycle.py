@@ -119,6 +119,13 @@ def _set_hold(store, index: CallIndex, trail: AuditTrail, who: Who, rid: str, ro
     return Outcome(rid, prefix, True, "held" if held else "released", reason)
 
 
+def _waits_for_index(store: Any, prefix: str) -> bool:
+    """This controller keeps the recording's call.json for the index (its
+    database was away): a copy erasure must remove too."""
+    indexer = getattr(store, "indexer", None)
+    return indexer is not None and hasattr(indexer, "has_pending") and indexer.has_pending(prefix)
+
+
 def _s3_legal_hold(store: Any, prefix: str, held: bool) -> str:
     """With --object-lock, the hold is also an S3 Object Legal Hold on every
     object version (storage/s3.py set_legal_hold): the server refuses deletion
@@ -200,7 +207,8 @@ def erase(store, index: CallIndex, trail: AuditTrail, who: Who, *, ids: list[str
     """Erase recordings on request: by id, or every call where `number` is
     either party (exact, as the index normalises it). Held ones are refused.
     An id the index does not know is erased where its id places it (storage,
-    this controller's outbox) when anything is there."""
+    this controller's outbox, its call.json waiting for the index) when anything
+    is there."""
     q = CallQuery(number=number, match="exact", sort="started") if number else None
     out = []
     for rid, row in list(_targets(index, ids, q)):
@@ -211,7 +219,7 @@ def erase(store, index: CallIndex, trail: AuditTrail, who: Who, *, ids: list[str
             # erased where its id says it is, if anything is there
             prefix = prefix_of_id(rid)
             try:
-                present = bool(prefix) and bool(store.list_files(prefix))
+                present = bool(prefix) and (bool(store.list_files(prefix)) or _waits_for_index(store, prefix))
             except StorageError as exc:
                 out.append(Outcome(rid, prefix or "", False, "refused", str(exc)))
                 continue

@@ -78,3 +78,36 @@ def test_pending_call_json_survives_a_restart(pg_server, pg_url, tmp_path):
     assert _wait(lambda: again.pending == 0)
     assert open_index(pg_url).get(CALLS[2]["id"])["location"] == "loc"
     again.close()
+
+
+def test_erasure_while_the_database_is_away_does_not_come_back(pg_server, pg_url, tmp_path):
+    """A recording erased while its call.json waits for the database (another
+    controller erased it; or this one through storage) is dropped from the
+    pending folder too: when the database returns, nothing of it is indexed."""
+    from callindex.audit import AuditTrail
+    from callindex.lifecycle import Who, erase
+    indexer = Indexer(lambda: open_index(pg_url, connect_timeout_s=2), tmp_path / "pending",
+                      retry_s=0.2, max_retry_s=0.5)
+    store = IndexingStore(LocalStore(tmp_path / "rec", fsync=False), indexer)
+    t = CALLS[0]["started_at"]                     # a real recording id: its folder follows from it
+    gone = dict(CALLS[0], id=f"{t[0:4]}{t[5:7]}{t[8:10]}T{t[11:13]}{t[14:16]}{t[17:19]}Z-0123456789ab")
+    kept = CALLS[1]
+    pg_server.stop()
+    try:
+        for call in (gone, kept):
+            store.put(prefix(call), {"call.json": json.dumps(call).encode()})
+        assert indexer.pending == 2 and indexer.has_pending(prefix(gone))
+        store.target.delete(prefix(gone))          # storage erased elsewhere: only the copy here
+    finally:
+        pg_server.start()
+    ix = open_index(pg_url)
+    indexer.close(drain=False)
+    indexer = Indexer(lambda: open_index(pg_url), tmp_path / "pending", retry_s=60)
+    store = IndexingStore(LocalStore(tmp_path / "rec", fsync=False), indexer)
+    (out,) = erase(store, ix, AuditTrail(ix), Who("ops", "operator"), ids=[gone["id"]], reason="GDPR")
+    assert (out.done, out.what) == (True, "erased") and not indexer.has_pending(prefix(gone))
+    indexer.wake()
+    assert _wait(lambda: indexer.pending == 0)
+    assert {c["id"] for c in ix.search(CallQuery()).calls} == {kept["id"]}
+    indexer.close()
+    ix.close()
