@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.calls.engine import call_summary
+from controller.calls.finish import call_summary
 from storage.layout import recording_id
 
 __all__ = ["MAX_PAGE", "PageError", "call_page", "find_active", "summary"]

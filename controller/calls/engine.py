@@ -36,7 +36,8 @@ from storage.layout import prefix_date, recording_id, recording_prefix
 from controller.calls.admission import Admission
 from controller.calls.calltable import AMBIGUOUS, Call, CallTable, SharedEndpoint, all_ended
 from controller.calls.dialogs import Dialog, parse_truncated
-from controller.calls.finished import FinishedCall, iso_time
+from controller.calls.finished import FinishedCall
+from controller.calls.finish import call_summary, finished_call
 from controller.calls.late import LateCatcher, LateFrames
 from controller.calls.legs import BY_DIRECT_MEDIA, BY_MEDIA, Leg, LegLinker, MediaCorrelator, MediaPairs
 from controller.calls.pickup import MediaOnlyCalls, message_hosts
@@ -44,7 +45,7 @@ from controller.calls.provenance import note_copy, note_sip
 from controller.calls.rules import RecordingRules
 from controller.settings import CallConfig
 from controller.ingest.shard import BroadcastFrame, ShardIdentity
-from controller.calls.spill import CallSpill, FrameStore, TimeStore, remove_leftovers
+from controller.calls.spill import CallSpill, remove_leftovers
 from controller.media.streams import (NOT_RTP, RTCP, RTP_NEW_STREAM, MediaEndpoint, SdpMedia, sdp_body, sdp_media,
                                 sdp_media_checked)
 from protocols.mediaports import rtp_shaped
@@ -1032,7 +1033,6 @@ class CallEngine:
         legs = call.ordered_legs()
         for leg in legs:
             leg.dialog.close(call.last_ns, reason)  # keeps an earlier end (BYE ...)
-        dialog = _summary_dialog(legs)
         why_not = self._not_recorded.get(legs[0].call_id) if self._not_recorded else None
         if self._not_recorded or self._provisional:
             for leg in legs:
@@ -1044,63 +1044,7 @@ class CallEngine:
         for s in streams:
             for pt, enc in s.rtpmap.items():
                 rtpmap.setdefault(pt, enc)
-        finished = FinishedCall(
-            call_ids=list(call.call_ids),
-            from_uri=legs[0].dialog.from_uri,
-            to_uri=legs[0].dialog.to_uri,
-            status=dialog.status,
-            final_response=dialog.final_response,
-            end_reason=dialog.end_reason or "capture-end",
-            started_ns=call.started_ns,
-            answered_ns=dialog.answered_ns if dialog.answered_ns is not None else min(
-                (leg.dialog.answered_ns for leg in legs if leg.dialog.answered_ns is not None),
-                default=None),
-            ended_ns=max(leg.dialog.ended_ns for leg in legs if leg.dialog.ended_ns is not None),
-            sensors=sorted(call.sensors),
-            linktype=call.linktype,
-            frame_ts=call.frame_ts if call.spill is None else TimeStore(call.spill, call.frame_ts),
-            frame_data=call.frame_data if call.spill is None else FrameStore(call.spill, call.frame_data),
-            other_linktype=call.other_linktype,
-            rtcp_frames=call.rtcp_frames,
-            security=call.security,
-            zrtp=call.zrtp,
-            streams=streams,
-            rtpmap=rtpmap,
-            legs=legs,
-            copies=dict(call.copies),
-            spill=call.spill,
-            recorded=why_not is None,
-            not_recorded_reason=why_not,
-            counts={
-                "sip_messages": sum(leg.dialog.messages for leg in legs),
-                "sip_retransmissions": sum(leg.dialog.retransmissions for leg in legs),
-                "sip_packets": call.sip_packets,
-                "sip_errors": call.sip_errors,
-                "rtp_packets": sum(s.packets for s in streams),
-                "rtcp_packets": call.rtcp_packets,
-                "media_other": call.media_other,
-            },
-        )
-        if call.media_only:
-            finished.key = call.first_call_id
-            finished.call_ids, finished.legs = [], []
-            finished.signalling = "none"
-            finished.warnings.append(
-                "No signalling was seen for this media (a capture gap, a sensor restart, SIP on "
-                "another mirror or over TLS): who called whom and the call's outcome are unknown.")
-        elif not any(leg.dialog.have_invite for leg in legs):
-            finished.signalling = "mid-call"
-            finished.warnings.append(
-                "The call's INVITE was not seen (picked up mid-call): its start, answer time and "
-                "the media before the first signalling seen are missing.")
-        if call.endpoints_refused or call.media_refused:
-            finished.counts["sdp_endpoints_refused"] = call.endpoints_refused
-            finished.counts["media_refused"] = call.media_refused
-        if call.ambiguous:
-            finished.counts["media_ambiguous_packets"] = call.ambiguous
-            finished.warnings.append(
-                f"{call.ambiguous} packets to or from a media endpoint this call shared with other "
-                "calls could not be assigned to one call and are in no recording.")
+        finished = finished_call(call, legs, streams, rtpmap, why_not)
         # the frames now belong to the recording; a TCP stream may still name this call
         # for a while (a late retransmission): it must not keep them alive
         call.frame_ts, call.frame_data, call.tcp_frames, call.spill = [], [], None, None
@@ -1141,32 +1085,3 @@ class CallEngine:
     def active(self) -> list[dict]:
         """One summary per active call, oldest first."""
         return [call_summary(call) for call in sorted(self.table.calls(), key=lambda c: c.started_ns)]
-
-
-def call_summary(call: Call) -> dict:
-    """What an active call looks like from outside (Admin API, `CallEngine.active`)."""
-    dialog = call.dialog
-    return {
-        "id": recording_id(call.first_call_id, call.started_ns),
-        "call_ids": list(call.call_ids),
-        "from": dialog.from_uri,
-        "to": dialog.to_uri,
-        "status": dialog.live_status(),
-        "started_at": iso_time(call.started_ns),
-        "packets": call.frames_held,
-    }
-
-
-def _summary_dialog(legs: list[Leg]) -> Dialog:
-    """The dialog that says what the call was for its caller: the root leg's, unless
-    the root leg has no final response and another leg has one (root = legs[0])."""
-    root = legs[0].dialog
-    if root.final_response is not None or len(legs) == 1:
-        return root
-    for leg in legs[1:]:
-        if leg.dialog.status == "answered":
-            return leg.dialog
-    for leg in legs[1:]:
-        if leg.dialog.final_response is not None:
-            return leg.dialog
-    return root
