@@ -97,6 +97,22 @@ def _wait(cond, timeout=20.0, what=""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _gone(element) -> bool:
+    """Whether an element of the page we were on is gone (the browser left it)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    return False
+
+
+def _call_ids(driver) -> set[str]:
+    """data-id of every call row, read in one script (no element can go stale)."""
+    return set(driver.execute_script(
+        "return Array.from(document.querySelectorAll('tr.call')).map(r => r.dataset.id)"))
+
+
 def sign_in(driver, base: str, name: str) -> None:
     from selenium.webdriver.common.by import By
     driver.get(base + "/login")
@@ -135,14 +151,16 @@ def test_search_play_ladder_download_roles_and_audit(server, web_lab, browser, s
     d.save_screenshot(str(shots / "1-calls.png"))
     box = d.find_element(By.ID, "f-number")
     box.send_keys(caller)
+    page = d.find_element(By.TAG_NAME, "html")
     d.find_element(By.ID, "search").click()
-    rows = _wait(lambda: d.find_elements(By.CSS_SELECTOR, "tr.call"), what="results")
+    # the list before the search has rows too: wait for the results page itself
+    _wait(lambda: _gone(page) and d.find_elements(By.CSS_SELECTOR, "tr.call"), what="results")
     expected = {json.loads(p.read_text())["id"] for p in web_lab.out.rglob("call.json")
                 if caller in json.loads(p.read_text())["from"]}
-    assert {r.get_attribute("data-id") for r in rows} == expected and expected
+    assert _call_ids(d) == expected and expected
     d.save_screenshot(str(shots / "2-search.png"))
-    rid = rows[0].get_attribute("data-id")
-    rows[0].find_element(By.TAG_NAME, "a").click()
+    rid = sorted(expected)[0]
+    d.find_element(By.CSS_SELECTOR, f"tr.call[data-id='{rid}'] a").click()
     _wait(lambda: d.find_elements(By.ID, "rid"), what="call page")
     assert d.find_element(By.ID, "rid").text == rid
     # 2. the ladder: one arrow per SIP message tshark finds in the stored call.pcap
@@ -171,7 +189,7 @@ def test_search_play_ladder_download_roles_and_audit(server, web_lab, browser, s
     sign_out(d)
     # 5. a listener sees only calls of its number
     sign_in(d, server, "lee")
-    seen = {r.get_attribute("data-id") for r in d.find_elements(By.CSS_SELECTOR, "tr.call")}
+    seen = _call_ids(d)
     every = {json.loads(p.read_text())["id"]: json.loads(p.read_text()) for p in web_lab.out.rglob("call.json")}
     assert seen == {i for i, m in every.items() if "10001" in (m["from"] + m["to"])} and seen
     d.get(f"{server}/calls/{rid}")
