@@ -29,7 +29,7 @@ from callindex.audit import AuditTrail
 from callindex.db import CallIndex, iso_us
 from callindex.entry import parse_time_us
 from callindex.query import CallQuery
-from storage.base import StorageError
+from storage.base import StorageError, layers
 from storage.layout import CALL_JSON, HOLD_JSON, prefix_of_id
 
 __all__ = ["Who", "Outcome", "hold", "release", "expire", "erase", "held_in_storage"]
@@ -131,9 +131,7 @@ def _s3_legal_hold(store: Any, prefix: str, held: bool) -> str:
     object version (storage/s3.py set_legal_hold): the server refuses deletion
     however the retention and whoever asks. '' when done or not applicable,
     else why not (spanrec's own hold, hold.json, is in place either way)."""
-    s = store
-    while s is not None and not hasattr(type(s), "set_legal_hold"):
-        s = vars(s).get("target")          # down the wrappers and the outbox, no forwarding
+    s = next((layer for layer in layers(store) if hasattr(type(layer), "set_legal_hold")), None)
     if s is None:
         return ""
     try:

@@ -167,12 +167,21 @@ class StoreWrapper:
         self.target.check()
 
 
+def layers(store: object):
+    """Every layer of a store stack, top first: the wrappers and what they
+    wrap (an outbox's target too), read from ``target`` attributes themselves
+    (never through a wrapper's forwarding)."""
+    while store is not None:
+        yield store
+        store = vars(store).get("target") if hasattr(store, "__dict__") else None
+
+
 def own_cpu_by_layer(store: object) -> dict[str, float]:
     """CPU seconds each wrapper of a store stack spent on its own work, by class
     name (``{"EncryptingStore": 0.12, "SigningStore": 0.34, ...}``)."""
     out: dict[str, float] = {}
-    while isinstance(store, StoreWrapper):
-        name = type(store).__name__
-        out[name] = out.get(name, 0.0) + store.own_cpu_s
-        store = store.target
+    for layer in layers(store):
+        if isinstance(layer, StoreWrapper):
+            name = type(layer).__name__
+            out[name] = out.get(name, 0.0) + layer.own_cpu_s
     return out
